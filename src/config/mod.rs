@@ -1,0 +1,217 @@
+//! Configuration as data: STON-style `server.xml` + `vhosts.xml` parse into one
+//! immutable, typed [`Config`]. Errors carry file, line and reason; unknown or not
+//! yet supported elements become warnings, never silent.
+
+mod origin_addr;
+mod xml;
+
+pub use origin_addr::OriginAddr;
+
+use crate::http1::keepalive;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A finding in a configuration file: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diag {
+    pub file: String,
+    pub line: u32,
+    pub reason: String,
+}
+
+impl fmt::Display for Diag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(Diag),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Per-vhost client-facing options (`<Options>`), inherited from `<VHostDefault>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub keep_alive: keepalive::Policy,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            keep_alive: keepalive::Policy::default(),
+        }
+    }
+}
+
+/// Per-vhost origin options (`<OriginOptions>`), inherited from `<VHostDefault>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginOptions {
+    /// `<ConnectTimeout>`: past it the client gets 504 (a refused connection gets 502).
+    pub connect_timeout: Duration,
+    /// `<ReceiveTimeout>`: longest silence from the origin while waiting for a response.
+    pub receive_timeout: Duration,
+    /// `<ReuseTimeout>`: an idle pooled origin connection older than this is closed.
+    pub reuse_timeout: Duration,
+}
+
+impl Default for OriginOptions {
+    fn default() -> Self {
+        OriginOptions {
+            connect_timeout: Duration::from_secs(3),
+            receive_timeout: Duration::from_secs(10),
+            reuse_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Vhost {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub listen: Vec<SocketAddr>,
+    pub origins: Vec<OriginAddr>,
+    pub options: Options,
+    pub origin_options: OriginOptions,
+}
+
+/// Vhosts sharing one listening address; `Host` picks among them.
+#[derive(Debug, Clone)]
+pub struct ListenGroup {
+    pub addr: SocketAddr,
+    pub vhosts: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the files came from (`<embedded>` for the built-in default).
+    pub source: String,
+    pub vhosts: Vec<Vhost>,
+    pub default_vhost: Option<usize>,
+    pub listeners: Vec<ListenGroup>,
+}
+
+/// A loaded configuration and the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Diag>,
+}
+
+/// Loads `server.xml` and `vhosts.xml` from a configuration directory.
+pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|source| ConfigError::Io { path, source })
+    };
+    let server = read("server.xml")?;
+    let vhosts = read("vhosts.xml")?;
+    let server_name = dir.join("server.xml").display().to_string();
+    let vhosts_name = dir.join("vhosts.xml").display().to_string();
+    xml::load(
+        &server_name,
+        &server,
+        &vhosts_name,
+        &vhosts,
+        &dir.display().to_string(),
+    )
+}
+
+/// The built-in configuration `cairn` runs with no `--config`: the files shipped in `conf/`.
+pub fn embedded() -> Loaded {
+    xml::load(
+        "<embedded>/server.xml",
+        include_str!("../../conf/server.xml"),
+        "<embedded>/vhosts.xml",
+        include_str!("../../conf/vhosts.xml"),
+        "<embedded>",
+    )
+    .expect("the embedded configuration is valid (checked by a unit test)")
+}
+
+impl Config {
+    /// The effective vhost table, for `cairn check`.
+    pub fn describe(&self) -> String {
+        use fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<28} {:<28} {:<24} origins",
+            "vhost", "aliases", "listen"
+        );
+        for (i, v) in self.vhosts.iter().enumerate() {
+            let aliases = if v.aliases.is_empty() {
+                "-".to_string()
+            } else {
+                v.aliases.join(",")
+            };
+            let listen: Vec<String> = v.listen.iter().map(|a| a.to_string()).collect();
+            let origins: Vec<String> = v.origins.iter().map(|o| o.to_string()).collect();
+            let mark = if self.default_vhost == Some(i) {
+                " (default)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "{:<28} {:<28} {:<24} {}",
+                format!("{}{}", v.name, mark),
+                aliases,
+                if listen.is_empty() {
+                    "OFF".into()
+                } else {
+                    listen.join(",")
+                },
+                origins.join(",")
+            );
+            let ka = &v.options.keep_alive;
+            let oo = &v.origin_options;
+            let _ = writeln!(
+                s,
+                "    keep-alive: {} timeout={}s header={} max={}; origin: connect={}s receive={}s reuse={}s",
+                if ka.always_close { "close" } else { "keep-alive" },
+                ka.timeout_secs,
+                if ka.keep_alive_header { "ON" } else { "OFF" },
+                ka.max,
+                oo.connect_timeout.as_secs(),
+                oo.receive_timeout.as_secs(),
+                oo.reuse_timeout.as_secs()
+            );
+        }
+        s
+    }
+
+    /// Listening addresses that do not use `*` expansion; used to print URLs to try.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|g| g.addr).collect()
+    }
+}
+
+/// `*` in a `<Listen>` means these addresses (`<Server><Cache><Listen>`), or all.
+pub(crate) fn expand_star(cache_listen: &[IpAddr], port: u16) -> Vec<SocketAddr> {
+    if cache_listen.is_empty() {
+        vec![SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port)]
+    } else {
+        cache_listen
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Loads from strings; for tests and tools.
+pub fn load_str(server: &str, vhosts: &str) -> Result<Loaded, ConfigError> {
+    xml::load("server.xml", server, "vhosts.xml", vhosts, "<string>")
+}

@@ -1,0 +1,109 @@
+use super::*;
+
+const SERVER: &str = r#"<Server>
+  <VHostDefault>
+    <Options>
+      <ClientKeepAliveSec>7</ClientKeepAliveSec>
+      <KeepAliveHeader Max="5">ON</KeepAliveHeader>
+    </Options>
+    <OriginOptions><ConnectTimeout>2</ConnectTimeout><ReceiveTimeout>4</ReceiveTimeout></OriginOptions>
+  </VHostDefault>
+  <Host><Name>ston</Name></Host>
+</Server>"#;
+
+fn load(server: &str, vhosts: &str) -> Result<Loaded, ConfigError> {
+    xml::load("server.xml", server, "vhosts.xml", vhosts, "test")
+}
+
+fn err(server: &str, vhosts: &str) -> Diag {
+    match load(server, vhosts) {
+        Err(ConfigError::Invalid(d)) => d,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn inheritance_element_by_element() {
+    let vhosts = r#"<Vhosts>
+  <Vhost Name="A.example.com">
+    <Listen>127.0.0.1:8080</Listen>
+    <Origin><Address>10.0.0.1:8080</Address><Address>10.0.0.2</Address></Origin>
+    <Options><KeepAliveHeader>OFF</KeepAliveHeader></Options>
+    <OriginOptions><ReceiveTimeout>9</ReceiveTimeout></OriginOptions>
+  </Vhost>
+  <Vhost Name="b.example.com">
+    <Alias>*.b.example.com</Alias>
+    <Origin><Address>10.0.0.3</Address></Origin>
+  </Vhost>
+  <Vhost Name="off.example.com" Status="Inactive"><Origin><Address>10.0.0.4</Address></Origin></Vhost>
+  <Default>b.example.com</Default>
+</Vhosts>"#;
+    let l = load(SERVER, vhosts).unwrap();
+    let c = &l.config;
+    assert_eq!(c.vhosts.len(), 2);
+    let a = &c.vhosts[0];
+    assert_eq!(a.name, "a.example.com");
+    // Vhost set KeepAliveHeader (attributes travel with their element: Max back to 0).
+    assert!(!a.options.keep_alive.keep_alive_header);
+    assert_eq!(a.options.keep_alive.max, 0);
+    assert_eq!(a.options.keep_alive.timeout_secs, 7); // inherited
+    assert_eq!(a.origin_options.receive_timeout, Duration::from_secs(9));
+    assert_eq!(a.origin_options.connect_timeout, Duration::from_secs(2)); // inherited
+    assert_eq!(a.origins.len(), 2);
+    assert_eq!(a.origins[1].host_header, "a.example.com");
+    let b = &c.vhosts[1];
+    assert_eq!(b.options.keep_alive.max, 5);
+    assert_eq!(b.listen, vec!["0.0.0.0:80".parse().unwrap()]);
+    assert_eq!(c.default_vhost, Some(1));
+    assert_eq!(c.listeners.len(), 2);
+    // <Host> is unknown to cairn: a warning with its line, not an error.
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.line == 9 && w.reason.contains("<Host>")),
+        "{:?}",
+        l.warnings
+    );
+}
+
+#[test]
+fn errors_name_file_and_line() {
+    let ok_vhost =
+        |body: &str| format!("<Vhosts>\n<Vhost Name=\"a\">\n{body}\n</Vhost>\n</Vhosts>");
+    let cases: Vec<(String, String, &str, u32, &str)> = vec![
+        ("<Server>".into(), ok_vhost("<Origin><Address>1.2.3.4</Address></Origin>"), "server.xml", 1, "malformed XML"),
+        (
+            "<Server><VHostDefault><Options>\n<ClientKeepAliveSec>ten</ClientKeepAliveSec></Options></VHostDefault></Server>".into(),
+            ok_vhost("<Origin><Address>1.2.3.4</Address></Origin>"),
+            "server.xml",
+            2,
+            "ClientKeepAliveSec",
+        ),
+        ("<Server/>".into(), ok_vhost("<Origin><Address>1.2.3.4:x</Address></Origin>"), "vhosts.xml", 3, "bad port"),
+        ("<Server/>".into(), ok_vhost("<Listen>nowhere</Listen><Origin><Address>1.2.3.4</Address></Origin>"), "vhosts.xml", 3, "<Listen>"),
+        ("<Server/>".into(), ok_vhost(""), "vhosts.xml", 2, "no <Origin>"),
+        ("<Server/>".into(), ok_vhost("<Origin><Address>1.2.3.4</Address></Origin><Options><KeepAliveHeader>maybe</KeepAliveHeader></Options>"), "vhosts.xml", 3, "ON or OFF"),
+        ("<Server/>".into(), "<Vhosts>\n<Default>zzz</Default>\n<Vhost Name=\"a\"><Origin><Address>1.2.3.4</Address></Origin></Vhost></Vhosts>".into(), "vhosts.xml", 2, "not a vhost"),
+        ("<Server/>".into(), "<Vhosts>\n<Vhost Name=\"a\"><Origin><Address>1.2.3.4</Address></Origin></Vhost>\n<Vhost Name=\"A\"><Origin><Address>1.2.3.4</Address></Origin></Vhost></Vhosts>".into(), "vhosts.xml", 3, "already used"),
+        ("<Server/>".into(), "<Vhosts/>".into(), "vhosts.xml", 1, "no active"),
+        ("<Config/>".into(), ok_vhost(""), "server.xml", 1, "expected <Server>"),
+    ];
+    for (server, vhosts, file, line, reason) in cases {
+        let d = err(&server, &vhosts);
+        assert_eq!((d.file.as_str(), d.line), (file, line), "{d}");
+        assert!(d.reason.contains(reason), "{d} should mention {reason}");
+    }
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let l = embedded();
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let c = l.config;
+    assert_eq!(c.listen_addrs(), vec!["127.0.0.1:8080".parse().unwrap()]);
+    assert_eq!(
+        c.vhosts[0].origins[0].addr,
+        "127.0.0.1:8081".parse().unwrap()
+    );
+    assert!(c.describe().contains("localhost (default)"));
+}

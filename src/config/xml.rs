@@ -1,0 +1,402 @@
+//! The STON XML dialect: `server.xml` (`<Server>`) and `vhosts.xml` (`<Vhosts>`).
+
+use super::{
+    expand_star, Config, ConfigError, Diag, ListenGroup, Loaded, Options, OriginAddr,
+    OriginOptions, Vhost,
+};
+use roxmltree::{Document, Node};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// One file being read: its name and parsed document, for line numbers.
+struct Src<'a, 'input> {
+    file: &'a str,
+    doc: &'a Document<'input>,
+}
+
+impl Src<'_, '_> {
+    fn line(&self, n: Node) -> u32 {
+        self.doc.text_pos_at(n.range().start).row
+    }
+    fn diag(&self, n: Node, reason: impl Into<String>) -> Diag {
+        Diag {
+            file: self.file.to_string(),
+            line: self.line(n),
+            reason: reason.into(),
+        }
+    }
+    fn err(&self, n: Node, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid(self.diag(n, reason))
+    }
+}
+
+fn parse_doc<'i>(file: &str, text: &'i str) -> Result<Document<'i>, ConfigError> {
+    Document::parse(text).map_err(|e| {
+        ConfigError::Invalid(Diag {
+            file: file.to_string(),
+            line: e.pos().row,
+            reason: format!("malformed XML: {e}"),
+        })
+    })
+}
+
+fn elements<'a, 'i>(n: Node<'a, 'i>) -> impl Iterator<Item = Node<'a, 'i>> {
+    n.children().filter(|c| c.is_element())
+}
+
+fn text<'a>(n: Node<'a, '_>) -> &'a str {
+    n.text().unwrap_or("").trim()
+}
+
+pub(super) fn load(
+    server_file: &str,
+    server_text: &str,
+    vhosts_file: &str,
+    vhosts_text: &str,
+    source: &str,
+) -> Result<Loaded, ConfigError> {
+    let mut warnings = Vec::new();
+    let sdoc = parse_doc(server_file, server_text)?;
+    let s = Src {
+        file: server_file,
+        doc: &sdoc,
+    };
+    let root = sdoc.root_element();
+    if root.tag_name().name() != "Server" {
+        return Err(s.err(
+            root,
+            format!(
+                "root element is <{}>, expected <Server>",
+                root.tag_name().name()
+            ),
+        ));
+    }
+    let mut default_options = Options::default();
+    let mut default_origin = OriginOptions::default();
+    let mut cache_listen: Vec<IpAddr> = Vec::new();
+    for child in elements(root) {
+        match child.tag_name().name() {
+            "VHostDefault" => {
+                for e in elements(child) {
+                    match e.tag_name().name() {
+                        "Options" => apply_options(&s, e, &mut default_options, &mut warnings)?,
+                        "OriginOptions" => {
+                            apply_origin_options(&s, e, &mut default_origin, &mut warnings)?
+                        }
+                        other => warnings.push(s.diag(
+                            e,
+                            format!("<VHostDefault><{other}> is not supported; ignored"),
+                        )),
+                    }
+                }
+            }
+            "Cache" => {
+                for e in elements(child) {
+                    match e.tag_name().name() {
+                        "Listen" => {
+                            let ip = text(e).parse().map_err(|_| {
+                                s.err(
+                                    e,
+                                    format!("<Cache><Listen> '{}' is not an IP address", text(e)),
+                                )
+                            })?;
+                            cache_listen.push(ip);
+                        }
+                        other => warnings.push(
+                            s.diag(e, format!("<Cache><{other}> is not supported yet; ignored")),
+                        ),
+                    }
+                }
+            }
+            other => warnings.push(s.diag(
+                child,
+                format!("<Server><{other}> is not supported; ignored"),
+            )),
+        }
+    }
+
+    let vdoc = parse_doc(vhosts_file, vhosts_text)?;
+    let v = Src {
+        file: vhosts_file,
+        doc: &vdoc,
+    };
+    let root = vdoc.root_element();
+    if root.tag_name().name() != "Vhosts" {
+        return Err(v.err(
+            root,
+            format!(
+                "root element is <{}>, expected <Vhosts>",
+                root.tag_name().name()
+            ),
+        ));
+    }
+    let mut vhosts: Vec<Vhost> = Vec::new();
+    let mut default_name: Option<(String, Node)> = None;
+    for child in elements(root) {
+        match child.tag_name().name() {
+            "Vhost" => {
+                if let Some(vh) = parse_vhost(
+                    &v,
+                    child,
+                    &default_options,
+                    &default_origin,
+                    &cache_listen,
+                    &mut warnings,
+                )? {
+                    let dup = vhosts
+                        .iter()
+                        .any(|o| o.name == vh.name || o.aliases.iter().any(|a| *a == vh.name));
+                    if dup {
+                        return Err(
+                            v.err(child, format!("vhost name '{}' is already used", vh.name))
+                        );
+                    }
+                    vhosts.push(vh);
+                }
+            }
+            "Default" => default_name = Some((text(child).to_ascii_lowercase(), child)),
+            other => warnings.push(v.diag(
+                child,
+                format!("<Vhosts><{other}> is not supported; ignored"),
+            )),
+        }
+    }
+    if vhosts.is_empty() {
+        return Err(v.err(root, "no active <Vhost> is defined"));
+    }
+    let default_vhost = match default_name {
+        Some((name, node)) => Some(vhosts.iter().position(|vh| vh.name == name).ok_or_else(
+            || {
+                v.err(
+                    node,
+                    format!("<Default> names '{name}', which is not a vhost"),
+                )
+            },
+        )?),
+        None => None,
+    };
+    let mut listeners: Vec<ListenGroup> = Vec::new();
+    for (i, vh) in vhosts.iter().enumerate() {
+        for addr in &vh.listen {
+            match listeners.iter_mut().find(|g| g.addr == *addr) {
+                Some(g) => g.vhosts.push(i),
+                None => listeners.push(ListenGroup {
+                    addr: *addr,
+                    vhosts: vec![i],
+                }),
+            }
+        }
+    }
+    Ok(Loaded {
+        config: Config {
+            source: source.to_string(),
+            vhosts,
+            default_vhost,
+            listeners,
+        },
+        warnings,
+    })
+}
+
+fn parse_vhost(
+    s: &Src,
+    node: Node,
+    default_options: &Options,
+    default_origin: &OriginOptions,
+    cache_listen: &[IpAddr],
+    warnings: &mut Vec<Diag>,
+) -> Result<Option<Vhost>, ConfigError> {
+    let name = node
+        .attribute("Name")
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| s.err(node, "<Vhost> without a Name attribute"))?;
+    if !valid_host_name(&name) {
+        return Err(s.err(
+            node,
+            format!("vhost name '{name}' is not a valid host name"),
+        ));
+    }
+    match node
+        .attribute("Status")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("active") => {}
+        Some("inactive") => return Ok(None),
+        Some(other) => {
+            return Err(s.err(
+                node,
+                format!("<Vhost Status=\"{other}\">: expected Active or Inactive"),
+            ))
+        }
+    }
+    let mut vh = Vhost {
+        name,
+        aliases: Vec::new(),
+        listen: Vec::new(),
+        origins: Vec::new(),
+        options: default_options.clone(),
+        origin_options: default_origin.clone(),
+    };
+    let mut listen_set = false;
+    for e in elements(node) {
+        match e.tag_name().name() {
+            "Origin" => {
+                for a in elements(e) {
+                    match a.tag_name().name() {
+                        "Address" => vh
+                            .origins
+                            .push(OriginAddr::parse(text(a), &vh.name).map_err(|r| s.err(a, r))?),
+                        other => warnings.push(s.diag(
+                            a,
+                            format!("<Origin><{other}> is not supported yet; ignored"),
+                        )),
+                    }
+                }
+            }
+            "Listen" => {
+                listen_set = true;
+                let t = text(e);
+                if t.eq_ignore_ascii_case("off") {
+                    continue;
+                }
+                let addrs = parse_listen(t, cache_listen).ok_or_else(|| {
+                    s.err(
+                        e,
+                        format!("<Listen> '{t}': expected IP:PORT, *:PORT or OFF"),
+                    )
+                })?;
+                for a in addrs {
+                    if !vh.listen.contains(&a) {
+                        vh.listen.push(a);
+                    }
+                }
+            }
+            "Alias" => {
+                let a = text(e).to_ascii_lowercase();
+                let bare = a.strip_prefix("*.").unwrap_or(&a);
+                if !valid_host_name(bare) || bare.contains('*') {
+                    return Err(s.err(
+                        e,
+                        format!("<Alias> '{a}': expected a host name or *.domain"),
+                    ));
+                }
+                vh.aliases.push(a);
+            }
+            "Options" => apply_options(s, e, &mut vh.options, warnings)?,
+            "OriginOptions" => apply_origin_options(s, e, &mut vh.origin_options, warnings)?,
+            other => {
+                warnings.push(s.diag(e, format!("<Vhost><{other}> is not supported yet; ignored")))
+            }
+        }
+    }
+    if !listen_set {
+        vh.listen = expand_star(cache_listen, 80);
+    }
+    if vh.origins.is_empty() {
+        return Err(s.err(
+            node,
+            format!("vhost '{}' has no <Origin><Address>", vh.name),
+        ));
+    }
+    Ok(Some(vh))
+}
+
+fn valid_host_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// `IP:PORT`, `[v6]:PORT`, `*:PORT`.
+fn parse_listen(t: &str, cache_listen: &[IpAddr]) -> Option<Vec<SocketAddr>> {
+    if let Some(port) = t.strip_prefix("*:") {
+        return Some(expand_star(cache_listen, port.parse().ok()?));
+    }
+    t.parse::<SocketAddr>().ok().map(|a| vec![a])
+}
+
+fn apply_options(
+    s: &Src,
+    node: Node,
+    o: &mut Options,
+    warnings: &mut Vec<Diag>,
+) -> Result<(), ConfigError> {
+    for e in elements(node) {
+        match e.tag_name().name() {
+            "ConnectionHeader" => {
+                o.keep_alive.always_close = match text(e).to_ascii_lowercase().as_str() {
+                    "keep-alive" => false,
+                    "close" => true,
+                    other => {
+                        return Err(s.err(
+                            e,
+                            format!("<ConnectionHeader> '{other}': expected keep-alive or close"),
+                        ))
+                    }
+                }
+            }
+            "ClientKeepAliveSec" => o.keep_alive.timeout_secs = number(s, e, text(e), 1, 86_400)?,
+            "KeepAliveHeader" => {
+                o.keep_alive.keep_alive_header = on_off(s, e)?;
+                // Attributes travel with their element: an unset Max is the default, 0.
+                o.keep_alive.max = match e.attribute("Max") {
+                    Some(max) => number(s, e, max.trim(), 0, u32::MAX / 2)?,
+                    None => 0,
+                };
+            }
+            other => warnings.push(s.diag(
+                e,
+                format!("<Options><{other}> is not supported yet; ignored"),
+            )),
+        }
+    }
+    Ok(())
+}
+
+fn apply_origin_options(
+    s: &Src,
+    node: Node,
+    o: &mut OriginOptions,
+    warnings: &mut Vec<Diag>,
+) -> Result<(), ConfigError> {
+    for e in elements(node) {
+        let secs = |lo| number(s, e, text(e), lo, 3600).map(|n| Duration::from_secs(u64::from(n)));
+        match e.tag_name().name() {
+            "ConnectTimeout" => o.connect_timeout = secs(1)?,
+            "ReceiveTimeout" => o.receive_timeout = secs(1)?,
+            "ReuseTimeout" => o.reuse_timeout = secs(0)?,
+            other => warnings.push(s.diag(
+                e,
+                format!("<OriginOptions><{other}> is not supported yet; ignored"),
+            )),
+        }
+    }
+    Ok(())
+}
+
+fn on_off(s: &Src, e: Node) -> Result<bool, ConfigError> {
+    match text(e).to_ascii_uppercase().as_str() {
+        "ON" => Ok(true),
+        "OFF" => Ok(false),
+        other => Err(s.err(
+            e,
+            format!("<{}> '{other}': expected ON or OFF", e.tag_name().name()),
+        )),
+    }
+}
+
+fn number(s: &Src, e: Node, t: &str, lo: u32, hi: u32) -> Result<u32, ConfigError> {
+    match t.parse::<u32>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(s.err(
+            e,
+            format!(
+                "<{}> '{t}': expected a whole number from {lo} to {hi}",
+                e.tag_name().name()
+            ),
+        )),
+    }
+}

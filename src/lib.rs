@@ -1,0 +1,17 @@
+//! cairn: a thread-per-core caching reverse proxy for bare-metal Linux that loads
+//! STON Edge Server configurations. See docs/architecture.md for the map.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod http1;
+pub mod httpdate;
+pub mod logging;
+pub mod net;
+pub mod origin;
+pub mod proxy;
+pub mod shard;
+pub mod static_origin;
+pub mod vhost;
+
+/// `cairn/<version>`, for Via and the banner.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

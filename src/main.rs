@@ -1,0 +1,234 @@
+//! The `cairn` command: `run` (default), `check`, `version`.
+
+use anyhow::{bail, Context, Result};
+use cairn::config::{self, Loaded};
+use cairn::net::listen;
+use cairn::shard::{self, signals, Shared};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+cairn: a caching reverse proxy
+
+USAGE:
+    cairn [run] [--config DIR] [--shards N] [--site DIR] [--log-level LEVEL]
+    cairn check --config DIR
+    cairn version
+
+With no --config, cairn runs its embedded configuration (conf/ in the source tree):
+it listens on 127.0.0.1:8080 and starts a sample origin for examples/site on 127.0.0.1:8081.
+
+OPTIONS:
+    --config DIR       directory holding server.xml and vhosts.xml (STON syntax)
+    --shards N         number of shards (default: one per online core)
+    --site DIR         directory the embedded sample origin serves (default: examples/site)
+    --log-level LEVEL  error, warn, info (default), debug, trace
+";
+
+#[derive(Default)]
+struct Args {
+    command: String,
+    config: Option<PathBuf>,
+    shards: Option<usize>,
+    site: Option<PathBuf>,
+    log_level: Option<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        command: "run".into(),
+        ..Default::default()
+    };
+    let mut it = std::env::args().skip(1);
+    let mut first = true;
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "run" | "check" | "version" | "help" if first => a.command = arg.clone(),
+            "--version" | "-V" => a.command = "version".into(),
+            "--help" | "-h" => a.command = "help".into(),
+            "--config" | "-c" => a.config = Some(value("--config")?.into()),
+            "--site" => a.site = Some(value("--site")?.into()),
+            "--log-level" => a.log_level = Some(value("--log-level")?),
+            "--shards" => {
+                let v = value("--shards")?;
+                let n: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0 && n <= 1024)
+                    .with_context(|| format!("--shards '{v}': expected a number from 1 to 1024"))?;
+                a.shards = Some(n);
+            }
+            other => bail!("unknown argument '{other}'\n\n{USAGE}"),
+        }
+        first = false;
+    }
+    Ok(a)
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("cairn: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let args = parse_args()?;
+    let level = match &args.log_level {
+        Some(l) => cairn::logging::parse_level(l)
+            .with_context(|| format!("--log-level '{l}': unknown level"))?,
+        None => std::env::var("CAIRN_LOG")
+            .ok()
+            .and_then(|l| cairn::logging::parse_level(&l))
+            .unwrap_or(log::LevelFilter::Info),
+    };
+    cairn::logging::init(level);
+    match args.command.as_str() {
+        "version" => {
+            println!("cairn {}", cairn::VERSION);
+            Ok(())
+        }
+        "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        "check" => check(&args),
+        _ => run(&args),
+    }
+}
+
+fn load(args: &Args) -> Result<Loaded> {
+    let loaded = match &args.config {
+        Some(dir) => config::load_dir(dir)?,
+        None => config::embedded(),
+    };
+    for w in &loaded.warnings {
+        log::warn!("{w}");
+    }
+    Ok(loaded)
+}
+
+fn check(args: &Args) -> Result<()> {
+    if args.config.is_none() {
+        bail!("check needs --config DIR");
+    }
+    let loaded = load(args)?;
+    print!("{}", loaded.config.describe());
+    println!(
+        "configuration OK ({} vhosts, {} warnings)",
+        loaded.config.vhosts.len(),
+        loaded.warnings.len()
+    );
+    Ok(())
+}
+
+fn run(args: &Args) -> Result<()> {
+    let loaded = load(args)?;
+    let config = Arc::new(loaded.config);
+    let shards = args.shards.unwrap_or_else(shard::default_shards);
+
+    if args.config.is_none() {
+        start_sample_origin(args, &config)?;
+    }
+    // Block the signals we handle before any shard thread exists; threads inherit it.
+    signals::block().context("blocking signals")?;
+
+    let mut groups: Vec<Vec<TcpListener>> = Vec::new();
+    for g in &config.listeners {
+        groups.push(listen::bind_group(g.addr, shards)?);
+    }
+    let bound: Vec<SocketAddr> = groups
+        .iter()
+        .map(|g| g[0].local_addr())
+        .collect::<std::io::Result<_>>()?;
+
+    let shared = Arc::new(Shared::new(config.clone(), shards));
+    let handles = shard::spawn_all(shared.clone(), &groups, shards).context("starting shards")?;
+    log::info!(
+        "cairn {} started: {shards} shards, config {}, vhosts: {}",
+        cairn::VERSION,
+        config.source,
+        config
+            .vhosts
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for url in shard::urls(&bound) {
+        println!("cairn listening on {url}");
+    }
+    if args.config.is_none() {
+        println!("try: curl -i http://127.0.0.1:{}/", bound[0].port());
+    }
+
+    loop {
+        match signals::wait()? {
+            signals::Signal::Hup => {
+                log::warn!("SIGHUP: configuration reload is not implemented yet; ignored")
+            }
+            signals::Signal::Stop => break,
+        }
+    }
+    log::info!(
+        "draining: no new connections; in-flight responses have {:?}",
+        shared.drain_timeout
+    );
+    shared.drain.send_replace(true);
+    for g in &groups {
+        for l in g {
+            // Stops accepting at once, and completes any accept in flight on the rings.
+            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
+        }
+    }
+    let deadline = Instant::now() + shared.drain_timeout + Duration::from_secs(2);
+    while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (i, s) in shared.stats.iter().enumerate() {
+        log::info!(
+            "shard {i}: {} connections, {} requests, {} origin connects, {} restarts",
+            s.connections.load(Relaxed),
+            s.requests.load(Relaxed),
+            s.origin_connects.load(Relaxed),
+            s.restarts.load(Relaxed)
+        );
+    }
+    log::info!(
+        "stopped ({} panics during the run)",
+        cairn::logging::PANICS.load(Relaxed)
+    );
+    Ok(())
+}
+
+fn start_sample_origin(args: &Args, config: &config::Config) -> Result<()> {
+    let site = match &args.site {
+        Some(s) => s.clone(),
+        None => {
+            let beside_source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/site");
+            if beside_source.is_dir() {
+                beside_source
+            } else {
+                PathBuf::from("examples/site")
+            }
+        }
+    };
+    if !site.is_dir() {
+        bail!(
+            "sample origin: {} is not a directory (use --site DIR)",
+            site.display()
+        );
+    }
+    let addr = config.vhosts[0].origins[0].addr;
+    let bound = cairn::static_origin::start(addr, site.clone())
+        .with_context(|| format!("sample origin: cannot listen on {addr}"))?;
+    log::info!(
+        "sample origin serving {} on http://{bound}/",
+        site.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The IO edge. Everything that touches io_uring (through tokio-uring) lives in this
+//! module, so the runtime could be swapped without touching protocol code.
+//!
+//! Buffers are owned (`BytesMut` in, `Bytes` out) because completion IO needs the
+//! kernel to own them while an operation is in flight. A cached body handed to
+//! [`Conn::writev_all`] as `Bytes` goes to the kernel as an iovec: no userspace copy.
+//!
+//! tokio-uring cannot cancel an in-flight operation: a dropped read keeps its buffer
+//! and the fd until the kernel completes it. So every timeout here shuts the socket
+//! down, which completes the operation at once and releases both.
+
+pub mod listen;
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How much free space a read asks the kernel to fill.
+const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("timed out")]
+    TimedOut,
+    #[error("stopped")]
+    Stopped,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// One TCP connection on this shard's ring. Cloning shares the socket, so a read and
+/// a write can be in flight together (every tokio-uring method takes `&self`).
+#[derive(Clone)]
+pub struct Conn {
+    inner: Rc<tokio_uring::net::TcpStream>,
+}
+
+impl Conn {
+    pub fn from_uring(stream: tokio_uring::net::TcpStream) -> io::Result<Conn> {
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            inner: Rc::new(stream),
+        })
+    }
+
+    /// Connects with a deadline. The connect itself runs on tokio's epoll reactor so
+    /// that a timed-out attempt closes its socket at once (an io_uring connect could not
+    /// be cancelled and would hold its fd for the kernel's SYN retry time); the
+    /// connected socket then moves to the ring.
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, IoError> {
+        let s = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+            Err(_) => return Err(IoError::TimedOut),
+            Ok(r) => r?,
+        };
+        let std = s.into_std()?;
+        std.set_nonblocking(false)?;
+        Conn::from_uring(tokio_uring::net::TcpStream::from_std(std)).map_err(IoError::Io)
+    }
+
+    /// Reads whatever arrives into the spare capacity of `buf`; `Ok(0)` is end of stream.
+    pub async fn read(&self, buf: &mut BytesMut, timeout: Duration) -> Result<usize, IoError> {
+        self.read_or_stop(buf, timeout, std::future::pending())
+            .await
+    }
+
+    /// Like [`read`](Self::read), but gives up with `Stopped` when `stop` completes first
+    /// (used to release idle keep-alive connections when draining).
+    pub async fn read_or_stop(
+        &self,
+        buf: &mut BytesMut,
+        timeout: Duration,
+        stop: impl Future<Output = ()>,
+    ) -> Result<usize, IoError> {
+        use tokio_uring::buf::BoundedBuf;
+        buf.reserve(READ_CHUNK);
+        let owned = std::mem::take(buf);
+        let start = owned.len();
+        let op = self.inner.read(owned.slice(start..));
+        tokio::select! {
+            (res, slice) = op => {
+                *buf = slice.into_inner();
+                Ok(res?)
+            }
+            _ = tokio::time::sleep(timeout) => {
+                self.shutdown();
+                Err(IoError::TimedOut)
+            }
+            _ = stop => {
+                self.shutdown();
+                Err(IoError::Stopped)
+            }
+        }
+    }
+
+    /// Writes all of `bufs` (head and body pieces) as vectored writes, re-slicing after
+    /// short writes. No byte of any buffer is copied.
+    pub async fn writev_all(&self, mut bufs: Vec<Bytes>, timeout: Duration) -> Result<(), IoError> {
+        bufs.retain(|b| !b.is_empty());
+        let work = async {
+            while !bufs.is_empty() {
+                // IOV_MAX is 1024; stay well under it.
+                let rest = if bufs.len() > 512 {
+                    bufs.split_off(512)
+                } else {
+                    Vec::new()
+                };
+                let (res, mut sent) = self.inner.writev(bufs).await;
+                let mut n = res?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                let mut first = 0;
+                while n > 0 {
+                    let b = &mut sent[first];
+                    if n >= b.len() {
+                        n -= b.len();
+                        first += 1;
+                    } else {
+                        b.advance(n);
+                        n = 0;
+                    }
+                }
+                sent.drain(..first);
+                sent.extend(rest);
+                bufs = sent;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r.map_err(IoError::Io),
+            Err(_) => {
+                self.shutdown();
+                Err(IoError::TimedOut)
+            }
+        }
+    }
+
+    pub async fn write_all(&self, buf: Bytes, timeout: Duration) -> Result<(), IoError> {
+        self.writev_all(vec![buf], timeout).await
+    }
+
+    /// Shuts both directions down; completes any in-flight operation on this socket.
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown(Shutdown::Both);
+    }
+
+    /// Lingering close (RFC 9112 §9.6): stop sending, drain what the client still sends
+    /// for a short while so that its pipelined bytes do not turn into a reset that
+    /// destroys the response in flight, then close.
+    pub async fn close_gracefully(&self) {
+        let _ = self.inner.shutdown(Shutdown::Write);
+        let mut scratch = BytesMut::with_capacity(READ_CHUNK);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut drained = 0usize;
+        while drained < 256 * 1024 {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            scratch.clear();
+            match self.read(&mut scratch, left).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+        self.shutdown();
+    }
+}

@@ -1,0 +1,5 @@
+//! Talking to origins: the per-shard connection pool and the request exchange.
+
+pub mod pool;
+
+pub use pool::Pool;
