@@ -148,6 +148,11 @@ fn run(args: &Args) -> Result<()> {
 
     let shared = Arc::new(Shared::new(config.clone(), shards));
     let handles = shard::spawn_all(shared.clone(), &groups, shards).context("starting shards")?;
+    if !shard::wait_ready(&shared, shards, Duration::from_secs(10)) {
+        bail!(
+            "shards did not start within 10s (is io_uring available? see kernel.io_uring_disabled)"
+        );
+    }
     log::info!(
         "cairn {} started: {shards} shards, config {}, vhosts: {}",
         cairn::VERSION,
@@ -166,13 +171,8 @@ fn run(args: &Args) -> Result<()> {
         println!("try: curl -i http://127.0.0.1:{}/", bound[0].port());
     }
 
-    loop {
-        match signals::wait()? {
-            signals::Signal::Hup => {
-                log::warn!("SIGHUP: configuration reload is not implemented yet; ignored")
-            }
-            signals::Signal::Stop => break,
-        }
+    while signals::wait()? == signals::Signal::Hup {
+        log::warn!("SIGHUP: configuration reload is not implemented yet; ignored");
     }
     log::info!(
         "draining: no new connections; in-flight responses have {:?}",

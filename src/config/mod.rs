@@ -40,17 +40,9 @@ pub enum ConfigError {
 }
 
 /// Per-vhost client-facing options (`<Options>`), inherited from `<VHostDefault>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
     pub keep_alive: keepalive::Policy,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            keep_alive: keepalive::Policy::default(),
-        }
-    }
 }
 
 /// Per-vhost origin options (`<OriginOptions>`), inherited from `<VHostDefault>`.

@@ -98,7 +98,8 @@ mod tests {
 
     #[test]
     fn address_forms() {
-        let cases: &[(&str, Result<(&str, &str, &str), ()>)] = &[
+        type Want = Result<(&'static str, &'static str, &'static str), ()>;
+        let cases: &[(&str, Want)] = &[
             ("10.0.0.1", Ok(("10.0.0.1:80", "www.test", ""))),
             ("10.0.0.1:8080", Ok(("10.0.0.1:8080", "www.test:8080", ""))),
             (

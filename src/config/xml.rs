@@ -145,7 +145,7 @@ pub(super) fn load(
                 )? {
                     let dup = vhosts
                         .iter()
-                        .any(|o| o.name == vh.name || o.aliases.iter().any(|a| *a == vh.name));
+                        .any(|o| o.name == vh.name || o.aliases.contains(&vh.name));
                     if dup {
                         return Err(
                             v.err(child, format!("vhost name '{}' is already used", vh.name))

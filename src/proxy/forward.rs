@@ -28,8 +28,8 @@ const MAX_CHUNKED: u64 = u64::MAX >> 1;
 /// How an exchange ended, as far as the client connection is concerned.
 #[derive(Debug)]
 pub enum Outcome {
-    /// A complete response went out; the connection follows the keep-alive decision.
-    Done,
+    /// A complete response went out; `close`: its head said `Connection: Close`.
+    Done { close: bool },
     /// The response was cut off (origin or client failure mid-body): the client
     /// connection must close without any further byte, so it can see the break.
     Abort,
@@ -142,7 +142,8 @@ pub async fn exchange(
         (Some(_), _) if http10_client => ClientFraming::Close,
         (Some(_), _) => ClientFraming::Chunked,
     };
-    let ka = if framing == ClientFraming::Close {
+    // A drain that started while we waited for the origin closes this connection too.
+    let ka = if framing == ClientFraming::Close || shard.draining() {
         Decision::Close
     } else {
         ka
@@ -227,7 +228,7 @@ pub async fn exchange(
     if framing == ClientFraming::Close {
         return Outcome::Abort; // close-delimited: closing *is* the end of the body
     }
-    Outcome::Done
+    Outcome::Done { close: ka.closes() }
 }
 
 async fn flush(client: &Conn, pending: &mut Vec<Bytes>) -> Result<(), IoError> {

@@ -74,11 +74,8 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
                 nth,
                 shard.draining() || head.framing != Framing::None,
             );
-            if respond::send_error(&conn, 404, ka, head.is_head())
-                .await
-                .is_err()
-                || ka.closes()
-            {
+            // Decision (spec §0): an empty body.
+            if respond::send_error(&conn, 404, ka, true).await.is_err() || ka.closes() {
                 conn.close_gracefully().await;
                 return;
             }
@@ -101,8 +98,8 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
         };
         let ka = keepalive::decide(policy, facts, nth, shard.draining());
         match forward::exchange(&shard, &conn, vhost, &head, body, peer, ka).await {
-            Outcome::Done if !ka.closes() => {}
-            Outcome::Done => {
+            Outcome::Done { close: false } => {}
+            Outcome::Done { close: true } => {
                 conn.close_gracefully().await;
                 return;
             }

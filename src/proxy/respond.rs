@@ -54,15 +54,14 @@ pub fn error_response(status: u16, ka: Decision, with_body: bool) -> Bytes {
     Bytes::from(out)
 }
 
-/// Sends an error response. For HEAD, only the head goes out (with the length the
-/// body would have had being irrelevant, we send 0).
+/// Sends an error response; `no_body` for HEAD requests and the empty-bodied 404.
 pub async fn send_error(
     conn: &Conn,
     status: u16,
     ka: Decision,
-    is_head: bool,
+    no_body: bool,
 ) -> Result<(), IoError> {
-    conn.write_all(error_response(status, ka, !is_head), SEND_TIMEOUT)
+    conn.write_all(error_response(status, ka, !no_body), SEND_TIMEOUT)
         .await
 }
 

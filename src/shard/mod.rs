@@ -43,6 +43,8 @@ pub struct Shared {
     pub drain: watch::Sender<bool>,
     /// How long in-flight responses may take to finish when draining.
     pub drain_timeout: Duration,
+    /// Shards whose ring and listeners are up; the banner waits for all of them.
+    pub ready: AtomicU64,
 }
 
 impl Shared {
@@ -59,6 +61,7 @@ impl Shared {
             stats: (0..shards).map(|_| ShardStats::default()).collect(),
             drain: watch::channel(false).0,
             drain_timeout: Duration::from_secs(10),
+            ready: AtomicU64::new(0),
         }
     }
 }
@@ -128,6 +131,7 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
             let l = tokio_uring::net::TcpListener::from_std(l);
             tokio_uring::spawn(accept_loop(shard.clone(), l, group));
         }
+        shared.ready.fetch_add(1, Relaxed);
         shard.drain_started().await;
         let deadline = tokio::time::Instant::now() + shared.drain_timeout;
         // Idle keep-alive sessions notice the drain themselves and close; busy ones
@@ -236,6 +240,18 @@ pub fn spawn_all(
         handles.push(h);
     }
     Ok(handles)
+}
+
+/// Waits until every shard's ring is up (first start only), or `timeout` passes.
+pub fn wait_ready(shared: &Shared, shards: usize, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while (shared.ready.load(Relaxed) as usize) < shards {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
 }
 
 /// Listen addresses as `http://` URLs, for the startup banner.

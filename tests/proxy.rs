@@ -1,0 +1,468 @@
+//! End-to-end: the real binary, a test-owned origin, raw sockets.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn simple() -> (Origin, Cairn) {
+    let origin = Origin::start(|r| ok(format!("you asked for {}", r.path).as_bytes()));
+    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), "", ""), 2);
+    (origin, cairn)
+}
+
+#[test]
+fn proxies_a_get_and_rewrites_hop_by_hop_headers() {
+    let (origin, cairn) = simple();
+    let mut c = cairn.connect();
+    c.send(b"GET /a/b?x=1 HTTP/1.1\r\nHost: test.local\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nX-Forwarded-For: 10.1.1.1\r\nUser-Agent: t\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "you asked for /a/b?x=1");
+    assert_eq!(r.header("content-length"), Some("22"));
+    assert!(r.header("date").is_some());
+    let seen = origin.last();
+    assert_eq!(seen.header("x-forwarded-for"), Some("10.1.1.1, 127.0.0.1"));
+    assert_eq!(
+        seen.header("host"),
+        Some(&*format!("test.local:{}", origin.addr.port()))
+    );
+    assert_eq!(
+        seen.header("x-hop"),
+        None,
+        "headers named by Connection are hop-by-hop"
+    );
+    assert_eq!(seen.header("connection"), None);
+    assert_eq!(seen.header("user-agent"), Some("t"));
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_close_is_honoured() {
+    let (origin, cairn) = simple();
+    let mut c = cairn.connect();
+    c.send(
+        b"GET /1 HTTP/1.1\r\nHost: test.local\r\n\r\nGET /2 HTTP/1.1\r\nHost: test.local\r\n\r\nHEAD /3 HTTP/1.1\r\nHost: test.local\r\n\r\nGET /4 HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n",
+    );
+    for (i, head) in [(1, false), (2, false), (3, true), (4, false)] {
+        let r = c.response(head).unwrap();
+        assert_eq!(r.status, 200);
+        if !head {
+            assert_eq!(r.text(), format!("you asked for /{i}"));
+        }
+        let want = if i == 4 { "Close" } else { "Keep-Alive" };
+        assert_eq!(r.header("connection"), Some(want), "response {i}");
+    }
+    assert!(
+        c.is_closed(Duration::from_secs(5)),
+        "Connection: close must close after the response"
+    );
+    assert_eq!(origin.count(), 4);
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_4xx_and_the_proxy_keeps_serving() {
+    let (_origin, cairn) = simple();
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: test.local\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let long_uri = format!(
+        "GET /{} HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "u".repeat(10 * 1024)
+    );
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"GARBAGE\r\n\r\n".to_vec(), 400),
+        (b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400), // no Host
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            501,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 999999999999\r\n\r\n".to_vec(),
+            413,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+            400,
+        ),
+        (huge.into_bytes(), 431),
+        (long_uri.into_bytes(), 414),
+    ];
+    for (raw, status) in cases {
+        let mut bad = cairn.connect();
+        bad.send(&raw);
+        // Meanwhile, another client is served normally.
+        let mut good = cairn.connect();
+        assert_eq!(good.get("/ok").status, 200);
+        let r = bad.response(false).expect("an error response");
+        assert_eq!(
+            r.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&raw[..raw.len().min(60)])
+        );
+        assert_eq!(r.header("connection"), Some("Close"));
+        assert!(bad.is_closed(Duration::from_secs(5)));
+    }
+    assert_eq!(cairn.connect().get("/still-alive").status, 200);
+}
+
+#[test]
+fn origin_down_gives_502_and_silent_origin_gives_504() {
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let cairn = Cairn::start(config_dir(&dead_addr.to_string(), "", ""), 1);
+    let mut c = cairn.connect();
+    let r = c.get("/x");
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        r.header("connection"),
+        Some("Keep-Alive"),
+        "an origin failure does not cost the client its connection"
+    );
+    assert_eq!(c.get("/y").status, 502);
+    assert!(cairn.wait_log("connect failed").contains("connect failed"));
+
+    let silent = Origin::start(|_| Reply::Silent(Duration::from_secs(5)));
+    let cairn = Cairn::start(
+        config_dir(
+            &silent.addr.to_string(),
+            "",
+            "<ReceiveTimeout>1</ReceiveTimeout>",
+        ),
+        1,
+    );
+    let mut c = cairn.connect();
+    let t = Instant::now();
+    let r = c.get("/slow");
+    assert_eq!(r.status, 504);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert!(cairn
+        .wait_log("ReceiveTimeout (1s)")
+        .contains("ReceiveTimeout (1s)"));
+    // The process is alive and serves others.
+    assert_eq!(cairn.connect().get("/again").status, 504);
+}
+
+#[test]
+fn origin_closing_mid_body_breaks_the_client_response() {
+    let origin = Origin::start(|r| match r.path.as_str() {
+        "/chunked" => Reply::ThenClose(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
+        ),
+        _ => Reply::ThenClose(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-some-bytes".to_vec(),
+        ),
+    });
+    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), "", ""), 1);
+    for path in ["/length", "/chunked"] {
+        let mut c = cairn.connect();
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes());
+        assert!(
+            c.response(false).is_none(),
+            "{path}: a cut-off body must not look complete"
+        );
+    }
+    assert!(cairn.wait_log("mid-body").contains("mid-body"));
+}
+
+#[test]
+fn chunked_and_close_delimited_bodies_are_relayed() {
+    let origin = Origin::start(|r| {
+        match r.path.as_str() {
+        "/chunked" => Reply::Bytes(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n".to_vec()),
+        "/eof" => Reply::ThenClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end".to_vec()),
+        _ => ok(&r.body),
+    }
+    });
+    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), "", ""), 1);
+    let mut c = cairn.connect();
+    let r = c.get("/chunked");
+    assert_eq!(r.text(), "hello world");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    let r = c.get("/eof");
+    assert_eq!(r.text(), "until the end");
+    // HTTP/1.0 clients get a close-delimited body instead of chunks.
+    let mut c10 = cairn.connect();
+    c10.send(b"GET /chunked HTTP/1.0\r\n\r\n");
+    let r = c10.response(false).unwrap();
+    assert_eq!(r.text(), "hello world");
+    assert_eq!(r.header("transfer-encoding"), None);
+    // Request bodies, chunked or not, reach the origin with a Content-Length.
+    c.send(b"POST /echo HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+    assert_eq!(c.response(false).unwrap().text(), "abcde");
+    assert_eq!(origin.last().header("content-length"), Some("5"));
+    c.send(b"PUT /echo HTTP/1.1\r\nHost: test.local\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
+    let interim = c.response(false).unwrap();
+    assert_eq!(interim.status, 100);
+    c.send(b"wxyz");
+    assert_eq!(c.response(false).unwrap().text(), "wxyz");
+}
+
+#[test]
+fn origin_connections_are_pooled() {
+    let (origin, cairn) = simple();
+    for i in 0..20 {
+        // Fresh client connections; shards reuse their origin connections.
+        assert_eq!(cairn.connect().get(&format!("/{i}")).status, 200);
+    }
+    assert_eq!(origin.count(), 20);
+    assert!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst) <= 2,
+        "at most one origin connection per shard"
+    );
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_after_client_keep_alive_sec() {
+    let origin = Origin::start(|_| ok(b"x"));
+    let cairn = Cairn::start(
+        config_dir(
+            &origin.addr.to_string(),
+            "<ClientKeepAliveSec>1</ClientKeepAliveSec>",
+            "",
+        ),
+        1,
+    );
+    let mut c = cairn.connect();
+    let r = c.get("/");
+    assert_eq!(r.header("keep-alive"), Some("timeout=1"));
+    let t = Instant::now();
+    assert!(c.is_closed(Duration::from_secs(5)));
+    assert!(
+        t.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn two_shards_two_rings_pinned_threads_and_both_serve() {
+    let (_origin, mut cairn) = simple();
+    let pid = cairn.pid();
+    let rings = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter(|l| l.to_string_lossy().contains("io_uring"))
+        .count();
+    assert_eq!(rings, 2, "one io_uring instance per shard");
+    let mut shard_threads = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap();
+        if comm.starts_with("shard-") {
+            let status = std::fs::read_to_string(t.join("status")).unwrap();
+            let cpus = status
+                .lines()
+                .find(|l| l.starts_with("Cpus_allowed_list:"))
+                .unwrap()
+                .to_string();
+            shard_threads.push((comm.trim().to_string(), cpus));
+        }
+    }
+    shard_threads.sort();
+    assert_eq!(shard_threads.len(), 2, "{shard_threads:?}");
+    let ncpu = std::thread::available_parallelism().unwrap().get();
+    if ncpu >= 2 {
+        assert!(shard_threads[0].1.ends_with("\t0"), "{shard_threads:?}");
+        assert!(shard_threads[1].1.ends_with("\t1"), "{shard_threads:?}");
+    }
+    // 40 connections: SO_REUSEPORT's hash puts all of them on one shard with
+    // probability 2^-39.
+    let mut clients: Vec<Client> = (0..40).map(|_| cairn.connect()).collect();
+    for c in &mut clients {
+        assert_eq!(c.get("/").status, 200);
+    }
+    drop(clients);
+    cairn.signal("TERM");
+    assert_eq!(cairn.wait_exit(Duration::from_secs(15)), Some(0));
+    std::thread::sleep(Duration::from_millis(200));
+    let log = cairn.stderr();
+    for shard in 0..2 {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("shard {shard}: ")) && l.contains("connections"))
+            .unwrap_or_else(|| panic!("no summary for shard {shard}:\n{log}"));
+        let n: u64 = line
+            .split("shard ")
+            .nth(1)
+            .unwrap()
+            .split(": ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(n > 0, "shard {shard} served no connection: {line}");
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_responses_then_exits_zero() {
+    let origin = Origin::start(|_| {
+        Reply::After(
+            Duration::from_millis(1500),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow".to_vec(),
+        )
+    });
+    let mut cairn = Cairn::start(config_dir(&origin.addr.to_string(), "", ""), 1);
+    let mut idle = cairn.connect();
+    idle.send(b"GET /warm HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    assert_eq!(idle.response(false).unwrap().status, 200);
+    let mut busy = cairn.connect();
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    cairn.signal("TERM");
+    let r = busy
+        .response(false)
+        .expect("the in-flight response completes");
+    assert_eq!(r.text(), "slow");
+    assert_eq!(
+        r.header("connection"),
+        Some("Close"),
+        "responses during a drain close their connection"
+    );
+    assert!(
+        idle.is_closed(Duration::from_secs(3)),
+        "idle keep-alive connections are released at once"
+    );
+    assert_eq!(cairn.wait_exit(Duration::from_secs(15)), Some(0));
+    // No new connections after the drain.
+    assert!(std::net::TcpStream::connect(cairn.addr).is_err());
+}
+
+#[test]
+fn a_port_held_by_another_process_is_a_clear_error() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let dir = temp_dir("busy");
+    std::fs::write(dir.join("server.xml"), "<Server/>").unwrap();
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        format!("<Vhosts><Vhost Name=\"a\"><Listen>127.0.0.1:{port}</Listen><Origin><Address>127.0.0.1:9</Address></Origin></Vhost></Vhosts>"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("already in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_the_effective_table_and_errors_with_file_and_line() {
+    let dir = temp_dir("check");
+    std::fs::write(dir.join("server.xml"), "<Server>\n<VHostDefault><Options><ClientKeepAliveSec>5</ClientKeepAliveSec></Options></VHostDefault>\n<Cache><Storage/></Cache>\n</Server>").unwrap();
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        "<Vhosts>\n<Vhost Name=\"www.example.com\"><Alias>*.example.com</Alias><Listen>*:8080</Listen><Origin><Address>10.0.0.1</Address></Origin></Vhost>\n<Default>www.example.com</Default>\n</Vhosts>",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("www.example.com (default)")
+            && stdout.contains("0.0.0.0:8080")
+            && stdout.contains("timeout=5s"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("server.xml:3: <Cache><Storage> is not supported yet"),
+        "{stderr}"
+    );
+
+    std::fs::write(dir.join("vhosts.xml"), "<Vhosts>\n<Vhost Name=\"a\">\n<Origin><Address>10.0.0.1:http</Address></Origin></Vhost></Vhosts>").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("vhosts.xml:3:") && stderr.contains("bad port"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_host_without_default_is_404() {
+    let origin = Origin::start(|_| ok(b"x"));
+    let dir = temp_dir("nodefault");
+    std::fs::write(dir.join("server.xml"), "<Server/>").unwrap();
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        format!("<Vhosts><Vhost Name=\"a.test\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>", origin.addr),
+    )
+    .unwrap();
+    let cairn = Cairn::start(dir, 1);
+    let mut c = cairn.connect();
+    c.send(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.body.is_empty());
+    c.send(b"GET / HTTP/1.1\r\nHost: A.TEST:80\r\n\r\n");
+    assert_eq!(c.response(false).unwrap().status, 200);
+    assert_eq!(origin.count(), 1);
+}
+
+/// The embedded default, as a newcomer runs it: no config, the sample origin, port 8080.
+#[test]
+fn embedded_default_serves_the_sample_site() {
+    if std::net::TcpListener::bind("127.0.0.1:8080").is_err()
+        || std::net::TcpListener::bind("127.0.0.1:8081").is_err()
+    {
+        eprintln!("SKIP: 127.0.0.1:8080 or :8081 is in use on this machine");
+        return;
+    }
+    let mut child = std::process::Command::new(BIN)
+        .args(["--shards", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut banner = [0u8; 256];
+    let n = out.read(&mut banner).unwrap();
+    assert!(String::from_utf8_lossy(&banner[..n]).contains("http://127.0.0.1:8080/"));
+    let mut s = std::net::TcpStream::connect("127.0.0.1:8080").unwrap();
+    s.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let want = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/site/hello.txt"
+    ))
+    .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    assert!(resp.ends_with(&want), "{resp}");
+}
