@@ -2,6 +2,7 @@
 //! STON Edge Server configurations. See docs/architecture.md for the map.
 #![deny(unsafe_code)]
 
+pub mod cache;
 pub mod config;
 pub mod http1;
 pub mod httpdate;

@@ -1,0 +1,485 @@
+//! RFC 9111 core as pure functions: may a response be stored, for how long is it
+//! fresh, how old is it now. Time is passed in (milliseconds since the epoch), so
+//! every rule is tested without a clock.
+
+use crate::http1::headers::{tokens, trim};
+
+/// The directives of `Cache-Control` cairn acts on (RFC 9111 §5.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    pub no_store: bool,
+    pub no_cache: bool,
+    pub private: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+}
+
+impl CacheControl {
+    /// Merges one `Cache-Control` header value into `self` (a message may carry several).
+    pub fn add(&mut self, value: &[u8]) {
+        for t in tokens(value) {
+            let (name, arg) = match t.iter().position(|&b| b == b'=') {
+                Some(i) => (trim(&t[..i]), Some(trim(&t[i + 1..]))),
+                None => (t, None),
+            };
+            let secs = || {
+                let a = arg?;
+                let a = a
+                    .strip_prefix(b"\"")
+                    .and_then(|a| a.strip_suffix(b"\""))
+                    .unwrap_or(a);
+                if a.is_empty() || !a.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                // RFC 9111 §1.2.2: overflow means "infinity", capped at 2^31.
+                Some(
+                    std::str::from_utf8(a)
+                        .ok()?
+                        .parse::<u64>()
+                        .unwrap_or(u64::MAX)
+                        .min(1 << 31),
+                )
+            };
+            let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+            if is("no-store") {
+                self.no_store = true;
+            } else if is("no-cache") {
+                // `no-cache="Set-Cookie"` (qualified) only forbids those fields; we
+                // never store Set-Cookie anyway, so only the bare form matters.
+                self.no_cache |= arg.is_none();
+            } else if is("private") {
+                self.private |= arg.is_none();
+            } else if is("public") {
+                self.public = true;
+            } else if is("must-revalidate") {
+                self.must_revalidate = true;
+            } else if is("proxy-revalidate") {
+                self.proxy_revalidate = true;
+            } else if is("max-age") {
+                // A malformed max-age makes the response stale (RFC 9111 §4.2.1).
+                self.max_age = Some(secs().unwrap_or(0));
+            } else if is("s-maxage") {
+                self.s_maxage = Some(secs().unwrap_or(0));
+            }
+        }
+    }
+
+    pub fn parse<'a>(values: impl Iterator<Item = &'a [u8]>) -> CacheControl {
+        let mut cc = CacheControl::default();
+        for v in values {
+            cc.add(v);
+        }
+        cc
+    }
+}
+
+/// Heuristic lifetimes by status class (STON `<Options><TTL><Res2xx>` …), in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heuristics {
+    pub res2xx: u64,
+    pub res3xx: u64,
+    pub res4xx: u64,
+    pub res5xx: u64,
+}
+
+impl Default for Heuristics {
+    fn default() -> Self {
+        Heuristics {
+            res2xx: 1800,
+            res3xx: 300,
+            res4xx: 30,
+            res5xx: 30,
+        }
+    }
+}
+
+/// Statuses a cache understands and may store with explicit freshness.
+fn understood(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 203 | 204 | 300 | 301 | 302 | 307 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Statuses that are heuristically cacheable (RFC 9110 §15.1), less 206: cairn
+/// stores whole objects only.
+fn heuristic(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+pub const FLAG_MUST_REVALIDATE: u16 = 1;
+pub const FLAG_NO_CACHE: u16 = 2;
+
+/// What the response facts say about storing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storable {
+    /// Store, fresh for `lifetime_ms` from its age zero; `flags` as above.
+    Yes {
+        lifetime_ms: u64,
+        flags: u16,
+    },
+    No(&'static str),
+}
+
+/// The facts of a response relevant to storing it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseFacts {
+    pub status: u16,
+    pub cc: CacheControl,
+    pub pragma_no_cache: bool,
+    /// `Expires` as seconds since the epoch; `Some(0)` for an invalid value (already expired).
+    pub expires_s: Option<u64>,
+    pub date_s: Option<u64>,
+    pub has_set_cookie: bool,
+}
+
+/// RFC 9111 §3 (may we store) and §4.2.1 (freshness lifetime), with heuristic
+/// freshness from the STON TTL table when the origin gave no explicit freshness.
+/// `request_authorized`: the request carried `Authorization` (§3.5).
+pub fn storable(
+    f: &ResponseFacts,
+    request_cc: &CacheControl,
+    request_authorized: bool,
+    heur: &Heuristics,
+    response_time_ms: u64,
+) -> Storable {
+    let cc = &f.cc;
+    if request_cc.no_store || cc.no_store {
+        return Storable::No("no-store");
+    }
+    if cc.private {
+        return Storable::No("private");
+    }
+    if request_authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+        return Storable::No("request carried Authorization");
+    }
+    if !understood(f.status) {
+        return Storable::No("status not cacheable");
+    }
+    let mut flags = 0;
+    if cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() {
+        flags |= FLAG_MUST_REVALIDATE;
+    }
+    // `Pragma: no-cache` counts only without Cache-Control (RFC 9111 §5.4).
+    let no_cache = cc.no_cache || (f.pragma_no_cache && *cc == CacheControl::default());
+    if no_cache {
+        // Stored, but every use must be revalidated first (§5.2.2.4).
+        return Storable::Yes {
+            lifetime_ms: 0,
+            flags: flags | FLAG_NO_CACHE,
+        };
+    }
+    let explicit_s = cc.s_maxage.or(cc.max_age).or_else(|| {
+        f.expires_s.map(|e| {
+            let base = f.date_s.unwrap_or(response_time_ms / 1000);
+            e.saturating_sub(base)
+        })
+    });
+    let lifetime_s = match explicit_s {
+        Some(s) => s,
+        None if heuristic(f.status) => match f.status {
+            200..=299 => heur.res2xx,
+            300..=399 => heur.res3xx,
+            400..=499 => heur.res4xx,
+            _ => heur.res5xx,
+        },
+        None => return Storable::No("no explicit freshness and not heuristically cacheable"),
+    };
+    Storable::Yes {
+        lifetime_ms: lifetime_s.saturating_mul(1000),
+        flags,
+    }
+}
+
+/// The time facts of a stored response (RFC 9111 §4.2.3), all in milliseconds
+/// except where named.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Times {
+    pub request_time_ms: u64,
+    pub response_time_ms: u64,
+    pub date_s: u64,
+    pub age_s: u64,
+    pub lifetime_ms: u64,
+    pub flags: u16,
+}
+
+impl Times {
+    /// `current_age` of §4.2.3.
+    pub fn current_age_ms(&self, now_ms: u64) -> u64 {
+        let date_ms = if self.date_s == 0 {
+            self.response_time_ms
+        } else {
+            self.date_s * 1000
+        };
+        let apparent = self.response_time_ms.saturating_sub(date_ms);
+        let delay = self.response_time_ms.saturating_sub(self.request_time_ms);
+        let corrected_age = self.age_s.saturating_mul(1000).saturating_add(delay);
+        let initial = apparent.max(corrected_age);
+        initial.saturating_add(now_ms.saturating_sub(self.response_time_ms))
+    }
+
+    pub fn is_fresh(&self, now_ms: u64) -> bool {
+        self.flags & FLAG_NO_CACHE == 0 && self.lifetime_ms > self.current_age_ms(now_ms)
+    }
+
+    /// May a stale copy be served when the origin fails (TCP_REF_FAIL_HIT)?
+    pub fn may_serve_stale(&self) -> bool {
+        self.flags & FLAG_MUST_REVALIDATE == 0
+    }
+
+    /// Seconds of freshness left (0 when stale).
+    pub fn ttl_left_s(&self, now_ms: u64) -> u64 {
+        self.lifetime_ms.saturating_sub(self.current_age_ms(now_ms)) / 1000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cc(v: &str) -> CacheControl {
+        CacheControl::parse(std::iter::once(v.as_bytes()))
+    }
+
+    #[test]
+    fn cache_control_parsing() {
+        let c = cc("public, max-age=60, s-maxage=\"120\", must-revalidate");
+        assert_eq!(
+            (c.public, c.max_age, c.s_maxage, c.must_revalidate),
+            (true, Some(60), Some(120), true)
+        );
+        assert_eq!(cc("max-age=abc").max_age, Some(0));
+        assert_eq!(cc("max-age=99999999999999999999").max_age, Some(1 << 31));
+        assert!(cc("No-Store").no_store);
+        assert!(!cc("no-cache=\"Set-Cookie\"").no_cache);
+        assert!(cc("no-cache").no_cache);
+        assert!(cc(" , private ,").private);
+    }
+
+    #[test]
+    fn storable_table() {
+        let h = Heuristics::default();
+        let now = 1_000_000_000_000u64;
+        let base = ResponseFacts {
+            status: 200,
+            date_s: Some(now / 1000),
+            ..Default::default()
+        };
+        let cases: Vec<(&str, ResponseFacts, Storable)> = vec![
+            (
+                "heuristic 2xx",
+                base,
+                Storable::Yes {
+                    lifetime_ms: 1_800_000,
+                    flags: 0,
+                },
+            ),
+            (
+                "max-age",
+                ResponseFacts {
+                    cc: cc("max-age=5"),
+                    ..base
+                },
+                Storable::Yes {
+                    lifetime_ms: 5000,
+                    flags: 0,
+                },
+            ),
+            (
+                "s-maxage wins",
+                ResponseFacts {
+                    cc: cc("max-age=5, s-maxage=7"),
+                    ..base
+                },
+                Storable::Yes {
+                    lifetime_ms: 7000,
+                    flags: FLAG_MUST_REVALIDATE,
+                },
+            ),
+            (
+                "expires",
+                ResponseFacts {
+                    expires_s: Some(now / 1000 + 90),
+                    ..base
+                },
+                Storable::Yes {
+                    lifetime_ms: 90_000,
+                    flags: 0,
+                },
+            ),
+            (
+                "expires invalid",
+                ResponseFacts {
+                    expires_s: Some(0),
+                    ..base
+                },
+                Storable::Yes {
+                    lifetime_ms: 0,
+                    flags: 0,
+                },
+            ),
+            (
+                "no-store",
+                ResponseFacts {
+                    cc: cc("no-store"),
+                    ..base
+                },
+                Storable::No("no-store"),
+            ),
+            (
+                "private",
+                ResponseFacts {
+                    cc: cc("private, max-age=60"),
+                    ..base
+                },
+                Storable::No("private"),
+            ),
+            (
+                "no-cache",
+                ResponseFacts {
+                    cc: cc("no-cache, max-age=60"),
+                    ..base
+                },
+                Storable::Yes {
+                    lifetime_ms: 0,
+                    flags: FLAG_NO_CACHE,
+                },
+            ),
+            (
+                "pragma",
+                ResponseFacts {
+                    pragma_no_cache: true,
+                    ..base
+                },
+                Storable::Yes {
+                    lifetime_ms: 0,
+                    flags: FLAG_NO_CACHE,
+                },
+            ),
+            (
+                "3xx heuristic",
+                ResponseFacts {
+                    status: 301,
+                    ..base
+                },
+                Storable::Yes {
+                    lifetime_ms: 300_000,
+                    flags: 0,
+                },
+            ),
+            (
+                "404 heuristic",
+                ResponseFacts {
+                    status: 404,
+                    ..base
+                },
+                Storable::Yes {
+                    lifetime_ms: 30_000,
+                    flags: 0,
+                },
+            ),
+            (
+                "302 needs explicit",
+                ResponseFacts {
+                    status: 302,
+                    ..base
+                },
+                Storable::No("no explicit freshness and not heuristically cacheable"),
+            ),
+            (
+                "302 explicit",
+                ResponseFacts {
+                    status: 302,
+                    cc: cc("max-age=9"),
+                    ..base
+                },
+                Storable::Yes {
+                    lifetime_ms: 9000,
+                    flags: 0,
+                },
+            ),
+            (
+                "500",
+                ResponseFacts {
+                    status: 500,
+                    ..base
+                },
+                Storable::No("status not cacheable"),
+            ),
+            (
+                "206",
+                ResponseFacts {
+                    status: 206,
+                    ..base
+                },
+                Storable::No("status not cacheable"),
+            ),
+            (
+                "must-revalidate",
+                ResponseFacts {
+                    cc: cc("max-age=1, must-revalidate"),
+                    ..base
+                },
+                Storable::Yes {
+                    lifetime_ms: 1000,
+                    flags: FLAG_MUST_REVALIDATE,
+                },
+            ),
+        ];
+        for (name, f, want) in cases {
+            assert_eq!(
+                storable(&f, &CacheControl::default(), false, &h, now),
+                want,
+                "{name}"
+            );
+        }
+        assert_eq!(
+            storable(&base, &cc("no-store"), false, &h, now),
+            Storable::No("no-store")
+        );
+        assert_eq!(
+            storable(&base, &CacheControl::default(), true, &h, now),
+            Storable::No("request carried Authorization")
+        );
+        let public = ResponseFacts {
+            cc: cc("public, max-age=3"),
+            ..base
+        };
+        assert!(matches!(
+            storable(&public, &CacheControl::default(), true, &h, now),
+            Storable::Yes { .. }
+        ));
+    }
+
+    #[test]
+    fn age_and_freshness() {
+        // RFC 9111 §4.2.3 worked through: origin said Age: 10, Date 2 s before the
+        // response arrived, the request took 1 s.
+        let t = Times {
+            request_time_ms: 99_000,
+            response_time_ms: 100_000,
+            date_s: 98,
+            age_s: 10,
+            lifetime_ms: 60_000,
+            flags: 0,
+        };
+        assert_eq!(t.current_age_ms(100_000), 11_000); // max(2 s apparent, 10 s + 1 s delay)
+        assert_eq!(t.current_age_ms(130_000), 41_000);
+        assert!(t.is_fresh(148_999));
+        assert!(!t.is_fresh(149_000));
+        assert_eq!(t.ttl_left_s(100_000), 49);
+        let no_cache = Times {
+            flags: FLAG_NO_CACHE,
+            ..t
+        };
+        assert!(!no_cache.is_fresh(100_000));
+        // A clock going backwards never underflows.
+        assert_eq!(t.current_age_ms(0), 11_000);
+    }
+}

@@ -1,0 +1,301 @@
+//! The cache: a log of records in mmapped segment files, an index readable by every
+//! shard without a lock, coalesced fills, RFC 9111 freshness, and recovery at start.
+//!
+//! Hit path: [`Cache::lookup`] → index (lock-free) → lease on the segment → `Bytes`
+//! over the mapping for the stored head and body. Miss path: [`Fills::begin`] →
+//! origin → [`Writer`] (reserve, copy chunks in, commit header last, publish).
+
+pub mod fill;
+pub mod freshness;
+pub mod index;
+pub mod meta;
+pub mod record;
+pub mod segment;
+pub mod store;
+
+use bytes::Bytes;
+use fill::Fills;
+use freshness::Times;
+use index::Entry;
+use meta::Meta;
+use record::{Header, HEADER_LEN};
+use segment::Lease;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+pub use store::{Recovery, StoreConfig, StoreError};
+use store::{Region, Store};
+
+/// STON's result codes (spec/ston-cache.md §6), for logs and headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    ImsHit,
+    RefreshHit,
+    RefFailHit,
+    Miss,
+    RefMiss,
+    /// Not a cacheable request (method, Authorization): straight to the origin.
+    ClientRefreshMiss,
+    Error,
+}
+
+impl CacheResult {
+    pub fn code(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "TCP_HIT",
+            CacheResult::ImsHit => "TCP_IMS_HIT",
+            CacheResult::RefreshHit => "TCP_REFRESH_HIT",
+            CacheResult::RefFailHit => "TCP_REF_FAIL_HIT",
+            CacheResult::Miss => "TCP_MISS",
+            CacheResult::RefMiss => "TCP_REF_MISS",
+            CacheResult::ClientRefreshMiss => "TCP_CLIENT_REFRESH_MISS",
+            CacheResult::Error => "TCP_ERROR",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stores: AtomicU64,
+    pub store_skipped: AtomicU64,
+}
+
+pub struct Cache {
+    store: Store,
+    pub fills: Arc<Fills>,
+    pub stats: CacheStats,
+}
+
+/// A cache hit: everything needed to answer, borrowed from the mapping.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub status: u16,
+    pub times: Times,
+    pub last_modified_s: u64,
+    pub etag: Bytes,
+    /// Stored header lines (`Name: value\r\n`…).
+    pub headers: Bytes,
+    /// The body, pointing into the segment mapping.
+    pub body: Bytes,
+}
+
+impl Cache {
+    pub fn open(config: StoreConfig, shards: usize) -> Result<(Cache, Recovery), StoreError> {
+        let (store, recovery) = Store::open(config, shards)?;
+        Ok((
+            Cache {
+                store,
+                fills: Arc::new(Fills::default()),
+                stats: CacheStats::default(),
+            },
+            recovery,
+        ))
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.store.config
+    }
+
+    pub fn store_stats(&self) -> &store::StoreStats {
+        &self.store.stats
+    }
+
+    pub fn objects(&self) -> usize {
+        self.store.index.len()
+    }
+
+    /// Looks `key` up. No lock, no copy: the returned `Bytes` lease the segment.
+    pub fn lookup(&self, key: &[u8]) -> Option<Hit> {
+        let h = record::key_hash(key);
+        let guard = self.store.index.pin();
+        let e = guard.get(&h)?;
+        let seg = self.store.segments.get(e.seg as usize)?;
+        let lease = Lease::acquire(seg, e.generation, e.off as usize, e.total_len as usize)?;
+        let rec = lease.into_bytes();
+        let key_end = HEADER_LEN + e.key_len as usize;
+        let meta_end = key_end + e.meta_len as usize;
+        let body_end = meta_end + e.body_len as usize;
+        if body_end > rec.len() || &rec[HEADER_LEN..key_end] != key {
+            return None; // a hash collision: another key's record
+        }
+        let meta = Meta::decode(&rec[key_end..meta_end])?;
+        let headers = match &e.head_override {
+            Some(o) => o.clone(),
+            None => rec.slice_ref(meta.head),
+        };
+        let etag = rec.slice_ref(meta.etag);
+        if !e.hit.load(Relaxed) {
+            e.hit.store(true, Relaxed);
+        }
+        Some(Hit {
+            status: meta.status,
+            times: e.times,
+            last_modified_s: meta.last_modified_s,
+            etag,
+            headers,
+            body: rec.slice(meta_end..body_end),
+        })
+    }
+
+    /// After a 304 (RFC 9111 §4.3.4): new time facts and header lines for the stored
+    /// object, if it is still the one `hit` came from.
+    pub fn refresh(&self, key: &[u8], times: Times, headers: Bytes) {
+        let h = record::key_hash(key);
+        let guard = self.store.index.pin();
+        guard.compute(h, |cur| match cur {
+            Some((_, e)) => papaya::Operation::Insert(Entry {
+                times,
+                head_override: Some(headers.clone()),
+                hit: AtomicBool::new(e.hit.load(Relaxed)),
+                ..*e
+            }),
+            None => papaya::Operation::Abort(()),
+        });
+    }
+
+    /// Starts writing an object of `body_len` bytes on `shard`'s active segment.
+    /// `None` when it cannot be stored (too large, or no space can be reclaimed now).
+    pub fn writer(
+        &self,
+        shard: usize,
+        key: &[u8],
+        meta: &Meta<'_>,
+        body_len: u64,
+    ) -> Option<Writer<'_>> {
+        if body_len > self.store.config.max_object {
+            self.stats.store_skipped.fetch_add(1, Relaxed);
+            return None;
+        }
+        let meta_bytes = meta.encode();
+        let total = record::total_len(key.len(), meta_bytes.len(), body_len);
+        let Some(region) = self.store.reserve(shard, total) else {
+            self.stats.store_skipped.fetch_add(1, Relaxed);
+            return None;
+        };
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let base = region.off as usize;
+        region.seg.write_at(base + HEADER_LEN, key);
+        region
+            .seg
+            .write_at(base + HEADER_LEN + key.len(), &meta_bytes);
+        hasher.update(key);
+        hasher.update(&meta_bytes);
+        Some(Writer {
+            cache: self,
+            region,
+            key_hash: record::key_hash(key),
+            key_len: key.len() as u32,
+            meta_len: meta_bytes.len() as u32,
+            body_len,
+            written: 0,
+            hasher,
+            times: meta.times,
+            committed: false,
+        })
+    }
+}
+
+/// Writes one record. The header goes in last (commit), so a crash mid-way leaves
+/// a region recovery skips; dropping an uncommitted writer marks the region dead.
+pub struct Writer<'c> {
+    cache: &'c Cache,
+    region: Region,
+    key_hash: u64,
+    key_len: u32,
+    meta_len: u32,
+    body_len: u64,
+    written: u64,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    times: Times,
+    committed: bool,
+}
+
+impl Writer<'_> {
+    /// Appends body bytes; `false` if they overflow the declared length (the
+    /// origin sent more than it said): the writer is then useless.
+    pub fn push(&mut self, chunk: &[u8]) -> bool {
+        if self.written + chunk.len() as u64 > self.body_len {
+            return false;
+        }
+        let off = self.region.off as usize
+            + HEADER_LEN
+            + self.key_len as usize
+            + self.meta_len as usize
+            + self.written as usize;
+        self.region.seg.write_at(off, chunk);
+        self.hasher.update(chunk);
+        self.written += chunk.len() as u64;
+        true
+    }
+
+    /// Writes the header and publishes the object. Fails (drops) if the body is short.
+    pub fn commit(mut self) -> bool {
+        if self.written != self.body_len {
+            return false;
+        }
+        let seq = self.cache.store.next_seq();
+        let h = Header {
+            flags: 0,
+            total_len: self.region.len,
+            seq,
+            key_hash: self.key_hash,
+            key_len: self.key_len,
+            meta_len: self.meta_len,
+            body_len: self.body_len,
+            checksum: self.hasher.digest(),
+        };
+        let seg = &self.region.seg;
+        seg.write_at(self.region.off as usize, &h.encode());
+        seg.raise_high_water(self.region.off + self.region.len);
+        seg.flush_async(self.region.off as usize, self.region.len as usize);
+        self.cache.store.publish(
+            self.key_hash,
+            Entry {
+                seg: seg.id,
+                generation: self.region.generation,
+                off: self.region.off,
+                total_len: self.region.len,
+                key_len: self.key_len,
+                meta_len: self.meta_len,
+                body_len: self.body_len,
+                seq,
+                times: self.times,
+                head_override: None,
+                hit: AtomicBool::new(false),
+            },
+        );
+        self.cache.stats.stores.fetch_add(1, Relaxed);
+        self.committed = true;
+        true
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        // Mark the region dead so recovery and reclaim step over it.
+        let h = Header {
+            flags: record::FLAG_DEAD,
+            total_len: self.region.len,
+            seq: 0,
+            key_hash: 0,
+            key_len: 0,
+            meta_len: 0,
+            body_len: 0,
+            checksum: 0,
+        };
+        self.region
+            .seg
+            .write_at(self.region.off as usize, &h.encode());
+        self.region
+            .seg
+            .raise_high_water(self.region.off + self.region.len);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! A segment: one fixed-size file (or anonymous region, for a memory-only cache),
+//! mapped once, `MAP_SHARED`, for the life of the process and never unmapped.
+//!
+//! Readers take a lease ([`Lease`]) that keeps the segment from being reused while an
+//! in-flight response still points into it; a `Bytes` made from a lease points
+//! straight into the mapping (`Bytes::from_owner`), so a cache hit's body reaches the
+//! socket without a userspace copy.
+//!
+//! This is the one place that writes through raw pointers into the mapping.
+#![allow(unsafe_code)]
+
+use bytes::Bytes;
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+
+/// Segment file header: magic, version, segment size, high-water mark.
+pub const SEGMENT_HEADER: usize = 64;
+const SEG_MAGIC: u64 = u64::from_le_bytes(*b"CRNSEG01");
+
+pub struct Segment {
+    pub id: u32,
+    map: MmapRaw,
+    len: usize,
+    /// Bumped when the segment is reclaimed; index entries with an older value are dead.
+    pub generation: AtomicU32,
+    /// Leases alive: in-flight readers and writers.
+    readers: AtomicUsize,
+    /// Keeps the file (and its preallocated blocks) open.
+    _file: Option<File>,
+}
+
+impl Segment {
+    /// Opens (creating and preallocating if needed) a segment file of `len` bytes.
+    /// Returns the segment and whether its previous contents are usable.
+    pub fn open_file(path: &Path, id: u32, len: usize) -> io::Result<(Segment, bool)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let old_len = file.metadata()?.len();
+        if old_len != len as u64 {
+            file.set_len(len as u64)?;
+        }
+        preallocate(&file, len)?;
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        let seg = Segment::from_map(id, map, len, Some(file));
+        let usable =
+            old_len == len as u64 && seg.read_u64(0) == SEG_MAGIC && seg.read_u64(8) == len as u64;
+        if !usable {
+            seg.init();
+        }
+        Ok((seg, usable))
+    }
+
+    /// An anonymous segment, for a memory-only cache.
+    pub fn anonymous(id: u32, len: usize) -> io::Result<Segment> {
+        let map = MmapRaw::from(MmapOptions::new().len(len).map_anon()?);
+        let seg = Segment::from_map(id, map, len, None);
+        seg.init();
+        Ok(seg)
+    }
+
+    fn from_map(id: u32, map: MmapRaw, len: usize, file: Option<File>) -> Segment {
+        Segment {
+            id,
+            map,
+            len,
+            generation: AtomicU32::new(1),
+            readers: AtomicUsize::new(0),
+            _file: file,
+        }
+    }
+
+    fn init(&self) {
+        self.write_at(0, &SEG_MAGIC.to_le_bytes());
+        self.write_at(8, &(self.len as u64).to_le_bytes());
+        self.set_high_water(SEGMENT_HEADER as u64);
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.high_water() <= SEGMENT_HEADER as u64
+    }
+
+    fn read_u64(&self, off: usize) -> u64 {
+        u64::from_le_bytes(self.bytes(off, 8).try_into().unwrap())
+    }
+
+    /// End of the committed records (persisted in the segment header), so recovery
+    /// scans only what was written.
+    pub fn high_water(&self) -> u64 {
+        self.hwm_atomic().load(SeqCst).min(self.len as u64)
+    }
+
+    pub fn set_high_water(&self, v: u64) {
+        self.hwm_atomic().store(v, SeqCst);
+    }
+
+    pub fn raise_high_water(&self, v: u64) {
+        self.hwm_atomic().fetch_max(v, SeqCst);
+    }
+
+    fn hwm_atomic(&self) -> &AtomicU64 {
+        // SAFETY: offset 16 is inside the mapping (len >= SEGMENT_HEADER), 8-byte
+        // aligned (mappings are page-aligned), and only ever accessed through this
+        // atomic, so there is no mixed atomic/non-atomic access to these bytes.
+        unsafe { &*(self.map.as_mut_ptr().add(16) as *const AtomicU64) }
+    }
+
+    /// The bytes at `off..off+len`, for reading committed data.
+    ///
+    /// Callers only read regions that are committed and not being written: records
+    /// published in the index (writers never touch a published record until the
+    /// segment is reclaimed, which waits for leases to end) or, during recovery,
+    /// before any writer runs.
+    pub fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        assert!(
+            off.checked_add(len).is_some_and(|e| e <= self.len),
+            "segment read out of bounds"
+        );
+        // SAFETY: bounds checked above; the mapping lives as long as `self` (never
+        // unmapped while the Segment exists); see the method doc for why no writer
+        // mutates these bytes while this borrow is alive.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off), len) }
+    }
+
+    /// Copies `data` into the mapping at `off`.
+    ///
+    /// Callers write only to a region they reserved and that no reader can reach yet
+    /// (unpublished), or to a reclaimed segment with no leases.
+    pub fn write_at(&self, off: usize, data: &[u8]) {
+        assert!(
+            off.checked_add(data.len()).is_some_and(|e| e <= self.len),
+            "segment write out of bounds"
+        );
+        // SAFETY: bounds checked; the destination is inside the live mapping and, per
+        // the method doc, not concurrently read or written; the source is a distinct
+        // allocation, so the ranges cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(off), data.len())
+        }
+    }
+
+    /// Moves `len` bytes from `from` to `to` within the segment (compaction on reclaim).
+    pub fn move_within(&self, from: usize, to: usize, len: usize) {
+        assert!(
+            from.max(to).checked_add(len).is_some_and(|e| e <= self.len),
+            "segment move out of bounds"
+        );
+        // SAFETY: both ranges are inside the mapping; `copy` allows overlap; the
+        // segment is being reclaimed with no leases, so nobody else touches it.
+        unsafe {
+            std::ptr::copy(
+                self.map.as_ptr().add(from),
+                self.map.as_mut_ptr().add(to),
+                len,
+            )
+        }
+    }
+
+    pub fn leases(&self) -> usize {
+        self.readers.load(SeqCst)
+    }
+
+    /// Asks the kernel to write dirty pages back soon (not needed for a process crash:
+    /// `MAP_SHARED` pages survive it in the page cache; this narrows the power-loss window).
+    pub fn flush_async(&self, off: usize, len: usize) {
+        let _ = self.map.flush_async_range(off, len);
+    }
+}
+
+/// A lease on a region of a segment. While any lease is alive the segment is not
+/// reclaimed. As the owner of a `Bytes`, it makes that `Bytes` point into the mapping.
+pub struct Lease {
+    seg: Arc<Segment>,
+    off: usize,
+    len: usize,
+}
+
+impl Lease {
+    /// Takes a lease, then confirms the segment still has `generation`; the SeqCst
+    /// order against [`Segment::generation`] bumps (Dekker-style) guarantees that a
+    /// reclaimer either sees this lease or this check sees its new generation.
+    pub fn acquire(seg: &Arc<Segment>, generation: u32, off: usize, len: usize) -> Option<Lease> {
+        seg.readers.fetch_add(1, SeqCst);
+        let lease = Lease {
+            seg: seg.clone(),
+            off,
+            len,
+        };
+        if seg.generation.load(SeqCst) != generation || off.checked_add(len)? > seg.len {
+            return None; // dropping the lease releases the count
+        }
+        Some(lease)
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for Lease {
+    fn as_ref(&self) -> &[u8] {
+        self.seg.bytes(self.off, self.len)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.seg.readers.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Reserves the file's blocks so a full disk shows up at start, not as SIGBUS later.
+fn preallocate(file: &File, len: usize) -> io::Result<()> {
+    // SAFETY: fallocate on an fd we own, with valid offset/length; it does not touch
+    // our memory.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    // Filesystems without fallocate (tmpfs on old kernels, some network FS): the
+    // file is still sized by set_len; accept it.
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        return Ok(());
+    }
+    Err(e)
+}

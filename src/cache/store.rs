@@ -1,0 +1,423 @@
+//! The segment store: reservation of record regions (each shard appends to its own
+//! active segment), eviction (FIFO over sealed segments with an in-place second
+//! chance for objects hit since they were written), and recovery (rebuilding the
+//! index from the segment files at start).
+
+use super::freshness::Times;
+use super::index::{new_index, Entry, Index};
+use super::meta::Meta;
+use super::record::{self, Header, HEADER_LEN};
+use super::segment::{Lease, Segment, SEGMENT_HEADER};
+use papaya::Operation;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Directory for segment files; `None`: memory-only (anonymous segments).
+    pub dir: Option<PathBuf>,
+    pub quota: u64,
+    pub segment_size: u64,
+    pub max_object: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache directory {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cache directory {0} is in use by another cairn process")]
+    Locked(PathBuf),
+    #[error("cache quota {quota} bytes holds {have} segments of {segment} bytes; {need} are needed ({shards} shards + 1)")]
+    TooSmall {
+        quota: u64,
+        segment: u64,
+        have: u64,
+        need: u64,
+        shards: usize,
+    },
+}
+
+/// What recovery found.
+#[derive(Debug, Default, Clone)]
+pub struct Recovery {
+    pub objects: u64,
+    pub bytes: u64,
+    pub corrupt: u64,
+    pub segments_used: usize,
+    pub millis: u128,
+}
+
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub evictions: AtomicU64,
+    pub second_chances: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+struct Active {
+    seg: u32,
+    write: u64,
+}
+
+struct Allocator {
+    free: VecDeque<u32>,
+    /// Oldest first.
+    sealed: VecDeque<u32>,
+    active: Vec<Option<Active>>,
+}
+
+pub struct Store {
+    pub segments: Vec<Arc<Segment>>,
+    pub index: Index,
+    /// Taken on the miss path only (reserving a region), never on a hit.
+    alloc: Mutex<Allocator>,
+    seq: AtomicU64,
+    pub config: StoreConfig,
+    pub stats: StoreStats,
+    _lock: Option<File>,
+}
+
+/// A reserved region of a segment, leased so it cannot be reclaimed while written.
+pub struct Region {
+    pub seg: Arc<Segment>,
+    pub generation: u32,
+    pub off: u64,
+    pub len: u64,
+    _lease: Lease,
+}
+
+impl Store {
+    pub fn open(config: StoreConfig, shards: usize) -> Result<(Store, Recovery), StoreError> {
+        let started = Instant::now();
+        let count = config.quota / config.segment_size;
+        let need = shards as u64 + 1;
+        if count < need {
+            return Err(StoreError::TooSmall {
+                quota: config.quota,
+                segment: config.segment_size,
+                have: count,
+                need,
+                shards,
+            });
+        }
+        let len = config.segment_size as usize;
+        let mut segments = Vec::with_capacity(count as usize);
+        let mut usable = Vec::with_capacity(count as usize);
+        let mut lock = None;
+        match &config.dir {
+            Some(dir) => {
+                let io = |source| StoreError::Io {
+                    dir: dir.clone(),
+                    source,
+                };
+                std::fs::create_dir_all(dir).map_err(io)?;
+                let f = File::create(dir.join("lock")).map_err(io)?;
+                if f.try_lock().is_err() {
+                    return Err(StoreError::Locked(dir.clone()));
+                }
+                lock = Some(f);
+                for id in 0..count as u32 {
+                    let (seg, ok) =
+                        Segment::open_file(&dir.join(format!("seg-{id:05}.dat")), id, len)
+                            .map_err(io)?;
+                    segments.push(Arc::new(seg));
+                    usable.push(ok);
+                }
+            }
+            None => {
+                for id in 0..count as u32 {
+                    let seg = Segment::anonymous(id, len).map_err(|source| StoreError::Io {
+                        dir: PathBuf::from("<memory>"),
+                        source,
+                    })?;
+                    segments.push(Arc::new(seg));
+                    usable.push(false);
+                }
+            }
+        }
+        let index = new_index();
+        let max_seq = AtomicU64::new(0);
+        let objects = AtomicU64::new(0);
+        let bytes = AtomicU64::new(0);
+        let corrupt = AtomicU64::new(0);
+        let mut last_seq = vec![0u64; segments.len()];
+        // Recovery reads every committed byte to verify checksums: spread it over threads.
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
+        std::thread::scope(|s| {
+            let chunks: Vec<_> = last_seq
+                .chunks_mut(segments.len().div_ceil(workers).max(1))
+                .enumerate()
+                .collect();
+            let per = segments.len().div_ceil(workers).max(1);
+            for (ci, chunk) in chunks {
+                let (segments, usable, index) = (&segments, &usable, &index);
+                let (max_seq, objects, bytes, corrupt) = (&max_seq, &objects, &bytes, &corrupt);
+                s.spawn(move || {
+                    for (j, slot) in chunk.iter_mut().enumerate() {
+                        let i = ci * per + j;
+                        if !usable[i] {
+                            continue;
+                        }
+                        let r = scan(&segments[i], index);
+                        *slot = r.max_seq;
+                        max_seq.fetch_max(r.max_seq, Relaxed);
+                        objects.fetch_add(r.objects, Relaxed);
+                        bytes.fetch_add(r.bytes, Relaxed);
+                        corrupt.fetch_add(r.corrupt, Relaxed);
+                    }
+                });
+            }
+        });
+        let mut free = VecDeque::new();
+        let mut sealed: Vec<u32> = Vec::new();
+        for (i, seg) in segments.iter().enumerate() {
+            if seg.is_empty() {
+                free.push_back(i as u32);
+            } else {
+                sealed.push(i as u32);
+            }
+        }
+        sealed.sort_by_key(|&i| last_seq[i as usize]);
+        let recovery = Recovery {
+            objects: objects.load(Relaxed),
+            bytes: bytes.load(Relaxed),
+            corrupt: corrupt.load(Relaxed),
+            segments_used: sealed.len(),
+            millis: started.elapsed().as_millis(),
+        };
+        let store = Store {
+            segments,
+            index,
+            alloc: Mutex::new(Allocator {
+                free,
+                sealed: sealed.into(),
+                active: (0..shards).map(|_| None).collect(),
+            }),
+            seq: AtomicU64::new(max_seq.load(Relaxed) + 1),
+            config,
+            stats: StoreStats::default(),
+            _lock: lock,
+        };
+        Ok((store, recovery))
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Relaxed)
+    }
+
+    /// Largest record a segment can hold.
+    pub fn max_record(&self) -> u64 {
+        self.config.segment_size - SEGMENT_HEADER as u64
+    }
+
+    /// Reserves `len` bytes in `shard`'s active segment, sealing it and taking a free
+    /// or reclaimed segment when it is full. `None` when nothing can be reclaimed now
+    /// (every sealed segment has in-flight readers): the object is served uncached.
+    pub fn reserve(&self, shard: usize, len: u64) -> Option<Region> {
+        if len > self.max_record() {
+            return None;
+        }
+        let mut a = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        let shard = shard % a.active.len();
+        for _ in 0..=self.segments.len() + 1 {
+            if let Some(act) = a.active[shard].as_mut() {
+                let seg = &self.segments[act.seg as usize];
+                if act.write + len <= seg.len() as u64 {
+                    let off = act.write;
+                    act.write += len;
+                    let generation = seg.generation.load(SeqCst);
+                    let lease = Lease::acquire(seg, generation, off as usize, len as usize)?;
+                    return Some(Region {
+                        seg: seg.clone(),
+                        generation,
+                        off,
+                        len,
+                        _lease: lease,
+                    });
+                }
+            }
+            if let Some(old) = a.active[shard].take() {
+                a.sealed.push_back(old.seg);
+            }
+            let (seg, write) = self.take_segment(&mut a)?;
+            a.active[shard] = Some(Active { seg, write });
+        }
+        None
+    }
+
+    fn take_segment(&self, a: &mut Allocator) -> Option<(u32, u64)> {
+        if let Some(id) = a.free.pop_front() {
+            let seg = &self.segments[id as usize];
+            seg.generation.fetch_add(1, SeqCst);
+            seg.set_high_water(SEGMENT_HEADER as u64);
+            return Some((id, SEGMENT_HEADER as u64));
+        }
+        for pos in 0..a.sealed.len() {
+            let id = a.sealed[pos];
+            if self.segments[id as usize].leases() > 0 {
+                continue;
+            }
+            if let Some(write) = self.reclaim(id) {
+                a.sealed.remove(pos);
+                self.stats.evictions.fetch_add(1, Relaxed);
+                return Some((id, write));
+            }
+        }
+        None
+    }
+
+    /// Reclaims a sealed segment: objects hit since they were written are compacted to
+    /// its front (their second chance), everything else leaves the index. Returns the
+    /// new write position, or `None` if a reader appeared meanwhile.
+    fn reclaim(&self, id: u32) -> Option<u64> {
+        let seg = &self.segments[id as usize];
+        let old_gen = seg.generation.fetch_add(1, SeqCst);
+        let new_gen = old_gen.wrapping_add(1);
+        if seg.leases() > 0 {
+            // A reader leased it before seeing the new generation; its entries are
+            // invalid now, the space is reclaimed on a later attempt.
+            return None;
+        }
+        let guard = self.index.pin();
+        let hwm = seg.high_water();
+        let mut off = SEGMENT_HEADER as u64;
+        let mut write = SEGMENT_HEADER as u64;
+        while off + HEADER_LEN as u64 <= hwm {
+            let Some(h) = Header::decode(seg.bytes(off as usize, HEADER_LEN)) else {
+                off += record::ALIGN;
+                continue;
+            };
+            if off + h.total_len > hwm {
+                off += record::ALIGN;
+                continue;
+            }
+            if !h.is_dead() {
+                let (src, dst) = (off, write);
+                let hit = matches!(guard.get(&h.key_hash),
+                    Some(e) if e.seg == id && e.off == src && e.generation == old_gen && e.hit.load(Relaxed));
+                if hit {
+                    // Move first, publish after: no reader can reach `dst` (new generation)
+                    // before its bytes are in place.
+                    seg.move_within(src as usize, dst as usize, h.total_len as usize);
+                    write += h.total_len;
+                }
+                let mut kept = false;
+                guard.compute(h.key_hash, |cur| match cur {
+                    Some((_, e)) if e.seg == id && e.off == src && e.generation == old_gen => {
+                        if hit {
+                            kept = true;
+                            Operation::Insert(Entry {
+                                off: dst,
+                                generation: new_gen,
+                                hit: AtomicBool::new(false),
+                                head_override: e.head_override.clone(),
+                                ..*e
+                            })
+                        } else {
+                            Operation::Remove
+                        }
+                    }
+                    _ => Operation::Abort(()),
+                });
+                if kept {
+                    self.stats.second_chances.fetch_add(1, Relaxed);
+                } else {
+                    self.stats.dropped.fetch_add(1, Relaxed);
+                }
+            }
+            off += h.total_len;
+        }
+        seg.set_high_water(write);
+        Some(write)
+    }
+
+    /// Publishes a committed record in the index (newest write wins).
+    pub fn publish(&self, key_hash: u64, entry: Entry) {
+        self.index.pin().insert(key_hash, entry);
+    }
+}
+
+struct ScanResult {
+    objects: u64,
+    bytes: u64,
+    corrupt: u64,
+    max_seq: u64,
+}
+
+/// Rebuilds index entries from one segment. Records with a bad header are skipped
+/// by searching forward for the next valid header; records whose checksum fails
+/// are skipped whole.
+fn scan(seg: &Arc<Segment>, index: &Index) -> ScanResult {
+    let mut r = ScanResult {
+        objects: 0,
+        bytes: 0,
+        corrupt: 0,
+        max_seq: 0,
+    };
+    let hwm = seg.high_water();
+    let generation = seg.generation.load(SeqCst);
+    let guard = index.pin();
+    let mut off = SEGMENT_HEADER as u64;
+    let mut in_gap = false;
+    while off + HEADER_LEN as u64 <= hwm {
+        let h = match Header::decode(seg.bytes(off as usize, HEADER_LEN)) {
+            Some(h) if off + h.total_len <= hwm => h,
+            _ => {
+                if !in_gap {
+                    r.corrupt += 1;
+                    in_gap = true;
+                }
+                off += record::ALIGN;
+                continue;
+            }
+        };
+        in_gap = false;
+        let start = off as usize;
+        off += h.total_len;
+        if h.is_dead() {
+            continue;
+        }
+        let rec = seg.bytes(start, h.total_len as usize);
+        let body_end = h.body_offset() + h.body_len as usize;
+        if record::checksum(&[&rec[HEADER_LEN..body_end]]) != h.checksum {
+            r.corrupt += 1;
+            continue;
+        }
+        let Some(meta) = Meta::decode(&rec[h.meta_range()]) else {
+            r.corrupt += 1;
+            continue;
+        };
+        r.max_seq = r.max_seq.max(h.seq);
+        r.objects += 1;
+        r.bytes += h.body_len;
+        let times: Times = meta.times;
+        guard.compute(h.key_hash, |cur| match cur {
+            Some((_, e)) if e.seq >= h.seq => Operation::Abort(()),
+            _ => Operation::Insert(Entry {
+                seg: seg.id,
+                generation,
+                off: start as u64,
+                total_len: h.total_len,
+                key_len: h.key_len,
+                meta_len: h.meta_len,
+                body_len: h.body_len,
+                seq: h.seq,
+                times,
+                head_override: None,
+                hit: AtomicBool::new(false),
+            }),
+        });
+    }
+    r
+}

@@ -1,0 +1,204 @@
+use super::*;
+use std::path::PathBuf;
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cairn-cache-unit-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn cfg(d: &PathBuf, quota_mb: u64, seg_mb: u64) -> StoreConfig {
+    StoreConfig {
+        dir: Some(d.clone()),
+        quota: quota_mb << 20,
+        segment_size: seg_mb << 20,
+        max_object: (seg_mb << 20) - 4096,
+    }
+}
+
+fn meta(head: &[u8]) -> Meta<'_> {
+    Meta {
+        status: 200,
+        times: Times {
+            lifetime_ms: 60_000,
+            ..Default::default()
+        },
+        last_modified_s: 0,
+        etag: b"\"e\"",
+        head,
+    }
+}
+
+fn put(c: &Cache, shard: usize, key: &[u8], body: &[u8]) -> bool {
+    let Some(mut w) = c.writer(shard, key, &meta(b"Content-Type: x\r\n"), body.len() as u64) else {
+        return false;
+    };
+    for chunk in body.chunks(7000) {
+        assert!(w.push(chunk));
+    }
+    w.commit()
+}
+
+#[test]
+fn store_lookup_zero_copy_and_collision_safety() {
+    let d = dir("basic");
+    let (c, rec) = Cache::open(cfg(&d, 8, 2), 2).unwrap();
+    assert_eq!(rec.objects, 0);
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    assert!(put(&c, 0, b"h/a", &body));
+    let hit = c.lookup(b"h/a").unwrap();
+    assert_eq!(hit.body, body);
+    assert_eq!(&hit.headers[..], b"Content-Type: x\r\n");
+    assert_eq!(&hit.etag[..], b"\"e\"");
+    // Zero copy: the body Bytes points into the segment mapping, not a heap copy.
+    let seg = &c.store.segments[c
+        .store
+        .index
+        .pin()
+        .get(&record::key_hash(b"h/a"))
+        .unwrap()
+        .seg as usize];
+    let map_start = seg.bytes(0, 1).as_ptr() as usize;
+    let p = hit.body.as_ptr() as usize;
+    assert!(
+        p > map_start && p + hit.body.len() <= map_start + seg.len(),
+        "body is not in the mapping"
+    );
+    assert!(c.lookup(b"h/b").is_none());
+    // A short body never commits; an overflowing push is refused.
+    let mut w = c.writer(0, b"h/short", &meta(b""), 10).unwrap();
+    assert!(w.push(b"12345"));
+    assert!(!w.push(b"123456"));
+    assert!(!w.commit());
+    assert!(c.lookup(b"h/short").is_none());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn recovery_after_restart_and_corruption() {
+    let d = dir("recover");
+    {
+        let (c, _) = Cache::open(cfg(&d, 8, 2), 2).unwrap();
+        for i in 0..20 {
+            assert!(put(
+                &c,
+                i % 2,
+                format!("h/{i}").as_bytes(),
+                &vec![i as u8; 10_000 + i]
+            ));
+        }
+        // A newer version of one key wins over the older record.
+        assert!(put(&c, 0, b"h/3", b"newer"));
+        // An abandoned write leaves a dead region, skipped on recovery.
+        let mut w = c.writer(1, b"h/dead", &meta(b""), 100).unwrap();
+        w.push(&[1; 50]);
+        drop(w);
+        // A second process cannot open the same directory.
+        assert!(matches!(
+            Cache::open(cfg(&d, 8, 2), 2),
+            Err(StoreError::Locked(_))
+        ));
+    }
+    {
+        let (c, rec) = Cache::open(cfg(&d, 8, 2), 2).unwrap();
+        assert_eq!(rec.objects, 21, "{rec:?}");
+        assert_eq!(rec.corrupt, 0);
+        assert_eq!(c.lookup(b"h/3").unwrap().body, &b"newer"[..]);
+        assert_eq!(c.lookup(b"h/7").unwrap().body, vec![7u8; 10_007]);
+        assert!(c.lookup(b"h/dead").is_none());
+    }
+    // Flip one body byte of h/5 on disk.
+    let victim = vec![5u8; 10_005];
+    let mut patched = false;
+    for f in std::fs::read_dir(&d).unwrap() {
+        let p = f.unwrap().path();
+        if !p.extension().is_some_and(|e| e == "dat") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&p).unwrap();
+        if let Some(pos) = bytes.windows(victim.len()).position(|w| w == &victim[..]) {
+            bytes[pos + 100] ^= 0xff;
+            std::fs::write(&p, &bytes).unwrap();
+            patched = true;
+            break;
+        }
+    }
+    assert!(patched);
+    let (c, rec) = Cache::open(cfg(&d, 8, 2), 2).unwrap();
+    assert_eq!(rec.corrupt, 1, "{rec:?}");
+    assert!(c.lookup(b"h/5").is_none(), "a corrupt record is a miss");
+    for i in (0..20).filter(|&i| i != 5 && i != 3) {
+        assert_eq!(
+            c.lookup(format!("h/{i}").as_bytes()).unwrap().body.len(),
+            10_000 + i,
+            "h/{i}"
+        );
+    }
+    drop(c);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn eviction_is_fifo_with_a_second_chance_and_respects_leases() {
+    let d = dir("evict");
+    // 4 segments of 1 MiB, 1 shard.
+    let (c, _) = Cache::open(cfg(&d, 4, 1), 1).unwrap();
+    let body = vec![9u8; 200_000];
+    // Five objects per segment: 20 fill all four.
+    for i in 0..20 {
+        assert!(put(&c, 0, format!("k/{i}").as_bytes(), &body));
+    }
+    assert_eq!(c.store.stats.evictions.load(Relaxed), 0);
+    // k/0 is hit; it should survive its segment's reclaim.
+    drop(c.lookup(b"k/0").unwrap());
+    for i in 20..23 {
+        assert!(put(&c, 0, format!("k/{i}").as_bytes(), &body), "put {i}");
+    }
+    assert_eq!(c.store.stats.evictions.load(Relaxed), 1);
+    assert!(c.lookup(b"k/0").is_some(), "hit object got a second chance");
+    assert!(
+        c.lookup(b"k/1").is_none(),
+        "unhit oldest objects were evicted"
+    );
+    assert!(c.lookup(b"k/5").is_some(), "younger segments untouched");
+    for i in 23..40 {
+        assert!(put(&c, 0, format!("k/{i}").as_bytes(), &body), "put {i}");
+    }
+    assert!(c.store.stats.evictions.load(Relaxed) > 0);
+    assert!(c.store.stats.second_chances.load(Relaxed) >= 1);
+    // Disk use stays within the quota whatever is written.
+    let total: u64 = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(total <= 4 << 20, "{total}");
+    // A segment leased by an in-flight response is never reused under it.
+    let pinned = c.lookup(b"k/39").unwrap();
+    let copy = pinned.body.to_vec();
+    for i in 40..80 {
+        put(&c, 0, format!("k/{i}").as_bytes(), &body);
+    }
+    assert_eq!(&pinned.body[..], &copy[..]);
+    drop(pinned);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn memory_only_cache_works_without_a_directory() {
+    let (c, _) = Cache::open(
+        StoreConfig {
+            dir: None,
+            quota: 4 << 20,
+            segment_size: 1 << 20,
+            max_object: 1 << 19,
+        },
+        1,
+    )
+    .unwrap();
+    assert!(put(&c, 0, b"m", b"memory"));
+    assert_eq!(c.lookup(b"m").unwrap().body, &b"memory"[..]);
+    assert!(
+        c.writer(0, b"big", &meta(b""), 1 << 20).is_none(),
+        "over max_object"
+    );
+}
