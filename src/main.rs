@@ -146,7 +146,28 @@ fn run(args: &Args) -> Result<()> {
         .map(|g| g[0].local_addr())
         .collect::<std::io::Result<_>>()?;
 
-    let shared = Arc::new(Shared::new(config.clone(), shards));
+    let started = Instant::now();
+    let (cache, recovery) = cairn::cache::Cache::open(config.cache.store_config(), shards)
+        .context("opening the cache")?;
+    log::info!(
+        "cache {}: {} objects ({} MiB) recovered from {} segments in {} ms{}",
+        config
+            .cache
+            .dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "in memory".into()),
+        recovery.objects,
+        recovery.bytes >> 20,
+        recovery.segments_used,
+        started.elapsed().as_millis(),
+        if recovery.corrupt > 0 {
+            format!("; {} corrupt or torn records skipped", recovery.corrupt)
+        } else {
+            String::new()
+        }
+    );
+    let shared = Arc::new(Shared::new(config.clone(), shards, Arc::new(cache)));
     let handles = shard::spawn_all(shared.clone(), &groups, shards).context("starting shards")?;
     if !shard::wait_ready(&shared, shards, Duration::from_secs(10)) {
         bail!(
@@ -178,13 +199,15 @@ fn run(args: &Args) -> Result<()> {
         "draining: no new connections; in-flight responses have {:?}",
         shared.drain_timeout
     );
-    shared.drain.send_replace(true);
+    // Listeners first: an accept completing after the drain flag would have no task
+    // left to serve it.
     for g in &groups {
         for l in g {
             // Stops accepting at once, and completes any accept in flight on the rings.
             let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
         }
     }
+    shared.drain.send_replace(true);
     let deadline = Instant::now() + shared.drain_timeout + Duration::from_secs(2);
     while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -198,6 +221,15 @@ fn run(args: &Args) -> Result<()> {
             s.restarts.load(Relaxed)
         );
     }
+    let c = &shared.cache.stats;
+    log::info!(
+        "cache: {} hits, {} misses, {} stored, {} not stored (size or space), {} objects indexed",
+        c.hits.load(Relaxed),
+        c.misses.load(Relaxed),
+        c.stores.load(Relaxed),
+        c.store_skipped.load(Relaxed),
+        shared.cache.objects()
+    );
     log::info!(
         "stopped ({} panics during the run)",
         cairn::logging::PANICS.load(Relaxed)

@@ -372,7 +372,7 @@ fn a_port_held_by_another_process_is_a_clear_error() {
 #[test]
 fn check_reports_the_effective_table_and_errors_with_file_and_line() {
     let dir = temp_dir("check");
-    std::fs::write(dir.join("server.xml"), "<Server>\n<VHostDefault><Options><ClientKeepAliveSec>5</ClientKeepAliveSec></Options></VHostDefault>\n<Cache><Storage/></Cache>\n</Server>").unwrap();
+    std::fs::write(dir.join("server.xml"), "<Server>\n<VHostDefault><Options><ClientKeepAliveSec>5</ClientKeepAliveSec></Options></VHostDefault>\n<Cache><Cleanup><Time>02:00</Time></Cleanup></Cache>\n</Server>").unwrap();
     std::fs::write(
         dir.join("vhosts.xml"),
         "<Vhosts>\n<Vhost Name=\"www.example.com\"><Alias>*.example.com</Alias><Listen>*:8080</Listen><Origin><Address>10.0.0.1</Address></Origin></Vhost>\n<Default>www.example.com</Default>\n</Vhosts>",
@@ -393,7 +393,7 @@ fn check_reports_the_effective_table_and_errors_with_file_and_line() {
         "{stdout}"
     );
     assert!(
-        stderr.contains("server.xml:3: <Cache><Storage> is not supported yet"),
+        stderr.contains("server.xml:3: <Cache><Cleanup> is not supported yet"),
         "{stderr}"
     );
 
@@ -415,7 +415,7 @@ fn check_reports_the_effective_table_and_errors_with_file_and_line() {
 fn unknown_host_without_default_is_404() {
     let origin = Origin::start(|_| ok(b"x"));
     let dir = temp_dir("nodefault");
-    std::fs::write(dir.join("server.xml"), "<Server/>").unwrap();
+    std::fs::write(dir.join("server.xml"), server_xml("", "")).unwrap();
     std::fs::write(
         dir.join("vhosts.xml"),
         format!("<Vhosts><Vhost Name=\"a.test\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>", origin.addr),

@@ -77,7 +77,7 @@ impl Header {
         if h.flags & FLAG_DEAD == 0 && h.total_len != need {
             return None;
         }
-        if h.total_len < HEADER_LEN as u64 || h.total_len % ALIGN != 0 {
+        if h.total_len < HEADER_LEN as u64 || !h.total_len.is_multiple_of(ALIGN) {
             return None;
         }
         Some(h)

@@ -7,9 +7,9 @@ fn dir(tag: &str) -> PathBuf {
     d
 }
 
-fn cfg(d: &PathBuf, quota_mb: u64, seg_mb: u64) -> StoreConfig {
+fn cfg(d: &std::path::Path, quota_mb: u64, seg_mb: u64) -> StoreConfig {
     StoreConfig {
-        dir: Some(d.clone()),
+        dir: Some(d.to_path_buf()),
         quota: quota_mb << 20,
         segment_size: seg_mb << 20,
         max_object: (seg_mb << 20) - 4096,
@@ -112,7 +112,7 @@ fn recovery_after_restart_and_corruption() {
     let mut patched = false;
     for f in std::fs::read_dir(&d).unwrap() {
         let p = f.unwrap().path();
-        if !p.extension().is_some_and(|e| e == "dat") {
+        if p.extension().is_none_or(|e| e != "dat") {
             continue;
         }
         let mut bytes = std::fs::read(&p).unwrap();

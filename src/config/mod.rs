@@ -43,6 +43,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
     pub keep_alive: keepalive::Policy,
+    /// `<TTL><Res2xx>…`: heuristic freshness by status class.
+    pub ttl: crate::cache::freshness::Heuristics,
+    /// `<OriginalHeader Standard>` (ORIG-1).
+    pub headers: crate::cache::meta::HeaderPolicy,
+    /// `<CacheStatusHeader>` (cairn): add `X-Cache: TCP_HIT`… to responses. Debug aid; off.
+    pub cache_status_header: bool,
 }
 
 /// Per-vhost origin options (`<OriginOptions>`), inherited from `<VHostDefault>`.
@@ -90,6 +96,74 @@ pub struct Config {
     pub vhosts: Vec<Vhost>,
     pub default_vhost: Option<usize>,
     pub listeners: Vec<ListenGroup>,
+    pub cache: CacheSettings,
+    pub server: ServerSettings,
+}
+
+/// `<Server><Cache><Storage>`: where and how big the cache is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Segment directory; `None` for a memory-only cache (`<Storage/>` with no `<Disk>`).
+    pub dir: Option<PathBuf>,
+    pub quota: u64,
+    pub segment_size: u64,
+    pub max_object: u64,
+}
+
+impl CacheSettings {
+    pub const DEFAULT_SEGMENT: u64 = 64 << 20;
+
+    /// The default location: `/var/cache/cairn` for root, else the user's cache dir.
+    pub fn default_dir() -> PathBuf {
+        let is_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+            || std::env::var("HOME").map(|h| h == "/root").unwrap_or(false);
+        if is_root {
+            return PathBuf::from("/var/cache/cairn");
+        }
+        match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+            (Some(x), _) => PathBuf::from(x).join("cairn"),
+            (None, Some(h)) => PathBuf::from(h).join(".cache/cairn"),
+            _ => PathBuf::from("cairn-cache"),
+        }
+    }
+
+    pub fn store_config(&self) -> crate::cache::StoreConfig {
+        crate::cache::StoreConfig {
+            dir: self.dir.clone(),
+            quota: self.quota,
+            segment_size: self.segment_size,
+            max_object: self.max_object,
+        }
+    }
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            dir: Some(CacheSettings::default_dir()),
+            quota: 1 << 30,
+            segment_size: Self::DEFAULT_SEGMENT,
+            max_object: Self::DEFAULT_SEGMENT - (1 << 20),
+        }
+    }
+}
+
+/// Server-wide cairn settings (`<Server><Cairn>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// A request head or body must arrive within this (then 408).
+    pub request_timeout: Duration,
+    /// How long in-flight responses may run on after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            request_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// A loaded configuration and the warnings found on the way.
@@ -101,6 +175,7 @@ pub struct Loaded {
 
 /// Loads `server.xml` and `vhosts.xml` from a configuration directory.
 pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
+    let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let read = |name: &str| {
         let path = dir.join(name);
         std::fs::read_to_string(&path).map_err(|source| ConfigError::Io { path, source })
@@ -135,6 +210,18 @@ impl Config {
     pub fn describe(&self) -> String {
         use fmt::Write;
         let mut s = String::new();
+        let c = &self.cache;
+        let _ = writeln!(
+            s,
+            "cache: {} quota={} MiB segment={} MiB max-object={} MiB",
+            c.dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| "memory".into()),
+            c.quota >> 20,
+            c.segment_size >> 20,
+            c.max_object >> 20
+        );
         let _ = writeln!(
             s,
             "{:<28} {:<28} {:<24} origins",

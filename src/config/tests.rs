@@ -107,3 +107,68 @@ fn embedded_default_is_valid() {
     );
     assert!(c.describe().contains("localhost (default)"));
 }
+
+#[test]
+fn cache_storage_and_cairn_settings() {
+    let v = r#"<Vhosts><Vhost Name="a"><Origin><Address>10.0.0.1</Address></Origin>
+<Options><TTL><Res2xx>60</Res2xx><NoCache>5</NoCache></TTL><OriginalHeader Standard="ON">OFF</OriginalHeader><CacheStatusHeader>ON</CacheStatusHeader></Options></Vhost></Vhosts>"#;
+    let server = r#"<Server><Cache><Storage SegmentSize="16MB" MaxObjectSize="8MB"><Disk Quota="2">data/cache</Disk></Storage></Cache>
+<Cairn><RequestTimeoutSec>5</RequestTimeoutSec></Cairn></Server>"#;
+    let l = xml::load("server.xml", server, "vhosts.xml", v, "/etc/cairn").unwrap();
+    let c = &l.config.cache;
+    assert_eq!(c.dir.as_deref(), Some(Path::new("/etc/cairn/data/cache")));
+    assert_eq!(
+        (c.quota, c.segment_size, c.max_object),
+        (2 << 30, 16 << 20, 8 << 20)
+    );
+    assert_eq!(l.config.server.request_timeout, Duration::from_secs(5));
+    let o = &l.config.vhosts[0].options;
+    assert_eq!(o.ttl.res2xx, 60);
+    assert_eq!(o.ttl.res3xx, 300);
+    assert!(o.headers.standard_extra && !o.headers.original && o.cache_status_header);
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.reason.contains("<TTL><NoCache>")),
+        "{:?}",
+        l.warnings
+    );
+
+    let mem = xml::load(
+        "server.xml",
+        "<Server><Cache><Storage/></Cache></Server>",
+        "vhosts.xml",
+        v,
+        "/x",
+    )
+    .unwrap();
+    assert_eq!(mem.config.cache.dir, None);
+
+    for (bad, why) in [
+        (
+            r#"<Server><Cache><Storage SegmentSize="lots"><Disk>/c</Disk></Storage></Cache></Server>"#,
+            "SegmentSize",
+        ),
+        (
+            r#"<Server><Cache><Storage SegmentSize="16KB"><Disk>/c</Disk></Storage></Cache></Server>"#,
+            "between",
+        ),
+        (
+            r#"<Server><Cache><Storage Quota="10MB"><Disk>/c</Disk></Storage></Cache></Server>"#,
+            "two segments",
+        ),
+        (
+            r#"<Server><Cache><Storage><Disk Quota="x">/c</Disk></Storage></Cache></Server>"#,
+            "Quota",
+        ),
+        (
+            r#"<Server><Cache><Storage><Disk></Disk></Storage></Cache></Server>"#,
+            "directory",
+        ),
+    ] {
+        match xml::load("server.xml", bad, "vhosts.xml", v, "/x") {
+            Err(ConfigError::Invalid(d)) => assert!(d.reason.contains(why), "{d}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}

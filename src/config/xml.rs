@@ -1,11 +1,12 @@
 //! The STON XML dialect: `server.xml` (`<Server>`) and `vhosts.xml` (`<Vhosts>`).
 
 use super::{
-    expand_star, Config, ConfigError, Diag, ListenGroup, Loaded, Options, OriginAddr,
-    OriginOptions, Vhost,
+    expand_star, CacheSettings, Config, ConfigError, Diag, ListenGroup, Loaded, Options,
+    OriginAddr, OriginOptions, ServerSettings, Vhost,
 };
 use roxmltree::{Document, Node};
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// One file being read: its name and parsed document, for line numbers.
@@ -74,6 +75,10 @@ pub(super) fn load(
     let mut default_options = Options::default();
     let mut default_origin = OriginOptions::default();
     let mut cache_listen: Vec<IpAddr> = Vec::new();
+    let mut cache = CacheSettings::default();
+    let mut server = ServerSettings::default();
+    // Relative paths in the files are relative to the configuration directory.
+    let base: Option<&Path> = (!source.starts_with('<')).then(|| Path::new(source));
     for child in elements(root) {
         match child.tag_name().name() {
             "VHostDefault" => {
@@ -102,12 +107,14 @@ pub(super) fn load(
                             })?;
                             cache_listen.push(ip);
                         }
+                        "Storage" => parse_storage(&s, e, base, &mut cache, &mut warnings)?,
                         other => warnings.push(
                             s.diag(e, format!("<Cache><{other}> is not supported yet; ignored")),
                         ),
                     }
                 }
             }
+            "Cairn" => parse_cairn(&s, child, &mut server, &mut warnings)?,
             other => warnings.push(s.diag(
                 child,
                 format!("<Server><{other}> is not supported; ignored"),
@@ -193,6 +200,8 @@ pub(super) fn load(
             vhosts,
             default_vhost,
             listeners,
+            cache,
+            server,
         },
         warnings,
     })
@@ -347,6 +356,31 @@ fn apply_options(
                     None => 0,
                 };
             }
+            "TTL" => {
+                for t in elements(e) {
+                    let slot = match t.tag_name().name() {
+                        "Res2xx" => &mut o.ttl.res2xx,
+                        "Res3xx" => &mut o.ttl.res3xx,
+                        "Res4xx" => &mut o.ttl.res4xx,
+                        "Res5xx" => &mut o.ttl.res5xx,
+                        other => {
+                            warnings.push(
+                                s.diag(t, format!("<TTL><{other}> is not supported yet; ignored")),
+                            );
+                            continue;
+                        }
+                    };
+                    *slot = u64::from(number(s, t, text(t), 0, 31_536_000 * 10)?);
+                }
+            }
+            "OriginalHeader" => {
+                o.headers.original = on_off(s, e)?;
+                o.headers.standard_extra = match e.attribute("Standard") {
+                    Some(v) => on_off_str(s, e, v)?,
+                    None => false,
+                };
+            }
+            "CacheStatusHeader" => o.cache_status_header = on_off(s, e)?,
             other => warnings.push(s.diag(
                 e,
                 format!("<Options><{other}> is not supported yet; ignored"),
@@ -372,6 +406,143 @@ fn apply_origin_options(
                 e,
                 format!("<OriginOptions><{other}> is not supported yet; ignored"),
             )),
+        }
+    }
+    Ok(())
+}
+
+fn on_off_str(s: &Src, e: Node, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_uppercase().as_str() {
+        "ON" => Ok(true),
+        "OFF" => Ok(false),
+        other => Err(s.err(
+            e,
+            format!(
+                "<{}> attribute '{other}': expected ON or OFF",
+                e.tag_name().name()
+            ),
+        )),
+    }
+}
+
+/// `<Server><Cache><Storage>`: `<Disk Quota="GB">path</Disk>` (STON; the first is
+/// used), or none for a memory-only cache. cairn attributes on `<Storage>`:
+/// `SegmentSize`, `Quota`, `MaxObjectSize` with units (`64MB`, `1GB`).
+fn parse_storage(
+    s: &Src,
+    e: Node,
+    base: Option<&Path>,
+    cache: &mut CacheSettings,
+    warnings: &mut Vec<Diag>,
+) -> Result<(), ConfigError> {
+    let size_attr = |name: &str| -> Result<Option<u64>, ConfigError> {
+        match e.attribute(name) {
+            None => Ok(None),
+            Some(v) => parse_size(v).filter(|&n| n > 0).map(Some).ok_or_else(|| {
+                s.err(
+                    e,
+                    format!("<Storage {name}=\"{v}\">: expected a size like 64MB or 1GB"),
+                )
+            }),
+        }
+    };
+    let mut disks = elements(e).filter(|d| d.tag_name().name() == "Disk");
+    match disks.next() {
+        None => {
+            cache.dir = None;
+            cache.quota = 256 << 20;
+        }
+        Some(d) => {
+            let p = text(d);
+            if p.is_empty() {
+                return Err(s.err(d, "<Disk> needs a directory path"));
+            }
+            let p = PathBuf::from(p);
+            cache.dir = Some(match base {
+                Some(b) if p.is_relative() => b.join(p),
+                _ => p,
+            });
+            if let Some(q) = d.attribute("Quota") {
+                cache.quota = match q.trim().parse::<u64>() {
+                    Ok(gb) if gb > 0 => gb << 30, // STON: whole GB
+                    _ => parse_size(q).filter(|&n| n > 0).ok_or_else(|| {
+                        s.err(
+                            d,
+                            format!(
+                                "<Disk Quota=\"{q}\">: expected GB (STON) or a size like 512MB"
+                            ),
+                        )
+                    })?,
+                };
+            }
+        }
+    }
+    for extra in disks {
+        warnings.push(s.diag(extra, "only the first <Disk> is used; this one is ignored"));
+    }
+    for c in elements(e).filter(|c| c.tag_name().name() != "Disk") {
+        warnings.push(s.diag(
+            c,
+            format!(
+                "<Storage><{}> is not supported; ignored",
+                c.tag_name().name()
+            ),
+        ));
+    }
+    if let Some(q) = size_attr("Quota")? {
+        cache.quota = q;
+    }
+    if let Some(seg) = size_attr("SegmentSize")? {
+        if !(1 << 20..=1 << 30).contains(&seg) {
+            return Err(s.err(e, "<Storage SegmentSize>: must be between 1MB and 1GB"));
+        }
+        cache.segment_size = seg;
+        cache.max_object = seg - (64 << 10);
+    }
+    if let Some(m) = size_attr("MaxObjectSize")? {
+        cache.max_object = m;
+    }
+    cache.max_object = cache.max_object.min(cache.segment_size - (64 << 10));
+    if cache.quota < cache.segment_size * 2 {
+        return Err(s.err(
+            e,
+            format!(
+                "cache quota {} bytes is smaller than two segments of {} bytes",
+                cache.quota, cache.segment_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `64MB`, `1GB`, `512KB`, `100B` or a bare number of bytes (case-insensitive; KiB-based).
+fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim().to_ascii_uppercase();
+    let digits = v.chars().take_while(|c| c.is_ascii_digit()).count();
+    let n: u64 = v[..digits].parse().ok()?;
+    let mult = match v[digits..].trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// `<Server><Cairn>`: settings STON does not have.
+fn parse_cairn(
+    s: &Src,
+    node: Node,
+    server: &mut ServerSettings,
+    warnings: &mut Vec<Diag>,
+) -> Result<(), ConfigError> {
+    for e in elements(node) {
+        let secs = || number(s, e, text(e), 1, 3600).map(|n| Duration::from_secs(u64::from(n)));
+        match e.tag_name().name() {
+            "RequestTimeoutSec" => server.request_timeout = secs()?,
+            "DrainTimeoutSec" => server.drain_timeout = secs()?,
+            other => warnings.push(s.diag(e, format!("<Cairn><{other}> is not known; ignored"))),
         }
     }
     Ok(())

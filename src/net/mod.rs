@@ -84,12 +84,14 @@ impl Conn {
                 *buf = slice.into_inner();
                 Ok(res?)
             }
+            // Shutting down the read side completes the in-flight read (and frees its
+            // buffer and fd) while leaving the write side usable for a 408.
             _ = tokio::time::sleep(timeout) => {
-                self.shutdown();
+                let _ = self.inner.shutdown(Shutdown::Read);
                 Err(IoError::TimedOut)
             }
             _ = stop => {
-                self.shutdown();
+                let _ = self.inner.shutdown(Shutdown::Read);
                 Err(IoError::Stopped)
             }
         }
@@ -99,43 +101,43 @@ impl Conn {
     /// short writes. No byte of any buffer is copied.
     pub async fn writev_all(&self, mut bufs: Vec<Bytes>, timeout: Duration) -> Result<(), IoError> {
         bufs.retain(|b| !b.is_empty());
-        let work = async {
-            while !bufs.is_empty() {
-                // IOV_MAX is 1024; stay well under it.
-                let rest = if bufs.len() > 512 {
-                    bufs.split_off(512)
+        while !bufs.is_empty() {
+            // IOV_MAX is 1024; stay well under it.
+            let rest = if bufs.len() > 512 {
+                bufs.split_off(512)
+            } else {
+                Vec::new()
+            };
+            // The timeout is per write that makes progress (like nginx's send_timeout),
+            // so a large body to a slow but live peer is not cut off.
+            let (res, mut sent) = match tokio::time::timeout(timeout, self.inner.writev(bufs)).await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    self.shutdown();
+                    return Err(IoError::TimedOut);
+                }
+            };
+            let mut n = res?;
+            if n == 0 {
+                return Err(IoError::Io(io::Error::from(io::ErrorKind::WriteZero)));
+            }
+            let mut first = 0;
+            while n > 0 {
+                let b = &mut sent[first];
+                if n >= b.len() {
+                    n -= b.len();
+                    first += 1;
                 } else {
-                    Vec::new()
-                };
-                let (res, mut sent) = self.inner.writev(bufs).await;
-                let mut n = res?;
-                if n == 0 {
-                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                    b.advance(n);
+                    n = 0;
                 }
-                let mut first = 0;
-                while n > 0 {
-                    let b = &mut sent[first];
-                    if n >= b.len() {
-                        n -= b.len();
-                        first += 1;
-                    } else {
-                        b.advance(n);
-                        n = 0;
-                    }
-                }
-                sent.drain(..first);
-                sent.extend(rest);
-                bufs = sent;
             }
-            Ok(())
-        };
-        match tokio::time::timeout(timeout, work).await {
-            Ok(r) => r.map_err(IoError::Io),
-            Err(_) => {
-                self.shutdown();
-                Err(IoError::TimedOut)
-            }
+            sent.drain(..first);
+            sent.extend(rest);
+            bufs = sent;
         }
+        Ok(())
     }
 
     pub async fn write_all(&self, buf: Bytes, timeout: Duration) -> Result<(), IoError> {

@@ -24,15 +24,41 @@ fn named_by_connection<'a>(mut conn_values: impl Iterator<Item = &'a [u8]>, name
     conn_values.any(|v| connection_names(v, name))
 }
 
+/// How a request is rewritten for the origin beyond the hop-by-hop rules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OriginOpts<'a> {
+    /// Send this method instead of the client's (a HEAD miss is filled with GET).
+    pub method: Option<&'a [u8]>,
+    /// A cache fill: drop the client's conditionals and Range, we need the whole object.
+    pub for_cache: bool,
+    /// Extra header lines (`Name: value\r\n`), e.g. our own conditionals.
+    pub extra: &'a [u8],
+}
+
+/// Request headers a cache fill must not forward (the fill wants a full 200).
+fn is_client_conditional(name: &[u8]) -> bool {
+    [
+        b"if-none-match".as_slice(),
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-range",
+        b"range",
+    ]
+    .iter()
+    .any(|n| n.eq_ignore_ascii_case(name))
+}
+
 /// The request head sent to the origin.
 pub fn origin_request(
     req: &RequestHead,
     origin: &OriginAddr,
     client_ip: IpAddr,
     body_len: Option<u64>,
+    opts: &OriginOpts,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(req.method());
+    out.extend_from_slice(opts.method.unwrap_or(req.method()));
     out.push(b' ');
     let path = req.path();
     if path != b"*" {
@@ -56,6 +82,9 @@ pub fn origin_request(
         {
             continue;
         }
+        if opts.for_cache && is_client_conditional(name) {
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             xff = Some(value);
             continue;
@@ -75,6 +104,7 @@ pub fn origin_request(
     }
     out.extend_from_slice(client_ip.to_string().as_bytes());
     out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(opts.extra);
     match body_len {
         Some(n) => out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
         None if matches!(req.method(), b"POST" | b"PUT" | b"PATCH") => {
@@ -87,7 +117,12 @@ pub fn origin_request(
 }
 
 /// The response head sent to the client.
-pub fn client_response(resp: &ResponseHead, framing: ClientFraming, ka: Decision) -> Vec<u8> {
+pub fn client_response(
+    resp: &ResponseHead,
+    framing: ClientFraming,
+    ka: Decision,
+    cache_status: Option<&str>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(format!("HTTP/1.1 {} ", resp.status).as_bytes());
     let r = resp.reason();
@@ -133,9 +168,65 @@ pub fn client_response(resp: &ResponseHead, framing: ClientFraming, ka: Decision
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         ClientFraming::NoBody | ClientFraming::Close => {}
     }
+    if let Some(c) = cache_status {
+        out.extend_from_slice(b"X-Cache: ");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     ka.write_headers(&mut out);
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// The head of a response built from stored (or filling) headers: hits, fills and
+/// their followers all answer through this.
+pub fn stored_response(
+    status: u16,
+    headers: &[u8],
+    framing: ClientFraming,
+    ka: Decision,
+    cache_status: Option<&str>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(headers.len() + 128);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = itoa_u16(status);
+    out.append(&mut code);
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(headers);
+    match framing {
+        ClientFraming::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        ClientFraming::NoBody | ClientFraming::Close => {}
+    }
+    if let Some(c) = cache_status {
+        out.extend_from_slice(b"X-Cache: ");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    ka.write_headers(&mut out);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn itoa_u16(n: u16) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+/// How to frame a body toward the client: its length when known, else chunked for
+/// HTTP/1.1 and close-delimited for HTTP/1.0.
+pub fn client_framing(has_body: bool, length: Option<u64>, http10_client: bool) -> ClientFraming {
+    match (has_body, length) {
+        (false, _) => ClientFraming::NoBody,
+        (true, Some(n)) => ClientFraming::Length(n),
+        (true, None) if http10_client => ClientFraming::Close,
+        (true, None) => ClientFraming::Chunked,
+    }
 }
 
 #[cfg(test)]
@@ -154,14 +245,27 @@ mod tests {
     fn origin_request_rewrites_hop_by_hop() {
         let o = OriginAddr::parse("10.0.0.1:8080/base", "www.test").unwrap();
         let r = req("POST /p?q=1 HTTP/1.1\r\nHost: www.test\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 1.1.1.1\r\nAccept: */*\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n");
-        let out = String::from_utf8(origin_request(&r, &o, "10.9.9.9".parse().unwrap(), Some(3)))
-            .unwrap();
+        let out = String::from_utf8(origin_request(
+            &r,
+            &o,
+            "10.9.9.9".parse().unwrap(),
+            Some(3),
+            &OriginOpts::default(),
+        ))
+        .unwrap();
         assert_eq!(
             out,
             "POST /base/p?q=1 HTTP/1.1\r\nHost: www.test:8080\r\nAccept: */*\r\nX-Forwarded-For: 1.1.1.1, 10.9.9.9\r\nContent-Length: 3\r\n\r\n"
         );
         let g = req("GET / HTTP/1.0\r\n\r\n");
-        let out = String::from_utf8(origin_request(&g, &o, "::1".parse().unwrap(), None)).unwrap();
+        let out = String::from_utf8(origin_request(
+            &g,
+            &o,
+            "::1".parse().unwrap(),
+            None,
+            &OriginOpts::default(),
+        ))
+        .unwrap();
         assert_eq!(
             out,
             "GET /base/ HTTP/1.1\r\nHost: www.test:8080\r\nX-Forwarded-For: ::1\r\n\r\n"
@@ -178,11 +282,12 @@ mod tests {
             &resp,
             ClientFraming::Chunked,
             Decision::Close,
+            Some("TCP_MISS"),
         ))
         .unwrap();
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nETag: \"e\"\r\nTransfer-Encoding: chunked\r\nConnection: Close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nETag: \"e\"\r\nTransfer-Encoding: chunked\r\nX-Cache: TCP_MISS\r\nConnection: Close\r\n\r\n"
         );
         let raw = "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n";
         let resp = response::parse(&mut BytesMut::from(raw.as_bytes()), 16384)
@@ -192,6 +297,7 @@ mod tests {
             &resp,
             ClientFraming::NoBody,
             Decision::Close,
+            None,
         ))
         .unwrap();
         assert!(

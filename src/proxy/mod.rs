@@ -1,26 +1,41 @@
 //! A client connection's life, in the phases of docs/architecture.md:
-//! parse → vhost → request body → origin exchange → response → next request.
-//! Pipelined requests already in the buffer are parsed without another read.
+//! parse → vhost → request body → cache (hit | revalidate | fill) or pass-through
+//! → response → next request. Pipelined requests already in the buffer are parsed
+//! without another read.
 
-mod forward;
+pub mod cached;
 pub mod heads;
+mod pass;
+mod relay;
 pub mod respond;
 
 use crate::http1::body::{BodyDecoder, BodyError, Decoded};
 use crate::http1::keepalive::{self, Decision, RequestFacts};
-use crate::http1::request::{self, Framing};
+use crate::http1::request::{self, Framing, Version};
 use crate::http1::{Limits, RequestHead};
 use crate::net::{Conn, IoError};
 use crate::shard::Shard;
 use bytes::{Bytes, BytesMut};
-use forward::Outcome;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+use tokio::time::Instant;
 
-/// Longest a client may take to send a started request head or body (then 408).
-const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How an exchange ended, as far as the client connection is concerned.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A complete response went out; `close`: its head said `Connection: Close`.
+    Done { close: bool },
+    /// The response was cut off (origin or client failure mid-body): the client
+    /// connection must close without any further byte, so it can see the break.
+    Abort,
+    /// Nothing was sent yet; the client gets this status from us.
+    Failed(u16),
+}
+
+/// Read buffers above this size are not kept across idle keep-alive periods.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 enum Next {
     Head(RequestHead),
@@ -35,6 +50,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
     let config = &shared.config;
     let router = &shared.routers[group];
     let limits = shared.limits;
+    let request_timeout = config.server.request_timeout;
     let first_vhost = config.listeners[group].vhosts[0];
     let mut idle = Duration::from_secs(u64::from(
         config.vhosts[first_vhost].options.keep_alive.timeout_secs,
@@ -42,7 +58,10 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
     let mut rbuf = BytesMut::with_capacity(4096);
     let mut nth: u32 = 0;
     loop {
-        let head = match next_head(&shard, &conn, &mut rbuf, &limits, idle).await {
+        if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
+            rbuf = BytesMut::with_capacity(4096);
+        }
+        let head = match next_head(&shard, &conn, &mut rbuf, &limits, idle, request_timeout).await {
             Next::Head(h) => h,
             Next::Closed => {
                 conn.shutdown();
@@ -68,6 +87,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
                 String::from_utf8_lossy(head.host().unwrap_or(b""))
             );
             let policy = keepalive::Policy::default();
+            // An unread body would be taken for the next request: close instead.
             let ka = keepalive::decide(
                 &policy,
                 facts,
@@ -84,7 +104,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
         let vhost = &config.vhosts[vi];
         let policy = &vhost.options.keep_alive;
         idle = Duration::from_secs(u64::from(policy.timeout_secs));
-        let body = match read_body(&conn, &mut rbuf, &head, &limits).await {
+        let body = match read_body(&conn, &mut rbuf, &head, &limits, request_timeout).await {
             Ok(b) => b,
             Err(Some(status)) => {
                 let _ = respond::send_error(&conn, status, Decision::Close, head.is_head()).await;
@@ -97,7 +117,16 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
             }
         };
         let ka = keepalive::decide(policy, facts, nth, shard.draining());
-        match forward::exchange(&shard, &conn, vhost, &head, body, peer, ka).await {
+        let outcome = if cached::eligible(&head) {
+            cached::serve(&shard, &shared.cache, &conn, vhost, &head, peer, ka).await
+        } else {
+            let status = vhost
+                .options
+                .cache_status_header
+                .then(|| crate::cache::CacheResult::ClientRefreshMiss.code());
+            pass::forward(&shard, &conn, vhost, &head, body, peer, ka, status).await
+        };
+        match outcome {
             Outcome::Done { close: false } => {}
             Outcome::Done { close: true } => {
                 conn.close_gracefully().await;
@@ -108,6 +137,8 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
                 return;
             }
             Outcome::Failed(status) => {
+                // Re-decided: a drain may have started while we waited for the origin.
+                let ka = keepalive::decide(policy, facts, nth, shard.draining());
                 if respond::send_error(&conn, status, ka, head.is_head())
                     .await
                     .is_err()
@@ -122,15 +153,18 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
 }
 
 /// Parses the next request head, reading as needed. An empty buffer waits with the
-/// keep-alive idle timeout (KA-6) and gives up when the shard drains; a started head
-/// must complete within `CLIENT_BODY_TIMEOUT` or gets 408.
+/// keep-alive idle timeout (KA-6) and gives up when the shard drains; once a head
+/// has started, all of it must arrive within `request_timeout` (one deadline, not
+/// per read, so a byte-at-a-time client cannot hold the connection), else 408.
 async fn next_head(
     shard: &Shard,
     conn: &Conn,
     rbuf: &mut BytesMut,
     limits: &Limits,
     idle: Duration,
+    request_timeout: Duration,
 ) -> Next {
+    let mut deadline: Option<Instant> = None;
     loop {
         match request::parse(rbuf, limits) {
             Ok(Some(h)) => return Next::Head(h),
@@ -144,7 +178,9 @@ async fn next_head(
             }
             conn.read_or_stop(rbuf, idle, shard.drain_started()).await
         } else {
-            conn.read(rbuf, CLIENT_BODY_TIMEOUT).await
+            let d = *deadline.get_or_insert_with(|| Instant::now() + request_timeout);
+            conn.read(rbuf, d.saturating_duration_since(Instant::now()))
+                .await
         };
         match r {
             Ok(0) => return Next::Closed,
@@ -163,13 +199,15 @@ async fn read_body(
     rbuf: &mut BytesMut,
     head: &RequestHead,
     limits: &Limits,
+    request_timeout: Duration,
 ) -> Result<Option<Bytes>, Option<u16>> {
     let mut decoder = match head.framing {
         Framing::None => return Ok(None),
         Framing::Length(n) => BodyDecoder::length(n),
         Framing::Chunked => BodyDecoder::chunked(limits.max_body),
     };
-    if head.expect_continue && rbuf.is_empty() {
+    // RFC 9110 §10.1.1: only HTTP/1.1 clients get an interim 100.
+    if head.expect_continue && head.version == Version::Http11 && rbuf.is_empty() {
         conn.write_all(
             Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
             respond::SEND_TIMEOUT,
@@ -177,11 +215,14 @@ async fn read_body(
         .await
         .map_err(|_| None)?;
     }
+    // One deadline for the whole body, not per read.
+    let deadline = Instant::now() + request_timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
     if let Framing::Length(n) = head.framing {
         // Fast path: gather in the read buffer and split once, no copy.
         while (rbuf.len() as u64) < n {
             rbuf.reserve((n as usize - rbuf.len()).min(1 << 20));
-            match conn.read(rbuf, CLIENT_BODY_TIMEOUT).await {
+            match conn.read(rbuf, left()).await {
                 Ok(0) => return Err(None),
                 Ok(_) => {}
                 Err(IoError::TimedOut) => return Err(Some(408)),
@@ -195,7 +236,7 @@ async fn read_body(
         match decoder.decode(rbuf) {
             Ok(Decoded::Data(b)) => body.extend_from_slice(&b),
             Ok(Decoded::Done) => return Ok(Some(body.freeze())),
-            Ok(Decoded::NeedMore) => match conn.read(rbuf, CLIENT_BODY_TIMEOUT).await {
+            Ok(Decoded::NeedMore) => match conn.read(rbuf, left()).await {
                 Ok(0) => return Err(None),
                 Ok(_) => {}
                 Err(IoError::TimedOut) => return Err(Some(408)),

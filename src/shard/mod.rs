@@ -45,23 +45,26 @@ pub struct Shared {
     pub drain_timeout: Duration,
     /// Shards whose ring and listeners are up; the banner waits for all of them.
     pub ready: AtomicU64,
+    pub cache: Arc<crate::cache::Cache>,
 }
 
 impl Shared {
-    pub fn new(config: Arc<Config>, shards: usize) -> Shared {
+    pub fn new(config: Arc<Config>, shards: usize, cache: Arc<crate::cache::Cache>) -> Shared {
         let routers = config
             .listeners
             .iter()
             .map(|g| Router::new(&config, &g.vhosts))
             .collect();
+        let drain_timeout = config.server.drain_timeout;
         Shared {
             config,
             routers,
             limits: Limits::default(),
             stats: (0..shards).map(|_| ShardStats::default()).collect(),
             drain: watch::channel(false).0,
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout,
             ready: AtomicU64::new(0),
+            cache,
         }
     }
 }

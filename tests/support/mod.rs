@@ -201,15 +201,25 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
+/// `<Cache>` for tests: a small disk cache inside the test's config directory.
+pub const TEST_CACHE: &str =
+    r#"<Cache><Storage SegmentSize="16MB" Quota="64MB"><Disk>cache</Disk></Storage></Cache>"#;
+
+/// A `server.xml` with the test cache, these `<Options>` and `<OriginOptions>`.
+pub fn server_xml(options: &str, origin_options: &str) -> String {
+    format!("<Server>{TEST_CACHE}<VHostDefault><Options>{options}</Options><OriginOptions>{origin_options}</OriginOptions></VHostDefault></Server>")
+}
+
 /// A config directory with one vhost `test.local` in front of `origin`, listening on
 /// an ephemeral port. `options` and `origin_options` go into `<VHostDefault>`.
 pub fn config_dir(origin: &str, options: &str, origin_options: &str) -> PathBuf {
-    let dir = temp_dir("conf");
-    std::fs::write(
-        dir.join("server.xml"),
-        format!("<Server><VHostDefault><Options>{options}</Options><OriginOptions>{origin_options}</OriginOptions></VHostDefault></Server>"),
-    )
-    .unwrap();
+    config_dir_in(temp_dir("conf"), origin, options, origin_options)
+}
+
+/// Like [`config_dir`], in a given directory (to restart on the same cache).
+pub fn config_dir_in(dir: PathBuf, origin: &str, options: &str, origin_options: &str) -> PathBuf {
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("server.xml"), server_xml(options, origin_options)).unwrap();
     std::fs::write(
         dir.join("vhosts.xml"),
         format!(

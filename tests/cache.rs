@@ -1,0 +1,405 @@
+//! End-to-end cache behaviour against the real binary and a test-owned origin.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+use support::*;
+
+const STATUS: &str = "<CacheStatusHeader>ON</CacheStatusHeader>";
+
+fn body_of(size: usize, seed: u8) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(seed as u32) as u8)
+        .collect()
+}
+
+fn object(body: &[u8], extra: &str) -> Reply {
+    let mut v = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{extra}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    v.extend_from_slice(body);
+    Reply::Bytes(v)
+}
+
+/// Reads one response whose body must equal `want`, comparing as it streams (no
+/// per-response allocation of the body); returns the X-Cache value.
+fn get_expect(c: &mut TcpStream, path: &str, want: &[u8], scratch: &mut [u8]) -> String {
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "connection closed in head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(len, want.len());
+    let mut at = 0;
+    while at < len {
+        let n = c.read(&mut scratch[..(len - at).min(1 << 20)]).unwrap();
+        assert!(n > 0, "body cut short at {at}");
+        assert!(scratch[..n] == want[at..at + n], "body differs at {at}");
+        at += n;
+    }
+    head.lines()
+        .find_map(|l| l.strip_prefix("X-Cache: "))
+        .unwrap_or("-")
+        .to_string()
+}
+
+fn big_cache_dir(origin: &str) -> std::path::PathBuf {
+    let dir = temp_dir("bigcache");
+    std::fs::write(
+        dir.join("server.xml"),
+        format!(
+            r#"<Server><Cache><Storage SegmentSize="64MB" Quota="256MB"><Disk>cache</Disk></Storage></Cache><VHostDefault><Options>{STATUS}</Options></VHostDefault></Server>"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        format!("<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{origin}</Address></Origin></Vhost><Default>test.local</Default></Vhosts>"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn a_thousand_gets_make_one_origin_request_for_1k_1m_and_50m_objects() {
+    let sizes = [("/1k", 1024usize), ("/1m", 1 << 20), ("/50m", 50 << 20)];
+    let bodies: Vec<Arc<Vec<u8>>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, (_, s))| Arc::new(body_of(*s, i as u8 + 1)))
+        .collect();
+    let served = bodies.clone();
+    let origin = Origin::start(move |r| match r.path.as_str() {
+        "/1k" => object(&served[0], ""),
+        "/1m" => object(&served[1], ""),
+        "/50m" => object(&served[2], ""),
+        _ => ok(b"?"),
+    });
+    let cairn = Cairn::start(big_cache_dir(&origin.addr.to_string()), 2);
+    let mut scratch = vec![0u8; 1 << 20];
+    for (i, (path, _)) in sizes.iter().enumerate() {
+        let before = origin.count();
+        let mut c = TcpStream::connect(cairn.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(
+            get_expect(&mut c, path, &bodies[i], &mut scratch),
+            "TCP_MISS"
+        );
+        for n in 2..=1000 {
+            let x = get_expect(&mut c, path, &bodies[i], &mut scratch);
+            assert_eq!(x, "TCP_HIT", "{path} request {n}");
+        }
+        assert_eq!(
+            origin.count() - before,
+            1,
+            "{path}: exactly one origin request"
+        );
+    }
+}
+
+#[test]
+fn a_hundred_concurrent_misses_make_one_origin_request() {
+    let body = Arc::new(body_of(300_000, 7));
+    let served = body.clone();
+    // A slow origin, so the hundred requests pile up behind the first.
+    let origin = Origin::start(move |_| {
+        let Reply::Bytes(b) = object(&served, "Cache-Control: max-age=600\r\n") else {
+            unreachable!()
+        };
+        Reply::After(Duration::from_millis(400), b)
+    });
+    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), STATUS, ""), 2);
+    let barrier = Arc::new(Barrier::new(100));
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            let (b, want, addr) = (barrier.clone(), body.clone(), cairn.addr);
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut scratch = vec![0u8; 1 << 20];
+                b.wait();
+                get_expect(&mut c, "/hot", &want, &mut scratch)
+            })
+        })
+        .collect();
+    let results: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(results.len(), 100);
+    assert_eq!(origin.count(), 1, "coalesced into one origin request");
+    assert!(
+        results.iter().all(|r| r == "TCP_MISS" || r == "TCP_HIT"),
+        "{results:?}"
+    );
+}
+
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dat"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn cache_survives_kill_9_and_a_corrupt_record_is_only_a_miss() {
+    let bodies: Vec<Vec<u8>> = (0..6)
+        .map(|i| body_of(40_000 + i * 1000, i as u8 + 3))
+        .collect();
+    let served = bodies.clone();
+    let origin = Origin::start(move |r| {
+        let i: usize = r.path.trim_start_matches("/o").parse().unwrap_or(0);
+        object(&served[i], "Cache-Control: max-age=3600\r\n")
+    });
+    let dir = config_dir(&origin.addr.to_string(), STATUS, "");
+    let keep = temp_dir("keep");
+    let _ = std::fs::remove_dir(&keep);
+    let mut scratch = vec![0u8; 1 << 20];
+    {
+        let mut cairn = Cairn::start(dir.clone(), 2);
+        let mut c = TcpStream::connect(cairn.addr).unwrap();
+        for (i, b) in bodies.iter().enumerate() {
+            assert_eq!(
+                get_expect(&mut c, &format!("/o{i}"), b, &mut scratch),
+                "TCP_MISS"
+            );
+        }
+        cairn.signal("KILL");
+        cairn.wait_exit(Duration::from_secs(5));
+        // Keep the directory: Cairn's Drop would remove it.
+        std::fs::rename(&dir, &keep).unwrap();
+    }
+    assert_eq!(origin.count(), 6);
+    std::fs::rename(&keep, &dir).unwrap();
+    {
+        let mut cairn = Cairn::start(dir.clone(), 2);
+        let log = cairn.wait_log("recovered");
+        assert!(log.contains("6 objects"), "{log}");
+        let mut c = TcpStream::connect(cairn.addr).unwrap();
+        for (i, b) in bodies.iter().enumerate() {
+            assert_eq!(
+                get_expect(&mut c, &format!("/o{i}"), b, &mut scratch),
+                "TCP_HIT",
+                "/o{i} after restart"
+            );
+        }
+        assert_eq!(origin.count(), 6, "no origin request after the restart");
+        cairn.signal("KILL");
+        cairn.wait_exit(Duration::from_secs(5));
+        std::fs::rename(&dir, &keep).unwrap();
+    }
+    // Corrupt one byte in the middle of /o2's body on disk.
+    let mut done = false;
+    for f in segment_files(&keep) {
+        let mut data = std::fs::read(&f).unwrap();
+        if let Some(pos) = data.windows(64).position(|w| w == &bodies[2][1000..1064]) {
+            data[pos + 10] ^= 0x55;
+            std::fs::write(&f, &data).unwrap();
+            done = true;
+            break;
+        }
+    }
+    assert!(done, "found /o2's bytes on disk");
+    std::fs::rename(&keep, &dir).unwrap();
+    let cairn = Cairn::start(dir, 2);
+    let log = cairn.wait_log("recovered");
+    assert!(
+        log.contains("5 objects") && log.contains("1 corrupt"),
+        "{log}"
+    );
+    let mut c = TcpStream::connect(cairn.addr).unwrap();
+    for (i, b) in bodies.iter().enumerate() {
+        let want = if i == 2 { "TCP_MISS" } else { "TCP_HIT" };
+        assert_eq!(
+            get_expect(&mut c, &format!("/o{i}"), b, &mut scratch),
+            want,
+            "/o{i}"
+        );
+    }
+    assert_eq!(origin.count(), 7);
+}
+
+fn rss_anon_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn filling_three_times_the_quota_stays_within_disk_and_memory_bounds() {
+    let chunk = Arc::new(body_of(2 << 20, 9));
+    let served = chunk.clone();
+    let origin = Origin::start(move |_| object(&served, "Cache-Control: max-age=3600\r\n"));
+    let dir = config_dir(&origin.addr.to_string(), STATUS, ""); // 64 MiB quota, 16 MiB segments
+    let cairn = Cairn::start(dir.clone(), 2);
+    let mut c = TcpStream::connect(cairn.addr).unwrap();
+    let mut scratch = vec![0u8; 1 << 20];
+    let mut rss_early = 0;
+    for i in 0..96 {
+        // 96 x 2 MiB = 192 MiB = 3x the quota
+        get_expect(&mut c, &format!("/fill/{i}"), &chunk, &mut scratch);
+        if i == 15 {
+            rss_early = rss_anon_kb(cairn.pid());
+        }
+    }
+    let rss_late = rss_anon_kb(cairn.pid());
+    let on_disk: u64 = segment_files(&dir)
+        .iter()
+        .map(|f| std::os::unix::fs::MetadataExt::blocks(&f.metadata().unwrap()) * 512)
+        .sum();
+    assert!(
+        on_disk <= 64 << 20,
+        "disk use {on_disk} exceeds the 64 MiB quota"
+    );
+    assert!(
+        rss_late < rss_early + 8 * 1024,
+        "anonymous RSS grew from {rss_early} kB to {rss_late} kB"
+    );
+    // Recent objects are hits, the oldest were evicted.
+    assert_eq!(
+        get_expect(&mut c, "/fill/95", &chunk, &mut scratch),
+        "TCP_HIT"
+    );
+    assert_eq!(
+        get_expect(&mut c, "/fill/0", &chunk, &mut scratch),
+        "TCP_MISS"
+    );
+}
+
+#[test]
+fn no_store_is_never_written_and_max_age_1_is_revalidated_with_304() {
+    let marker = b"NO-STORE-MARKER-5f0c2a9e".repeat(100);
+    let m2 = marker.clone();
+    let origin = Origin::start(move |r| match r.path.as_str() {
+        "/secret" => object(&m2, "Cache-Control: no-store\r\n"),
+        "/short" if r.header("if-none-match") == Some("\"v1\"") => Reply::Bytes(
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nCache-Control: max-age=1\r\n\r\n"
+                .to_vec(),
+        ),
+        "/short" => object(
+            b"short-lived",
+            "ETag: \"v1\"\r\nCache-Control: max-age=1\r\n",
+        ),
+        "/cookie" => object(b"c", "Set-Cookie: s=1\r\nCache-Control: max-age=60\r\n"),
+        _ => ok(b"?"),
+    });
+    let dir = config_dir(&origin.addr.to_string(), STATUS, "");
+    let cairn = Cairn::start(dir.clone(), 1);
+    let mut c = cairn.connect();
+    for _ in 0..3 {
+        let r = c.get("/secret");
+        assert_eq!(r.body, marker);
+        assert_eq!(r.header("x-cache"), Some("TCP_MISS"));
+    }
+    assert_eq!(origin.count(), 3);
+    for f in segment_files(&dir) {
+        let data = std::fs::read(&f).unwrap();
+        assert!(
+            !data.windows(24).any(|w| w == &marker[..24]),
+            "no-store body found in {}",
+            f.display()
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            c.get("/cookie").header("x-cache"),
+            Some("TCP_MISS"),
+            "Set-Cookie responses are not stored"
+        );
+    }
+    let before = origin.count();
+    assert_eq!(c.get("/short").header("x-cache"), Some("TCP_MISS"));
+    assert_eq!(c.get("/short").header("x-cache"), Some("TCP_HIT"));
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = c.get("/short");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "short-lived");
+    assert_eq!(r.header("x-cache"), Some("TCP_REFRESH_HIT"));
+    assert_eq!(origin.count() - before, 2);
+    assert_eq!(
+        origin.last().header("if-none-match"),
+        Some("\"v1\""),
+        "revalidation is conditional"
+    );
+    // Refreshed: fresh again for a second.
+    assert_eq!(c.get("/short").header("x-cache"), Some("TCP_HIT"));
+    // HEAD is answered from the cached GET; a matching client conditional gets 304.
+    c.send(b"HEAD /short HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    let h = c.response(true).unwrap();
+    assert_eq!(
+        (h.status, h.header("content-length"), h.header("x-cache")),
+        (200, Some("11"), Some("TCP_HIT"))
+    );
+    c.send(b"GET /short HTTP/1.1\r\nHost: test.local\r\nIf-None-Match: \"v1\"\r\n\r\n");
+    let n = c.response(false).unwrap();
+    assert_eq!((n.status, n.header("x-cache")), (304, Some("TCP_IMS_HIT")));
+    assert_eq!(origin.count() - before, 2);
+}
+
+#[test]
+fn stale_objects_are_served_when_the_origin_fails_unless_must_revalidate() {
+    let origin = Origin::start(|r| match r.path.as_str() {
+        "/soft" => object(b"soft", "ETag: \"s\"\r\nCache-Control: max-age=1\r\n"),
+        _ => object(
+            b"hard",
+            "ETag: \"h\"\r\nCache-Control: max-age=1, must-revalidate\r\n",
+        ),
+    });
+    let dir = config_dir(
+        &origin.addr.to_string(),
+        STATUS,
+        "<ConnectTimeout>1</ConnectTimeout>",
+    );
+    // Same cache, then the origin goes away: point the config at a dead port.
+    let mut cairn = Cairn::start(dir.clone(), 1);
+    let mut c = cairn.connect();
+    assert_eq!(c.get("/soft").text(), "soft");
+    assert_eq!(c.get("/hard").text(), "hard");
+    cairn.signal("TERM");
+    assert_eq!(cairn.wait_exit(Duration::from_secs(15)), Some(0));
+    let keep = temp_dir("stale");
+    let _ = std::fs::remove_dir(&keep);
+    std::fs::rename(&dir, &keep).unwrap();
+    drop(cairn);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = config_dir_in(
+        keep,
+        &dead.to_string(),
+        STATUS,
+        "<ConnectTimeout>1</ConnectTimeout>",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let cairn = Cairn::start(dir, 1);
+    let mut c = cairn.connect();
+    let r = c.get("/soft");
+    assert_eq!(
+        (r.status, r.text().as_str(), r.header("x-cache")),
+        (200, "soft", Some("TCP_REF_FAIL_HIT"))
+    );
+    assert_eq!(c.get("/hard").status, 502);
+    let _ = origin.connections.load(Ordering::SeqCst);
+}
