@@ -169,8 +169,7 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>,
         }
         httparse::Status::Complete(n) => n,
     };
-    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(head_len);
-    if line_end > limits.max_request_line {
+    if request_line_len(buf) > limits.max_request_line {
         return Err(RequestError::UriTooLong);
     }
     if head_len > limits.max_head {
@@ -288,12 +287,28 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>,
 }
 
 /// Decides between 414 and 431 for a head that is still incomplete.
-fn check_partial(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
-    let line_end = buf.iter().position(|&b| b == b'\n');
-    match line_end {
+/// Length of the request line, not counting the empty lines RFC 9112 §2.2 lets a
+/// client send before it.
+fn request_line_len(buf: &[u8]) -> usize {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let rest = &buf[start..];
+    rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len())
+}
+
+fn check_partial(full: &[u8], limits: &Limits) -> Result<(), RequestError> {
+    let start = full
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(full.len());
+    let buf = &full[start..];
+    match buf.iter().position(|&b| b == b'\n') {
         None if buf.len() > limits.max_request_line => Err(RequestError::UriTooLong),
         Some(n) if n > limits.max_request_line => Err(RequestError::UriTooLong),
-        _ if buf.len() > limits.max_head => Err(RequestError::HeadTooLarge),
+        // Leading empty lines count toward the head size: CRLF spam cannot grow the buffer.
+        _ if full.len() > limits.max_head => Err(RequestError::HeadTooLarge),
         _ => Ok(()),
     }
 }
@@ -425,11 +440,13 @@ mod tests {
             (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n", 200),
             (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", 417),
             (big_line.as_bytes(), 414),
+            (format!("\r\n{big_line}").as_bytes().to_vec().leak(), 414),
             (&big_line.as_bytes()[..9000], 414),
             (big_head.as_bytes(), 431),
             (&big_head.as_bytes()[..17_000], 431),
             (many.as_bytes(), 431),
             (exactly.as_bytes(), 200),
+            ("\r\n".repeat(9000).leak().as_bytes(), 431),
         ];
         for (input, want) in cases {
             assert_eq!(

@@ -144,6 +144,26 @@ impl Conn {
         self.writev_all(vec![buf], timeout).await
     }
 
+    /// True if the socket is idle and usable: nothing to read, not closed by the
+    /// peer. A pooled origin connection that fails this would hand the next request
+    /// a stale close or stray bytes, so the pool drops it instead.
+    #[allow(unsafe_code)]
+    pub fn is_idle_and_open(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut byte = 0u8;
+        // SAFETY: recv on our own open fd into a valid 1-byte buffer; MSG_PEEK leaves
+        // the data in place and MSG_DONTWAIT never blocks the shard.
+        let n = unsafe {
+            libc::recv(
+                self.inner.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+
     /// Shuts both directions down; completes any in-flight operation on this socket.
     pub fn shutdown(&self) {
         let _ = self.inner.shutdown(Shutdown::Both);

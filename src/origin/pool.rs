@@ -20,7 +20,7 @@ impl Pool {
     pub fn take(&mut self, addr: SocketAddr, reuse: Duration, now: Instant) -> Option<Conn> {
         let list = self.idle.get_mut(&addr)?;
         while let Some((c, since)) = list.pop() {
-            if now.duration_since(since) < reuse {
+            if now.duration_since(since) < reuse && c.is_idle_and_open() {
                 return Some(c);
             }
             c.shutdown();
