@@ -40,7 +40,7 @@ pub enum ConfigError {
 }
 
 /// Per-vhost client-facing options (`<Options>`), inherited from `<VHostDefault>`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub keep_alive: keepalive::Policy,
     /// `<TTL><Res2xx>…`: heuristic freshness by status class.
@@ -49,6 +49,49 @@ pub struct Options {
     pub headers: crate::cache::meta::HeaderPolicy,
     /// `<CacheStatusHeader>` (cairn): add `X-Cache: TCP_HIT`… to responses. Debug aid; off.
     pub cache_status_header: bool,
+    /// `<AgeHeader>` (AGE-1), default OFF.
+    pub age_header: bool,
+    /// `<ETagHeader>` (ETAG-1), default ON.
+    pub etag_header: bool,
+    /// `<ViaHeader>` (VIA-1), default ON.
+    pub via_header: bool,
+    /// `<ServerHeader>` (SRV-1), default ON.
+    pub server_header: bool,
+    /// `<IfRange>` (IR-1), default OFF: If-Range is ignored.
+    pub if_range: bool,
+    /// `<LastModifiedCheck>` (LM-1): `orlater` when true, `exact` (default) when false.
+    pub lm_or_later: bool,
+    /// `<ContentFreshnessCheck>` (CF-1).
+    pub freshness_check: FreshnessCheck,
+    /// `<RedirectHttpToHttps ResCode>` (HTTPS-1): the status to redirect with, when ON.
+    pub redirect_https: Option<u16>,
+}
+
+/// Which client validators a 304 from cache considers (CF-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreshnessCheck {
+    Both,
+    LastModified,
+    ETag,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            keep_alive: keepalive::Policy::default(),
+            ttl: Default::default(),
+            headers: Default::default(),
+            cache_status_header: false,
+            age_header: false,
+            etag_header: true,
+            via_header: true,
+            server_header: true,
+            if_range: false,
+            lm_or_later: false,
+            freshness_check: FreshnessCheck::Both,
+            redirect_https: None,
+        }
+    }
 }
 
 /// Per-vhost origin options (`<OriginOptions>`), inherited from `<VHostDefault>`.

@@ -381,6 +381,56 @@ fn apply_options(
                 };
             }
             "CacheStatusHeader" => o.cache_status_header = on_off(s, e)?,
+            "AgeHeader" => o.age_header = on_off(s, e)?,
+            "ETagHeader" => o.etag_header = on_off(s, e)?,
+            "ViaHeader" => o.via_header = on_off(s, e)?,
+            "ServerHeader" => o.server_header = on_off(s, e)?,
+            "IfRange" => {
+                o.if_range = on_off(s, e)?;
+                if e.attribute("Purge")
+                    .is_some_and(|p| !p.trim().eq_ignore_ascii_case("off"))
+                {
+                    warnings.push(s.diag(e, "<IfRange Purge> is not supported yet; ignored"));
+                }
+            }
+            "LastModifiedCheck" => {
+                o.lm_or_later = match text(e).to_ascii_lowercase().as_str() {
+                    "exact" => false,
+                    "orlater" => true,
+                    other => {
+                        return Err(s.err(
+                            e,
+                            format!("<LastModifiedCheck> '{other}': expected exact or orlater"),
+                        ))
+                    }
+                }
+            }
+            "ContentFreshnessCheck" => {
+                o.freshness_check = match text(e).to_ascii_uppercase().as_str() {
+                    "BOTH" => super::FreshnessCheck::Both,
+                    "LMT" => super::FreshnessCheck::LastModified,
+                    "ETAG" => super::FreshnessCheck::ETag,
+                    other => {
+                        return Err(s.err(
+                            e,
+                            format!(
+                                "<ContentFreshnessCheck> '{other}': expected BOTH, LMT or ETAG"
+                            ),
+                        ))
+                    }
+                }
+            }
+            "RedirectHttpToHttps" => {
+                o.redirect_https = if on_off(s, e)? {
+                    let code = match e.attribute("ResCode") {
+                        Some(c) => number(s, e, c.trim(), 300, 399)? as u16,
+                        None => 307,
+                    };
+                    Some(code)
+                } else {
+                    None
+                };
+            }
             other => warnings.push(s.diag(
                 e,
                 format!("<Options><{other}> is not supported yet; ignored"),

@@ -7,6 +7,7 @@
 pub mod body;
 pub mod headers;
 pub mod keepalive;
+pub mod range;
 pub mod request;
 pub mod response;
 

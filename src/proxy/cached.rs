@@ -2,15 +2,16 @@
 //! answered with the stored headers. Pure decisions live in `cache::freshness` and
 //! `cache::meta`; this module moves bytes between them, the origin and the client.
 
-use super::heads::{self, client_framing, ClientFraming, OriginOpts};
+use super::heads::{self, client_framing, ClientFraming, Extras, OriginOpts};
 use super::relay::ClientWriter;
 use super::{pass, respond, Outcome};
 use crate::cache::fill::{Fill, FillEnd, FillHead, Leader, Role};
 use crate::cache::freshness::{self, CacheControl, ResponseFacts, Storable, Times};
 use crate::cache::meta::{kept_headers, Meta};
 use crate::cache::{Cache, CacheResult, Hit};
-use crate::config::Vhost;
+use crate::config::{FreshnessCheck, Options, Vhost};
 use crate::http1::keepalive::Decision;
+use crate::http1::range::{self, RangeReply};
 use crate::http1::{request::Version, RequestHead, ResponseHead};
 use crate::net::Conn;
 use crate::origin::exchange::{self, OriginReply, OriginRequest};
@@ -55,6 +56,12 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn status_header(&self, r: CacheResult) -> Option<&'static str> {
         self.vhost.options.cache_status_header.then(|| r.code())
+    }
+    fn extras(&self, r: CacheResult) -> Extras<'static> {
+        Extras {
+            cache_status: self.status_header(r),
+            ..Extras::for_vhost(&self.vhost.options)
+        }
     }
     fn log(&self, status: u16, r: CacheResult) {
         log::debug!(
@@ -102,51 +109,203 @@ pub async fn serve(
     miss(&cx, ka, CacheResult::Miss).await
 }
 
-/// Does the client's conditional match the stored object (CF-1 BOTH, LM-1 exact)?
-fn not_modified(req: &RequestHead, hit: &Hit) -> bool {
-    if let Some(inm) = req.header("if-none-match") {
+/// Does the client's conditional match the stored object? CF-1 picks which
+/// validators count, LM-1 how If-Modified-Since compares.
+fn not_modified(req: &RequestHead, hit: &Hit, o: &Options) -> bool {
+    let etag_ok = o.freshness_check != FreshnessCheck::LastModified;
+    let lm_ok = o.freshness_check != FreshnessCheck::ETag;
+    let etag_match = || {
+        let inm = req.header("if-none-match")?;
         let strip = |t: &[u8]| -> Vec<u8> { t.strip_prefix(b"W/").unwrap_or(t).to_vec() };
         let ours = strip(&hit.etag);
-        return !hit.etag.is_empty()
-            && crate::http1::headers::tokens(inm).any(|t| t == b"*" || strip(t) == ours);
+        Some(
+            !hit.etag.is_empty()
+                && crate::http1::headers::tokens(inm).any(|t| t == b"*" || strip(t) == ours),
+        )
+    };
+    let lm_match = || {
+        let ims = crate::httpdate::parse(req.header("if-modified-since")?).map(to_secs)?;
+        Some(
+            hit.last_modified_s != 0
+                && if o.lm_or_later {
+                    ims >= hit.last_modified_s
+                } else {
+                    ims == hit.last_modified_s
+                },
+        )
+    };
+    match o.freshness_check {
+        // BOTH: either validator matching is enough (STON's reading of CF-1).
+        FreshnessCheck::Both => etag_match() == Some(true) || lm_match() == Some(true),
+        _ => (etag_ok && etag_match() == Some(true)) || (lm_ok && lm_match() == Some(true)),
     }
-    if let Some(ims) = req.header("if-modified-since") {
-        return hit.last_modified_s != 0
-            && crate::httpdate::parse(ims)
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_secs())
-                == Some(hit.last_modified_s);
-    }
-    false
 }
 
-/// Answers from a stored object: one vectored write of the head and the body that
-/// points into the segment mapping.
+/// IR-1: with `<IfRange>ON`, a Range applies only if If-Range names this object
+/// (its strong ETag, or its exact Last-Modified date); OFF ignores If-Range.
+fn if_range_allows(req: &RequestHead, hit: &Hit, o: &Options) -> bool {
+    let Some(ir) = req.header("if-range") else {
+        return true;
+    };
+    if !o.if_range {
+        return true;
+    }
+    let ir = crate::http1::headers::trim(ir);
+    if ir.first() == Some(&b'"') {
+        return !hit.etag.is_empty() && ir == &hit.etag[..];
+    }
+    crate::httpdate::parse(ir)
+        .map(to_secs)
+        .is_some_and(|t| hit.last_modified_s != 0 && t == hit.last_modified_s)
+}
+
+/// Answers from a stored object: one vectored write of the head and the body (or
+/// ranges of it) that points into the segment mapping.
 async fn send_hit(cx: &Ctx<'_>, hit: &Hit, ka: Decision, result: CacheResult) -> Outcome {
+    let o = &cx.vhost.options;
     let ka = if cx.shard.draining() {
         Decision::Close
     } else {
         ka
     };
-    let (status, result, framing) = if not_modified(cx.req, hit) {
-        (304, CacheResult::ImsHit, ClientFraming::NoBody)
+    let mut x = cx.extras(result);
+    if o.age_header {
+        x.age = Some(hit.times.current_age_ms(now_ms()) / 1000);
+    }
+    let len = hit.body.len() as u64;
+    let mut bufs = Vec::with_capacity(4);
+    let head_only = cx.req.is_head();
+    let status;
+    if not_modified(cx.req, hit, o) {
+        status = 304;
+        x.cache_status = cx.status_header(CacheResult::ImsHit);
+        bufs.push(Bytes::from(heads::stored_response(
+            304,
+            &hit.headers,
+            ClientFraming::NoBody,
+            ka,
+            &x,
+            None,
+            b"",
+        )));
     } else {
-        (
-            hit.status,
-            result,
-            ClientFraming::Length(hit.body.len() as u64),
-        )
-    };
-    let head = heads::stored_response(status, &hit.headers, framing, ka, cx.status_header(result));
-    let mut bufs = vec![Bytes::from(head)];
-    if status != 304 && !cx.req.is_head() {
-        bufs.push(hit.body.clone());
+        let ranges = if hit.status == 200 && if_range_allows(cx.req, hit, o) {
+            range::evaluate(cx.req.header("range"), len)
+        } else {
+            RangeReply::Full
+        };
+        match ranges {
+            RangeReply::Full => {
+                status = hit.status;
+                bufs.push(Bytes::from(heads::stored_response(
+                    status,
+                    &hit.headers,
+                    ClientFraming::Length(len),
+                    ka,
+                    &x,
+                    None,
+                    b"",
+                )));
+                if !head_only {
+                    bufs.push(hit.body.clone());
+                }
+            }
+            RangeReply::Unsatisfiable => {
+                status = 416;
+                let cr = format!("Content-Range: bytes */{len}\r\n");
+                bufs.push(Bytes::from(heads::stored_response(
+                    416,
+                    &hit.headers,
+                    ClientFraming::Length(0),
+                    ka,
+                    &x,
+                    None,
+                    cr.as_bytes(),
+                )));
+            }
+            RangeReply::Partial(rs) if rs.len() == 1 => {
+                status = 206;
+                let r = &rs[0];
+                let cr = format!("Content-Range: bytes {}-{}/{len}\r\n", r.start, r.end - 1);
+                let framing = ClientFraming::Length(r.end - r.start);
+                bufs.push(Bytes::from(heads::stored_response(
+                    206,
+                    &hit.headers,
+                    framing,
+                    ka,
+                    &x,
+                    None,
+                    cr.as_bytes(),
+                )));
+                if !head_only {
+                    bufs.push(hit.body.slice(r.start as usize..r.end as usize));
+                }
+            }
+            RangeReply::Partial(rs) => {
+                status = 206;
+                let (parts, total, ctype) = multipart(&hit.headers, &hit.body, &rs);
+                let framing = ClientFraming::Length(total);
+                bufs.push(Bytes::from(heads::stored_response(
+                    206,
+                    &hit.headers,
+                    framing,
+                    ka,
+                    &x,
+                    Some(b"content-type"),
+                    ctype.as_bytes(),
+                )));
+                if !head_only {
+                    bufs.extend(parts);
+                }
+            }
+        }
     }
     cx.log(status, result);
     match cx.client.writev_all(bufs, respond::SEND_TIMEOUT).await {
         Ok(()) => Outcome::Done { close: ka.closes() },
         Err(_) => Outcome::Abort,
     }
+}
+
+/// A multipart/byteranges body (RFC 9110 §14.6): part heads are small new buffers,
+/// part bodies are slices of the stored body (no copy). Returns the pieces, the
+/// total length and the Content-Type line.
+fn multipart(
+    headers: &[u8],
+    body: &Bytes,
+    ranges: &[std::ops::Range<u64>],
+) -> (Vec<Bytes>, u64, String) {
+    const BOUNDARY: &str = "cairn-7d3f9a1c5e2b";
+    let ctype = headers.split(|&b| b == b'\n').find_map(|l| {
+        let (n, v) = l.split_at(l.iter().position(|&b| b == b':')?);
+        n.eq_ignore_ascii_case(b"content-type")
+            .then(|| String::from_utf8_lossy(&v[1..]).trim().to_string())
+    });
+    let len = body.len();
+    let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
+    let mut total = 0u64;
+    for r in ranges {
+        let mut h = format!("\r\n--{BOUNDARY}\r\n");
+        if let Some(ct) = &ctype {
+            h.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        h.push_str(&format!(
+            "Content-Range: bytes {}-{}/{len}\r\n\r\n",
+            r.start,
+            r.end - 1
+        ));
+        total += h.len() as u64 + (r.end - r.start);
+        parts.push(Bytes::from(h));
+        parts.push(body.slice(r.start as usize..r.end as usize));
+    }
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    total += tail.len() as u64;
+    parts.push(Bytes::from(tail));
+    (
+        parts,
+        total,
+        format!("Content-Type: multipart/byteranges; boundary={BOUNDARY}\r\n"),
+    )
 }
 
 async fn send_origin(cx: &Ctx<'_>, extra: &[u8]) -> Result<OriginReply, u16> {
@@ -347,15 +506,7 @@ async fn fill_from(
                 l.finish(FillEnd::Pass);
             }
             cx.log(reply.head.status, CacheResult::Miss);
-            return pass::relay(
-                cx.shard,
-                cx.client,
-                cx.req,
-                reply,
-                ka,
-                cx.status_header(result),
-            )
-            .await;
+            return pass::relay(cx.shard, cx.client, cx.req, reply, ka, &cx.extras(result)).await;
         }
     };
     let times = Times {
@@ -370,19 +521,29 @@ async fn fill_from(
     if facts.date_s.is_none() {
         respond::write_date(&mut headers);
     }
-    let headers = Bytes::from(headers);
     let length = reply.length();
-    let etag = reply
-        .head
-        .header("etag")
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default();
     let last_modified_s = reply
         .head
         .header("last-modified")
         .and_then(crate::httpdate::parse)
         .map(to_secs)
         .unwrap_or(0);
+    let mut etag = reply
+        .head
+        .header("etag")
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    if etag.is_empty() {
+        if let Some(n) = length {
+            // ETAG-1 Decision: a strong ETag from the object's identity, STON's shape,
+            // stored with it so it is stable across restarts.
+            etag = generated_etag(last_modified_s, n);
+            headers.extend_from_slice(b"ETag: ");
+            headers.extend_from_slice(&etag);
+            headers.extend_from_slice(b"\r\n");
+        }
+    }
+    let headers = Bytes::from(headers);
     let status = reply.head.status;
     if let Some(l) = &leader {
         l.set_head(FillHead {
@@ -418,7 +579,7 @@ async fn fill_from(
     } else {
         ka
     };
-    let head = heads::stored_response(status, &headers, framing, ka, cx.status_header(result));
+    let head = heads::stored_response(status, &headers, framing, ka, &cx.extras(result), None, b"");
     let mut w = ClientWriter::new(cx.client, head, framing, cx.req.is_head());
     cx.log(status, result);
     loop {
@@ -456,6 +617,22 @@ async fn fill_from(
     if let Some(wr) = writer {
         wr.commit();
     } else if let Some((parts, size)) = gathered {
+        // Now the size is known: an origin without an ETag gets a generated one.
+        let (etag, headers) = if meta.etag.is_empty() {
+            let e = generated_etag(last_modified_s, size);
+            let mut h = headers.to_vec();
+            h.extend_from_slice(b"ETag: ");
+            h.extend_from_slice(&e);
+            h.extend_from_slice(b"\r\n");
+            (e, h)
+        } else {
+            (meta.etag.to_vec(), headers.to_vec())
+        };
+        let meta = Meta {
+            etag: &etag,
+            head: &headers,
+            ..meta
+        };
         if let Some(mut wr) = cx.cache.writer(cx.shard.id, &cx.key, &meta, size) {
             if parts.iter().all(|p| wr.push(p)) {
                 wr.commit();
@@ -472,6 +649,11 @@ async fn fill_from(
         return Outcome::Done { close: true };
     }
     Outcome::Done { close: ka.closes() }
+}
+
+/// `"<hex last-modified>-<hex size>"` (ETAG-1 Decision).
+fn generated_etag(last_modified_s: u64, size: u64) -> Vec<u8> {
+    format!("\"{last_modified_s:x}-{size:x}\"").into_bytes()
 }
 
 /// Follows another request's fill: same head, same chunks, as they arrive.
@@ -501,7 +683,7 @@ async fn follow(cx: &Ctx<'_>, fill: std::sync::Arc<Fill>, ka: Decision) -> Outco
                     None,
                     cx.peer,
                     ka,
-                    cx.status_header(CacheResult::Miss),
+                    &cx.extras(CacheResult::Miss),
                 )
                 .await;
             }
@@ -526,7 +708,9 @@ async fn follow(cx: &Ctx<'_>, fill: std::sync::Arc<Fill>, ka: Decision) -> Outco
                 &h.headers,
                 framing,
                 ka,
-                cx.status_header(CacheResult::Miss),
+                &cx.extras(CacheResult::Miss),
+                None,
+                b"",
             );
             cx.log(h.status, CacheResult::Miss);
             writer = Some(ClientWriter::new(

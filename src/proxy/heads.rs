@@ -1,7 +1,8 @@
 //! Building the heads that cross the proxy, as pure functions: the request sent to
 //! the origin and the response head sent to the client.
 
-use crate::config::OriginAddr;
+use crate::cache::meta::HeaderPolicy;
+use crate::config::{Options, OriginAddr};
 use crate::http1::headers::{connection_names, is_hop_by_hop, reason};
 use crate::http1::keepalive::Decision;
 use crate::http1::{RequestHead, ResponseHead};
@@ -116,12 +117,80 @@ pub fn origin_request(
     out
 }
 
-/// The response head sent to the client.
+/// The STON response-header rules (spec §2) for one response, decided per vhost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// VIA-1: add `Via: cairn/<version>`.
+    pub via: bool,
+    /// ETAG-1 OFF: drop `ETag`.
+    pub drop_etag: bool,
+    /// SRV-1 OFF: drop `Server`.
+    pub drop_server: bool,
+    /// AGE-1: the `Age` of a response served from cache, in seconds.
+    pub age: Option<u64>,
+    /// `X-Cache` value (`<CacheStatusHeader>`).
+    pub cache_status: Option<&'a str>,
+    /// ORIG-1 for pass-through responses: which origin headers are forwarded.
+    pub policy: HeaderPolicy,
+}
+
+impl Extras<'_> {
+    pub fn for_vhost(o: &Options) -> Extras<'static> {
+        Extras {
+            via: o.via_header,
+            drop_etag: !o.etag_header,
+            drop_server: !o.server_header,
+            age: None,
+            cache_status: None,
+            policy: o.headers,
+        }
+    }
+
+    fn drops(&self, name: &[u8]) -> bool {
+        (self.drop_etag && name.eq_ignore_ascii_case(b"etag"))
+            || (self.drop_server && name.eq_ignore_ascii_case(b"server"))
+    }
+
+    fn write_tail(&self, out: &mut Vec<u8>) {
+        if let Some(age) = self.age {
+            out.extend_from_slice(b"Age: ");
+            out.extend_from_slice(age.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.via {
+            out.extend_from_slice(VIA);
+        }
+        if let Some(c) = self.cache_status {
+            out.extend_from_slice(b"X-Cache: ");
+            out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// `Via: cairn/<version>` (VIA-1; STON writes `STON/<version>`).
+pub const VIA: &[u8] = concat!("Via: cairn/", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes();
+
+fn write_framing(out: &mut Vec<u8>, framing: ClientFraming) {
+    match framing {
+        ClientFraming::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        ClientFraming::NoBody | ClientFraming::Close => {}
+    }
+}
+
+/// The response head sent to the client for a pass-through response: the origin's
+/// headers less hop-by-hop ones, filtered by ORIG-1 (Set-Cookie always passes:
+/// ORIG-1 keeps cookies out of the cache, not away from the client).
 pub fn client_response(
     resp: &ResponseHead,
     framing: ClientFraming,
     ka: Decision,
-    cache_status: Option<&str>,
+    x: &Extras,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(format!("HTTP/1.1 {} ", resp.status).as_bytes());
@@ -142,13 +211,18 @@ pub fn client_response(
     };
     let mut has_date = false;
     for (name, value) in resp.headers() {
-        if is_hop_by_hop(name) {
+        let cookie =
+            name.eq_ignore_ascii_case(b"set-cookie") || name.eq_ignore_ascii_case(b"set-cookie2");
+        let framing_header = name.eq_ignore_ascii_case(b"content-length");
+        if is_hop_by_hop(name)
+            || x.drops(name)
+            || (framing_header && framing != ClientFraming::NoBody)
+        {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"content-length") && framing != ClientFraming::NoBody {
-            continue;
-        }
-        if named_by_connection(conn_values(), name) {
+        if !(cookie || framing_header || x.policy.keeps(name))
+            || named_by_connection(conn_values(), name)
+        {
             continue;
         }
         has_date |= name.eq_ignore_ascii_case(b"date");
@@ -161,61 +235,48 @@ pub fn client_response(
         // RFC 9110 §6.6.1: a recipient with a clock adds Date when forwarding without one.
         super::respond::write_date(&mut out);
     }
-    match framing {
-        ClientFraming::Length(n) => {
-            out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes())
-        }
-        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        ClientFraming::NoBody | ClientFraming::Close => {}
-    }
-    if let Some(c) = cache_status {
-        out.extend_from_slice(b"X-Cache: ");
-        out.extend_from_slice(c.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    write_framing(&mut out, framing);
+    x.write_tail(&mut out);
     ka.write_headers(&mut out);
     out.extend_from_slice(b"\r\n");
     out
 }
 
-/// The head of a response built from stored (or filling) headers: hits, fills and
-/// their followers all answer through this.
+/// The head of a response built from stored (or filling) header lines: hits, fills
+/// and their followers all answer through this. `replace` names a stored header to
+/// leave out because `extra` carries its replacement (Content-Type of a multipart
+/// 206); `extra` holds additional lines (Content-Range).
 pub fn stored_response(
     status: u16,
     headers: &[u8],
     framing: ClientFraming,
     ka: Decision,
-    cache_status: Option<&str>,
+    x: &Extras,
+    replace: Option<&[u8]>,
+    extra: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(headers.len() + 128);
+    let mut out = Vec::with_capacity(headers.len() + extra.len() + 160);
     out.extend_from_slice(b"HTTP/1.1 ");
-    let mut code = itoa_u16(status);
-    out.append(&mut code);
+    out.extend_from_slice(status.to_string().as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(headers);
-    match framing {
-        ClientFraming::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
+    if x.drop_etag || x.drop_server || replace.is_some() {
+        for line in headers.split_inclusive(|&b| b == b'\n') {
+            let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+            if !x.drops(name) && !replace.is_some_and(|r| r.eq_ignore_ascii_case(name)) {
+                out.extend_from_slice(line);
+            }
         }
-        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        ClientFraming::NoBody | ClientFraming::Close => {}
+    } else {
+        out.extend_from_slice(headers);
     }
-    if let Some(c) = cache_status {
-        out.extend_from_slice(b"X-Cache: ");
-        out.extend_from_slice(c.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    out.extend_from_slice(extra);
+    write_framing(&mut out, framing);
+    x.write_tail(&mut out);
     ka.write_headers(&mut out);
     out.extend_from_slice(b"\r\n");
     out
-}
-
-fn itoa_u16(n: u16) -> Vec<u8> {
-    n.to_string().into_bytes()
 }
 
 /// How to frame a body toward the client: its length when known, else chunked for
@@ -282,7 +343,14 @@ mod tests {
             &resp,
             ClientFraming::Chunked,
             Decision::Close,
-            Some("TCP_MISS"),
+            &Extras {
+                cache_status: Some("TCP_MISS"),
+                policy: HeaderPolicy {
+                    original: true,
+                    standard_extra: false,
+                },
+                ..Default::default()
+            },
         ))
         .unwrap();
         assert_eq!(
@@ -297,7 +365,7 @@ mod tests {
             &resp,
             ClientFraming::NoBody,
             Decision::Close,
-            None,
+            &Extras::default(),
         ))
         .unwrap();
         assert!(

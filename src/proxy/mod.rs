@@ -57,6 +57,12 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
     ));
     let mut rbuf = BytesMut::with_capacity(4096);
     let mut nth: u32 = 0;
+    // VIA-1 before a vhost is known: the listen group's first vhost decides.
+    let group_via: &[u8] = if config.vhosts[first_vhost].options.via_header {
+        heads::VIA
+    } else {
+        b""
+    };
     loop {
         if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
             rbuf = BytesMut::with_capacity(4096);
@@ -69,7 +75,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
             }
             Next::Refuse(status) => {
                 log::info!("{peer}: refused a request with {status}");
-                let _ = respond::send_error(&conn, status, Decision::Close, false).await;
+                let _ = respond::send_error(&conn, status, Decision::Close, false, group_via).await;
                 conn.close_gracefully().await;
                 return;
             }
@@ -95,7 +101,11 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
                 shard.draining() || head.framing != Framing::None,
             );
             // Decision (spec §0): an empty body.
-            if respond::send_error(&conn, 404, ka, true).await.is_err() || ka.closes() {
+            if respond::send_error(&conn, 404, ka, true, group_via)
+                .await
+                .is_err()
+                || ka.closes()
+            {
                 conn.close_gracefully().await;
                 return;
             }
@@ -103,11 +113,17 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
         };
         let vhost = &config.vhosts[vi];
         let policy = &vhost.options.keep_alive;
+        let via: &[u8] = if vhost.options.via_header {
+            heads::VIA
+        } else {
+            b""
+        };
         idle = Duration::from_secs(u64::from(policy.timeout_secs));
         let body = match read_body(&conn, &mut rbuf, &head, &limits, request_timeout).await {
             Ok(b) => b,
             Err(Some(status)) => {
-                let _ = respond::send_error(&conn, status, Decision::Close, head.is_head()).await;
+                let _ =
+                    respond::send_error(&conn, status, Decision::Close, head.is_head(), via).await;
                 conn.close_gracefully().await;
                 return;
             }
@@ -117,14 +133,35 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
             }
         };
         let ka = keepalive::decide(policy, facts, nth, shard.draining());
+        if let Some(code) = vhost.options.redirect_https {
+            // HTTPS-1: every plain-HTTP request is redirected.
+            let host =
+                String::from_utf8_lossy(head.host().unwrap_or(vhost.name.as_bytes())).into_owned();
+            let mut extra = format!("Location: https://{host}").into_bytes();
+            extra.extend_from_slice(head.path());
+            extra.extend_from_slice(b"\r\n");
+            extra.extend_from_slice(via);
+            if respond::send_error(&conn, code, ka, true, &extra)
+                .await
+                .is_err()
+                || ka.closes()
+            {
+                conn.close_gracefully().await;
+                return;
+            }
+            continue;
+        }
         let outcome = if cached::eligible(&head) {
             cached::serve(&shard, &shared.cache, &conn, vhost, &head, peer, ka).await
         } else {
-            let status = vhost
-                .options
-                .cache_status_header
-                .then(|| crate::cache::CacheResult::ClientRefreshMiss.code());
-            pass::forward(&shard, &conn, vhost, &head, body, peer, ka, status).await
+            let x = heads::Extras {
+                cache_status: vhost
+                    .options
+                    .cache_status_header
+                    .then(|| crate::cache::CacheResult::ClientRefreshMiss.code()),
+                ..heads::Extras::for_vhost(&vhost.options)
+            };
+            pass::forward(&shard, &conn, vhost, &head, body, peer, ka, &x).await
         };
         match outcome {
             Outcome::Done { close: false } => {}
@@ -139,7 +176,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
             Outcome::Failed(status) => {
                 // Re-decided: a drain may have started while we waited for the origin.
                 let ka = keepalive::decide(policy, facts, nth, shard.draining());
-                if respond::send_error(&conn, status, ka, head.is_head())
+                if respond::send_error(&conn, status, ka, head.is_head(), via)
                     .await
                     .is_err()
                     || ka.closes()

@@ -1,7 +1,7 @@
 //! Pass-through: requests the cache does not handle (other methods, Authorization,
 //! uncacheable responses) go to the origin and stream back as they are.
 
-use super::heads::{self, client_framing, ClientFraming, OriginOpts};
+use super::heads::{self, client_framing, ClientFraming, Extras, OriginOpts};
 use super::relay::ClientWriter;
 use super::Outcome;
 use crate::config::Vhost;
@@ -24,7 +24,7 @@ pub async fn forward(
     body: Option<Bytes>,
     peer: SocketAddr,
     ka: Decision,
-    cache_status: Option<&str>,
+    x: &Extras<'_>,
 ) -> Outcome {
     let origin = exchange::pick(shard, vhost);
     let head = heads::origin_request(
@@ -41,7 +41,7 @@ pub async fn forward(
         head_method: req.is_head(),
     };
     match exchange::send(shard, vhost, origin, &oreq).await {
-        Ok(reply) => relay(shard, client, req, reply, ka, cache_status).await,
+        Ok(reply) => relay(shard, client, req, reply, ka, x).await,
         Err(status) => Outcome::Failed(status),
     }
 }
@@ -53,7 +53,7 @@ pub async fn relay(
     req: &RequestHead,
     mut reply: OriginReply,
     ka: Decision,
-    cache_status: Option<&str>,
+    x: &Extras<'_>,
 ) -> Outcome {
     let framing = client_framing(
         reply.has_body(),
@@ -66,7 +66,7 @@ pub async fn relay(
     } else {
         ka
     };
-    let head = heads::client_response(&reply.head, framing, ka, cache_status);
+    let head = heads::client_response(&reply.head, framing, ka, x);
     let mut w = ClientWriter::new(client, head, framing, false);
     loop {
         match reply.next().await {

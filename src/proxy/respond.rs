@@ -34,7 +34,8 @@ pub fn write_date(out: &mut Vec<u8>) {
 
 /// The head and body of an error response: a small HTML page (none for 404 from an
 /// unknown vhost, per spec, and none for HEAD).
-pub fn error_response(status: u16, ka: Decision, with_body: bool) -> Bytes {
+/// `extra`: more header lines (`Via`, `Location`).
+pub fn error_response(status: u16, ka: Decision, with_body: bool, extra: &[u8]) -> Bytes {
     let text = reason(status);
     let body = if with_body {
         format!("<html>\r\n<head><title>{status} {text}</title></head>\r\n<body>\r\n<center><h1>{status} {text}</h1></center>\r\n<hr><center>cairn</center>\r\n</body>\r\n</html>\r\n")
@@ -48,6 +49,7 @@ pub fn error_response(status: u16, ka: Decision, with_body: bool) -> Bytes {
         out.extend_from_slice(b"Content-Type: text/html\r\n");
     }
     out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    out.extend_from_slice(extra);
     ka.write_headers(&mut out);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
@@ -60,8 +62,9 @@ pub async fn send_error(
     status: u16,
     ka: Decision,
     no_body: bool,
+    extra: &[u8],
 ) -> Result<(), IoError> {
-    conn.write_all(error_response(status, ka, !no_body), SEND_TIMEOUT)
+    conn.write_all(error_response(status, ka, !no_body, extra), SEND_TIMEOUT)
         .await
 }
 
@@ -71,7 +74,7 @@ mod tests {
 
     #[test]
     fn error_shape() {
-        let r = error_response(502, Decision::Close, true);
+        let r = error_response(502, Decision::Close, true, b"");
         let s = std::str::from_utf8(&r).unwrap();
         assert!(s.starts_with("HTTP/1.1 502 Bad Gateway\r\nDate: "));
         assert!(s.contains("Connection: Close\r\n"));
@@ -84,6 +87,7 @@ mod tests {
                 max: None,
             },
             false,
+            b"",
         );
         assert!(std::str::from_utf8(&empty).unwrap().ends_with(
             "Content-Length: 0\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=10\r\n\r\n"
