@@ -6,7 +6,7 @@ use cairn::cache::meta::Meta;
 use cairn::cache::{freshness::Times, Cache, StoreConfig};
 use cairn::http1::keepalive::Decision;
 use cairn::http1::{request, Limits};
-use cairn::proxy::heads::{stored_response, ClientFraming};
+use cairn::proxy::heads::{stored_response, ClientFraming, Extras};
 use cairn::vhost::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
@@ -73,7 +73,9 @@ fn hit_path(c: &mut Criterion) {
                 &hit.headers,
                 ClientFraming::Length(hit.body.len() as u64),
                 ka,
+                &Extras::default(),
                 None,
+                b"",
             );
             black_box((out, hit.body));
         })

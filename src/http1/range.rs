@@ -102,6 +102,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // ranges lists are what we test
     fn rg_1_table() {
         let p = |v: Vec<Range<u64>>| RangeReply::Partial(v);
         let cases: Vec<(Option<&str>, RangeReply)> = vec![
