@@ -61,7 +61,7 @@ pub fn parse(s: &[u8]) -> Option<SystemTime> {
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
     let d = num(5..7)?;
-    let m = MONTHS.iter().position(|&x| x == &s[8..11])? as u32 + 1;
+    let m = MONTHS.iter().position(|&x| Some(x) == s.get(8..11))? as u32 + 1;
     let y = num(12..16)?;
     let (hh, mm, ss) = (num(17..19)?, num(20..22)?, num(23..25)?);
     if b[7] != b' ' || b[11] != b' ' || b[16] != b' ' || b[19] != b':' || b[22] != b':' {
@@ -93,6 +93,7 @@ mod tests {
             assert_eq!(parse(text.as_bytes()), Some(t), "{text}");
         }
         for bad in [
+            "Sun, 06éov 1994 08:49:37 GMT",
             "",
             "Sun, 06 Nov 1994 08:49:37 UTC",
             "Sunday, 06-Nov-94 08:49:37 GMT",

@@ -403,3 +403,30 @@ fn stale_objects_are_served_when_the_origin_fails_unless_must_revalidate() {
     assert_eq!(c.get("/hard").status, 502);
     let _ = origin.connections.load(Ordering::SeqCst);
 }
+
+#[test]
+fn head_misses_empty_bodies_and_unsafe_methods() {
+    let origin = Origin::start(|r| match (r.method.as_str(), r.path.as_str()) {
+        (_, "/private") => object(b"secret body", "Cache-Control: private\r\n"),
+        (_, "/empty") => object(b"", "Cache-Control: max-age=60\r\n"),
+        ("POST", _) => ok(b"posted"),
+        _ => object(b"v", "Cache-Control: max-age=60\r\n"),
+    });
+    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), STATUS, ""), 1);
+    let mut c = cairn.connect();
+    // A HEAD miss is filled with GET; an uncacheable answer must still reach the
+    // client as a head only, or the body would be read as the next response.
+    c.send(b"HEAD /private HTTP/1.1\r\nHost: test.local\r\n\r\nGET /empty HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    let h = c.response(true).unwrap();
+    assert_eq!((h.status, h.header("content-length")), (200, Some("11")));
+    let e = c.response(false).unwrap();
+    assert_eq!((e.status, e.header("content-length"), e.body.len()), (200, Some("0"), 0), "an empty 200 keeps its framing");
+    let e = c.get("/empty");
+    assert_eq!((e.header("content-length"), e.header("x-cache")), (Some("0"), Some("TCP_HIT")));
+    // An unsafe method invalidates the stored response (RFC 9111 §4.4).
+    assert_eq!(c.get("/page").header("x-cache"), Some("TCP_MISS"));
+    assert_eq!(c.get("/page").header("x-cache"), Some("TCP_HIT"));
+    c.send(b"POST /page HTTP/1.1\r\nHost: test.local\r\nContent-Length: 1\r\n\r\nx");
+    assert_eq!(c.response(false).unwrap().text(), "posted");
+    assert_eq!(c.get("/page").header("x-cache"), Some("TCP_MISS"));
+}

@@ -19,6 +19,8 @@ pub struct FillHead {
     pub headers: Bytes,
     /// Known body length (Content-Length), if any.
     pub length: Option<u64>,
+    /// False for responses that have no body at all (204, and 304s).
+    pub has_body: bool,
     pub times: Times,
 }
 
@@ -125,6 +127,11 @@ pub struct Leader {
 }
 
 impl Leader {
+    /// The fill this leader feeds, to follow it like any other request.
+    pub fn fill(&self) -> Arc<Fill> {
+        self.fill.clone()
+    }
+
     pub fn set_head(&self, head: FillHead) {
         self.fill.lock().head = Some(head);
         self.fill.notify.notify_waiters();
@@ -200,6 +207,7 @@ mod tests {
                 status: 200,
                 headers: Bytes::new(),
                 length: Some(6),
+                has_body: true,
                 times: Times::default(),
             });
             leader.push(Bytes::from_static(b"abc"));

@@ -71,6 +71,8 @@ pub struct Cache {
 /// A cache hit: everything needed to answer, borrowed from the mapping.
 #[derive(Debug, Clone)]
 pub struct Hit {
+    /// Where the record was found: a 304 refreshes only this version.
+    pub loc: (u32, u32, u64),
     pub status: u16,
     pub times: Times,
     pub last_modified_s: u64,
@@ -130,6 +132,7 @@ impl Cache {
             e.hit.store(true, Relaxed);
         }
         Some(Hit {
+            loc: (e.seg, e.generation, e.off),
             status: meta.status,
             times: e.times,
             last_modified_s: meta.last_modified_s,
@@ -141,18 +144,25 @@ impl Cache {
 
     /// After a 304 (RFC 9111 §4.3.4): new time facts and header lines for the stored
     /// object, if it is still the one `hit` came from.
-    pub fn refresh(&self, key: &[u8], times: Times, headers: Bytes) {
+    pub fn refresh(&self, key: &[u8], loc: (u32, u32, u64), times: Times, headers: Bytes) {
         let h = record::key_hash(key);
         let guard = self.store.index.pin();
         guard.compute(h, |cur| match cur {
-            Some((_, e)) => papaya::Operation::Insert(Entry {
-                times,
-                head_override: Some(headers.clone()),
-                hit: AtomicBool::new(e.hit.load(Relaxed)),
-                ..*e
-            }),
-            None => papaya::Operation::Abort(()),
+            Some((_, e)) if (e.seg, e.generation, e.off) == loc => {
+                papaya::Operation::Insert(Entry {
+                    times,
+                    head_override: Some(headers.clone()),
+                    hit: AtomicBool::new(e.hit.load(Relaxed)),
+                    ..*e
+                })
+            }
+            _ => papaya::Operation::Abort(()),
         });
+    }
+
+    /// Drops `key` from the index (RFC 9111 §4.4: after an unsafe method).
+    pub fn remove(&self, key: &[u8]) {
+        self.store.index.pin().remove(&record::key_hash(key));
     }
 
     /// Starts writing an object of `body_len` bytes on `shard`'s active segment.
@@ -176,6 +186,9 @@ impl Cache {
         };
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let base = region.off as usize;
+        // A dead placeholder header first: until commit, recovery and reclaim step over
+        // the whole region and never read the body bytes as if they were records.
+        region.seg.write_at(base, &dead_header(region.len).encode());
         region.seg.write_at(base + HEADER_LEN, key);
         region
             .seg
@@ -277,23 +290,24 @@ impl Drop for Writer<'_> {
         if self.committed {
             return;
         }
-        // Mark the region dead so recovery and reclaim step over it.
-        let h = Header {
-            flags: record::FLAG_DEAD,
-            total_len: self.region.len,
-            seq: 0,
-            key_hash: 0,
-            key_len: 0,
-            meta_len: 0,
-            body_len: 0,
-            checksum: 0,
-        };
-        self.region
-            .seg
-            .write_at(self.region.off as usize, &h.encode());
+        // The placeholder header is already there; raise the mark so recovery steps
+        // over the region instead of stopping at it.
         self.region
             .seg
             .raise_high_water(self.region.off + self.region.len);
+    }
+}
+
+fn dead_header(total_len: u64) -> Header {
+    Header {
+        flags: record::FLAG_DEAD,
+        total_len,
+        seq: 0,
+        key_hash: 0,
+        key_len: 0,
+        meta_len: 0,
+        body_len: 0,
+        checksum: 0,
     }
 }
 

@@ -285,23 +285,29 @@ impl Store {
         let old_gen = seg.generation.fetch_add(1, SeqCst);
         let new_gen = old_gen.wrapping_add(1);
         if seg.leases() > 0 {
-            // A reader leased it before seeing the new generation; its entries are
-            // invalid now, the space is reclaimed on a later attempt.
+            // A reader leased it before seeing the new generation. Nothing was touched
+            // yet (and the allocator lock is held): put the generation back and try
+            // another segment.
+            seg.generation.store(old_gen, SeqCst);
             return None;
         }
         let guard = self.index.pin();
         let hwm = seg.high_water();
+        // Until compaction is done, recovery must see nothing of this segment: a crash
+        // mid-way would otherwise leave half-moved records below the mark.
+        seg.set_high_water(SEGMENT_HEADER as u64);
         let mut off = SEGMENT_HEADER as u64;
         let mut write = SEGMENT_HEADER as u64;
         while off + HEADER_LEN as u64 <= hwm {
+            // Every region below the mark starts with a header we wrote (a placeholder
+            // until commit), so an invalid one means corruption: stop, never search
+            // inside bodies, which hold arbitrary origin bytes.
             let Some(h) = Header::decode(seg.bytes(off as usize, HEADER_LEN)) else {
-                off += record::ALIGN;
-                continue;
+                break;
             };
-            if off + h.total_len > hwm {
-                off += record::ALIGN;
-                continue;
-            }
+            let Some(end) = off.checked_add(h.total_len).filter(|&e| e <= hwm) else {
+                break;
+            };
             if !h.is_dead() {
                 let (src, dst) = (off, write);
                 let hit = matches!(guard.get(&h.key_hash),
@@ -311,11 +317,12 @@ impl Store {
                     // before its bytes are in place.
                     seg.move_within(src as usize, dst as usize, h.total_len as usize);
                     write += h.total_len;
+                    seg.set_high_water(write);
                 }
                 let mut kept = false;
                 guard.compute(h.key_hash, |cur| match cur {
-                    Some((_, e)) if e.seg == id && e.off == src && e.generation == old_gen => {
-                        if hit {
+                    Some((_, e)) if e.seg == id && e.off == src => {
+                        if hit && e.generation == old_gen {
                             kept = true;
                             Operation::Insert(Entry {
                                 off: dst,
@@ -325,6 +332,7 @@ impl Store {
                                 ..*e
                             })
                         } else {
+                            // Unhit, or left over from an older generation: gone.
                             Operation::Remove
                         }
                     }
@@ -336,7 +344,7 @@ impl Store {
                     self.stats.dropped.fetch_add(1, Relaxed);
                 }
             }
-            off += h.total_len;
+            off = end;
         }
         seg.set_high_water(write);
         Some(write)
@@ -369,20 +377,18 @@ fn scan(seg: &Arc<Segment>, index: &Index) -> ScanResult {
     let generation = seg.generation.load(SeqCst);
     let guard = index.pin();
     let mut off = SEGMENT_HEADER as u64;
-    let mut in_gap = false;
     while off + HEADER_LEN as u64 <= hwm {
+        // Every region below the mark starts with a header cairn wrote (a dead
+        // placeholder until commit). An invalid one is corruption: the rest of the
+        // segment is given up rather than searched, because bodies hold arbitrary
+        // origin bytes that could imitate a header.
         let h = match Header::decode(seg.bytes(off as usize, HEADER_LEN)) {
-            Some(h) if off + h.total_len <= hwm => h,
+            Some(h) if off.checked_add(h.total_len).is_some_and(|e| e <= hwm) => h,
             _ => {
-                if !in_gap {
-                    r.corrupt += 1;
-                    in_gap = true;
-                }
-                off += record::ALIGN;
-                continue;
+                r.corrupt += 1;
+                break;
             }
         };
-        in_gap = false;
         let start = off as usize;
         off += h.total_len;
         if h.is_dead() {

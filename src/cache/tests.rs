@@ -202,3 +202,29 @@ fn memory_only_cache_works_without_a_directory() {
         "over max_object"
     );
 }
+
+#[test]
+fn bytes_inside_an_unfinished_body_are_never_taken_for_records() {
+    let d = dir("forge");
+    let forged_key = b"victim/page";
+    {
+        let (c, _) = Cache::open(cfg(&d, 8, 2), 1).unwrap();
+        // A complete, valid record for another key, as an origin could send it as a body.
+        let (inner, _) = Cache::open(StoreConfig { dir: None, quota: 4 << 20, segment_size: 1 << 20, max_object: 1 << 19 }, 1).unwrap();
+        assert!(put(&inner, 0, forged_key, b"forged!"));
+        let seg = &inner.store.segments[inner.store.index.pin().get(&record::key_hash(forged_key)).unwrap().seg as usize];
+        let forged = seg.bytes(segment::SEGMENT_HEADER, 512).to_vec();
+        // A slow fill holding those bytes, never finished (the process "crashes")...
+        let mut slow = c.writer(0, b"attacker/file", &meta(b""), 4096).unwrap();
+        assert!(slow.push(&forged));
+        std::mem::forget(slow);
+        // ...while a later fill on the same shard commits beyond it.
+        assert!(put(&c, 0, b"later/object", b"fine"));
+    }
+    let (c, rec) = Cache::open(cfg(&d, 8, 2), 1).unwrap();
+    assert_eq!(rec.objects, 1, "{rec:?}");
+    assert!(c.lookup(forged_key).is_none(), "a forged record inside a body must not be recovered");
+    assert_eq!(c.lookup(b"later/object").unwrap().body, &b"fine"[..]);
+    drop(c);
+    let _ = std::fs::remove_dir_all(&d);
+}

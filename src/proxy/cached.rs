@@ -102,7 +102,8 @@ pub async fn serve(
         if !hit.etag.is_empty() || hit.last_modified_s != 0 {
             return revalidate(&cx, hit, ka).await;
         }
-        // Stale without validators: fetch it again.
+        // Stale without validators: fetch it again (and release the old lease first).
+        drop(hit);
         return miss(&cx, ka, CacheResult::RefMiss).await;
     }
     cache.stats.misses.fetch_add(1, Relaxed);
@@ -112,6 +113,9 @@ pub async fn serve(
 /// Does the client's conditional match the stored object? CF-1 picks which
 /// validators count, LM-1 how If-Modified-Since compares.
 fn not_modified(req: &RequestHead, hit: &Hit, o: &Options) -> bool {
+    if !(200..300).contains(&hit.status) {
+        return false; // conditionals apply to successful representations only
+    }
     let etag_ok = o.freshness_check != FreshnessCheck::LastModified;
     let lm_ok = o.freshness_check != FreshnessCheck::ETag;
     let etag_match = || {
@@ -197,10 +201,16 @@ async fn send_hit(cx: &Ctx<'_>, hit: &Hit, ka: Decision, result: CacheResult) ->
         match ranges {
             RangeReply::Full => {
                 status = hit.status;
+                // RFC 9110 §8.6: no Content-Length on a 204.
+                let framing = if status == 204 {
+                    ClientFraming::NoBody
+                } else {
+                    ClientFraming::Length(len)
+                };
                 bufs.push(Bytes::from(heads::stored_response(
                     status,
                     &hit.headers,
-                    ClientFraming::Length(len),
+                    framing,
                     ka,
                     &x,
                     None,
@@ -328,7 +338,8 @@ async fn send_origin(cx: &Ctx<'_>, extra: &[u8]) -> Result<OriginReply, u16> {
 /// Stale with validators: ask the origin whether it changed.
 async fn revalidate(cx: &Ctx<'_>, hit: Hit, ka: Decision) -> Outcome {
     let mut extra = Vec::new();
-    if !hit.etag.is_empty() {
+    // A generated ETag means nothing to the origin: ask with the date only.
+    if !hit.etag.is_empty() && hit.times.flags & freshness::FLAG_GENERATED_ETAG == 0 {
         extra.extend_from_slice(b"If-None-Match: ");
         extra.extend_from_slice(&hit.etag);
         extra.extend_from_slice(b"\r\n");
@@ -344,7 +355,7 @@ async fn revalidate(cx: &Ctx<'_>, hit: Hit, ka: Decision) -> Outcome {
         Ok(reply) if reply.head.status == 304 => {
             let response_time = now_ms();
             let (times, headers) = refreshed(cx, &hit, &reply.head, request_time, response_time);
-            cx.cache.refresh(&cx.key, times, headers.clone());
+            cx.cache.refresh(&cx.key, hit.loc, times, headers.clone());
             let fresh = Hit {
                 times,
                 headers,
@@ -352,7 +363,10 @@ async fn revalidate(cx: &Ctx<'_>, hit: Hit, ka: Decision) -> Outcome {
             };
             send_hit(cx, &fresh, ka, CacheResult::RefreshHit).await
         }
-        Ok(reply) => fill_from(cx, reply, None, ka, CacheResult::RefMiss, request_time).await,
+        Ok(reply) => {
+            drop(hit);
+            fill_from(cx, reply, None, ka, CacheResult::RefMiss, request_time).await
+        }
         Err(status) if hit.times.may_serve_stale() => {
             log::info!(
                 "vhost {}: serving stale {} after origin failure ({status})",
@@ -408,9 +422,21 @@ fn refreshed(
         date_s: facts.date_s.unwrap_or(response_time / 1000),
         age_s: age_of(r304),
         lifetime_ms,
-        flags: hit.times.flags,
+        // A 304 may tighten the rules (no-cache, must-revalidate); it cannot loosen them.
+        flags: hit.times.flags | revalidation_flags(&facts.cc, facts.pragma_no_cache),
     };
     (times, Bytes::from(merged))
+}
+
+fn revalidation_flags(cc: &CacheControl, pragma_no_cache: bool) -> u16 {
+    let mut f = 0;
+    if cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() {
+        f |= freshness::FLAG_MUST_REVALIDATE;
+    }
+    if cc.no_cache || (pragma_no_cache && *cc == CacheControl::default()) {
+        f |= freshness::FLAG_NO_CACHE;
+    }
+    f
 }
 
 fn has_explicit_freshness(f: &ResponseFacts) -> bool {
@@ -462,20 +488,35 @@ async fn miss(cx: &Ctx<'_>, ka: Decision, result: CacheResult) -> Outcome {
                 Err(status) => Outcome::Failed(status), // dropping the leader fails the fill
             }
         }
-        Role::Follower(fill) => follow(cx, fill, ka).await,
+        Role::Follower(fill) => follow(cx, fill, ka, CacheResult::Miss).await,
     }
 }
 
-/// Streams an origin response to the client while storing it (when it may be stored)
-/// and sharing it with followers.
-async fn fill_from(
-    cx: &Ctx<'_>,
-    mut reply: OriginReply,
-    leader: Option<Leader>,
-    ka: Decision,
-    result: CacheResult,
-    request_time: u64,
-) -> Outcome {
+/// What a fill stores: the head facts and meta of the object.
+struct FillPlan {
+    status: u16,
+    headers: Bytes,
+    etag: Vec<u8>,
+    last_modified_s: u64,
+    times: Times,
+    length: Option<u64>,
+    has_body: bool,
+}
+
+impl FillPlan {
+    fn meta(&self) -> Meta<'_> {
+        Meta {
+            status: self.status,
+            times: self.times,
+            last_modified_s: self.last_modified_s,
+            etag: &self.etag,
+            head: &self.headers,
+        }
+    }
+}
+
+/// Decides whether `reply` may be stored and, if so, what to store.
+fn plan(cx: &Ctx<'_>, reply: &OriginReply, request_time: u64) -> Result<FillPlan, &'static str> {
     let response_time = now_ms();
     let facts = response_facts(&reply.head);
     let req_cc = CacheControl::parse(
@@ -484,44 +525,22 @@ async fn fill_from(
             .filter(|(n, _)| n.eq_ignore_ascii_case(b"cache-control"))
             .map(|(_, v)| v),
     );
-    let decision = if facts.has_set_cookie {
-        Storable::No("Set-Cookie")
-    } else {
-        freshness::storable(&facts, &req_cc, false, &cx.vhost.options.ttl, response_time)
-    };
-    let max = cx.cache.config().max_object;
-    let (lifetime_ms, flags) = match decision {
-        Storable::Yes { lifetime_ms, flags } if reply.length().is_none_or(|n| n <= max) => {
-            (lifetime_ms, flags)
-        }
-        other => {
-            if let Storable::No(why) = other {
-                log::debug!(
-                    "{} {}: not stored: {why}",
-                    cx.vhost.name,
-                    String::from_utf8_lossy(cx.req.path())
-                );
-            }
-            if let Some(l) = leader {
-                l.finish(FillEnd::Pass);
-            }
-            cx.log(reply.head.status, CacheResult::Miss);
-            return pass::relay(cx.shard, cx.client, cx.req, reply, ka, &cx.extras(result)).await;
-        }
-    };
-    let times = Times {
-        request_time_ms: request_time,
-        response_time_ms: response_time,
-        date_s: facts.date_s.unwrap_or(response_time / 1000),
-        age_s: age_of(&reply.head),
-        lifetime_ms,
-        flags,
-    };
+    if facts.has_set_cookie {
+        return Err("Set-Cookie");
+    }
+    let (lifetime_ms, mut flags) =
+        match freshness::storable(&facts, &req_cc, false, &cx.vhost.options.ttl, response_time) {
+            Storable::Yes { lifetime_ms, flags } => (lifetime_ms, flags),
+            Storable::No(why) => return Err(why),
+        };
+    let length = reply.length();
+    if length.is_some_and(|n| n > cx.cache.config().max_object) {
+        return Err("larger than MaxObjectSize");
+    }
     let mut headers = kept_headers(&reply.head, cx.vhost.options.headers);
     if facts.date_s.is_none() {
         respond::write_date(&mut headers);
     }
-    let length = reply.length();
     let last_modified_s = reply
         .head
         .header("last-modified")
@@ -535,53 +554,179 @@ async fn fill_from(
         .unwrap_or_default();
     if etag.is_empty() {
         if let Some(n) = length {
-            // ETAG-1 Decision: a strong ETag from the object's identity, STON's shape,
-            // stored with it so it is stable across restarts.
-            etag = generated_etag(last_modified_s, n);
+            // ETAG-1 Decision: a strong ETag from the object's identity (STON's shape),
+            // stored with it so it is stable across restarts; marked as ours so it is
+            // never sent to the origin.
+            etag = generated_etag(
+                if last_modified_s != 0 {
+                    last_modified_s
+                } else {
+                    response_time / 1000
+                },
+                n,
+            );
             headers.extend_from_slice(b"ETag: ");
             headers.extend_from_slice(&etag);
             headers.extend_from_slice(b"\r\n");
+            flags |= freshness::FLAG_GENERATED_ETAG;
         }
     }
-    let headers = Bytes::from(headers);
-    let status = reply.head.status;
-    if let Some(l) = &leader {
-        l.set_head(FillHead {
-            status,
-            headers: headers.clone(),
-            length,
-            times,
-        });
-    }
-    let meta = Meta {
-        status,
-        times,
+    let times = Times {
+        request_time_ms: request_time,
+        response_time_ms: response_time,
+        date_s: facts.date_s.unwrap_or(response_time / 1000),
+        age_s: age_of(&reply.head),
+        lifetime_ms,
+        flags,
+    };
+    Ok(FillPlan {
+        status: reply.head.status,
+        headers: Bytes::from(headers),
+        etag,
         last_modified_s,
-        etag: &etag,
-        head: &headers,
-    };
-    let mut writer = length.and_then(|n| cx.cache.writer(cx.shard.id, &cx.key, &meta, n));
-    // Unknown length (chunked origin): gather up to max_object, store at the end.
-    let mut gathered: Option<(Vec<Bytes>, u64)> = length.is_none().then(|| (Vec::new(), 0));
-
-    let framing = client_framing(
-        reply.has_body() && length != Some(0),
+        times,
         length,
-        cx.req.version == Version::Http10,
-    );
-    let framing = if reply.has_body() {
-        framing
-    } else {
-        ClientFraming::Length(0)
+        has_body: reply.has_body(),
+    })
+}
+
+/// Answers from an origin response while storing it (when it may be stored) and,
+/// as the leader, sharing it with followers.
+async fn fill_from(
+    cx: &Ctx<'_>,
+    reply: OriginReply,
+    leader: Option<Leader>,
+    ka: Decision,
+    result: CacheResult,
+    request_time: u64,
+) -> Outcome {
+    let plan = match plan(cx, &reply, request_time) {
+        Ok(p) => p,
+        Err(why) => {
+            log::debug!(
+                "{} {}: not stored: {why}",
+                cx.vhost.name,
+                String::from_utf8_lossy(cx.req.path())
+            );
+            if let Some(l) = leader {
+                l.finish(FillEnd::Pass); // followers fetch for themselves
+            }
+            cx.log(reply.head.status, CacheResult::Miss);
+            return pass::relay(
+                cx.shard,
+                cx.client,
+                cx.req,
+                reply,
+                ka,
+                &cx.extras(result),
+                cx.req.is_head(),
+            )
+            .await;
+        }
     };
-    let ka = if framing == ClientFraming::Close || cx.shard.draining() {
-        Decision::Close
-    } else {
-        ka
-    };
-    let head = heads::stored_response(status, &headers, framing, ka, &cx.extras(result), None, b"");
-    let mut w = ClientWriter::new(cx.client, head, framing, cx.req.is_head());
-    cx.log(status, result);
+    match leader {
+        // Known length: the origin read, the store and the sharing run in a task of
+        // their own, so no client (this one included) can slow the fill for the
+        // others; this request follows it like any other. Memory per fill is bounded
+        // by MaxObjectSize.
+        Some(l) if plan.length.is_some() => {
+            l.set_head(FillHead {
+                status: plan.status,
+                headers: plan.headers.clone(),
+                length: plan.length,
+                has_body: plan.has_body,
+                times: plan.times,
+            });
+            let fill = l.fill();
+            let shared = cx.shard.shared.clone();
+            let (shard_id, key) = (cx.shard.id, cx.key.clone());
+            tokio_uring::spawn(async move {
+                let mut reply = reply;
+                let ok = pump(
+                    &shared.cache,
+                    shard_id,
+                    &key,
+                    &mut reply,
+                    &plan,
+                    Some(&l),
+                    None,
+                )
+                .await;
+                l.finish(if ok {
+                    FillEnd::Complete
+                } else {
+                    FillEnd::Failed
+                });
+            });
+            follow(cx, fill, ka, result).await
+        }
+        other => {
+            // Unknown length (chunked): not shared, so no fill can grow without bound;
+            // stored at the end if it fits.
+            if let Some(l) = other {
+                l.finish(FillEnd::Pass);
+            }
+            let http10 = cx.req.version == Version::Http10;
+            let framing = client_framing(plan.has_body && plan.status != 204, plan.length, http10);
+            let ka = if framing == ClientFraming::Close || cx.shard.draining() {
+                Decision::Close
+            } else {
+                ka
+            };
+            let head = heads::stored_response(
+                plan.status,
+                &plan.headers,
+                framing,
+                ka,
+                &cx.extras(result),
+                None,
+                b"",
+            );
+            let mut w = ClientWriter::new(cx.client, head, framing, cx.req.is_head());
+            cx.log(plan.status, result);
+            let mut reply = reply;
+            if !pump(
+                cx.cache,
+                cx.shard.id,
+                &cx.key,
+                &mut reply,
+                &plan,
+                None,
+                Some(&mut w),
+            )
+            .await
+            {
+                w.flush().await;
+                return Outcome::Abort;
+            }
+            if !w.finish().await {
+                return Outcome::Abort;
+            }
+            Outcome::Done {
+                close: ka.closes() || framing == ClientFraming::Close,
+            }
+        }
+    }
+}
+
+/// Moves the body from the origin into the segment, the leader's followers and/or a
+/// client. `true` when the body ended cleanly (and was committed if it could be).
+async fn pump(
+    cache: &Cache,
+    shard_id: usize,
+    key: &[u8],
+    reply: &mut OriginReply,
+    plan: &FillPlan,
+    leader: Option<&Leader>,
+    mut client: Option<&mut ClientWriter<'_>>,
+) -> bool {
+    let max = cache.config().max_object;
+    let meta = plan.meta();
+    let mut writer = plan
+        .length
+        .and_then(|n| cache.writer(shard_id, key, &meta, n));
+    // Unknown length: gather up to MaxObjectSize, store at the end.
+    let mut gathered: Option<(Vec<Bytes>, u64)> = plan.length.is_none().then(|| (Vec::new(), 0));
     loop {
         match reply.next().await {
             Ok(Some(b)) => {
@@ -598,57 +743,57 @@ async fn fill_from(
                         parts.push(b.clone());
                     }
                 }
-                if let Some(l) = &leader {
+                if let Some(l) = leader {
                     l.push(b.clone());
                 }
-                // The fill goes on when the client leaves: followers and the cache want it.
-                w.chunk(b).await;
-                if w.is_gone() && leader.is_none() {
-                    return Outcome::Abort;
+                if let Some(w) = client.as_deref_mut() {
+                    w.chunk(b).await;
+                    // Without followers there is nobody else to finish the fill for.
+                    if w.is_gone() && leader.is_none() && gathered.is_none() && writer.is_none() {
+                        return false;
+                    }
                 }
             }
             Ok(None) => break,
-            Err(()) => {
-                w.flush().await;
-                return Outcome::Abort; // leader and writer drop: fill failed, region dead
-            }
+            Err(()) => return false, // writer drops: region stays dead
         }
     }
     if let Some(wr) = writer {
         wr.commit();
     } else if let Some((parts, size)) = gathered {
         // Now the size is known: an origin without an ETag gets a generated one.
-        let (etag, headers) = if meta.etag.is_empty() {
-            let e = generated_etag(last_modified_s, size);
-            let mut h = headers.to_vec();
+        let (etag, headers, mut times) = (plan.etag.clone(), plan.headers.to_vec(), plan.times);
+        let (etag, headers) = if etag.is_empty() {
+            let e = generated_etag(
+                if plan.last_modified_s != 0 {
+                    plan.last_modified_s
+                } else {
+                    times.response_time_ms / 1000
+                },
+                size,
+            );
+            let mut h = headers;
             h.extend_from_slice(b"ETag: ");
             h.extend_from_slice(&e);
             h.extend_from_slice(b"\r\n");
+            times.flags |= freshness::FLAG_GENERATED_ETAG;
             (e, h)
         } else {
-            (meta.etag.to_vec(), headers.to_vec())
+            (etag, headers)
         };
         let meta = Meta {
             etag: &etag,
             head: &headers,
+            times,
             ..meta
         };
-        if let Some(mut wr) = cx.cache.writer(cx.shard.id, &cx.key, &meta, size) {
+        if let Some(mut wr) = cache.writer(shard_id, key, &meta, size) {
             if parts.iter().all(|p| wr.push(p)) {
                 wr.commit();
             }
         }
     }
-    if let Some(l) = leader {
-        l.finish(FillEnd::Complete);
-    }
-    if !w.finish().await {
-        return Outcome::Abort;
-    }
-    if framing == ClientFraming::Close {
-        return Outcome::Done { close: true };
-    }
-    Outcome::Done { close: ka.closes() }
+    true
 }
 
 /// `"<hex last-modified>-<hex size>"` (ETAG-1 Decision).
@@ -657,7 +802,12 @@ fn generated_etag(last_modified_s: u64, size: u64) -> Vec<u8> {
 }
 
 /// Follows another request's fill: same head, same chunks, as they arrive.
-async fn follow(cx: &Ctx<'_>, fill: std::sync::Arc<Fill>, ka: Decision) -> Outcome {
+async fn follow(
+    cx: &Ctx<'_>,
+    fill: std::sync::Arc<Fill>,
+    ka: Decision,
+    result: CacheResult,
+) -> Outcome {
     let wait = cx.vhost.origin_options.connect_timeout + cx.vhost.origin_options.receive_timeout;
     let mut seen = 0usize;
     let mut writer: Option<ClientWriter<'_>> = None;
@@ -694,7 +844,7 @@ async fn follow(cx: &Ctx<'_>, fill: std::sync::Arc<Fill>, ka: Decision) -> Outco
                 continue;
             };
             let framing = client_framing(
-                h.length != Some(0),
+                h.has_body && h.status != 204,
                 h.length,
                 cx.req.version == Version::Http10,
             );
@@ -708,11 +858,11 @@ async fn follow(cx: &Ctx<'_>, fill: std::sync::Arc<Fill>, ka: Decision) -> Outco
                 &h.headers,
                 framing,
                 ka,
-                &cx.extras(CacheResult::Miss),
+                &cx.extras(result),
                 None,
                 b"",
             );
-            cx.log(h.status, CacheResult::Miss);
+            cx.log(h.status, result);
             writer = Some(ClientWriter::new(
                 cx.client,
                 head,

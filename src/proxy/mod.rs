@@ -154,6 +154,10 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
         let outcome = if cached::eligible(&head) {
             cached::serve(&shard, &shared.cache, &conn, vhost, &head, peer, ka).await
         } else {
+            if !matches!(head.method(), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE") {
+                // RFC 9111 §4.4: an unsafe method invalidates the stored response.
+                shared.cache.remove(&cached::key(vhost, &head));
+            }
             let x = heads::Extras {
                 cache_status: vhost
                     .options

@@ -41,12 +41,13 @@ pub async fn forward(
         head_method: req.is_head(),
     };
     match exchange::send(shard, vhost, origin, &oreq).await {
-        Ok(reply) => relay(shard, client, req, reply, ka, x).await,
+        Ok(reply) => relay(shard, client, req, reply, ka, x, false).await,
         Err(status) => Outcome::Failed(status),
     }
 }
 
 /// Relays an origin response with its headers as they are (less hop-by-hop).
+#[allow(clippy::too_many_arguments)]
 pub async fn relay(
     shard: &Shard,
     client: &Conn,
@@ -54,6 +55,7 @@ pub async fn relay(
     mut reply: OriginReply,
     ka: Decision,
     x: &Extras<'_>,
+    head_only: bool,
 ) -> Outcome {
     let framing = client_framing(
         reply.has_body(),
@@ -67,7 +69,8 @@ pub async fn relay(
         ka
     };
     let head = heads::client_response(&reply.head, framing, ka, x);
-    let mut w = ClientWriter::new(client, head, framing, false);
+    // `head_only`: a HEAD filled with GET gets the head alone.
+    let mut w = ClientWriter::new(client, head, framing, head_only);
     loop {
         match reply.next().await {
             Ok(Some(b)) => {
