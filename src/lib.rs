@@ -9,6 +9,7 @@ pub mod httpdate;
 pub mod logging;
 pub mod net;
 pub mod origin;
+pub mod policy;
 pub mod proxy;
 pub mod shard;
 pub mod static_origin;

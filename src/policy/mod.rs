@@ -22,17 +22,19 @@ mod rulefile;
 pub mod timespec;
 
 pub use cond::{
-    Cond, Condition, CondError, GeoInfo, GeoLookup, HeaderIter, HeaderLookup, HeaderTest, IpCond,
+    Cond, CondError, Condition, GeoInfo, GeoLookup, HeaderIter, HeaderLookup, HeaderTest, IpCond,
     MatchCtx, NoHeaders, Term,
 };
 pub use expires::{
-    with_max_age, Base, ExpiresFacts, ExpiresOutcome, ExpiresRule, ExpiresTime, MAX_EXPIRES,
+    cache_control_max_age, with_max_age, Base, ExpiresError, ExpiresFacts, ExpiresOutcome,
+    ExpiresRule, ExpiresTime, MAX_EXPIRES,
 };
 pub use modify::{
-    apply, Action, HeaderList, HeaderRule, NoVars, Phase, RulePhase, SessionInfo, SessionVar,
-    StatusCond, Template, Vars,
+    apply, Action, HeaderList, HeaderRule, ModifyError, NoVars, Phase, RulePhase, SessionInfo,
+    SessionVar, StatusCond, Template, Vars,
 };
 pub use pattern::{Case, Pattern};
+pub use rulefile::Unclosed;
 pub use timespec::{parse_seconds, TimeError};
 
 /// One problem found on one line of a rule file.

@@ -113,7 +113,11 @@ impl Pattern {
         match self.case {
             Case::Sensitive => pat == s,
             Case::Insensitive => {
-                pat.len() == s.len() && pat.iter().zip(s).all(|(&a, &b)| a == b.to_ascii_lowercase())
+                pat.len() == s.len()
+                    && pat
+                        .iter()
+                        .zip(s)
+                        .all(|(&a, &b)| a == b.to_ascii_lowercase())
             }
         }
     }

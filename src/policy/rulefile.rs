@@ -16,7 +16,7 @@ pub(crate) struct Line<'a> {
 /// A `$NAME[` / `!NAME[` bracket that is never closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("unclosed '[' (a '$NAME[' needs its ']')")]
-pub(crate) struct Unclosed;
+pub struct Unclosed;
 
 /// The rule lines of a file, skipping blank and comment lines.
 pub(crate) fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
@@ -141,15 +141,18 @@ pub(crate) fn fields(line: &str) -> Result<Vec<&str>, Unclosed> {
     Ok(out)
 }
 
-/// Splits a condition on ` & ` (an `&` with whitespace on both sides, outside
-/// brackets), so a query string `?a=1&b=2` stays one pattern.
+/// Splits a condition on ` & ` (an `&` outside brackets with whitespace, or the
+/// end of the text, on both sides), so a query string `?a=1&b=2` stays one
+/// pattern and a dangling `&` leaves an empty term to report.
 pub(crate) fn and_terms(cond: &str) -> Result<Vec<&str>, Unclosed> {
     let b = cond.as_bytes();
     let mut out = Vec::with_capacity(2);
     let mut start = 0;
     walk_top(cond, |i, c| {
         let ws = |x: Option<&u8>| matches!(x, Some(b' ' | b'\t'));
-        if c == b'&' && i > 0 && ws(b.get(i - 1)) && ws(b.get(i + 1)) {
+        let before = i == 0 || ws(b.get(i - 1));
+        let after = i + 1 == b.len() || ws(b.get(i + 1));
+        if c == b'&' && before && after {
             out.push(cond[start..i].trim());
             start = i + 1;
         }

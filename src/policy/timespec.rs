@@ -152,7 +152,8 @@ mod tests {
 
     #[test]
     fn invalid_values() {
-        let cases: &[(&str, fn(&TimeError) -> bool)] = &[
+        type Check = fn(&TimeError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, TimeError::Empty)),
             ("   ", |e| matches!(e, TimeError::Empty)),
             ("day", |e| matches!(e, TimeError::ExpectedNumber(_))),
@@ -163,11 +164,19 @@ mod tests {
             ("1 fortnight", |e| matches!(e, TimeError::UnknownUnit(_))),
             ("1 day 30", |e| matches!(e, TimeError::BareInList(_))),
             ("1 2", |e| matches!(e, TimeError::BareInList(_))),
-            ("18446744073709551616", |e| matches!(e, TimeError::Overflow(_))),
-            ("99999999999999999999999999", |e| matches!(e, TimeError::Overflow(_))),
-            ("584942417355 years", |e| matches!(e, TimeError::Overflow(_))),
+            ("18446744073709551616", |e| {
+                matches!(e, TimeError::Overflow(_))
+            }),
+            ("99999999999999999999999999", |e| {
+                matches!(e, TimeError::Overflow(_))
+            }),
+            ("584942417356 years", |e| {
+                matches!(e, TimeError::Overflow(_))
+            }),
             ("5 1 sec", |e| matches!(e, TimeError::BareInList(_))),
-            ("18446744073709551615 sec 1 sec", |e| matches!(e, TimeError::Overflow(_))),
+            ("18446744073709551615 sec 1 sec", |e| {
+                matches!(e, TimeError::Overflow(_))
+            }),
             ("١٢", |e| matches!(e, TimeError::ExpectedNumber(_))),
             ("1 日", |e| matches!(e, TimeError::ExpectedNumber(_))),
             ("#ORG_MAXAGE", |e| matches!(e, TimeError::ExpectedNumber(_))),
