@@ -420,9 +420,16 @@ fn head_misses_empty_bodies_and_unsafe_methods() {
     let h = c.response(true).unwrap();
     assert_eq!((h.status, h.header("content-length")), (200, Some("11")));
     let e = c.response(false).unwrap();
-    assert_eq!((e.status, e.header("content-length"), e.body.len()), (200, Some("0"), 0), "an empty 200 keeps its framing");
+    assert_eq!(
+        (e.status, e.header("content-length"), e.body.len()),
+        (200, Some("0"), 0),
+        "an empty 200 keeps its framing"
+    );
     let e = c.get("/empty");
-    assert_eq!((e.header("content-length"), e.header("x-cache")), (Some("0"), Some("TCP_HIT")));
+    assert_eq!(
+        (e.header("content-length"), e.header("x-cache")),
+        (Some("0"), Some("TCP_HIT"))
+    );
     // An unsafe method invalidates the stored response (RFC 9111 §4.4).
     assert_eq!(c.get("/page").header("x-cache"), Some("TCP_MISS"));
     assert_eq!(c.get("/page").header("x-cache"), Some("TCP_HIT"));

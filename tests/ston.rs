@@ -318,3 +318,205 @@ fn https_1_redirects_plain_http() {
     );
     assert_eq!(o.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+fn start_with_rules(o: &Origin, options: &str, expires: &str, headers: &str) -> Cairn {
+    let dir = config_dir(&o.addr.to_string(), &format!("{STATUS}{options}"), "");
+    let svc = dir.join("svc/test.local");
+    std::fs::create_dir_all(&svc).unwrap();
+    std::fs::write(svc.join("expires.txt"), expires).unwrap();
+    std::fs::write(svc.join("headers.txt"), headers).unwrap();
+    Cairn::start(dir, 1)
+}
+
+#[test]
+fn exp_1_to_6_expires_rewriting() {
+    let o = origin();
+    let rules =
+        "# expires.txt\n$URL[/plain], 1 hour\n/range, 60, modification\n$MIME[text/*], 30 sec\n";
+    // EXP-1: OFF passes the origin's headers through.
+    let off = start_with_rules(&o, "", rules, "");
+    let mut c = off.connect();
+    assert_eq!(c.get("/plain").header("expires"), None);
+    let on = start_with_rules(
+        &o,
+        "<RefreshExpiresHeader>ON</RefreshExpiresHeader>",
+        rules,
+        "",
+    );
+    let mut c = on.connect();
+    for _ in 0..2 {
+        let r = c.get("/plain");
+        let exp = crate::parse_date(r.header("expires").expect("EXP-4 Expires"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!((now + 3590..=now + 3601).contains(&exp), "{exp} vs {now}");
+        let cc = r.header("cache-control").unwrap();
+        assert!(
+            cc.contains("max-age=36") && !cc.contains("max-age=600"),
+            "EXP-4 replaces max-age: {cc}"
+        );
+    }
+    // EXP-5: base modification from Last-Modified (1994): in the past, so now and max-age=0.
+    let r = c.get("/range");
+    assert!(
+        r.header("cache-control").unwrap().contains("max-age=0"),
+        "{:?}",
+        r.header("cache-control")
+    );
+    // EXP-5 without Last-Modified: no Expires at all.
+    let on_mod = start_with_rules(
+        &o,
+        "<RefreshExpiresHeader>ON</RefreshExpiresHeader>",
+        "/aged, 60, modification\n",
+        "",
+    );
+    let mut c = on_mod.connect();
+    let r = c.get("/aged");
+    assert_eq!(r.header("expires"), None);
+    assert_eq!(r.header("cache-control"), Some("max-age=600"));
+    // EXP-2: the first matching rule decides; unmatched content behaves as OFF.
+    let mut c = on.connect();
+    let r = c.get("/noetag"); // text/plain: third rule, 30 s
+    assert!(
+        r.header("cache-control").unwrap().contains("max-age=3"),
+        "{:?}",
+        r.header("cache-control")
+    );
+    // EXP-6 #ORG_MAXAGE uses the origin's max-age.
+    let org = start_with_rules(
+        &o,
+        "<RefreshExpiresHeader>ON</RefreshExpiresHeader>",
+        "*, #ORG_MAXAGE\n",
+        "",
+    );
+    let r = org.connect().get("/plain");
+    assert!(r.header("expires").is_some());
+    assert!(
+        r.header("cache-control").unwrap().contains("max-age=600")
+            || r.header("cache-control").unwrap().contains("max-age=599")
+    );
+}
+
+fn parse_date(s: &str) -> u64 {
+    // IMF-fixdate via a tiny parser of our own, independent of cairn's.
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let p: Vec<&str> = s.split(' ').collect();
+    let (d, m, y) = (
+        p[1].parse::<i64>().unwrap(),
+        months.iter().position(|x| *x == p[2]).unwrap() as i64 + 1,
+        p[3].parse::<i64>().unwrap(),
+    );
+    let t: Vec<i64> = p[4].split(':').map(|x| x.parse().unwrap()).collect();
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    (days * 86400 + t[0] * 3600 + t[1] * 60 + t[2]) as u64
+}
+
+#[test]
+fn mod_1_to_7_header_modification() {
+    let o = origin();
+    let headers = "\
+# request rules
+$HEADER[x-strip], $REQ[x-strip], unset
+$URL[/plain], $REQ[x-added: from-rule], set
+# response rules
+$URL[/plain], $RES[x-one: 1], put
+$URL[/plain], $RES[x-one: 2], put
+$URL[/plain], $RES[cache-control: public], append
+$URL[/plain], $RES[x-hit: #CACHEHIT], set
+$URL[/none], $RES[x-never: 1], set, 404
+$IP[127.0.0.1], $RES[x-local: yes], set, 2xx
+$IP[10.0.0.0/8], $RES[x-remote: yes], set
+!METHOD[POST], $RES[server], unset
+$METHOD[GET], $REQ[host: evil.example], set
+";
+    let cairn = start_with_rules(&o, "<ModifyHeader>ON</ModifyHeader>", "", headers);
+    assert!(
+        cairn.wait_log("MOD-1").contains("headers.txt:13"),
+        "the Host rule is refused with its line"
+    );
+    let mut c = cairn.connect();
+    c.send(b"GET /plain HTTP/1.1\r\nHost: test.local\r\nX-Strip: 1\r\n\r\n");
+    let r = c.response(false).unwrap();
+    let seen = o.last();
+    assert_eq!(seen.header("x-strip"), None, "MOD-1 request rule unset");
+    assert_eq!(
+        seen.header("x-added"),
+        Some("from-rule"),
+        "MOD-1 request rule set"
+    );
+    let ones: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-one"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(ones, ["1", "2"], "MOD-3 all rules in order, MOD-4 put");
+    assert_eq!(
+        r.header("cache-control"),
+        Some("max-age=600, public"),
+        "MOD-4 append"
+    );
+    assert_eq!(r.header("x-hit"), Some("TCP_MISS"), "MOD-7 #CACHEHIT");
+    assert_eq!(r.header("x-never"), None, "MOD-5 status condition");
+    assert_eq!(
+        r.header("x-local"),
+        Some("yes"),
+        "MOD-6 single IP and class 2xx"
+    );
+    assert_eq!(r.header("x-remote"), None, "MOD-6 CIDR not matching");
+    assert_eq!(r.header("server"), None, "negated condition and unset");
+    assert_eq!(c.get("/plain").header("x-hit"), Some("TCP_HIT"));
+
+    let first = start_with_rules(
+        &o,
+        r#"<ModifyHeader FirstOnly="ON">ON</ModifyHeader>"#,
+        "",
+        headers,
+    );
+    let r = first.connect().get("/plain");
+    let ones: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-one"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(ones, ["1"], "MOD-3 FirstOnly");
+    assert_eq!(r.header("cache-control"), Some("max-age=600"));
+
+    let off = start_with_rules(&o, "", "", headers);
+    assert_eq!(
+        off.connect().get("/plain").header("x-one"),
+        None,
+        "OFF: no rules"
+    );
+}
+
+#[test]
+fn a_bad_rule_line_fails_check_with_file_and_line() {
+    let dir = temp_dir("badrules");
+    std::fs::write(dir.join("server.xml"), server_xml("", "")).unwrap();
+    std::fs::write(dir.join("vhosts.xml"), "<Vhosts><Vhost Name=\"a.test\"><Origin><Address>127.0.0.1:9</Address></Origin></Vhost></Vhosts>").unwrap();
+    std::fs::create_dir_all(dir.join("svc/a.test")).unwrap();
+    std::fs::write(
+        dir.join("svc/a.test/expires.txt"),
+        "# ok\n$URL[/a], 1 day\n$URL[/b], 3 fortnights\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("svc/a.test/expires.txt:3:"), "{err}");
+}

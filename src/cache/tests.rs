@@ -210,9 +210,24 @@ fn bytes_inside_an_unfinished_body_are_never_taken_for_records() {
     {
         let (c, _) = Cache::open(cfg(&d, 8, 2), 1).unwrap();
         // A complete, valid record for another key, as an origin could send it as a body.
-        let (inner, _) = Cache::open(StoreConfig { dir: None, quota: 4 << 20, segment_size: 1 << 20, max_object: 1 << 19 }, 1).unwrap();
+        let (inner, _) = Cache::open(
+            StoreConfig {
+                dir: None,
+                quota: 4 << 20,
+                segment_size: 1 << 20,
+                max_object: 1 << 19,
+            },
+            1,
+        )
+        .unwrap();
         assert!(put(&inner, 0, forged_key, b"forged!"));
-        let seg = &inner.store.segments[inner.store.index.pin().get(&record::key_hash(forged_key)).unwrap().seg as usize];
+        let seg = &inner.store.segments[inner
+            .store
+            .index
+            .pin()
+            .get(&record::key_hash(forged_key))
+            .unwrap()
+            .seg as usize];
         let forged = seg.bytes(segment::SEGMENT_HEADER, 512).to_vec();
         // A slow fill holding those bytes, never finished (the process "crashes")...
         let mut slow = c.writer(0, b"attacker/file", &meta(b""), 4096).unwrap();
@@ -223,7 +238,10 @@ fn bytes_inside_an_unfinished_body_are_never_taken_for_records() {
     }
     let (c, rec) = Cache::open(cfg(&d, 8, 2), 1).unwrap();
     assert_eq!(rec.objects, 1, "{rec:?}");
-    assert!(c.lookup(forged_key).is_none(), "a forged record inside a body must not be recovered");
+    assert!(
+        c.lookup(forged_key).is_none(),
+        "a forged record inside a body must not be recovered"
+    );
     assert_eq!(c.lookup(b"later/object").unwrap().body, &b"fine"[..]);
     drop(c);
     let _ = std::fs::remove_dir_all(&d);

@@ -65,6 +65,10 @@ pub struct Options {
     pub freshness_check: FreshnessCheck,
     /// `<RedirectHttpToHttps ResCode>` (HTTPS-1): the status to redirect with, when ON.
     pub redirect_https: Option<u16>,
+    /// `<RefreshExpiresHeader Base>` (EXP-1..EXP-6): the default base when ON.
+    pub refresh_expires: Option<crate::policy::Base>,
+    /// `<ModifyHeader FirstOnly>` (MOD-3): `Some(first_only)` when ON.
+    pub modify_header: Option<bool>,
 }
 
 /// Which client validators a 304 from cache considers (CF-1).
@@ -90,6 +94,8 @@ impl Default for Options {
             lm_or_later: false,
             freshness_check: FreshnessCheck::Both,
             redirect_https: None,
+            refresh_expires: None,
+            modify_header: None,
         }
     }
 }
@@ -123,6 +129,31 @@ pub struct Vhost {
     pub origins: Vec<OriginAddr>,
     pub options: Options,
     pub origin_options: OriginOptions,
+    /// `svc/<vhost>/expires.txt` (EXP-*), applied when `<RefreshExpiresHeader>` is ON.
+    pub expires_rules: std::sync::Arc<[crate::policy::ExpiresRule]>,
+    /// `svc/<vhost>/headers.txt` (MOD-*), applied when `<ModifyHeader>` is ON.
+    pub header_rules: std::sync::Arc<[crate::policy::HeaderRule]>,
+}
+
+impl Vhost {
+    /// Do response heads need the rule pass (EXP or MOD rules in force)?
+    pub fn response_rules_active(&self) -> bool {
+        (self.options.refresh_expires.is_some() && !self.expires_rules.is_empty())
+            || (self.options.modify_header.is_some()
+                && self
+                    .header_rules
+                    .iter()
+                    .any(|r| r.phase == crate::policy::RulePhase::Response))
+    }
+
+    /// Do request heads need the rule pass (MOD-1)?
+    pub fn request_rules_active(&self) -> bool {
+        self.options.modify_header.is_some()
+            && self
+                .header_rules
+                .iter()
+                .any(|r| r.phase == crate::policy::RulePhase::Request)
+    }
 }
 
 /// Vhosts sharing one listening address; `Host` picks among them.

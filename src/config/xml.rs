@@ -171,6 +171,11 @@ pub(super) fn load(
     if vhosts.is_empty() {
         return Err(v.err(root, "no active <Vhost> is defined"));
     }
+    if let Some(base) = base {
+        for vh in &mut vhosts {
+            load_rule_files(base, vh, &mut warnings)?;
+        }
+    }
     let default_vhost = match default_name {
         Some((name, node)) => Some(vhosts.iter().position(|vh| vh.name == name).ok_or_else(
             || {
@@ -247,6 +252,8 @@ fn parse_vhost(
         origins: Vec::new(),
         options: default_options.clone(),
         origin_options: default_origin.clone(),
+        expires_rules: std::sync::Arc::new([]),
+        header_rules: std::sync::Arc::new([]),
     };
     let mut listen_set = false;
     for e in elements(node) {
@@ -381,6 +388,22 @@ fn apply_options(
                 };
             }
             "CacheStatusHeader" => o.cache_status_header = on_off(s, e)?,
+            "RefreshExpiresHeader" => {
+                let base = match e.attribute("Base") {
+                    None => crate::policy::Base::Access,
+                    Some(b) => crate::policy::Base::parse(b.trim()).ok_or_else(|| {
+                        s.err(e, format!("<RefreshExpiresHeader Base=\"{b}\">: expected Access or Modification"))
+                    })?,
+                };
+                o.refresh_expires = on_off(s, e)?.then_some(base);
+            }
+            "ModifyHeader" => {
+                let first_only = match e.attribute("FirstOnly") {
+                    Some(v) => on_off_str(s, e, v)?,
+                    None => false,
+                };
+                o.modify_header = on_off(s, e)?.then_some(first_only);
+            }
             "AgeHeader" => o.age_header = on_off(s, e)?,
             "ETagHeader" => o.etag_header = on_off(s, e)?,
             "ViaHeader" => o.via_header = on_off(s, e)?,
@@ -561,6 +584,76 @@ fn parse_storage(
                 cache.quota, cache.segment_size
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Reads `svc/<vhost>/expires.txt` and `headers.txt` when present. A malformed line
+/// is an error naming the file and line; a refused rule is a warning.
+fn load_rule_files(
+    base: &Path,
+    vh: &mut Vhost,
+    warnings: &mut Vec<Diag>,
+) -> Result<(), ConfigError> {
+    let dir = base.join("svc").join(&vh.name);
+    let read = |name: &str| -> Result<Option<(String, String)>, ConfigError> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(Some((path.display().to_string(), t))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ConfigError::Io { path, source }),
+        }
+    };
+    let to_diag = |file: &str, d: crate::policy::RuleDiag| Diag {
+        file: file.to_string(),
+        line: d.line,
+        reason: d.reason,
+    };
+    let first_error = |file: &str, errs: Vec<crate::policy::RuleDiag>| {
+        let n = errs.len();
+        let mut it = errs.into_iter();
+        let first = it.next().map(|d| to_diag(file, d)).unwrap_or(Diag {
+            file: file.to_string(),
+            line: 0,
+            reason: "invalid".into(),
+        });
+        for d in it {
+            log::error!("{}", to_diag(file, d));
+        }
+        ConfigError::Invalid(Diag {
+            reason: if n > 1 {
+                format!(
+                    "{} ({} more errors in this file logged)",
+                    first.reason,
+                    n - 1
+                )
+            } else {
+                first.reason.clone()
+            },
+            ..first
+        })
+    };
+    if let Some((file, text)) = read("expires.txt")? {
+        let parsed = crate::policy::expires::parse(&text).map_err(|e| first_error(&file, e))?;
+        warnings.extend(parsed.warnings.into_iter().map(|d| to_diag(&file, d)));
+        vh.expires_rules = parsed.rules.into();
+    } else if vh.options.refresh_expires.is_some() {
+        warnings.push(Diag {
+            file: dir.join("expires.txt").display().to_string(),
+            line: 0,
+            reason: "RefreshExpiresHeader is ON but there is no expires.txt".into(),
+        });
+    }
+    if let Some((file, text)) = read("headers.txt")? {
+        let parsed = crate::policy::modify::parse(&text).map_err(|e| first_error(&file, e))?;
+        warnings.extend(parsed.warnings.into_iter().map(|d| to_diag(&file, d)));
+        vh.header_rules = parsed.rules.into();
+    } else if vh.options.modify_header.is_some() {
+        warnings.push(Diag {
+            file: dir.join("headers.txt").display().to_string(),
+            line: 0,
+            reason: "ModifyHeader is ON but there is no headers.txt".into(),
+        });
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use super::heads::{self, client_framing, ClientFraming, Extras, OriginOpts};
 use super::relay::ClientWriter;
+use super::rules::RuleFacts;
 use super::{pass, respond, Outcome};
 use crate::cache::fill::{Fill, FillEnd, FillHead, Leader, Role};
 use crate::cache::freshness::{self, CacheControl, ResponseFacts, Storable, Times};
@@ -15,6 +16,7 @@ use crate::http1::range::{self, RangeReply};
 use crate::http1::{request::Version, RequestHead, ResponseHead};
 use crate::net::Conn;
 use crate::origin::exchange::{self, OriginReply, OriginRequest};
+use crate::policy::HeaderList;
 use crate::shard::Shard;
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -51,15 +53,19 @@ struct Ctx<'a> {
     req: &'a RequestHead,
     peer: SocketAddr,
     key: Vec<u8>,
+    rules: Option<&'a RuleFacts<'a>>,
+    req_headers: Option<&'a HeaderList>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
     fn status_header(&self, r: CacheResult) -> Option<&'static str> {
         self.vhost.options.cache_status_header.then(|| r.code())
     }
-    fn extras(&self, r: CacheResult) -> Extras<'static> {
+    fn extras(&self, r: CacheResult) -> Extras<'a> {
         Extras {
             cache_status: self.status_header(r),
+            result: r.code(),
+            rules: self.rules,
             ..Extras::for_vhost(&self.vhost.options)
         }
     }
@@ -75,6 +81,7 @@ impl Ctx<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the request's phases, passed as they are
 pub async fn serve(
     shard: &Rc<Shard>,
     cache: &Cache,
@@ -83,6 +90,8 @@ pub async fn serve(
     req: &RequestHead,
     peer: SocketAddr,
     ka: Decision,
+    rules: Option<&RuleFacts<'_>>,
+    req_headers: Option<&HeaderList>,
 ) -> Outcome {
     let cx = Ctx {
         shard,
@@ -92,6 +101,8 @@ pub async fn serve(
         req,
         peer,
         key: key(vhost, req),
+        rules,
+        req_headers,
     };
     let now = now_ms();
     if let Some(hit) = cache.lookup(&cx.key) {
@@ -173,6 +184,7 @@ async fn send_hit(cx: &Ctx<'_>, hit: &Hit, ka: Decision, result: CacheResult) ->
         ka
     };
     let mut x = cx.extras(result);
+    x.ttl_left = Some(hit.times.ttl_left_s(now_ms()));
     if o.age_header {
         x.age = Some(hit.times.current_age_ms(now_ms()) / 1000);
     }
@@ -324,6 +336,7 @@ async fn send_origin(cx: &Ctx<'_>, extra: &[u8]) -> Result<OriginReply, u16> {
         method: Some(b"GET"),
         for_cache: true,
         extra,
+        headers: cx.req_headers,
     };
     let head = heads::origin_request(cx.req, origin, cx.peer.ip(), None, &opts);
     let oreq = OriginRequest {
@@ -834,6 +847,7 @@ async fn follow(
                     cx.peer,
                     ka,
                     &cx.extras(CacheResult::Miss),
+                    cx.req_headers,
                 )
                 .await;
             }

@@ -34,6 +34,8 @@ pub struct OriginOpts<'a> {
     pub for_cache: bool,
     /// Extra header lines (`Name: value\r\n`), e.g. our own conditionals.
     pub extra: &'a [u8],
+    /// The request headers after MOD-1 rules, replacing the client's.
+    pub headers: Option<&'a crate::policy::HeaderList>,
 }
 
 /// Request headers a cache fill must not forward (the fill wants a full 200).
@@ -75,7 +77,16 @@ pub fn origin_request(
             .map(|(_, v)| v)
     };
     let mut xff: Option<&[u8]> = None;
-    for (name, value) in req.headers() {
+    // MOD-1: request rules may have rewritten the client's headers.
+    let rewritten = opts
+        .headers
+        .map(|l| l.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
+    let original = opts.headers.is_none().then(|| req.headers());
+    for (name, value) in rewritten
+        .into_iter()
+        .flatten()
+        .chain(original.into_iter().flatten())
+    {
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"host")
             || name.eq_ignore_ascii_case(b"content-length")
@@ -132,6 +143,12 @@ pub struct Extras<'a> {
     pub cache_status: Option<&'a str>,
     /// ORIG-1 for pass-through responses: which origin headers are forwarded.
     pub policy: HeaderPolicy,
+    /// The STON result code, for `#CACHEHIT` in header rules.
+    pub result: &'a str,
+    /// Expires and header rules to run on the finished head (`None`: none in force).
+    pub rules: Option<&'a super::rules::RuleFacts<'a>>,
+    /// The object's remaining TTL (`#TTL_LEFT`), for responses from cache.
+    pub ttl_left: Option<u64>,
 }
 
 impl Extras<'_> {
@@ -143,6 +160,17 @@ impl Extras<'_> {
             age: None,
             cache_status: None,
             policy: o.headers,
+            result: "",
+            rules: None,
+            ttl_left: None,
+        }
+    }
+
+    /// Runs the rule pass on a finished head, if rules are in force.
+    fn finish(&self, out: Vec<u8>) -> Vec<u8> {
+        match self.rules {
+            Some(f) => super::rules::finalize(out, f, self.result, self.ttl_left),
+            None => out,
         }
     }
 
@@ -239,7 +267,7 @@ pub fn client_response(
     x.write_tail(&mut out);
     ka.write_headers(&mut out);
     out.extend_from_slice(b"\r\n");
-    out
+    x.finish(out)
 }
 
 /// The head of a response built from stored (or filling) header lines: hits, fills
@@ -276,7 +304,7 @@ pub fn stored_response(
     x.write_tail(&mut out);
     ka.write_headers(&mut out);
     out.extend_from_slice(b"\r\n");
-    out
+    x.finish(out)
 }
 
 /// How to frame a body toward the client: its length when known, else chunked for

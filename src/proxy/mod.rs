@@ -8,6 +8,7 @@ pub mod heads;
 mod pass;
 mod relay;
 pub mod respond;
+pub mod rules;
 
 use crate::http1::body::{BodyDecoder, BodyError, Decoded};
 use crate::http1::keepalive::{self, Decision, RequestFacts};
@@ -45,7 +46,8 @@ enum Next {
     Refuse(u16),
 }
 
-pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize) {
+/// Serves one client connection; `session_id` is unique per shard (#SESSIONID).
+pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize, session_id: u64) {
     let shared = shard.shared.clone();
     let config = &shared.config;
     let router = &shared.routers[group];
@@ -57,6 +59,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
     ));
     let mut rbuf = BytesMut::with_capacity(4096);
     let mut nth: u32 = 0;
+    let local_port = config.listeners[group].addr.port();
     // VIA-1 before a vhost is known: the listen group's first vhost decides.
     let group_via: &[u8] = if config.vhosts[first_vhost].options.via_header {
         heads::VIA
@@ -151,8 +154,37 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
             }
             continue;
         }
+        // STON rule files, only when the vhost turned them on and has rules.
+        let request_rules = vhost.request_rules_active();
+        let rule_facts =
+            (request_rules || vhost.response_rules_active()).then(|| rules::RuleFacts {
+                vhost,
+                req: &head,
+                client_ip: peer.ip(),
+                local_port,
+                session_id,
+                request_time_s: cached::now_ms() / 1000,
+            });
+        let req_headers = match (&rule_facts, request_rules) {
+            (Some(f), true) => Some(rules::request_headers(f)),
+            _ => None,
+        };
+        let response_rules = rule_facts
+            .as_ref()
+            .filter(|_| vhost.response_rules_active());
         let outcome = if cached::eligible(&head) {
-            cached::serve(&shard, &shared.cache, &conn, vhost, &head, peer, ka).await
+            cached::serve(
+                &shard,
+                &shared.cache,
+                &conn,
+                vhost,
+                &head,
+                peer,
+                ka,
+                response_rules,
+                req_headers.as_ref(),
+            )
+            .await
         } else {
             if !matches!(head.method(), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE") {
                 // RFC 9111 §4.4: an unsafe method invalidates the stored response.
@@ -163,9 +195,22 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize)
                     .options
                     .cache_status_header
                     .then(|| crate::cache::CacheResult::ClientRefreshMiss.code()),
+                result: crate::cache::CacheResult::ClientRefreshMiss.code(),
+                rules: response_rules,
                 ..heads::Extras::for_vhost(&vhost.options)
             };
-            pass::forward(&shard, &conn, vhost, &head, body, peer, ka, &x).await
+            pass::forward(
+                &shard,
+                &conn,
+                vhost,
+                &head,
+                body,
+                peer,
+                ka,
+                &x,
+                req_headers.as_ref(),
+            )
+            .await
         };
         match outcome {
             Outcome::Done { close: false } => {}

@@ -25,6 +25,7 @@ pub async fn forward(
     peer: SocketAddr,
     ka: Decision,
     x: &Extras<'_>,
+    req_headers: Option<&crate::policy::HeaderList>,
 ) -> Outcome {
     let origin = exchange::pick(shard, vhost);
     let head = heads::origin_request(
@@ -32,7 +33,10 @@ pub async fn forward(
         origin,
         peer.ip(),
         body.as_ref().map(|b| b.len() as u64),
-        &OriginOpts::default(),
+        &OriginOpts {
+            headers: req_headers,
+            ..OriginOpts::default()
+        },
     );
     let oreq = OriginRequest {
         head: Bytes::from(head),

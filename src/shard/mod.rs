@@ -174,9 +174,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener, 
                 shard.stats().connections.fetch_add(1, Relaxed);
                 let guard = SessionGuard::new(shard.clone(), conn.clone());
                 let s = shard.clone();
+                // Unique across shards: the shard in the top bits.
+                let session_id = ((shard.id as u64) << 48) | guard.id;
                 tokio_uring::spawn(async move {
                     let _guard = guard;
-                    crate::proxy::serve(s, conn, peer, group).await;
+                    crate::proxy::serve(s, conn, peer, group, session_id).await;
                 });
             }
             Err(e) => {
