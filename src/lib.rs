@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod geoip;
 pub mod http1;
 pub mod httpdate;
 pub mod logging;

@@ -167,7 +167,13 @@ fn run(args: &Args) -> Result<()> {
             String::new()
         }
     );
-    let shared = Arc::new(Shared::new(config.clone(), shards, Arc::new(cache)));
+    let mut shared = Shared::new(config.clone(), shards, Arc::new(cache));
+    if let Some(path) = &config.server.geoip {
+        let db = cairn::geoip::GeoDb::open(path)?;
+        log::info!("GeoIP: {} ({})", path.display(), db.database_type());
+        shared.geo = Some(Arc::new(db));
+    }
+    let shared = Arc::new(shared);
     let handles = shard::spawn_all(shared.clone(), &groups, shards).context("starting shards")?;
     if !shard::wait_ready(&shared, shards, Duration::from_secs(10)) {
         bail!(
@@ -192,8 +198,14 @@ fn run(args: &Args) -> Result<()> {
         println!("try: curl -i http://127.0.0.1:{}/", bound[0].port());
     }
 
-    while signals::wait()? == signals::Signal::Hup {
-        log::warn!("SIGHUP: configuration reload is not implemented yet; ignored");
+    loop {
+        match signals::wait()? {
+            signals::Signal::Hup => {
+                log::warn!("SIGHUP: configuration reload is not implemented yet; ignored")
+            }
+            signals::Signal::Stats => log_stats(&shared),
+            signals::Signal::Stop => break,
+        }
     }
     log::info!(
         "draining: no new connections; in-flight responses have {:?}",
@@ -212,29 +224,39 @@ fn run(args: &Args) -> Result<()> {
     while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    log_stats(&shared);
+    log::info!(
+        "stopped ({} panics during the run)",
+        cairn::logging::PANICS.load(Relaxed)
+    );
+    Ok(())
+}
+
+/// Per-shard counters and the cache's, summed when read (SIGUSR1 and at exit).
+fn log_stats(shared: &Shared) {
     for (i, s) in shared.stats.iter().enumerate() {
         log::info!(
-            "shard {i}: {} connections, {} requests, {} origin connects, {} restarts",
+            "shard {i}: {} connections, {} live sessions, {} requests, {} origin connects, {} restarts",
             s.connections.load(Relaxed),
+            s.active.load(Relaxed),
             s.requests.load(Relaxed),
             s.origin_connects.load(Relaxed),
             s.restarts.load(Relaxed)
         );
     }
     let c = &shared.cache.stats;
+    let st = shared.cache.store_stats();
     log::info!(
-        "cache: {} hits, {} misses, {} stored, {} not stored (size or space), {} objects indexed",
+        "cache: {} hits, {} misses, {} stored, {} not stored (size or space), {} objects indexed, {} fills in flight, {} segments reclaimed ({} second chances)",
         c.hits.load(Relaxed),
         c.misses.load(Relaxed),
         c.stores.load(Relaxed),
         c.store_skipped.load(Relaxed),
-        shared.cache.objects()
+        shared.cache.objects(),
+        shared.cache.fills.in_progress(),
+        st.evictions.load(Relaxed),
+        st.second_chances.load(Relaxed)
     );
-    log::info!(
-        "stopped ({} panics during the run)",
-        cairn::logging::PANICS.load(Relaxed)
-    );
-    Ok(())
 }
 
 fn start_sample_origin(args: &Args, config: &config::Config) -> Result<()> {

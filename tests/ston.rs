@@ -520,3 +520,42 @@ fn a_bad_rule_line_fails_check_with_file_and_line() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("svc/a.test/expires.txt:3:"), "{err}");
 }
+
+#[test]
+fn mod_6_geoip_country_and_continent() {
+    let o = origin();
+    let dir = config_dir(&o.addr.to_string(), "", "");
+    // The test client is 127.0.0.1: make loopback "Korea, Asia" in our own database.
+    let db = support::mmdb::country_db(&[
+        ([127, 0, 0, 0], 8, "KR", "AS"),
+        ([10, 0, 0, 0], 8, "FR", "EU"),
+    ]);
+    std::fs::write(dir.join("geo.mmdb"), db).unwrap();
+    let server = std::fs::read_to_string(dir.join("server.xml")).unwrap();
+    let server = server
+        .replacen(
+            "<Server>",
+            r#"<Server><ServiceAccess GeoIP="geo.mmdb"/>"#,
+            1,
+        )
+        .replace("<Options>", "<Options><ModifyHeader>ON</ModifyHeader>");
+    std::fs::write(dir.join("server.xml"), server).unwrap();
+    let svc = dir.join("svc/test.local");
+    std::fs::create_dir_all(&svc).unwrap();
+    std::fs::write(
+        svc.join("headers.txt"),
+        "$IP[KR], $RES[x-country: kr], set\n$IP[AP], $RES[x-asia-pacific: yes], set\n$IP[FR], $RES[x-france: yes], set\n!IP[EU], $RES[x-not-europe: yes], set\n",
+    )
+    .unwrap();
+    let cairn = Cairn::start(dir, 1);
+    assert!(cairn.wait_log("GeoIP:").contains("GeoIP2-Country"));
+    let r = cairn.connect().get("/plain");
+    assert_eq!(r.header("x-country"), Some("kr"), "country code");
+    assert_eq!(
+        r.header("x-asia-pacific"),
+        Some("yes"),
+        "continent (STON's AP)"
+    );
+    assert_eq!(r.header("x-france"), None);
+    assert_eq!(r.header("x-not-europe"), Some("yes"), "negated continent");
+}

@@ -229,6 +229,8 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     /// How long in-flight responses may run on after SIGTERM.
     pub drain_timeout: Duration,
+    /// `<ServiceAccess GeoIP="path">`: a MaxMind `.mmdb` for `$IP[<country>]` rules.
+    pub geoip: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -236,6 +238,7 @@ impl Default for ServerSettings {
         ServerSettings {
             request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            geoip: None,
         }
     }
 }

@@ -115,6 +115,35 @@ pub(super) fn load(
                 }
             }
             "Cairn" => parse_cairn(&s, child, &mut server, &mut warnings)?,
+            "ServiceAccess" => {
+                if let Some(p) = child
+                    .attribute("GeoIP")
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                {
+                    let p = PathBuf::from(p);
+                    let p = match base {
+                        Some(b) if p.is_relative() => b.join(p),
+                        _ => p,
+                    };
+                    if !p.is_file() {
+                        return Err(s.err(
+                            child,
+                            format!("<ServiceAccess GeoIP>: {} is not a file", p.display()),
+                        ));
+                    }
+                    server.geoip = Some(p);
+                }
+                for e in elements(child) {
+                    warnings.push(s.diag(
+                        e,
+                        format!(
+                            "<ServiceAccess><{}> is not supported yet; ignored",
+                            e.tag_name().name()
+                        ),
+                    ));
+                }
+            }
             other => warnings.push(s.diag(
                 child,
                 format!("<Server><{other}> is not supported; ignored"),
@@ -173,7 +202,7 @@ pub(super) fn load(
     }
     if let Some(base) = base {
         for vh in &mut vhosts {
-            load_rule_files(base, vh, &mut warnings)?;
+            load_rule_files(base, vh, server.geoip.is_some(), &mut warnings)?;
         }
     }
     let default_vhost = match default_name {
@@ -593,6 +622,7 @@ fn parse_storage(
 fn load_rule_files(
     base: &Path,
     vh: &mut Vhost,
+    have_geoip: bool,
     warnings: &mut Vec<Diag>,
 ) -> Result<(), ConfigError> {
     let dir = base.join("svc").join(&vh.name);
@@ -647,6 +677,17 @@ fn load_rule_files(
     if let Some((file, text)) = read("headers.txt")? {
         let parsed = crate::policy::modify::parse(&text).map_err(|e| first_error(&file, e))?;
         warnings.extend(parsed.warnings.into_iter().map(|d| to_diag(&file, d)));
+        for r in parsed
+            .rules
+            .iter()
+            .filter(|r| r.cond.uses_geo() && !have_geoip)
+        {
+            warnings.push(Diag {
+                file: file.clone(),
+                line: r.line,
+                reason: "a GeoIP condition without <ServiceAccess GeoIP>: it never matches".into(),
+            });
+        }
         vh.header_rules = parsed.rules.into();
     } else if vh.options.modify_header.is_some() {
         warnings.push(Diag {

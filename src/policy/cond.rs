@@ -269,7 +269,9 @@ impl IpCond {
             },
             IpCond::Geo(code) => {
                 let info = ctx.geo?.country(client)?;
-                [info.country2, info.country3, info.continent]
+                // STON's legacy `AP` (Asia/Pacific) covers GeoIP2's AS and OC.
+                let ap = code.eq_ignore_ascii_case("AP") && matches!(info.continent, "AS" | "OC");
+                ap || [info.country2, info.country3, info.continent]
                     .iter()
                     .any(|c| !c.is_empty() && c.eq_ignore_ascii_case(code))
             }

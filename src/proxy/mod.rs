@@ -164,6 +164,10 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
                 local_port,
                 session_id,
                 request_time_s: cached::now_ms() / 1000,
+                geo: shared
+                    .geo
+                    .as_deref()
+                    .map(|g| g as &dyn crate::policy::GeoLookup),
             });
         let req_headers = match (&rule_facts, request_rules) {
             (Some(f), true) => Some(rules::request_headers(f)),

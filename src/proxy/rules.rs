@@ -22,6 +22,13 @@ pub struct RuleFacts<'a> {
     pub session_id: u64,
     /// When the request arrived, unix seconds.
     pub request_time_s: u64,
+    pub geo: Option<&'a dyn policy::GeoLookup>,
+}
+
+impl std::fmt::Debug for dyn policy::GeoLookup + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GeoLookup")
+    }
 }
 
 impl RuleFacts<'_> {
@@ -36,7 +43,7 @@ impl RuleFacts<'_> {
             url: self.req.path(),
             headers,
             mime,
-            geo: None,
+            geo: self.geo,
         }
     }
 }

@@ -46,6 +46,7 @@ pub struct Shared {
     /// Shards whose ring and listeners are up; the banner waits for all of them.
     pub ready: AtomicU64,
     pub cache: Arc<crate::cache::Cache>,
+    pub geo: Option<Arc<crate::geoip::GeoDb>>,
 }
 
 impl Shared {
@@ -65,6 +66,7 @@ impl Shared {
             drain_timeout,
             ready: AtomicU64::new(0),
             cache,
+            geo: None,
         }
     }
 }

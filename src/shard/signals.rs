@@ -11,6 +11,8 @@ pub enum Signal {
     Stop,
     /// SIGHUP: reload (reported; reload is not implemented yet).
     Hup,
+    /// SIGUSR1: log the per-shard counters.
+    Stats,
 }
 
 fn set() -> libc::sigset_t {
@@ -22,6 +24,7 @@ fn set() -> libc::sigset_t {
         libc::sigaddset(&mut s, libc::SIGTERM);
         libc::sigaddset(&mut s, libc::SIGINT);
         libc::sigaddset(&mut s, libc::SIGHUP);
+        libc::sigaddset(&mut s, libc::SIGUSR1);
         s
     }
 }
@@ -47,9 +50,9 @@ pub fn wait() -> io::Result<Signal> {
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
-    Ok(if sig == libc::SIGHUP {
-        Signal::Hup
-    } else {
-        Signal::Stop
+    Ok(match sig {
+        libc::SIGHUP => Signal::Hup,
+        libc::SIGUSR1 => Signal::Stats,
+        _ => Signal::Stop,
     })
 }

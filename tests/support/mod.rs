@@ -2,6 +2,8 @@
 //! loopback port, and a raw HTTP/1.1 client. No mocks: real sockets throughout.
 #![allow(dead_code)]
 
+pub mod mmdb;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
