@@ -97,5 +97,79 @@ fn hit_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hit_path);
+/// The rule pass a hit pays with `<ModifyHeader>ON` and 20 response rules (18 that
+/// do not match this URL, 2 that do), against the same head with rules OFF.
+fn rules_pass(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("cairn-bench-rules-{}", std::process::id()));
+    let svc = dir.join("svc/www.example.com");
+    std::fs::create_dir_all(&svc).unwrap();
+    let mut rules: Vec<String> = (0..18)
+        .map(|i| format!("$URL[/nomatch/{i}/*], $RES[x-rule-{i}: v], set"))
+        .collect();
+    rules.push("$URL[*.js?v=3], $RES[x-served-by: cairn-#CACHEHIT], set".into());
+    rules.push("$HEADER[user-agent], $RES[cache-control: public], append".into());
+    std::fs::write(svc.join("headers.txt"), rules.join("\n")).unwrap();
+    std::fs::write(dir.join("server.xml"), "<Server><VHostDefault><Options><ModifyHeader>ON</ModifyHeader></Options></VHostDefault></Server>").unwrap();
+    std::fs::write(dir.join("vhosts.xml"), r#"<Vhosts><Vhost Name="www.example.com"><Origin><Address>10.0.0.1</Address></Origin></Vhost></Vhosts>"#).unwrap();
+    let loaded = cairn::config::load_dir(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let vhost = &loaded.config.vhosts[0];
+    assert_eq!(vhost.header_rules.len(), 20);
+    let mut buf = BytesMut::from(REQ);
+    let req = request::parse(&mut buf, &Limits::default())
+        .unwrap()
+        .unwrap();
+    let facts = cairn::proxy::rules::RuleFacts {
+        vhost,
+        req: &req,
+        client_ip: "192.0.2.1".parse().unwrap(),
+        local_port: 80,
+        session_id: 1,
+        request_time_s: 1_700_000_000,
+        geo: None,
+    };
+    let headers = b"Content-Type: application/javascript\r\nDate: Sun, 22 Nov 2026 10:00:00 GMT\r\nETag: \"5f-1a2b\"\r\nLast-Modified: Sat, 21 Nov 2026 09:00:00 GMT\r\nCache-Control: max-age=3600\r\n";
+    let ka = Decision::KeepAlive {
+        timeout: Some(10),
+        max: None,
+    };
+    let off = Extras {
+        via: true,
+        ..Default::default()
+    };
+    let on = Extras {
+        via: true,
+        result: "TCP_HIT",
+        rules: Some(&facts),
+        ..Default::default()
+    };
+    c.bench_function("head build: rules OFF", |b| {
+        b.iter(|| {
+            black_box(stored_response(
+                200,
+                headers,
+                ClientFraming::Length(16384),
+                ka,
+                &off,
+                None,
+                b"",
+            ))
+        })
+    });
+    c.bench_function("head build: 20 header rules ON", |b| {
+        b.iter(|| {
+            black_box(stored_response(
+                200,
+                headers,
+                ClientFraming::Length(16384),
+                ka,
+                &on,
+                None,
+                b"",
+            ))
+        })
+    });
+}
+
+criterion_group!(benches, hit_path, rules_pass);
 criterion_main!(benches);

@@ -12,6 +12,7 @@
 //! request as the client sent it and apply the rules to a copy of its headers,
 //! so every rule is judged against the same, unmodified request.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use super::cond::{is_token, trim, CondError, Condition, MatchCtx};
@@ -19,7 +20,9 @@ use super::rulefile::{self, matching_close, snippet, Unclosed};
 use super::{Parsed, RuleDiag};
 
 /// A header list being edited: (name, value) in order, duplicates allowed.
-pub type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+/// Header lines being edited. Borrowed until a rule changes them, so a response
+/// whose headers the rules leave alone costs no copies.
+pub type HeaderList<'a> = Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>;
 
 /// Which message a rule edits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -495,7 +498,7 @@ pub fn apply(
     phase: Phase,
     ctx: &MatchCtx<'_>,
     vars: &dyn Vars,
-    headers: &mut HeaderList,
+    headers: &mut HeaderList<'_>,
 ) -> usize {
     let mut applied = 0;
     for rule in rules {
@@ -515,17 +518,36 @@ pub fn apply(
     applied
 }
 
-fn edit(rule: &HeaderRule, ctx: &MatchCtx<'_>, vars: &dyn Vars, headers: &mut HeaderList) {
+/// Applies rules already known to match (their indices, in file order), for a
+/// caller that evaluated the conditions once to decide whether to edit at all.
+/// The conditions read only the request, so matching first is equivalent.
+pub fn apply_matched(
+    rules: &[HeaderRule],
+    matched: &[usize],
+    ctx: &MatchCtx<'_>,
+    vars: &dyn Vars,
+    headers: &mut HeaderList<'_>,
+) -> usize {
+    let mut applied = 0;
+    for rule in matched.iter().filter_map(|&i| rules.get(i)) {
+        if forbidden(rule.phase, &rule.name).is_none() {
+            edit(rule, ctx, vars, headers);
+            applied += 1;
+        }
+    }
+    applied
+}
+
+fn edit(rule: &HeaderRule, ctx: &MatchCtx<'_>, vars: &dyn Vars, headers: &mut HeaderList<'_>) {
     let name = rule.name.as_bytes();
     let is = |n: &[u8]| n.eq_ignore_ascii_case(name);
     match &rule.action {
         Action::Set(t) => match headers.iter().position(|(n, _)| is(n)) {
             Some(first) => {
-                let (n, v) = &mut headers[first];
-                n.clear();
-                n.extend_from_slice(name);
-                v.clear();
-                t.render(ctx, vars, v);
+                headers[first] = (
+                    Cow::Owned(name.to_vec()),
+                    Cow::Owned(rendered(t, ctx, vars)),
+                );
                 let mut i = 0;
                 headers.retain(|(n, _)| {
                     let keep = i <= first || !is(n);
@@ -533,13 +555,19 @@ fn edit(rule: &HeaderRule, ctx: &MatchCtx<'_>, vars: &dyn Vars, headers: &mut He
                     keep
                 });
             }
-            None => headers.push((name.to_vec(), rendered(t, ctx, vars))),
+            None => headers.push((
+                Cow::Owned(name.to_vec()),
+                Cow::Owned(rendered(t, ctx, vars)),
+            )),
         },
-        Action::Put(t) => headers.push((name.to_vec(), rendered(t, ctx, vars))),
+        Action::Put(t) => headers.push((
+            Cow::Owned(name.to_vec()),
+            Cow::Owned(rendered(t, ctx, vars)),
+        )),
         // Appending to the last line keeps the list order of a repeated header.
         Action::Append(t) => match headers.iter().rposition(|(n, _)| is(n)) {
             Some(last) => {
-                let v = &mut headers[last].1;
+                let v = headers[last].1.to_mut();
                 if trim(v).is_empty() {
                     v.clear();
                     t.render(ctx, vars, v);
@@ -552,7 +580,10 @@ fn edit(rule: &HeaderRule, ctx: &MatchCtx<'_>, vars: &dyn Vars, headers: &mut He
                     }
                 }
             }
-            None => headers.push((name.to_vec(), rendered(t, ctx, vars))),
+            None => headers.push((
+                Cow::Owned(name.to_vec()),
+                Cow::Owned(rendered(t, ctx, vars)),
+            )),
         },
         Action::Unset => headers.retain(|(n, _)| !is(n)),
     }
@@ -754,13 +785,18 @@ $IP[1.2.3], $RES[x], unset
         assert!(!StatusCond::Class(3).matches(404));
     }
 
-    fn hl(v: &[(&str, &str)]) -> HeaderList {
+    fn hl(v: &[(&str, &str)]) -> HeaderList<'static> {
         v.iter()
-            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .map(|(n, v)| {
+                (
+                    Cow::Owned(n.as_bytes().to_vec()),
+                    Cow::Owned(v.as_bytes().to_vec()),
+                )
+            })
             .collect()
     }
 
-    fn show(h: &HeaderList) -> Vec<(String, String)> {
+    fn show(h: &HeaderList<'_>) -> Vec<(String, String)> {
         h.iter()
             .map(|(n, v)| {
                 (

@@ -54,7 +54,7 @@ struct Ctx<'a> {
     peer: SocketAddr,
     key: Vec<u8>,
     rules: Option<&'a RuleFacts<'a>>,
-    req_headers: Option<&'a HeaderList>,
+    req_headers: Option<&'a HeaderList<'a>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -91,7 +91,7 @@ pub async fn serve(
     peer: SocketAddr,
     ka: Decision,
     rules: Option<&RuleFacts<'_>>,
-    req_headers: Option<&HeaderList>,
+    req_headers: Option<&HeaderList<'_>>,
 ) -> Outcome {
     let cx = Ctx {
         shard,

@@ -35,7 +35,7 @@ pub struct OriginOpts<'a> {
     /// Extra header lines (`Name: value\r\n`), e.g. our own conditionals.
     pub extra: &'a [u8],
     /// The request headers after MOD-1 rules, replacing the client's.
-    pub headers: Option<&'a crate::policy::HeaderList>,
+    pub headers: Option<&'a crate::policy::HeaderList<'a>>,
 }
 
 /// Request headers a cache fill must not forward (the fill wants a full 200).
@@ -80,7 +80,7 @@ pub fn origin_request(
     // MOD-1: request rules may have rewritten the client's headers.
     let rewritten = opts
         .headers
-        .map(|l| l.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
+        .map(|l| l.iter().map(|(n, v)| (&n[..], &v[..])));
     let original = opts.headers.is_none().then(|| req.headers());
     for (name, value) in rewritten
         .into_iter()

@@ -35,6 +35,9 @@ pub enum Outcome {
     Failed(u16),
 }
 
+/// A connection's read buffer between requests: enough for a typical request head.
+const IDLE_BUFFER: usize = 2048;
+
 /// Read buffers above this size are not kept across idle keep-alive periods.
 const KEEP_BUFFER: usize = 64 * 1024;
 
@@ -57,7 +60,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
     let mut idle = Duration::from_secs(u64::from(
         config.vhosts[first_vhost].options.keep_alive.timeout_secs,
     ));
-    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
     let mut nth: u32 = 0;
     let local_port = config.listeners[group].addr.port();
     // VIA-1 before a vhost is known: the listen group's first vhost decides.
@@ -68,7 +71,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
     };
     loop {
         if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
-            rbuf = BytesMut::with_capacity(4096);
+            rbuf = BytesMut::with_capacity(IDLE_BUFFER);
         }
         let head = match next_head(&shard, &conn, &mut rbuf, &limits, idle, request_timeout).await {
             Next::Head(h) => h,

@@ -25,7 +25,7 @@ pub async fn forward(
     peer: SocketAddr,
     ka: Decision,
     x: &Extras<'_>,
-    req_headers: Option<&crate::policy::HeaderList>,
+    req_headers: Option<&crate::policy::HeaderList<'_>>,
 ) -> Outcome {
     let origin = exchange::pick(shard, vhost);
     let head = heads::origin_request(

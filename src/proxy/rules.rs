@@ -10,6 +10,7 @@ use crate::http1::RequestHead;
 use crate::policy::{
     self, ExpiresFacts, ExpiresOutcome, HeaderIter, HeaderList, MatchCtx, Phase, SessionInfo,
 };
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 /// The per-request facts the rules read.
@@ -49,11 +50,11 @@ impl RuleFacts<'_> {
 }
 
 /// MOD-1: the request's headers after the request rules, for the origin request.
-pub fn request_headers(f: &RuleFacts<'_>) -> HeaderList {
+pub fn request_headers<'a>(f: &RuleFacts<'a>) -> HeaderList<'a> {
     let mut list: HeaderList = f
         .req
         .headers()
-        .map(|(n, v)| (n.to_vec(), v.to_vec()))
+        .map(|(n, v)| (Cow::Borrowed(n), Cow::Borrowed(v)))
         .collect();
     let lookup = HeaderIter(|| f.req.headers());
     let ctx = f.ctx(&lookup, None);
@@ -91,35 +92,61 @@ fn protected(name: &[u8]) -> bool {
 /// EXP and MOD-2 on a finished response head (status line + header lines + CRLF).
 /// `result` is the STON code (#CACHEHIT); `ttl_left` the object's remaining TTL.
 pub fn finalize(head: Vec<u8>, f: &RuleFacts<'_>, result: &str, ttl_left: Option<u64>) -> Vec<u8> {
-    let mut parsed = [httparse::EMPTY_HEADER; 128];
-    let mut resp = httparse::Response::new(&mut parsed);
-    let Ok(httparse::Status::Complete(_)) = resp.parse(&head) else {
-        return head; // we built it; this cannot happen, but never break a response
+    // The head is ours (built from validated parts): split it without a parser.
+    let Some(line_end) = memchr::memchr(b'\n', &head).map(|i| i + 1) else {
+        return head;
     };
-    let status = resp.code.unwrap_or(200);
-    let line_end = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let mut list: HeaderList = Vec::with_capacity(resp.headers.len() + 2);
-    let mut kept: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for h in resp.headers.iter() {
-        let pair = (h.name.as_bytes().to_vec(), h.value.to_vec());
-        if protected(h.name.as_bytes()) {
-            kept.push(pair);
+    let status = head
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
+        .unwrap_or(200);
+    let body_start = head.len().saturating_sub(2).max(line_end);
+    let mut list: HeaderList = Vec::with_capacity(16);
+    let mut kept: HeaderList = Vec::new();
+    let mut mime: Option<&[u8]> = None;
+    let fields = &head[line_end..body_start];
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', fields).chain(std::iter::once(fields.len())) {
+        let l = &fields[start..end];
+        start = end + 1;
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        let Some(colon) = memchr::memchr(b':', l) else {
+            continue;
+        };
+        let (n, v) = (&l[..colon], crate::http1::headers::trim(&l[colon + 1..]));
+        if n.eq_ignore_ascii_case(b"content-type") {
+            mime = Some(v);
+        }
+        if protected(n) {
+            kept.push((Cow::Borrowed(n), Cow::Borrowed(v)));
         } else {
-            list.push(pair);
+            list.push((Cow::Borrowed(n), Cow::Borrowed(v)));
         }
     }
     let lookup = HeaderIter(|| f.req.headers());
-    let mime = list
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(b"content-type"))
-        .map(|(_, v)| v.clone());
-    let ctx = f.ctx(&lookup, mime.as_deref());
+    let ctx = f.ctx(&lookup, mime);
     let o = &f.vhost.options;
+    // Each rule's condition is evaluated once; most responses match none.
+    let phase = Phase::Response { status };
+    let mut matched: Vec<usize> = Vec::new();
+    if let Some(first_only) = o.modify_header {
+        for (i, r) in f.vhost.header_rules.iter().enumerate() {
+            if r.matches(phase, &ctx) {
+                matched.push(i);
+                if first_only {
+                    break;
+                }
+            }
+        }
+    }
+    if matched.is_empty() && o.refresh_expires.is_none() {
+        return head;
+    }
     if let Some(base) = o.refresh_expires {
         let get = |name: &[u8]| {
             list.iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v.to_vec())
         };
         let cc = get(b"cache-control");
         let facts = ExpiresFacts {
@@ -143,11 +170,11 @@ pub fn finalize(head: Vec<u8>, f: &RuleFacts<'_>, result: &str, ttl_left: Option
                     !n.eq_ignore_ascii_case(b"expires") && !n.eq_ignore_ascii_case(b"cache-control")
                 });
                 if let Some(e) = out.expires_header() {
-                    list.push((b"Expires".to_vec(), e.into_bytes()));
+                    list.push((Cow::Borrowed(b"Expires"), Cow::Owned(e.into_bytes())));
                 }
                 list.push((
-                    b"Cache-Control".to_vec(),
-                    policy::with_max_age(cc.as_deref(), max_age),
+                    Cow::Borrowed(b"Cache-Control"),
+                    Cow::Owned(policy::with_max_age(cc.as_deref(), max_age)),
                 ));
             }
             Some(ExpiresOutcome::OmitExpires) => {
@@ -156,7 +183,7 @@ pub fn finalize(head: Vec<u8>, f: &RuleFacts<'_>, result: &str, ttl_left: Option
             None => {}
         }
     }
-    if let Some(first_only) = o.modify_header {
+    if !matched.is_empty() {
         let vars = SessionInfo {
             https: false,
             port: f.local_port,
@@ -164,14 +191,7 @@ pub fn finalize(head: Vec<u8>, f: &RuleFacts<'_>, result: &str, ttl_left: Option
             hostname: &f.vhost.name,
             session_id: f.session_id,
         };
-        policy::apply(
-            &f.vhost.header_rules,
-            first_only,
-            Phase::Response { status },
-            &ctx,
-            &vars,
-            &mut list,
-        );
+        policy::modify::apply_matched(&f.vhost.header_rules, &matched, &ctx, &vars, &mut list);
     }
     let mut out = Vec::with_capacity(head.len() + 64);
     out.extend_from_slice(&head[..line_end]);
