@@ -435,12 +435,14 @@ $URL[/plain], $RES[x-hit: #CACHEHIT], set
 $URL[/none], $RES[x-never: 1], set, 404
 $IP[127.0.0.1], $RES[x-local: yes], set, 2xx
 $IP[10.0.0.0/8], $RES[x-remote: yes], set
+$IP[127.0.0.1-5], $RES[x-range: yes], set
+$IP[127.0.0.0/255.0.0.0], $RES[x-netmask: yes], set
 !METHOD[POST], $RES[server], unset
 $METHOD[GET], $REQ[host: evil.example], set
 ";
     let cairn = start_with_rules(&o, "<ModifyHeader>ON</ModifyHeader>", "", headers);
     assert!(
-        cairn.wait_log("MOD-1").contains("headers.txt:13"),
+        cairn.wait_log("MOD-1").contains("headers.txt:15"),
         "the Host rule is refused with its line"
     );
     let mut c = cairn.connect();
@@ -473,6 +475,8 @@ $METHOD[GET], $REQ[host: evil.example], set
         "MOD-6 single IP and class 2xx"
     );
     assert_eq!(r.header("x-remote"), None, "MOD-6 CIDR not matching");
+    assert_eq!(r.header("x-range"), Some("yes"), "MOD-6 last-octet range");
+    assert_eq!(r.header("x-netmask"), Some("yes"), "MOD-6 netmask");
     assert_eq!(r.header("server"), None, "negated condition and unset");
     assert_eq!(c.get("/plain").header("x-hit"), Some("TCP_HIT"));
 
