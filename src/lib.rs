@@ -4,6 +4,8 @@
 
 pub mod cache;
 pub mod config;
+#[cfg(test)]
+mod fuzz;
 pub mod geoip;
 pub mod http1;
 pub mod httpdate;

@@ -722,20 +722,9 @@ pub(crate) mod tests {
         let mut req = Req::new("::ffff:1.2.3.4", "/a/b.jpg?x=1&y");
         req.headers = vec![("a", ""), ("Via", "x")];
         req.mime = Some("text/html;");
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut garbage = crate::fuzz::Garbage::new(0x2545_f491_4f6c_dd1d);
         for _ in 0..30_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let len = (seed % 48) as usize;
-            let mut s = String::new();
-            let mut x = seed;
-            for _ in 0..len {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                s.push(alphabet[(x >> 33) as usize % alphabet.len()]);
-            }
+            let s = garbage.string(&alphabet, 48);
             if let Ok(c) = Condition::parse(&s) {
                 let _ = c.matches(&req.ctx(Some(&geo)));
                 let _ = c.matches(&req.ctx(None));

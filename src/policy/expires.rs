@@ -540,20 +540,10 @@ $MIME[image/gif], 1 day 12 hours, access
                 .chars()
                 .collect();
         let req = Req::new("10.0.0.1", "/a.jpg");
-        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut garbage = crate::fuzz::Garbage::new(0x1234_5678_9abc_def1);
         for _ in 0..20_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let len = (seed % 80) as usize;
-            let mut s = String::new();
-            let mut x = seed;
-            for _ in 0..len {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                s.push(alphabet[(x >> 33) as usize % alphabet.len()]);
-            }
+            let s = garbage.string(&alphabet, 80);
+            let (seed, x) = (garbage.number(), garbage.number());
             if let Ok(p) = parse(&s) {
                 let f = ExpiresFacts {
                     now: seed,

@@ -1137,20 +1137,10 @@ $IP[1.2.3], $RES[x], unset
         let geo = TestGeo;
         let mut req = Req::new("192.168.1.1", "/a");
         req.headers = vec![("A", "1"), ("x", "")];
-        let mut seed = 0x0dd_ba11_cafe_f00du64;
+        let mut garbage = crate::fuzz::Garbage::new(0x0dd_ba11_cafe_f00d);
         for _ in 0..30_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let len = (seed % 64) as usize;
-            let mut s = String::new();
-            let mut x = seed;
-            for _ in 0..len {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                s.push(alphabet[(x >> 33) as usize % alphabet.len()]);
-            }
+            let s = garbage.string(&alphabet, 64);
+            let seed = garbage.number();
             // Also try the garbage in a well-formed frame, to reach deeper.
             for text in [
                 s.clone(),

@@ -192,20 +192,9 @@ mod tests {
         let alphabet: Vec<char> = "0123456789 \tdayhoursminsecweekyearmonth.,-+#한é\u{feff}"
             .chars()
             .collect();
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut garbage = crate::fuzz::Garbage::new(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let len = (seed % 40) as usize;
-            let mut s = String::new();
-            let mut x = seed;
-            for _ in 0..len {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                s.push(alphabet[(x >> 33) as usize % alphabet.len()]);
-            }
+            let s = garbage.string(&alphabet, 40);
             let _ = parse_seconds(&s);
         }
     }

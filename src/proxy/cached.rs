@@ -69,6 +69,41 @@ impl<'a> Ctx<'a> {
             ..Extras::for_vhost(&self.vhost.options)
         }
     }
+    /// The head of a response from stored (or filling) headers, and the writer that
+    /// streams its body: framing for this client, keep-alive re-decided for a drain.
+    fn start_response(
+        &self,
+        status: u16,
+        headers: &[u8],
+        has_body: bool,
+        length: Option<u64>,
+        ka: Decision,
+        result: CacheResult,
+    ) -> (ClientWriter<'a>, ClientFraming, Decision) {
+        let http10 = self.req.version == Version::Http10;
+        let framing = client_framing(has_body && status != 204, length, http10);
+        let ka = if framing == ClientFraming::Close || self.shard.draining() {
+            Decision::Close
+        } else {
+            ka
+        };
+        let head = heads::stored_response(
+            status,
+            headers,
+            framing,
+            ka,
+            &self.extras(result),
+            None,
+            b"",
+        );
+        self.log(status, result);
+        (
+            ClientWriter::new(self.client, head, framing, self.req.is_head()),
+            framing,
+            ka,
+        )
+    }
+
     fn log(&self, status: u16, r: CacheResult) {
         log::debug!(
             "{} {} {} {} -> {status} {}",
@@ -679,24 +714,14 @@ async fn fill_from(
             if let Some(l) = other {
                 l.finish(FillEnd::Pass);
             }
-            let http10 = cx.req.version == Version::Http10;
-            let framing = client_framing(plan.has_body && plan.status != 204, plan.length, http10);
-            let ka = if framing == ClientFraming::Close || cx.shard.draining() {
-                Decision::Close
-            } else {
-                ka
-            };
-            let head = heads::stored_response(
+            let (mut w, framing, ka) = cx.start_response(
                 plan.status,
                 &plan.headers,
-                framing,
+                plan.has_body,
+                plan.length,
                 ka,
-                &cx.extras(result),
-                None,
-                b"",
+                result,
             );
-            let mut w = ClientWriter::new(cx.client, head, framing, cx.req.is_head());
-            cx.log(plan.status, result);
             let mut reply = reply;
             if !pump(
                 cx.cache,
@@ -857,32 +882,10 @@ async fn follow(
                 }
                 continue;
             };
-            let framing = client_framing(
-                h.has_body && h.status != 204,
-                h.length,
-                cx.req.version == Version::Http10,
-            );
-            ka = if framing == ClientFraming::Close || cx.shard.draining() {
-                Decision::Close
-            } else {
-                ka
-            };
-            let head = heads::stored_response(
-                h.status,
-                &h.headers,
-                framing,
-                ka,
-                &cx.extras(result),
-                None,
-                b"",
-            );
-            cx.log(h.status, result);
-            writer = Some(ClientWriter::new(
-                cx.client,
-                head,
-                framing,
-                cx.req.is_head(),
-            ));
+            let (w, _, decided) =
+                cx.start_response(h.status, &h.headers, h.has_body, h.length, ka, result);
+            ka = decided;
+            writer = Some(w);
         }
         let w = writer.as_mut().expect("head written above");
         seen += p.chunks.len();
