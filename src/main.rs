@@ -200,9 +200,7 @@ fn run(args: &Args) -> Result<()> {
 
     loop {
         match signals::wait()? {
-            signals::Signal::Hup => {
-                log::warn!("SIGHUP: configuration reload is not implemented yet; ignored")
-            }
+            signals::Signal::Hup => reload(args, &shared),
             signals::Signal::Stats => log_stats(&shared),
             signals::Signal::Stop => break,
         }
@@ -230,6 +228,30 @@ fn run(args: &Args) -> Result<()> {
         cairn::logging::PANICS.load(Relaxed)
     );
     Ok(())
+}
+
+/// SIGHUP: load and validate the configuration again, then swap it in. Any error
+/// (file, line, reason) leaves the running configuration in force.
+fn reload(args: &Args, shared: &Shared) {
+    let loaded = match &args.config {
+        Some(dir) => config::load_dir(dir),
+        None => Ok(config::embedded()),
+    };
+    match loaded {
+        Err(e) => log::error!("reload failed, the running configuration stays in force: {e}"),
+        Ok(l) => {
+            for w in &l.warnings {
+                log::warn!("{w}");
+            }
+            let n = l.config.vhosts.len();
+            match shared.reload(Arc::new(l.config)) {
+                Ok(()) => log::info!("configuration reloaded: {n} vhosts; new requests use it"),
+                Err(e) => {
+                    log::error!("reload refused, the running configuration stays in force: {e}")
+                }
+            }
+        }
+    }
 }
 
 /// Per-shard counters and the cache's, summed when read (SIGUSR1 and at exit).

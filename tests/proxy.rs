@@ -466,3 +466,53 @@ fn embedded_default_serves_the_sample_site() {
     assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
     assert!(resp.ends_with(&want), "{resp}");
 }
+
+#[test]
+fn sighup_reloads_and_a_bad_config_keeps_the_running_one() {
+    let origin = Origin::start(|_| ok(b"x"));
+    let dir = config_dir(&origin.addr.to_string(), "", "");
+    let cairn = Cairn::start(dir.clone(), 1);
+    let mut c = cairn.connect();
+    assert!(c.get("/a").header("via").is_some());
+    // A good change applies to the next request, on the same connection too.
+    std::fs::write(
+        dir.join("server.xml"),
+        server_xml("<ViaHeader>OFF</ViaHeader>", ""),
+    )
+    .unwrap();
+    cairn.signal("HUP");
+    assert!(cairn
+        .wait_log("configuration reloaded")
+        .contains("configuration reloaded: 1 vhosts"));
+    assert_eq!(c.get("/b").header("via"), None);
+    // A broken file is reported with file and line; the running config stays.
+    let vhosts = std::fs::read_to_string(dir.join("vhosts.xml")).unwrap();
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        vhosts.replace(&origin.addr.to_string(), "127.0.0.1:notaport"),
+    )
+    .unwrap();
+    cairn.signal("HUP");
+    let log = cairn.wait_log("reload failed");
+    assert!(
+        log.contains("reload failed") && log.contains("vhosts.xml:1:") && log.contains("bad port"),
+        "{log}"
+    );
+    let r = c.get("/c");
+    assert_eq!(
+        (r.status, r.header("via")),
+        (200, None),
+        "still the last good configuration"
+    );
+    // A listen change needs a restart: refused whole.
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        vhosts.replace("127.0.0.1:0", "127.0.0.1:1"),
+    )
+    .unwrap();
+    cairn.signal("HUP");
+    assert!(cairn
+        .wait_log("reload refused")
+        .contains("listen addresses changed"));
+    assert_eq!(cairn.connect().get("/d").status, 200);
+}

@@ -52,8 +52,8 @@ enum Next {
 /// Serves one client connection; `session_id` is unique per shard (#SESSIONID).
 pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize, session_id: u64) {
     let shared = shard.shared.clone();
-    let config = &shared.config;
-    let router = &shared.routers[group];
+    let start = shared.live.load_full();
+    let config = &start.config;
     let limits = shared.limits;
     let request_timeout = config.server.request_timeout;
     let first_vhost = config.listeners[group].vhosts[0];
@@ -88,6 +88,10 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
         };
         nth = nth.saturating_add(1);
         shard.stats().requests.fetch_add(1, Relaxed);
+        // Each request runs on the configuration in force when it arrived (reload).
+        let live = shared.live.load_full();
+        let config = &live.config;
+        let router = &live.routers[group];
         let facts = RequestFacts {
             version: head.version,
             client_close: head.close,

@@ -32,11 +32,29 @@ pub struct ShardStats {
     pub origin_connects: AtomicU64,
 }
 
-/// What every shard shares, read-only (plus its own stats slot).
-pub struct Shared {
+/// The configuration in force and what is derived from it. Swapped whole on
+/// reload; a request uses the one it started with.
+pub struct Live {
     pub config: Arc<Config>,
     /// One router per listen group, in `config.listeners` order.
     pub routers: Vec<Router>,
+}
+
+impl Live {
+    pub fn new(config: Arc<Config>) -> Live {
+        let routers = config
+            .listeners
+            .iter()
+            .map(|g| Router::new(&config, &g.vhosts))
+            .collect();
+        Live { config, routers }
+    }
+}
+
+/// What every shard shares (plus its own stats slot).
+pub struct Shared {
+    /// The running configuration; `load()` is a lock-free read.
+    pub live: arc_swap::ArcSwap<Live>,
     pub limits: Limits,
     pub stats: Vec<ShardStats>,
     /// Flips to `true` when the process starts draining.
@@ -51,15 +69,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Arc<Config>, shards: usize, cache: Arc<crate::cache::Cache>) -> Shared {
-        let routers = config
-            .listeners
-            .iter()
-            .map(|g| Router::new(&config, &g.vhosts))
-            .collect();
         let drain_timeout = config.server.drain_timeout;
         Shared {
-            config,
-            routers,
+            live: arc_swap::ArcSwap::from_pointee(Live::new(config)),
             limits: Limits::default(),
             stats: (0..shards).map(|_| ShardStats::default()).collect(),
             drain: watch::channel(false).0,
@@ -68,6 +80,22 @@ impl Shared {
             cache,
             geo: None,
         }
+    }
+
+    /// Replaces the running configuration. Listen addresses and the cache cannot
+    /// change without a restart (their sockets and files are open): such a config
+    /// is refused whole, and the running one stays in force.
+    pub fn reload(&self, config: Arc<Config>) -> Result<(), String> {
+        let old = self.live.load();
+        let addrs = |c: &Config| c.listeners.iter().map(|g| g.addr).collect::<Vec<_>>();
+        if addrs(&old.config) != addrs(&config) {
+            return Err("listen addresses changed; restart cairn to apply them".into());
+        }
+        if old.config.cache != config.cache {
+            return Err("cache storage settings changed; restart cairn to apply them".into());
+        }
+        self.live.store(Arc::new(Live::new(config)));
+        Ok(())
     }
 }
 
