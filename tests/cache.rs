@@ -437,3 +437,71 @@ fn head_misses_empty_bodies_and_unsafe_methods() {
     assert_eq!(c.response(false).unwrap().text(), "posted");
     assert_eq!(c.get("/page").header("x-cache"), Some("TCP_MISS"));
 }
+
+#[test]
+fn key_1_gzip_and_identity_are_separate_objects_and_other_vary_is_not_stored() {
+    let origin = Origin::start(|r| match r.path.as_str() {
+        "/ua" => object(
+            b"per-agent",
+            "Vary: User-Agent\r\nCache-Control: max-age=60\r\n",
+        ),
+        _ if r.header("accept-encoding") == Some("gzip") => object(
+            b"GZIPPED-BYTES",
+            "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\nCache-Control: max-age=60\r\n",
+        ),
+        _ => {
+            assert_eq!(
+                r.header("accept-encoding"),
+                None,
+                "identity variant asks for identity"
+            );
+            object(
+                b"plain bytes",
+                "Vary: Accept-Encoding\r\nCache-Control: max-age=60\r\n",
+            )
+        }
+    });
+    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), STATUS, ""), 1);
+    let mut c = cairn.connect();
+    let ask = |c: &mut Client, ae: &str| {
+        c.send(format!("GET /text HTTP/1.1\r\nHost: test.local\r\n{ae}\r\n").as_bytes());
+        c.response(false).unwrap()
+    };
+    let r = ask(&mut c, "Accept-Encoding: br, gzip;q=0.8, deflate\r\n");
+    assert_eq!(
+        (
+            r.text().as_str(),
+            r.header("content-encoding"),
+            r.header("x-cache")
+        ),
+        ("GZIPPED-BYTES", Some("gzip"), Some("TCP_MISS"))
+    );
+    let r = ask(&mut c, "");
+    assert_eq!(
+        (
+            r.text().as_str(),
+            r.header("content-encoding"),
+            r.header("x-cache")
+        ),
+        ("plain bytes", None, Some("TCP_MISS"))
+    );
+    let r = ask(&mut c, "Accept-Encoding: gzip;q=0, br\r\n");
+    assert_eq!(
+        (r.text().as_str(), r.header("x-cache")),
+        ("plain bytes", Some("TCP_HIT")),
+        "q=0 refuses gzip"
+    );
+    let r = ask(&mut c, "Accept-Encoding: gzip\r\n");
+    assert_eq!(
+        (r.text().as_str(), r.header("x-cache")),
+        ("GZIPPED-BYTES", Some("TCP_HIT"))
+    );
+    assert_eq!(origin.count(), 2);
+    for _ in 0..2 {
+        assert_eq!(
+            c.get("/ua").header("x-cache"),
+            Some("TCP_MISS"),
+            "Vary: User-Agent is not stored"
+        );
+    }
+}

@@ -65,6 +65,9 @@ pub struct Options {
     pub freshness_check: FreshnessCheck,
     /// `<RedirectHttpToHttps ResCode>` (HTTPS-1): the status to redirect with, when ON.
     pub redirect_https: Option<u16>,
+    /// `<AcceptEncoding>` (KEY-1), default ON: gzip and identity variants are
+    /// separate objects.
+    pub accept_encoding: bool,
     /// `<RefreshExpiresHeader Base>` (EXP-1..EXP-6): the default base when ON.
     pub refresh_expires: Option<crate::policy::Base>,
     /// `<ModifyHeader FirstOnly>` (MOD-3): `Some(first_only)` when ON.
@@ -94,6 +97,7 @@ impl Default for Options {
             lm_or_later: false,
             freshness_check: FreshnessCheck::Both,
             redirect_https: None,
+            accept_encoding: true,
             refresh_expires: None,
             modify_header: None,
         }

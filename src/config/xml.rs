@@ -434,6 +434,7 @@ fn apply_options(
                 o.modify_header = on_off(s, e)?.then_some(first_only);
             }
             "AgeHeader" => o.age_header = on_off(s, e)?,
+            "AcceptEncoding" => o.accept_encoding = on_off(s, e)?,
             "ETagHeader" => o.etag_header = on_off(s, e)?,
             "ViaHeader" => o.via_header = on_off(s, e)?,
             "ServerHeader" => o.server_header = on_off(s, e)?,

@@ -180,6 +180,12 @@ impl Conn {
     /// destroys the response in flight, then close.
     pub async fn close_gracefully(&self) {
         let _ = self.inner.shutdown(Shutdown::Write);
+        // Nothing unread: no reset can destroy the response, close at once (the
+        // common `Connection: close` case). Otherwise linger and drain.
+        if self.is_idle_and_open() {
+            self.shutdown();
+            return;
+        }
         let mut scratch = BytesMut::with_capacity(READ_CHUNK);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         let mut drained = 0usize;

@@ -38,11 +38,39 @@ pub fn eligible(req: &RequestHead) -> bool {
 }
 
 /// The cache key: vhost name and path with query. HEAD shares GET's key.
+/// With `<AcceptEncoding>ON` (KEY-1) a gzip-capable client and an identity-only
+/// client use different objects (the key gets a `\0gzip` suffix).
 pub fn key(vhost: &Vhost, req: &RequestHead) -> Vec<u8> {
-    let mut k = Vec::with_capacity(vhost.name.len() + req.path().len());
+    let mut k = Vec::with_capacity(vhost.name.len() + req.path().len() + 5);
     k.extend_from_slice(vhost.name.as_bytes());
     k.extend_from_slice(req.path());
+    if wants_gzip(vhost, req) {
+        k.extend_from_slice(b"\0gzip");
+    }
     k
+}
+
+/// KEY-1: does this request belong to the gzip variant?
+fn wants_gzip(vhost: &Vhost, req: &RequestHead) -> bool {
+    vhost.options.accept_encoding && req.header("accept-encoding").is_some_and(accepts_gzip)
+}
+
+/// `gzip` (or `x-gzip`, or `*`) listed with a non-zero q-value.
+pub fn accepts_gzip(v: &[u8]) -> bool {
+    crate::http1::headers::tokens(v).any(|t| {
+        let mut parts = t.split(|&b| b == b';');
+        let coding = crate::http1::headers::trim(parts.next().unwrap_or(b""));
+        let named = [b"gzip".as_slice(), b"x-gzip", b"*"]
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(coding));
+        let q_zero = parts.any(|p| {
+            let p = crate::http1::headers::trim(p);
+            p.len() >= 2
+                && p[..2].eq_ignore_ascii_case(b"q=")
+                && p[2..].iter().all(|&b| b == b'0' || b == b'.')
+        });
+        named && !q_zero
+    })
 }
 
 struct Ctx<'a> {
@@ -367,10 +395,16 @@ fn multipart(
 
 async fn send_origin(cx: &Ctx<'_>, extra: &[u8]) -> Result<OriginReply, u16> {
     let origin = exchange::pick(cx.shard, cx.vhost);
+    // The variant decides the encoding asked for: gzip or nothing (identity).
+    let mut ask = Vec::with_capacity(extra.len() + 24);
+    if wants_gzip(cx.vhost, cx.req) {
+        ask.extend_from_slice(b"Accept-Encoding: gzip\r\n");
+    }
+    ask.extend_from_slice(extra);
     let opts = OriginOpts {
         method: Some(b"GET"),
         for_cache: true,
-        extra,
+        extra: &ask,
         headers: cx.req_headers,
     };
     let head = heads::origin_request(cx.req, origin, cx.peer.ip(), None, &opts);
@@ -581,6 +615,18 @@ fn plan(cx: &Ctx<'_>, reply: &OriginReply, request_time: u64) -> Result<FillPlan
             Storable::Yes { lifetime_ms, flags } => (lifetime_ms, flags),
             Storable::No(why) => return Err(why),
         };
+    // Variants cairn keys on: Accept-Encoding only (KEY-1). Any other Vary would
+    // need a variant per request header value: not stored.
+    let vary_other = reply
+        .head
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"vary"))
+        .any(|(_, v)| {
+            crate::http1::headers::tokens(v).any(|t| !t.eq_ignore_ascii_case(b"accept-encoding"))
+        });
+    if vary_other {
+        return Err("Vary on a header other than Accept-Encoding");
+    }
     let length = reply.length();
     if length.is_some_and(|n| n > cx.cache.config().max_object) {
         return Err("larger than MaxObjectSize");
