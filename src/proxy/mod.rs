@@ -73,7 +73,16 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
         if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
             rbuf = BytesMut::with_capacity(IDLE_BUFFER);
         }
-        let head = match next_head(&shard, &conn, &mut rbuf, &limits, idle, request_timeout).await {
+        let head = match Box::pin(next_head(
+            &shard,
+            &conn,
+            &mut rbuf,
+            &limits,
+            idle,
+            request_timeout,
+        ))
+        .await
+        {
             Next::Head(h) => h,
             Next::Closed => {
                 conn.shutdown();
@@ -82,7 +91,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
             Next::Refuse(status) => {
                 log::info!("{peer}: refused a request with {status}");
                 let _ = respond::send_error(&conn, status, Decision::Close, false, group_via).await;
-                conn.close_gracefully().await;
+                Box::pin(conn.close_gracefully()).await;
                 return;
             }
         };
@@ -116,7 +125,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
                 .is_err()
                 || ka.closes()
             {
-                conn.close_gracefully().await;
+                Box::pin(conn.close_gracefully()).await;
                 return;
             }
             continue;
@@ -129,12 +138,14 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
             b""
         };
         idle = Duration::from_secs(u64::from(policy.timeout_secs));
-        let body = match read_body(&conn, &mut rbuf, &head, &limits, request_timeout).await {
+        let body = match Box::pin(read_body(&conn, &mut rbuf, &head, &limits, request_timeout))
+            .await
+        {
             Ok(b) => b,
             Err(Some(status)) => {
                 let _ =
                     respond::send_error(&conn, status, Decision::Close, head.is_head(), via).await;
-                conn.close_gracefully().await;
+                Box::pin(conn.close_gracefully()).await;
                 return;
             }
             Err(None) => {
@@ -156,7 +167,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
                 .is_err()
                 || ka.closes()
             {
-                conn.close_gracefully().await;
+                Box::pin(conn.close_gracefully()).await;
                 return;
             }
             continue;
@@ -184,7 +195,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
             .as_ref()
             .filter(|_| vhost.response_rules_active());
         let outcome = if cached::eligible(&head) {
-            cached::serve(
+            Box::pin(cached::serve(
                 &shard,
                 &shared.cache,
                 &conn,
@@ -194,7 +205,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
                 ka,
                 response_rules,
                 req_headers.as_ref(),
-            )
+            ))
             .await
         } else {
             if !matches!(head.method(), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE") {
@@ -210,7 +221,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
                 rules: response_rules,
                 ..heads::Extras::for_vhost(&vhost.options)
             };
-            pass::forward(
+            Box::pin(pass::forward(
                 &shard,
                 &conn,
                 vhost,
@@ -220,13 +231,13 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
                 ka,
                 &x,
                 req_headers.as_ref(),
-            )
+            ))
             .await
         };
         match outcome {
             Outcome::Done { close: false } => {}
             Outcome::Done { close: true } => {
-                conn.close_gracefully().await;
+                Box::pin(conn.close_gracefully()).await;
                 return;
             }
             Outcome::Abort => {
@@ -241,7 +252,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
                     .is_err()
                     || ka.closes()
                 {
-                    conn.close_gracefully().await;
+                    Box::pin(conn.close_gracefully()).await;
                     return;
                 }
             }

@@ -57,15 +57,18 @@ pub fn error_response(status: u16, ka: Decision, with_body: bool, extra: &[u8]) 
 }
 
 /// Sends an error response; `no_body` for HEAD requests and the empty-bodied 404.
-pub async fn send_error(
-    conn: &Conn,
+/// Boxed: it is rare, and inline it would enlarge every connection's future.
+pub fn send_error<'a>(
+    conn: &'a Conn,
     status: u16,
     ka: Decision,
     no_body: bool,
-    extra: &[u8],
-) -> Result<(), IoError> {
-    conn.write_all(error_response(status, ka, !no_body, extra), SEND_TIMEOUT)
-        .await
+    extra: &'a [u8],
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), IoError>> + 'a>> {
+    Box::pin(async move {
+        conn.write_all(error_response(status, ka, !no_body, extra), SEND_TIMEOUT)
+            .await
+    })
 }
 
 #[cfg(test)]

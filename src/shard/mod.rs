@@ -206,6 +206,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener, 
                 let s = shard.clone();
                 // Unique across shards: the shard in the top bits.
                 let session_id = ((shard.id as u64) << 48) | guard.id;
+                // The connection's future stays small (about 1 KiB): the rare and the
+                // large phases inside `serve` are boxed, so 10k idle keep-alive
+                // connections cost little memory and spawning copies little.
                 tokio_uring::spawn(async move {
                     let _guard = guard;
                     crate::proxy::serve(s, conn, peer, group, session_id).await;
