@@ -90,8 +90,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
             }
             Next::Refuse(status) => {
                 log::info!("{peer}: refused a request with {status}");
-                let _ = respond::send_error(&conn, status, Decision::Close, false, group_via).await;
-                Box::pin(conn.close_gracefully()).await;
+                answer(&conn, status, Decision::Close, false, group_via).await;
                 return;
             }
         };
@@ -120,12 +119,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
                 shard.draining() || head.framing != Framing::None,
             );
             // Decision (spec §0): an empty body.
-            if respond::send_error(&conn, 404, ka, true, group_via)
-                .await
-                .is_err()
-                || ka.closes()
-            {
-                Box::pin(conn.close_gracefully()).await;
+            if !answer(&conn, 404, ka, true, group_via).await {
                 return;
             }
             continue;
@@ -138,21 +132,18 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
             b""
         };
         idle = Duration::from_secs(u64::from(policy.timeout_secs));
-        let body = match Box::pin(read_body(&conn, &mut rbuf, &head, &limits, request_timeout))
-            .await
-        {
-            Ok(b) => b,
-            Err(Some(status)) => {
-                let _ =
-                    respond::send_error(&conn, status, Decision::Close, head.is_head(), via).await;
-                Box::pin(conn.close_gracefully()).await;
-                return;
-            }
-            Err(None) => {
-                conn.shutdown();
-                return;
-            }
-        };
+        let body =
+            match Box::pin(read_body(&conn, &mut rbuf, &head, &limits, request_timeout)).await {
+                Ok(b) => b,
+                Err(Some(status)) => {
+                    answer(&conn, status, Decision::Close, head.is_head(), via).await;
+                    return;
+                }
+                Err(None) => {
+                    conn.shutdown();
+                    return;
+                }
+            };
         let ka = keepalive::decide(policy, facts, nth, shard.draining());
         if let Some(code) = vhost.options.redirect_https {
             // HTTPS-1: every plain-HTTP request is redirected.
@@ -162,12 +153,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
             extra.extend_from_slice(head.path());
             extra.extend_from_slice(b"\r\n");
             extra.extend_from_slice(via);
-            if respond::send_error(&conn, code, ka, true, &extra)
-                .await
-                .is_err()
-                || ka.closes()
-            {
-                Box::pin(conn.close_gracefully()).await;
+            if !answer(&conn, code, ka, true, &extra).await {
                 return;
             }
             continue;
@@ -247,17 +233,26 @@ pub async fn serve(shard: Rc<Shard>, conn: Conn, peer: SocketAddr, group: usize,
             Outcome::Failed(status) => {
                 // Re-decided: a drain may have started while we waited for the origin.
                 let ka = keepalive::decide(policy, facts, nth, shard.draining());
-                if respond::send_error(&conn, status, ka, head.is_head(), via)
-                    .await
-                    .is_err()
-                    || ka.closes()
-                {
-                    Box::pin(conn.close_gracefully()).await;
+                if !answer(&conn, status, ka, head.is_head(), via).await {
                     return;
                 }
             }
         }
     }
+}
+
+/// Sends a response cairn makes itself (errors, redirects). `false`: the
+/// connection is over and has been closed.
+async fn answer(conn: &Conn, status: u16, ka: Decision, no_body: bool, extra: &[u8]) -> bool {
+    if respond::send_error(conn, status, ka, no_body, extra)
+        .await
+        .is_err()
+        || ka.closes()
+    {
+        Box::pin(conn.close_gracefully()).await;
+        return false;
+    }
+    true
 }
 
 /// Parses the next request head, reading as needed. An empty buffer waits with the
