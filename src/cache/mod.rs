@@ -81,9 +81,6 @@ pub struct Hit {
     pub headers: Bytes,
     /// The body, pointing into the segment mapping.
     pub body: Bytes,
-    /// The segment file and the body's offset in it, for `sendfile` (disk caches).
-    /// Valid while `body` (which holds the segment's lease) is alive.
-    pub file: Option<(std::os::fd::RawFd, u64)>,
 }
 
 impl Cache {
@@ -142,7 +139,6 @@ impl Cache {
             etag,
             headers,
             body: rec.slice(meta_end..body_end),
-            file: seg.file_fd().map(|fd| (fd, e.off + meta_end as u64)),
         })
     }
 

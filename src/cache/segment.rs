@@ -88,11 +88,6 @@ impl Segment {
         self.len
     }
 
-    /// The segment file, for `sendfile` of large bodies (none for a memory-only cache).
-    pub fn file_fd(&self) -> Option<std::os::fd::RawFd> {
-        self._file.as_ref().map(|f| f.as_raw_fd())
-    }
-
     pub fn is_empty(&self) -> bool {
         self.high_water() <= SEGMENT_HEADER as u64
     }

@@ -18,35 +18,6 @@ use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Puts a socket in non-blocking mode until dropped (io_uring expects it blocking).
-struct NonBlocking(std::os::fd::RawFd);
-
-impl NonBlocking {
-    #[allow(unsafe_code)]
-    fn set(fd: std::os::fd::RawFd) -> Result<NonBlocking, IoError> {
-        // SAFETY: fcntl on an open fd we own, reading then setting its status flags.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(IoError::Io(io::Error::last_os_error()));
-        }
-        Ok(NonBlocking(fd))
-    }
-}
-
-impl Drop for NonBlocking {
-    #[allow(unsafe_code)]
-    fn drop(&mut self) {
-        // SAFETY: fcntl on the fd we switched; clearing the flag we set.
-        unsafe {
-            let flags = libc::fcntl(self.0, libc::F_GETFL);
-            if flags >= 0 {
-                libc::fcntl(self.0, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-            }
-        }
-    }
-}
-
 /// How much free space a read asks the kernel to fill.
 const READ_CHUNK: usize = 16 * 1024;
 /// Below this much free space, a read first grows the buffer by `READ_CHUNK`.
@@ -197,66 +168,6 @@ impl Conn {
             )
         };
         n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
-    }
-
-    /// Sends `len` bytes of `file` from `offset` with `sendfile(2)`: the kernel hands
-    /// page-cache pages to the socket instead of copying them, which matters for
-    /// large cached bodies. No io_uring operation may be in flight on this socket
-    /// (the caller is between a request's read and the next one): the socket is
-    /// switched to non-blocking for the call and waits for writability on tokio's
-    /// reactor through a duplicate descriptor, then switched back.
-    #[allow(unsafe_code)]
-    pub async fn sendfile_all(
-        &self,
-        file: std::os::fd::RawFd,
-        offset: u64,
-        len: u64,
-        timeout: Duration,
-    ) -> Result<(), IoError> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let sock = self.inner.as_raw_fd();
-        // SAFETY: dup of our own open socket fd; the result is owned by `dup` below.
-        let dup_fd = unsafe { libc::dup(sock) };
-        if dup_fd < 0 {
-            return Err(IoError::Io(io::Error::last_os_error()));
-        }
-        // SAFETY: `dup_fd` is a fresh descriptor nobody else owns.
-        let dup = unsafe { OwnedFd::from_raw_fd(dup_fd) };
-        let _blocking_again = NonBlocking::set(sock)?;
-        // SAFETY: `dup` is an open descriptor owned by the AsyncFd for its whole life;
-        // OwnedFd always returns that same descriptor.
-        let afd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::WRITABLE)
-        }
-        .map_err(|e| IoError::Io(e.into()))?;
-        let mut off = offset as libc::off_t;
-        let end = offset + len;
-        while (off as u64) < end {
-            let want = (end - off as u64).min(1 << 30) as usize;
-            // SAFETY: both fds are open for the duration of the call (the file is kept
-            // open by the segment whose lease the caller holds); `off` is a valid
-            // pointer to our local offset.
-            let n = unsafe { libc::sendfile(sock, file, &mut off, want) };
-            if n > 0 {
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            if n == 0 {
-                return Err(IoError::Io(io::Error::from(io::ErrorKind::WriteZero)));
-            }
-            if err.kind() != io::ErrorKind::WouldBlock {
-                return Err(IoError::Io(err));
-            }
-            match tokio::time::timeout(timeout, afd.writable()).await {
-                Ok(Ok(mut guard)) => guard.clear_ready(),
-                Ok(Err(e)) => return Err(IoError::Io(e)),
-                Err(_) => {
-                    self.shutdown();
-                    return Err(IoError::TimedOut);
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Shuts both directions down; completes any in-flight operation on this socket.

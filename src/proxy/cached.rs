@@ -253,7 +253,6 @@ async fn send_hit(cx: &Ctx<'_>, hit: &Hit, ka: Decision, result: CacheResult) ->
     }
     let len = hit.body.len() as u64;
     let mut bufs = Vec::with_capacity(4);
-    let mut sendfile: Option<(std::os::fd::RawFd, u64)> = None;
     let head_only = cx.req.is_head();
     let status;
     if not_modified(cx.req, hit, o) {
@@ -293,12 +292,7 @@ async fn send_hit(cx: &Ctx<'_>, hit: &Hit, ka: Decision, result: CacheResult) ->
                     b"",
                 )));
                 if !head_only {
-                    match hit.file.filter(|_| len >= SENDFILE_MIN) {
-                        // Large bodies from a disk segment: the head by io_uring,
-                        // the body by sendfile, so the kernel does not copy it either.
-                        Some((fd, off)) => sendfile = Some((fd, off)),
-                        None => bufs.push(hit.body.clone()),
-                    }
+                    bufs.push(hit.body.clone());
                 }
             }
             RangeReply::Unsatisfiable => {
@@ -352,31 +346,11 @@ async fn send_hit(cx: &Ctx<'_>, hit: &Hit, ka: Decision, result: CacheResult) ->
         }
     }
     cx.log(status, result);
-    if cx
-        .client
-        .writev_all(bufs, respond::SEND_TIMEOUT)
-        .await
-        .is_err()
-    {
-        return Outcome::Abort;
+    match cx.client.writev_all(bufs, respond::SEND_TIMEOUT).await {
+        Ok(()) => Outcome::Done { close: ka.closes() },
+        Err(_) => Outcome::Abort,
     }
-    if let Some((fd, off)) = sendfile {
-        // `hit` (and so the segment's lease and its open file) lives across the call.
-        if cx
-            .client
-            .sendfile_all(fd, off, len, respond::SEND_TIMEOUT)
-            .await
-            .is_err()
-        {
-            return Outcome::Abort;
-        }
-    }
-    Outcome::Done { close: ka.closes() }
 }
-
-/// Bodies at least this large go out with sendfile (below it, one writev of head
-/// and body is cheaper than two calls).
-const SENDFILE_MIN: u64 = 64 * 1024;
 
 /// A multipart/byteranges body (RFC 9110 §14.6): part heads are small new buffers,
 /// part bodies are slices of the stored body (no copy). Returns the pieces, the
