@@ -563,3 +563,23 @@ fn mod_6_geoip_country_and_continent() {
     assert_eq!(r.header("x-france"), None);
     assert_eq!(r.header("x-not-europe"), Some("yes"), "negated continent");
 }
+
+#[test]
+fn response_rules_cannot_touch_framing_or_connection_headers() {
+    let o = origin();
+    let headers = "$URL[/plain], $RES[transfer-encoding: chunked], set\n$URL[/plain], $RES[connection: close], set\n";
+    let cairn = start_with_rules(&o, "<ModifyHeader>ON</ModifyHeader>", "", headers);
+    assert!(
+        cairn
+            .wait_log("transfer-encoding")
+            .contains("headers.txt:1"),
+        "refused at load with its line"
+    );
+    let mut c = cairn.connect();
+    for _ in 0..2 {
+        let r = c.get("/plain");
+        assert_eq!((r.status, r.text().as_str()), (200, "plain"));
+        assert_eq!(r.header("transfer-encoding"), None);
+        assert_eq!(r.header("connection"), Some("Keep-Alive"));
+    }
+}

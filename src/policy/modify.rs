@@ -485,6 +485,14 @@ fn forbidden(phase: RulePhase, name: &str) -> Option<String> {
         RulePhase::Response if name.eq_ignore_ascii_case("content-length") => {
             Some("response rules cannot modify Content-Length (MOD-2); rule skipped".into())
         }
+        // Message framing and connection management are cairn's, not the rules'.
+        RulePhase::Response
+            if ["transfer-encoding", "connection", "keep-alive"]
+                .iter()
+                .any(|p| name.eq_ignore_ascii_case(p)) =>
+        {
+            Some(format!("response rules cannot modify {name}: cairn manages framing and connections; rule skipped"))
+        }
         _ => None,
     }
 }

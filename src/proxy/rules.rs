@@ -192,6 +192,8 @@ pub fn finalize(head: Vec<u8>, f: &RuleFacts<'_>, result: &str, ttl_left: Option
             session_id: f.session_id,
         };
         policy::modify::apply_matched(&f.vhost.header_rules, &matched, &ctx, &vars, &mut list);
+        // Framing and connection headers are cairn's; no rule may add a second set.
+        list.retain(|(n, _)| !protected(n));
     }
     let mut out = Vec::with_capacity(head.len() + 64);
     out.extend_from_slice(&head[..line_end]);

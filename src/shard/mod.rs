@@ -94,6 +94,11 @@ impl Shared {
         if old.config.cache != config.cache {
             return Err("cache storage settings changed; restart cairn to apply them".into());
         }
+        if old.config.server.geoip != config.server.geoip
+            || old.config.server.drain_timeout != config.server.drain_timeout
+        {
+            log::warn!("reload: the GeoIP database and the drain timeout keep their running values until a restart");
+        }
         self.live.store(Arc::new(Live::new(config)));
         Ok(())
     }
