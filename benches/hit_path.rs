@@ -143,31 +143,13 @@ fn rules_pass(c: &mut Criterion) {
         rules: Some(&facts),
         ..Default::default()
     };
+    let build =
+        |x: &Extras| stored_response(200, headers, ClientFraming::Length(16384), ka, x, None, b"");
     c.bench_function("head build: rules OFF", |b| {
-        b.iter(|| {
-            black_box(stored_response(
-                200,
-                headers,
-                ClientFraming::Length(16384),
-                ka,
-                &off,
-                None,
-                b"",
-            ))
-        })
+        b.iter(|| black_box(build(&off)))
     });
     c.bench_function("head build: 20 header rules ON", |b| {
-        b.iter(|| {
-            black_box(stored_response(
-                200,
-                headers,
-                ClientFraming::Length(16384),
-                ka,
-                &on,
-                None,
-                b"",
-            ))
-        })
+        b.iter(|| black_box(build(&on)))
     });
 }
 

@@ -378,11 +378,7 @@ fn check_reports_the_effective_table_and_errors_with_file_and_line() {
         "<Vhosts>\n<Vhost Name=\"www.example.com\"><Alias>*.example.com</Alias><Listen>*:8080</Listen><Origin><Address>10.0.0.1</Address></Origin></Vhost>\n<Default>www.example.com</Default>\n</Vhosts>",
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = check(&dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -398,11 +394,7 @@ fn check_reports_the_effective_table_and_errors_with_file_and_line() {
     );
 
     std::fs::write(dir.join("vhosts.xml"), "<Vhosts>\n<Vhost Name=\"a\">\n<Origin><Address>10.0.0.1:http</Address></Origin></Vhost></Vhosts>").unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = check(&dir);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

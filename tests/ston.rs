@@ -515,11 +515,7 @@ fn a_bad_rule_line_fails_check_with_file_and_line() {
         "# ok\n$URL[/a], 1 day\n$URL[/b], 3 fortnights\n",
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = check(&dir);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("svc/a.test/expires.txt:3:"), "{err}");

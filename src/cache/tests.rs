@@ -16,6 +16,20 @@ fn cfg(d: &std::path::Path, quota_mb: u64, seg_mb: u64) -> StoreConfig {
     }
 }
 
+/// A small memory-only cache: 4 segments of 1 MiB, objects up to 512 KiB.
+fn memory_cache() -> (Cache, Recovery) {
+    Cache::open(
+        StoreConfig {
+            dir: None,
+            quota: 4 << 20,
+            segment_size: 1 << 20,
+            max_object: 1 << 19,
+        },
+        1,
+    )
+    .unwrap()
+}
+
 fn meta(head: &[u8]) -> Meta<'_> {
     Meta {
         status: 200,
@@ -185,16 +199,7 @@ fn eviction_is_fifo_with_a_second_chance_and_respects_leases() {
 
 #[test]
 fn memory_only_cache_works_without_a_directory() {
-    let (c, _) = Cache::open(
-        StoreConfig {
-            dir: None,
-            quota: 4 << 20,
-            segment_size: 1 << 20,
-            max_object: 1 << 19,
-        },
-        1,
-    )
-    .unwrap();
+    let (c, _) = memory_cache();
     assert!(put(&c, 0, b"m", b"memory"));
     assert_eq!(c.lookup(b"m").unwrap().body, &b"memory"[..]);
     assert!(
@@ -210,16 +215,7 @@ fn bytes_inside_an_unfinished_body_are_never_taken_for_records() {
     {
         let (c, _) = Cache::open(cfg(&d, 8, 2), 1).unwrap();
         // A complete, valid record for another key, as an origin could send it as a body.
-        let (inner, _) = Cache::open(
-            StoreConfig {
-                dir: None,
-                quota: 4 << 20,
-                segment_size: 1 << 20,
-                max_object: 1 << 19,
-            },
-            1,
-        )
-        .unwrap();
+        let (inner, _) = memory_cache();
         assert!(put(&inner, 0, forged_key, b"forged!"));
         let seg = &inner.store.segments[inner
             .store

@@ -247,26 +247,34 @@ async fn send_hit(cx: &Ctx<'_>, hit: &Hit, ka: Decision, result: CacheResult) ->
         ka
     };
     let mut x = cx.extras(result);
-    x.ttl_left = Some(hit.times.ttl_left_s(now_ms()));
+    let now = now_ms();
+    x.ttl_left = Some(hit.times.ttl_left_s(now));
     if o.age_header {
-        x.age = Some(hit.times.current_age_ms(now_ms()) / 1000);
+        x.age = Some(hit.times.current_age_ms(now) / 1000);
+    }
+    let not_mod = not_modified(cx.req, hit, o);
+    if not_mod {
+        x.cache_status = cx.status_header(CacheResult::ImsHit);
     }
     let len = hit.body.len() as u64;
+    // Every answer below is a head from the stored headers, then maybe body pieces.
+    let head = |status: u16, framing: ClientFraming, replace: Option<&[u8]>, extra: &[u8]| {
+        Bytes::from(heads::stored_response(
+            status,
+            &hit.headers,
+            framing,
+            ka,
+            &x,
+            replace,
+            extra,
+        ))
+    };
     let mut bufs = Vec::with_capacity(4);
     let head_only = cx.req.is_head();
     let status;
-    if not_modified(cx.req, hit, o) {
+    if not_mod {
         status = 304;
-        x.cache_status = cx.status_header(CacheResult::ImsHit);
-        bufs.push(Bytes::from(heads::stored_response(
-            304,
-            &hit.headers,
-            ClientFraming::NoBody,
-            ka,
-            &x,
-            None,
-            b"",
-        )));
+        bufs.push(head(304, ClientFraming::NoBody, None, b""));
     } else {
         let ranges = if hit.status == 200 && if_range_allows(cx.req, hit, o) {
             range::evaluate(cx.req.header("range"), len)
@@ -282,15 +290,7 @@ async fn send_hit(cx: &Ctx<'_>, hit: &Hit, ka: Decision, result: CacheResult) ->
                 } else {
                     ClientFraming::Length(len)
                 };
-                bufs.push(Bytes::from(heads::stored_response(
-                    status,
-                    &hit.headers,
-                    framing,
-                    ka,
-                    &x,
-                    None,
-                    b"",
-                )));
+                bufs.push(head(status, framing, None, b""));
                 if !head_only {
                     bufs.push(hit.body.clone());
                 }
@@ -298,30 +298,14 @@ async fn send_hit(cx: &Ctx<'_>, hit: &Hit, ka: Decision, result: CacheResult) ->
             RangeReply::Unsatisfiable => {
                 status = 416;
                 let cr = format!("Content-Range: bytes */{len}\r\n");
-                bufs.push(Bytes::from(heads::stored_response(
-                    416,
-                    &hit.headers,
-                    ClientFraming::Length(0),
-                    ka,
-                    &x,
-                    None,
-                    cr.as_bytes(),
-                )));
+                bufs.push(head(416, ClientFraming::Length(0), None, cr.as_bytes()));
             }
             RangeReply::Partial(rs) if rs.len() == 1 => {
                 status = 206;
                 let r = &rs[0];
                 let cr = format!("Content-Range: bytes {}-{}/{len}\r\n", r.start, r.end - 1);
                 let framing = ClientFraming::Length(r.end - r.start);
-                bufs.push(Bytes::from(heads::stored_response(
-                    206,
-                    &hit.headers,
-                    framing,
-                    ka,
-                    &x,
-                    None,
-                    cr.as_bytes(),
-                )));
+                bufs.push(head(206, framing, None, cr.as_bytes()));
                 if !head_only {
                     bufs.push(hit.body.slice(r.start as usize..r.end as usize));
                 }
@@ -330,15 +314,7 @@ async fn send_hit(cx: &Ctx<'_>, hit: &Hit, ka: Decision, result: CacheResult) ->
                 status = 206;
                 let (parts, total, ctype) = multipart(&hit.headers, &hit.body, &rs);
                 let framing = ClientFraming::Length(total);
-                bufs.push(Bytes::from(heads::stored_response(
-                    206,
-                    &hit.headers,
-                    framing,
-                    ka,
-                    &x,
-                    Some(b"content-type"),
-                    ctype.as_bytes(),
-                )));
+                bufs.push(head(206, framing, Some(b"content-type"), ctype.as_bytes()));
                 if !head_only {
                     bufs.extend(parts);
                 }
