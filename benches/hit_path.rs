@@ -3,10 +3,13 @@
 
 use bytes::BytesMut;
 use cairn::cache::meta::Meta;
+use cairn::cache::CacheResult;
 use cairn::cache::{freshness::Times, Cache, StoreConfig};
+use cairn::downstream::http1::{render_head, ClientFraming};
+use cairn::exchange::{BodyLen, Head};
 use cairn::http1::keepalive::Decision;
 use cairn::http1::{request, Limits};
-use cairn::proxy::heads::{stored_response, ClientFraming, Extras};
+use cairn::proxy::response::{header_policy, Extras};
 use cairn::vhost::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
@@ -68,15 +71,11 @@ fn hit_path(c: &mut Criterion) {
             key.extend_from_slice(loaded.config.vhosts[v].name.as_bytes());
             key.extend_from_slice(head.path());
             let hit = cache.lookup(&key).unwrap();
-            let out = stored_response(
-                hit.status,
-                &hit.headers,
-                ClientFraming::Length(hit.body.len() as u64),
-                ka,
-                &Extras::default(),
-                None,
-                b"",
-            );
+            let n = hit.body.len() as u64;
+            let mut head = Head::from_lines(hit.status, &hit.headers, BodyLen::Known(n));
+            let o = &loaded.config.vhosts[v].options;
+            header_policy(o, None, 0, &mut head, &Extras::new(CacheResult::Hit));
+            let out = render_head(&head, ClientFraming::Length(n), ka);
             black_box((out, hit.body));
         })
     });
@@ -133,23 +132,17 @@ fn rules_pass(c: &mut Criterion) {
         timeout: Some(10),
         max: None,
     };
-    let off = Extras {
-        via: true,
-        ..Default::default()
+    let x = Extras::new(CacheResult::Hit);
+    let build = |rules: Option<&cairn::proxy::rules::RuleFacts>| {
+        let mut head = Head::from_lines(200, headers, BodyLen::Known(16384));
+        header_policy(&vhost.options, rules, 1_700_000_000, &mut head, &x);
+        render_head(&head, ClientFraming::Length(16384), ka)
     };
-    let on = Extras {
-        via: true,
-        result: "TCP_HIT",
-        rules: Some(&facts),
-        ..Default::default()
-    };
-    let build =
-        |x: &Extras| stored_response(200, headers, ClientFraming::Length(16384), ka, x, None, b"");
     c.bench_function("head build: rules OFF", |b| {
-        b.iter(|| black_box(build(&off)))
+        b.iter(|| black_box(build(None)))
     });
     c.bench_function("head build: 20 header rules ON", |b| {
-        b.iter(|| black_box(build(&on)))
+        b.iter(|| black_box(build(Some(&facts))))
     });
 }
 

@@ -2,8 +2,12 @@
 //! STON Edge Server configurations. See docs/architecture.md for the map.
 #![deny(unsafe_code)]
 
+pub mod accesslog;
 pub mod cache;
 pub mod config;
+pub mod context;
+pub mod downstream;
+pub mod exchange;
 #[cfg(test)]
 mod fuzz;
 pub mod geoip;
@@ -16,6 +20,7 @@ pub mod policy;
 pub mod proxy;
 pub mod shard;
 pub mod static_origin;
+pub mod transform;
 pub mod vhost;
 
 /// `cairn/<version>`, for Via and the banner.

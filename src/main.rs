@@ -168,6 +168,9 @@ fn run(args: &Args) -> Result<()> {
         }
     );
     let mut shared = Shared::new(config.clone(), shards, Arc::new(cache));
+    let (queues, logger) = cairn::accesslog::LogQueues::channel(shards);
+    shared.log_queues = queues;
+    let logger = logger.spawn().context("starting the access-log thread")?;
     if let Some(path) = &config.server.geoip {
         let db = cairn::geoip::GeoDb::open(path)?;
         log::info!("GeoIP: {} ({})", path.display(), db.database_type());
@@ -222,6 +225,8 @@ fn run(args: &Args) -> Result<()> {
     while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The shards have handed over their last lines; write them out.
+    logger.stop();
     log_stats(&shared);
     log::info!(
         "stopped ({} panics during the run)",
@@ -258,12 +263,15 @@ fn reload(args: &Args, shared: &Shared) {
 fn log_stats(shared: &Shared) {
     for (i, s) in shared.stats.iter().enumerate() {
         log::info!(
-            "shard {i}: {} connections, {} live sessions, {} requests, {} origin connects, {} restarts",
+            "shard {i}: {} connections, {} live sessions, {} requests, {} origin connects ({} failures), {} restarts, {} log lines ({} dropped)",
             s.connections.load(Relaxed),
             s.active.load(Relaxed),
             s.requests.load(Relaxed),
-            s.origin_connects.load(Relaxed),
-            s.restarts.load(Relaxed)
+            s.origin.connects.load(Relaxed),
+            s.origin.failures.load(Relaxed),
+            s.restarts.load(Relaxed),
+            s.log_lines.load(Relaxed),
+            s.log_dropped.load(Relaxed)
         );
     }
     let c = &shared.cache.stats;

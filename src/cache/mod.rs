@@ -8,6 +8,7 @@
 pub mod fill;
 pub mod freshness;
 pub mod index;
+pub mod key;
 pub mod meta;
 pub mod record;
 pub mod segment;
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use fill::Fills;
 use freshness::Times;
 use index::Entry;
+pub use key::{CacheKey, Variant};
 use meta::Meta;
 use record::{Header, HEADER_LEN};
 use segment::Lease;
@@ -36,6 +38,8 @@ pub enum CacheResult {
     RefMiss,
     /// Not a cacheable request (method, Authorization): straight to the origin.
     ClientRefreshMiss,
+    /// A redirect cairn answers itself (HTTPS-1).
+    Redirect,
     Error,
 }
 
@@ -49,6 +53,7 @@ impl CacheResult {
             CacheResult::Miss => "TCP_MISS",
             CacheResult::RefMiss => "TCP_REF_MISS",
             CacheResult::ClientRefreshMiss => "TCP_CLIENT_REFRESH_MISS",
+            CacheResult::Redirect => "TCP_REDIRECT_HIT",
             CacheResult::Error => "TCP_ERROR",
         }
     }
@@ -160,9 +165,23 @@ impl Cache {
         });
     }
 
-    /// Drops `key` from the index (RFC 9111 §4.4: after an unsafe method).
+    /// Drops `key` from the index.
     pub fn remove(&self, key: &[u8]) {
         self.store.index.pin().remove(&record::key_hash(key));
+    }
+
+    /// Drops every variant of `key`'s primary key (RFC 9111 §4.4 after an unsafe
+    /// method; purge). Returns how many objects were removed.
+    pub fn invalidate(&self, key: &CacheKey) -> usize {
+        let guard = self.store.index.pin();
+        Variant::ALL
+            .iter()
+            .filter(|&&v| {
+                guard
+                    .remove(&record::key_hash(&key.with_variant(v).stored()))
+                    .is_some()
+            })
+            .count()
     }
 
     /// Starts writing an object of `body_len` bytes on `shard`'s active segment.

@@ -137,6 +137,70 @@ pub struct Vhost {
     pub expires_rules: std::sync::Arc<[crate::policy::ExpiresRule]>,
     /// `svc/<vhost>/headers.txt` (MOD-*), applied when `<ModifyHeader>` is ON.
     pub header_rules: std::sync::Arc<[crate::policy::HeaderRule]>,
+    /// `<Log>` as inherited from `<VHostDefault>` and set here.
+    pub log: LogSettings,
+    /// The access log this vhost writes (LOG-1), when `<Log><Access>` is ON.
+    pub access_log: Option<std::sync::Arc<LogTarget>>,
+}
+
+/// How an access-log line is written (`<Access Form>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogForm {
+    /// STON's W3C extended form with its `#Fields:` line.
+    #[default]
+    Ston,
+    /// Apache's combined log format.
+    Apache,
+}
+
+/// When a log file is rolled (`Type` and `Unit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Roll {
+    /// Every `minutes`, on multiples of it since midnight (UTC), and at midnight.
+    Time { minutes: u32 },
+    /// When the file would pass `bytes`.
+    Size { bytes: u64 },
+    /// Whichever comes first.
+    Both { minutes: u32, bytes: u64 },
+}
+
+/// One log file's settings (`<Access>`, `<Origin>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFileSettings {
+    pub enabled: bool,
+    pub roll: Roll,
+    /// Rolled files kept; older ones are deleted.
+    pub retention: u32,
+    pub form: LogForm,
+}
+
+impl Default for LogFileSettings {
+    fn default() -> Self {
+        LogFileSettings {
+            enabled: true,
+            roll: Roll::Time { minutes: 1440 },
+            retention: 10,
+            form: LogForm::Ston,
+        }
+    }
+}
+
+/// `<Log Dir>`: per-vhost logs live in `Dir/<vhost>/`. Without any `<Log>` element
+/// nothing is written (the embedded default writes no files).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogSettings {
+    pub dir: Option<PathBuf>,
+    pub access: LogFileSettings,
+}
+
+/// A resolved log file: where it lives and how it is written and rolled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogTarget {
+    /// The live file (`Dir/<vhost>/access.log`); rolled files sit beside it.
+    pub path: PathBuf,
+    pub form: LogForm,
+    pub roll: Roll,
+    pub retention: u32,
 }
 
 impl Vhost {

@@ -1,8 +1,9 @@
 //! The STON XML dialect: `server.xml` (`<Server>`) and `vhosts.xml` (`<Vhosts>`).
 
 use super::{
-    expand_star, CacheSettings, Config, ConfigError, Diag, ListenGroup, Loaded, Options,
-    OriginAddr, OriginOptions, ServerSettings, Vhost,
+    expand_star, CacheSettings, Config, ConfigError, Diag, ListenGroup, Loaded, LogFileSettings,
+    LogForm, LogSettings, LogTarget, Options, OriginAddr, OriginOptions, Roll, ServerSettings,
+    Vhost,
 };
 use roxmltree::{Document, Node};
 use std::net::{IpAddr, SocketAddr};
@@ -74,6 +75,7 @@ pub(super) fn load(
     }
     let mut default_options = Options::default();
     let mut default_origin = OriginOptions::default();
+    let mut default_log = LogSettings::default();
     let mut cache_listen: Vec<IpAddr> = Vec::new();
     let mut cache = CacheSettings::default();
     let mut server = ServerSettings::default();
@@ -88,6 +90,7 @@ pub(super) fn load(
                         "OriginOptions" => {
                             apply_origin_options(&s, e, &mut default_origin, &mut warnings)?
                         }
+                        "Log" => apply_log(&s, e, base, &mut default_log, &mut warnings)?,
                         other => warnings.push(s.diag(
                             e,
                             format!("<VHostDefault><{other}> is not supported; ignored"),
@@ -171,14 +174,13 @@ pub(super) fn load(
     for child in elements(root) {
         match child.tag_name().name() {
             "Vhost" => {
-                if let Some(vh) = parse_vhost(
-                    &v,
-                    child,
-                    &default_options,
-                    &default_origin,
-                    &cache_listen,
-                    &mut warnings,
-                )? {
+                let defaults = Defaults {
+                    options: &default_options,
+                    origin: &default_origin,
+                    log: &default_log,
+                    base,
+                };
+                if let Some(vh) = parse_vhost(&v, child, &defaults, &cache_listen, &mut warnings)? {
                     let dup = vhosts
                         .iter()
                         .any(|o| o.name == vh.name || o.aliases.contains(&vh.name));
@@ -241,11 +243,18 @@ pub(super) fn load(
     })
 }
 
+/// What `<VHostDefault>` gives every vhost before its own elements apply.
+struct Defaults<'a> {
+    options: &'a Options,
+    origin: &'a OriginOptions,
+    log: &'a LogSettings,
+    base: Option<&'a Path>,
+}
+
 fn parse_vhost(
     s: &Src,
     node: Node,
-    default_options: &Options,
-    default_origin: &OriginOptions,
+    defaults: &Defaults,
     cache_listen: &[IpAddr],
     warnings: &mut Vec<Diag>,
 ) -> Result<Option<Vhost>, ConfigError> {
@@ -279,10 +288,12 @@ fn parse_vhost(
         aliases: Vec::new(),
         listen: Vec::new(),
         origins: Vec::new(),
-        options: default_options.clone(),
-        origin_options: default_origin.clone(),
+        options: defaults.options.clone(),
+        origin_options: defaults.origin.clone(),
         expires_rules: std::sync::Arc::new([]),
         header_rules: std::sync::Arc::new([]),
+        log: defaults.log.clone(),
+        access_log: None,
     };
     let mut listen_set = false;
     for e in elements(node) {
@@ -331,6 +342,7 @@ fn parse_vhost(
             }
             "Options" => apply_options(s, e, &mut vh.options, warnings)?,
             "OriginOptions" => apply_origin_options(s, e, &mut vh.origin_options, warnings)?,
+            "Log" => apply_log(s, e, defaults.base, &mut vh.log, warnings)?,
             other => {
                 warnings.push(s.diag(e, format!("<Vhost><{other}> is not supported yet; ignored")))
             }
@@ -344,6 +356,15 @@ fn parse_vhost(
             node,
             format!("vhost '{}' has no <Origin><Address>", vh.name),
         ));
+    }
+    if let Some(dir) = vh.log.dir.as_ref().filter(|_| vh.log.access.enabled) {
+        let a = &vh.log.access;
+        vh.access_log = Some(std::sync::Arc::new(LogTarget {
+            path: dir.join(&vh.name).join("access.log"),
+            form: a.form,
+            roll: a.roll,
+            retention: a.retention,
+        }));
     }
     Ok(Some(vh))
 }
@@ -696,6 +717,131 @@ fn load_rule_files(
             line: 0,
             reason: "ModifyHeader is ON but there is no headers.txt".into(),
         });
+    }
+    Ok(())
+}
+
+/// `<Log Dir>` with `<Access Type Unit Retention Form>ON|OFF</Access>` (LOG-1).
+/// A `<Log>` element turns logging on (STON's default is ON) in `Dir`, which
+/// defaults to `logs` beside the configuration files.
+fn apply_log(
+    s: &Src,
+    node: Node,
+    base: Option<&Path>,
+    log: &mut LogSettings,
+    warnings: &mut Vec<Diag>,
+) -> Result<(), ConfigError> {
+    let resolve = |p: &str| {
+        let p = PathBuf::from(p);
+        match base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p,
+        }
+    };
+    match node
+        .attribute("Dir")
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        Some(d) => log.dir = Some(resolve(d)),
+        None if log.dir.is_none() => match base {
+            Some(_) => log.dir = Some(resolve("logs")),
+            None => {
+                warnings.push(s.diag(
+                    node,
+                    "<Log> without Dir in an embedded configuration: no log files are written",
+                ));
+            }
+        },
+        None => {}
+    }
+    for e in elements(node) {
+        match e.tag_name().name() {
+            "Access" => apply_log_file(s, e, &mut log.access)?,
+            other => {
+                warnings.push(s.diag(e, format!("<Log><{other}> is not supported yet; ignored")))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_log_file(s: &Src, e: Node, f: &mut LogFileSettings) -> Result<(), ConfigError> {
+    f.enabled = on_off(s, e)?;
+    let minutes = |t: &str| number(s, e, t.trim(), 1, 1440);
+    // STON's size unit is MB; a suffix (`64KB`) is a cairn extension.
+    let bytes = |t: &str| -> Result<u64, ConfigError> {
+        let t = t.trim();
+        let v = match t.parse::<u64>() {
+            Ok(mb) => mb.checked_mul(1 << 20),
+            Err(_) => parse_size(t),
+        };
+        v.filter(|&b| b >= 1024).ok_or_else(|| {
+            s.err(
+                e,
+                format!(
+                    "<{}> Unit '{t}': expected a size in MB (or 64KB, 1GB)",
+                    e.tag_name().name()
+                ),
+            )
+        })
+    };
+    let kind = e
+        .attribute("Type")
+        .unwrap_or("time")
+        .trim()
+        .to_ascii_lowercase();
+    let unit = e.attribute("Unit");
+    f.roll = match kind.as_str() {
+        "time" => Roll::Time {
+            minutes: unit.map(minutes).transpose()?.unwrap_or(1440),
+        },
+        "size" => Roll::Size {
+            bytes: unit.map(bytes).transpose()?.unwrap_or(100 << 20),
+        },
+        "both" => {
+            let u = unit.unwrap_or("1440, 100");
+            let (m, b) = u.split_once(',').ok_or_else(|| {
+                s.err(
+                    e,
+                    format!(
+                        "<{}> Unit '{u}': Type=\"both\" needs \"minutes, size\"",
+                        e.tag_name().name()
+                    ),
+                )
+            })?;
+            Roll::Both {
+                minutes: minutes(m)?,
+                bytes: bytes(b)?,
+            }
+        }
+        other => {
+            return Err(s.err(
+                e,
+                format!(
+                    "<{}> Type '{other}': expected time, size or both",
+                    e.tag_name().name()
+                ),
+            ))
+        }
+    };
+    if let Some(r) = e.attribute("Retention") {
+        f.retention = number(s, e, r.trim(), 1, 10_000)?;
+    }
+    if let Some(form) = e.attribute("Form") {
+        f.form = match form.trim().to_ascii_lowercase().as_str() {
+            "ston" | "w3c" => LogForm::Ston,
+            "apache" => LogForm::Apache,
+            other => {
+                return Err(s.err(
+                    e,
+                    format!(
+                        "<{}> Form '{other}': expected ston or apache",
+                        e.tag_name().name()
+                    ),
+                ))
+            }
+        };
     }
     Ok(())
 }

@@ -170,6 +170,19 @@ impl Conn {
         n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
+    /// The local address of the connection (which address the client reached).
+    #[allow(unsafe_code)]
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the fd belongs to `self.inner`, which is alive for the whole of this
+        // borrow; getsockname neither closes nor takes ownership of it.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.inner.as_raw_fd()) };
+        socket2::SockRef::from(&fd)
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::AddrNotAvailable))
+    }
+
     /// Shuts both directions down; completes any in-flight operation on this socket.
     pub fn shutdown(&self) {
         let _ = self.inner.shutdown(Shutdown::Both);

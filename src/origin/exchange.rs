@@ -3,10 +3,10 @@
 //! chunks as they arrive. The connection goes back to the shard's pool when the
 //! body ended cleanly.
 
+use super::{OriginError, Upstreams};
 use crate::config::{OriginAddr, Vhost};
 use crate::http1::{response, BodyDecoder, Decoded, ResponseHead};
 use crate::net::{Conn, IoError};
-use crate::shard::Shard;
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -19,13 +19,6 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const ORIGIN_READ: usize = 64 * 1024;
 /// Bounds the chunked decoder's arithmetic only; nothing is buffered.
 const MAX_CHUNKED: u64 = u64::MAX >> 1;
-
-/// Round-robin over the vhost's origin addresses (per shard).
-pub fn pick<'v>(shard: &Shard, vhost: &'v Vhost) -> &'v OriginAddr {
-    let i = shard.rr.get();
-    shard.rr.set(i.wrapping_add(1));
-    &vhost.origins[i % vhost.origins.len()]
-}
 
 pub struct OriginRequest {
     pub head: Bytes,
@@ -42,8 +35,8 @@ pub struct OriginReply {
     conn: Option<Conn>,
     buf: BytesMut,
     decoder: Option<BodyDecoder>,
-    shard: Rc<Shard>,
-    addr: SocketAddr,
+    upstreams: Rc<Upstreams>,
+    pub addr: SocketAddr,
     reuse: Duration,
     receive: Duration,
     label: String,
@@ -63,9 +56,9 @@ impl OriginReply {
         self.decoder.is_some()
     }
 
-    /// The next body chunk; `Ok(None)` at the clean end; `Err(())` when the origin
+    /// The next body chunk; `Ok(None)` at the clean end; `Err` when the origin
     /// broke off (already logged): the response must be aborted, not completed.
-    pub async fn next(&mut self) -> Result<Option<Bytes>, ()> {
+    pub async fn next(&mut self) -> Result<Option<Bytes>, OriginError> {
         loop {
             let Some(dec) = self.decoder.as_mut() else {
                 return Ok(None);
@@ -81,10 +74,12 @@ impl OriginReply {
                 Err(e) => {
                     log::warn!("{}: {e}; response aborted", self.label);
                     self.close();
-                    return Err(());
+                    return Err(OriginError::BodyBroken(e.to_string()));
                 }
             }
-            let conn = self.conn.as_ref().ok_or(())?;
+            let Some(conn) = self.conn.as_ref() else {
+                return Err(OriginError::BodyBroken("connection already closed".into()));
+            };
             self.buf.reserve(ORIGIN_READ);
             match conn.read(&mut self.buf, self.receive).await {
                 Ok(0) => {
@@ -98,7 +93,7 @@ impl OriginReply {
                         self.label
                     );
                     self.close();
-                    return Err(());
+                    return Err(OriginError::BodyBroken("closed mid-body".into()));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -107,7 +102,7 @@ impl OriginReply {
                         self.label
                     );
                     self.close();
-                    return Err(());
+                    return Err(OriginError::BodyBroken(e.to_string()));
                 }
             }
         }
@@ -117,7 +112,7 @@ impl OriginReply {
     fn release(&mut self) {
         let Some(c) = self.conn.take() else { return };
         if self.head.keep_alive && self.buf.is_empty() {
-            self.shard
+            self.upstreams
                 .pool
                 .borrow_mut()
                 .put(self.addr, c, self.reuse, Instant::now());
@@ -140,14 +135,27 @@ impl Drop for OriginReply {
     }
 }
 
-/// Sends `req` to `origin` and reads the response head. On failure the client's
-/// status (502 or 504) is returned, the reason already logged.
+/// Sends `req` to `origin` and reads the response head. On failure the reason is
+/// logged and returned.
 pub async fn send(
-    shard: &Rc<Shard>,
+    up: &Rc<Upstreams>,
     vhost: &Vhost,
     origin: &OriginAddr,
     req: &OriginRequest,
-) -> Result<OriginReply, u16> {
+) -> Result<OriginReply, OriginError> {
+    let r = attempt(up, vhost, origin, req).await;
+    if r.is_err() {
+        up.stats.failures.fetch_add(1, Relaxed);
+    }
+    r
+}
+
+async fn attempt(
+    up: &Rc<Upstreams>,
+    vhost: &Vhost,
+    origin: &OriginAddr,
+    req: &OriginRequest,
+) -> Result<OriginReply, OriginError> {
     let oo = &vhost.origin_options;
     let label = format!("vhost {}: origin {}", vhost.name, origin.addr);
     let mut retried = false;
@@ -156,8 +164,7 @@ pub async fn send(
         let pooled = if retried {
             None
         } else {
-            shard
-                .pool
+            up.pool
                 .borrow_mut()
                 .take(origin.addr, oo.reuse_timeout, Instant::now())
         };
@@ -166,19 +173,21 @@ pub async fn send(
             Some(c) => c,
             None => match Conn::connect(origin.addr, oo.connect_timeout).await {
                 Ok(c) => {
-                    shard.stats().origin_connects.fetch_add(1, Relaxed);
+                    up.stats.connects.fetch_add(1, Relaxed);
                     c
                 }
                 Err(IoError::TimedOut) => {
-                    log::warn!(
-                        "{label}: connect timed out after {}s -> 504",
-                        oo.connect_timeout.as_secs()
-                    );
-                    return Err(504);
+                    let e = OriginError::ConnectTimeout(oo.connect_timeout.as_secs());
+                    log::warn!("{label}: {e} -> {}", e.status());
+                    return Err(e);
                 }
-                Err(e) => {
-                    log::warn!("{label}: connect failed: {e} -> 502");
-                    return Err(502);
+                Err(IoError::Io(e)) => {
+                    let e = OriginError::Connect(e);
+                    log::warn!("{label}: {e} -> 502");
+                    return Err(e);
+                }
+                Err(IoError::Stopped) => {
+                    return Err(OriginError::Connect(std::io::ErrorKind::Interrupted.into()));
                 }
             },
         };
@@ -191,8 +200,9 @@ pub async fn send(
                 retried = true;
                 continue;
             }
-            log::warn!("{label}: sending the request failed: {e} -> 502");
-            return Err(502);
+            let e = OriginError::Send(e.to_string());
+            log::warn!("{label}: {e} -> 502");
+            return Err(e);
         }
         match read_head(&conn, oo.receive_timeout).await {
             Ok((head, buf)) => {
@@ -202,7 +212,7 @@ pub async fn send(
                     conn: Some(conn),
                     buf,
                     decoder,
-                    shard: shard.clone(),
+                    upstreams: up.clone(),
                     addr: origin.addr,
                     reuse: oo.reuse_timeout,
                     receive: oo.receive_timeout,
@@ -219,12 +229,9 @@ pub async fn send(
             }
             Err(e) => {
                 conn.shutdown();
-                let status = e.status();
-                log::warn!(
-                    "{label}: {} -> {status}",
-                    e.describe(oo.receive_timeout.as_secs())
-                );
-                return Err(status);
+                let e = e.into_error(oo.receive_timeout.as_secs());
+                log::warn!("{label}: {e} -> {}", e.status());
+                return Err(e);
             }
         }
     }
@@ -241,20 +248,12 @@ enum HeadError {
 }
 
 impl HeadError {
-    fn status(&self) -> u16 {
+    fn into_error(self, receive_secs: u64) -> OriginError {
         match self {
-            HeadError::TimedOut => 504,
-            _ => 502,
-        }
-    }
-    fn describe(&self, receive_secs: u64) -> String {
-        match self {
-            HeadError::ClosedEarly | HeadError::Closed => {
-                "closed the connection before a complete response head".into()
-            }
-            HeadError::TimedOut => format!("no response within ReceiveTimeout ({receive_secs}s)"),
-            HeadError::Io(e) => format!("reading the response failed: {e}"),
-            HeadError::Bad(e) => e.to_string(),
+            HeadError::ClosedEarly | HeadError::Closed => OriginError::ClosedBeforeHead,
+            HeadError::TimedOut => OriginError::ResponseTimeout(receive_secs),
+            HeadError::Io(e) => OriginError::BadHead(response::ResponseError::Io(e.kind())),
+            HeadError::Bad(e) => OriginError::BadHead(e),
         }
     }
 }

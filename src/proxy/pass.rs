@@ -1,97 +1,60 @@
 //! Pass-through: requests the cache does not handle (other methods, Authorization,
 //! uncacheable responses) go to the origin and stream back as they are.
 
-use super::heads::{self, client_framing, ClientFraming, Extras, OriginOpts};
-use super::relay::ClientWriter;
-use super::Outcome;
-use crate::config::Vhost;
-use crate::http1::keepalive::Decision;
-use crate::http1::{request::Version, RequestHead};
-use crate::net::Conn;
-use crate::origin::exchange::{self, OriginReply, OriginRequest};
-use crate::shard::Shard;
-use bytes::Bytes;
-use std::net::SocketAddr;
-use std::rc::Rc;
+use super::request::RequestCtx;
+use super::response::{self, Extras};
+use super::upstream::{self, OriginOpts};
+use crate::cache::CacheResult;
+use crate::exchange::{Downstream, ExchangeError};
+use crate::origin::exchange::OriginReply;
 
-/// Forwards the request and relays the response.
-#[allow(clippy::too_many_arguments)] // the request's phases, passed as they are
-pub async fn forward(
-    shard: &Rc<Shard>,
-    client: &Conn,
-    vhost: &Vhost,
-    req: &RequestHead,
-    body: Option<Bytes>,
-    peer: SocketAddr,
-    ka: Decision,
-    x: &Extras<'_>,
-    req_headers: Option<&crate::policy::HeaderList<'_>>,
-) -> Outcome {
-    let origin = exchange::pick(shard, vhost);
-    let head = heads::origin_request(
-        req,
-        origin,
-        peer.ip(),
-        body.as_ref().map(|b| b.len() as u64),
-        &OriginOpts {
-            headers: req_headers,
-            ..OriginOpts::default()
-        },
-    );
-    let oreq = OriginRequest {
-        head: Bytes::from(head),
-        body,
-        idempotent: req.is_idempotent(),
-        head_method: req.is_head(),
+/// Forwards the request (with its body) and relays the response.
+pub async fn forward<D: Downstream>(
+    cx: &RequestCtx<'_>,
+    down: &mut D,
+    result: CacheResult,
+) -> Result<(), ExchangeError> {
+    cx.bypass.set(true);
+    let opts = OriginOpts {
+        headers: cx.req_headers.as_ref(),
+        ..OriginOpts::default()
     };
-    match exchange::send(shard, vhost, origin, &oreq).await {
-        Ok(reply) => relay(shard, client, req, reply, ka, x, false).await,
-        Err(status) => Outcome::Failed(status),
+    let reply = upstream::send(cx, &opts, cx.req.body.clone()).await?;
+    // RFC 9111 §4.4: an unsafe method answered with a non-error status invalidates
+    // every stored variant of the target; a refused one (4xx, 5xx) leaves them.
+    let safe = matches!(cx.head.method(), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE");
+    if !safe && reply.head.status < 400 {
+        cx.shard.shared.cache.invalidate(&cx.key);
     }
+    relay(cx, down, reply, &Extras::new(result)).await
 }
 
-/// Relays an origin response with its headers as they are (less hop-by-hop).
-#[allow(clippy::too_many_arguments)]
-pub async fn relay(
-    shard: &Shard,
-    client: &Conn,
-    req: &RequestHead,
+/// Relays an origin response with its fields as they are (less hop-by-hop).
+pub async fn relay<D: Downstream>(
+    cx: &RequestCtx<'_>,
+    down: &mut D,
     mut reply: OriginReply,
-    ka: Decision,
-    x: &Extras<'_>,
-    head_only: bool,
-) -> Outcome {
-    let framing = client_framing(
-        reply.has_body(),
-        reply.length(),
-        req.version == Version::Http10,
-    );
-    // A drain that started while we waited for the origin closes this connection too.
-    let ka = if framing == ClientFraming::Close || shard.draining() {
-        Decision::Close
-    } else {
-        ka
-    };
-    let head = heads::client_response(&reply.head, framing, ka, x);
-    // `head_only`: a HEAD filled with GET gets the head alone.
-    let mut w = ClientWriter::new(client, head, framing, head_only);
+    x: &Extras,
+) -> Result<(), ExchangeError> {
+    let body = response::origin_body(reply.has_body(), reply.length());
+    let head = response::from_origin(&reply.head, body, cx.vhost.options.headers);
+    response::send_head(cx, down, head, x).await?;
+    let mut offset = 0u64;
     loop {
         match reply.next().await {
             Ok(Some(b)) => {
-                w.chunk(b).await;
-                if w.is_gone() {
-                    return Outcome::Abort;
-                }
+                let n = b.len() as u64;
+                response::send_piece(cx, down, Some(offset), b)
+                    .await
+                    .map_err(|_| ExchangeError::ClientGone)?;
+                offset += n;
             }
             Ok(None) => break,
-            Err(()) => {
-                w.flush().await;
-                return Outcome::Abort;
+            Err(e) => {
+                let _ = down.flush().await;
+                return Err(e.into());
             }
         }
     }
-    if !w.finish().await {
-        return Outcome::Abort;
-    }
-    Outcome::Done { close: ka.closes() }
+    down.finish().await.map_err(|_| ExchangeError::ClientGone)
 }

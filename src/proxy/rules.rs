@@ -6,6 +6,7 @@
 
 use crate::cache::freshness::CacheControl;
 use crate::config::Vhost;
+use crate::exchange::Head;
 use crate::http1::RequestHead;
 use crate::policy::{
     self, ExpiresFacts, ExpiresOutcome, HeaderIter, HeaderList, MatchCtx, Phase, SessionInfo,
@@ -89,43 +90,20 @@ fn protected(name: &[u8]) -> bool {
     .any(|p| p.eq_ignore_ascii_case(name))
 }
 
-/// EXP and MOD-2 on a finished response head (status line + header lines + CRLF).
-/// `result` is the STON code (#CACHEHIT); `ttl_left` the object's remaining TTL.
-pub fn finalize(head: Vec<u8>, f: &RuleFacts<'_>, result: &str, ttl_left: Option<u64>) -> Vec<u8> {
-    // The head is ours (built from validated parts): split it without a parser.
-    let Some(line_end) = memchr::memchr(b'\n', &head).map(|i| i + 1) else {
-        return head;
-    };
-    let status = head
-        .get(9..12)
-        .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
-        .unwrap_or(200);
-    let body_start = head.len().saturating_sub(2).max(line_end);
-    let mut list: HeaderList = Vec::with_capacity(16);
-    let mut kept: HeaderList = Vec::new();
-    let mut mime: Option<&[u8]> = None;
-    let fields = &head[line_end..body_start];
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', fields).chain(std::iter::once(fields.len())) {
-        let l = &fields[start..end];
-        start = end + 1;
-        let l = l.strip_suffix(b"\r").unwrap_or(l);
-        let Some(colon) = memchr::memchr(b':', l) else {
-            continue;
-        };
-        let (n, v) = (&l[..colon], crate::http1::headers::trim(&l[colon + 1..]));
-        if n.eq_ignore_ascii_case(b"content-type") {
-            mime = Some(v);
-        }
-        if protected(n) {
-            kept.push((Cow::Borrowed(n), Cow::Borrowed(v)));
-        } else {
-            list.push((Cow::Borrowed(n), Cow::Borrowed(v)));
-        }
-    }
-    let lookup = HeaderIter(|| f.req.headers());
-    let ctx = f.ctx(&lookup, mime);
+/// EXP and MOD-2 on a response head. `result` is the STON code (#CACHEHIT);
+/// `ttl_left` the object's remaining TTL; `now_s` the request's clock reading.
+pub fn apply_response<'h>(
+    head: &mut Head<'h>,
+    f: &RuleFacts<'_>,
+    result: &str,
+    ttl_left: Option<u64>,
+    now_s: u64,
+) {
+    let status = head.status;
     let o = &f.vhost.options;
+    let mime: Option<Vec<u8>> = head.get(b"content-type").map(<[u8]>::to_vec);
+    let lookup = HeaderIter(|| f.req.headers());
+    let ctx = f.ctx(&lookup, mime.as_deref());
     // Each rule's condition is evaluated once; most responses match none.
     let phase = Phase::Response { status };
     let mut matched: Vec<usize> = Vec::new();
@@ -140,8 +118,12 @@ pub fn finalize(head: Vec<u8>, f: &RuleFacts<'_>, result: &str, ttl_left: Option
         }
     }
     if matched.is_empty() && o.refresh_expires.is_none() {
-        return head;
+        return;
     }
+    // Framing and connection fields are cairn's: the rules neither see nor touch them.
+    let (kept, mut list): (HeaderList<'h>, HeaderList<'h>) = std::mem::take(&mut head.fields)
+        .into_iter()
+        .partition(|(n, _)| protected(n));
     if let Some(base) = o.refresh_expires {
         let get = |name: &[u8]| {
             list.iter()
@@ -150,10 +132,7 @@ pub fn finalize(head: Vec<u8>, f: &RuleFacts<'_>, result: &str, ttl_left: Option
         };
         let cc = get(b"cache-control");
         let facts = ExpiresFacts {
-            now: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            now: now_s,
             request_time: f.request_time_s,
             last_modified: get(b"last-modified")
                 .and_then(|v| crate::httpdate::parse(&v))
@@ -192,17 +171,9 @@ pub fn finalize(head: Vec<u8>, f: &RuleFacts<'_>, result: &str, ttl_left: Option
             session_id: f.session_id,
         };
         policy::modify::apply_matched(&f.vhost.header_rules, &matched, &ctx, &vars, &mut list);
-        // Framing and connection headers are cairn's; no rule may add a second set.
+        // No rule may add a second set of framing or connection fields.
         list.retain(|(n, _)| !protected(n));
     }
-    let mut out = Vec::with_capacity(head.len() + 64);
-    out.extend_from_slice(&head[..line_end]);
-    for (n, v) in list.iter().chain(kept.iter()) {
-        out.extend_from_slice(n);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
+    list.extend(kept);
+    head.fields = list;
 }

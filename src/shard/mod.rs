@@ -7,137 +7,26 @@
 pub mod signals;
 pub mod supervisor;
 
-use crate::config::Config;
-use crate::http1::Limits;
+pub use crate::context::{Live, ShardCtx, ShardStats, Shared};
+use crate::exchange::ConnFacts;
 use crate::net::Conn;
-use crate::origin::Pool;
-use crate::vhost::Router;
-use ahash::AHashMap;
-use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
-/// Counters one shard writes and anyone may read (summed when read). Each is
-/// written by its own shard only, so relaxed atomics suffice and never contend.
-#[derive(Debug, Default)]
-pub struct ShardStats {
-    pub connections: AtomicU64,
-    pub requests: AtomicU64,
-    pub active: AtomicU64,
-    pub restarts: AtomicU64,
-    pub origin_connects: AtomicU64,
-}
-
-/// The configuration in force and what is derived from it. Swapped whole on
-/// reload; a request uses the one it started with.
-pub struct Live {
-    pub config: Arc<Config>,
-    /// One router per listen group, in `config.listeners` order.
-    pub routers: Vec<Router>,
-}
-
-impl Live {
-    pub fn new(config: Arc<Config>) -> Live {
-        let routers = config
-            .listeners
-            .iter()
-            .map(|g| Router::new(&config, &g.vhosts))
-            .collect();
-        Live { config, routers }
-    }
-}
-
-/// What every shard shares (plus its own stats slot).
-pub struct Shared {
-    /// The running configuration; `load()` is a lock-free read.
-    pub live: arc_swap::ArcSwap<Live>,
-    pub limits: Limits,
-    pub stats: Vec<ShardStats>,
-    /// Flips to `true` when the process starts draining.
-    pub drain: watch::Sender<bool>,
-    /// How long in-flight responses may take to finish when draining.
-    pub drain_timeout: Duration,
-    /// Shards whose ring and listeners are up; the banner waits for all of them.
-    pub ready: AtomicU64,
-    pub cache: Arc<crate::cache::Cache>,
-    pub geo: Option<Arc<crate::geoip::GeoDb>>,
-}
-
-impl Shared {
-    pub fn new(config: Arc<Config>, shards: usize, cache: Arc<crate::cache::Cache>) -> Shared {
-        let drain_timeout = config.server.drain_timeout;
-        Shared {
-            live: arc_swap::ArcSwap::from_pointee(Live::new(config)),
-            limits: Limits::default(),
-            stats: (0..shards).map(|_| ShardStats::default()).collect(),
-            drain: watch::channel(false).0,
-            drain_timeout,
-            ready: AtomicU64::new(0),
-            cache,
-            geo: None,
-        }
-    }
-
-    /// Replaces the running configuration. Listen addresses and the cache cannot
-    /// change without a restart (their sockets and files are open): such a config
-    /// is refused whole, and the running one stays in force.
-    pub fn reload(&self, config: Arc<Config>) -> Result<(), String> {
-        let old = self.live.load();
-        let addrs = |c: &Config| c.listeners.iter().map(|g| g.addr).collect::<Vec<_>>();
-        if addrs(&old.config) != addrs(&config) {
-            return Err("listen addresses changed; restart cairn to apply them".into());
-        }
-        if old.config.cache != config.cache {
-            return Err("cache storage settings changed; restart cairn to apply them".into());
-        }
-        if old.config.server.geoip != config.server.geoip
-            || old.config.server.drain_timeout != config.server.drain_timeout
-        {
-            log::warn!("reload: the GeoIP database and the drain timeout keep their running values until a restart");
-        }
-        self.live.store(Arc::new(Live::new(config)));
-        Ok(())
-    }
-}
-
-/// A shard's own state, on its thread only (`Rc`, `Cell`, `RefCell`: no locks).
-pub struct Shard {
-    pub id: usize,
-    pub shared: Arc<Shared>,
-    pub pool: RefCell<Pool>,
-    /// Round-robin position over a vhost's origin addresses.
-    pub rr: Cell<usize>,
-    /// Live client connections, so a drain past its deadline can release them.
-    sessions: RefCell<AHashMap<u64, Conn>>,
-    next_session: Cell<u64>,
-}
-
-impl Shard {
-    pub fn stats(&self) -> &ShardStats {
-        &self.shared.stats[self.id]
-    }
-    pub fn draining(&self) -> bool {
-        *self.shared.drain.borrow()
-    }
-    /// Completes when draining starts.
-    pub async fn drain_started(&self) {
-        let mut rx = self.shared.drain.subscribe();
-        let _ = rx.wait_for(|d| *d).await;
-    }
-}
+/// How often a shard hands its buffered access-log lines to the logger.
+const LOG_FLUSH: Duration = Duration::from_millis(100);
 
 /// Registers a live connection; unregisters when dropped.
 pub struct SessionGuard {
-    shard: Rc<Shard>,
+    shard: Rc<ShardCtx>,
     id: u64,
 }
 
 impl SessionGuard {
-    fn new(shard: Rc<Shard>, conn: Conn) -> SessionGuard {
+    fn new(shard: Rc<ShardCtx>, conn: Conn) -> SessionGuard {
         let id = shard.next_session.get();
         shard.next_session.set(id + 1);
         shard.sessions.borrow_mut().insert(id, conn);
@@ -157,18 +46,19 @@ impl Drop for SessionGuard {
 /// `listeners[g]` is this shard's listener for listen group `g`.
 pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
     tokio_uring::builder().entries(1024).start(async move {
-        let shard = Rc::new(Shard {
-            id,
-            shared: shared.clone(),
-            pool: RefCell::new(Pool::default()),
-            rr: Cell::new(id),
-            sessions: RefCell::new(AHashMap::default()),
-            next_session: Cell::new(0),
-        });
+        let shard = Rc::new(ShardCtx::new(id, shared.clone()));
         for (group, l) in listeners.into_iter().enumerate() {
+            let local = l.local_addr().ok();
             let l = tokio_uring::net::TcpListener::from_std(l);
-            tokio_uring::spawn(accept_loop(shard.clone(), l, group));
+            tokio_uring::spawn(accept_loop(shard.clone(), l, group, local));
         }
+        let flusher = shard.clone();
+        tokio_uring::spawn(async move {
+            loop {
+                tokio::time::sleep(LOG_FLUSH).await;
+                flusher.flush_log();
+            }
+        });
         shared.ready.fetch_add(1, Relaxed);
         shard.drain_started().await;
         let deadline = tokio::time::Instant::now() + shared.drain_timeout;
@@ -187,11 +77,17 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        shard.pool.borrow_mut().clear();
+        shard.upstreams.pool.borrow_mut().clear();
+        shard.flush_log();
     });
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener, group: usize) {
+async fn accept_loop(
+    shard: Rc<ShardCtx>,
+    listener: tokio_uring::net::TcpListener,
+    group: usize,
+    bound: Option<SocketAddr>,
+) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -214,9 +110,23 @@ async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener, 
                 // The connection's future stays small (about 1 KiB): the rare and the
                 // large phases inside `serve` are boxed, so 10k idle keep-alive
                 // connections cost little memory and spawning copies little.
+                // A wildcard listener does not say which address the client reached.
+                let local = match bound {
+                    Some(a) if !a.ip().is_unspecified() => a,
+                    _ => conn.local_addr().unwrap_or_else(|_| {
+                        bound.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+                    }),
+                };
+                let facts = ConnFacts {
+                    peer,
+                    local,
+                    group,
+                    session_id,
+                    tls: false,
+                };
                 tokio_uring::spawn(async move {
                     let _guard = guard;
-                    crate::proxy::serve(s, conn, peer, group, session_id).await;
+                    crate::downstream::http1::serve(s, conn, facts).await;
                 });
             }
             Err(e) => {

@@ -1,0 +1,302 @@
+//! Access-log lines as pure functions of one exchange's facts (LOG-1): STON's W3C
+//! extended form and Apache's combined form. No clock, no IO.
+
+use crate::config::LogForm;
+use std::io::Write;
+use std::net::IpAddr;
+
+/// The W3C header written at the top of every STON-form file.
+pub const W3C_FIELDS: &str = "#Fields: date time s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip cs(User-Agent) sc-status sc-bytes time-taken cs-referer sc-resinfo cs-range sc-cachehit cs-acceptencoding session-id sc-content-length";
+
+/// What one line says about one exchange. Request fields are `None` when the
+/// request could not be parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Entry<'a> {
+    /// When the exchange ended, unix milliseconds.
+    pub end_ms: u64,
+    pub server_ip: Option<IpAddr>,
+    pub server_port: u16,
+    pub client_ip: Option<IpAddr>,
+    pub method: Option<&'a [u8]>,
+    /// Path and query as the client sent them.
+    pub target: Option<&'a [u8]>,
+    pub version: &'a str,
+    pub user_agent: Option<&'a [u8]>,
+    pub referer: Option<&'a [u8]>,
+    pub range: Option<&'a [u8]>,
+    pub accept_encoding: Option<&'a [u8]>,
+    /// 0 when no response was sent.
+    pub status: u16,
+    /// Head and body bytes written to the client.
+    pub bytes_sent: u64,
+    pub time_taken_ms: u64,
+    /// `sc-resinfo`: the response was gzip-encoded / bypassed the cache.
+    pub gzip: bool,
+    pub bypass: bool,
+    pub result: &'a str,
+    pub session_id: u64,
+    pub content_length: Option<u64>,
+}
+
+/// Appends one line (with its newline) in `form`.
+pub fn write(form: LogForm, e: &Entry, out: &mut Vec<u8>) {
+    match form {
+        LogForm::Ston => write_w3c(e, out),
+        LogForm::Apache => write_apache(e, out),
+    }
+}
+
+/// A W3C field: `-` when empty; spaces become `+` so that fields split on spaces.
+fn field(out: &mut Vec<u8>, v: Option<&[u8]>) {
+    match v.filter(|v| !v.is_empty()) {
+        None => out.push(b'-'),
+        Some(v) => out.extend(v.iter().map(|&b| match b {
+            b' ' | b'\t' => b'+',
+            // Control bytes would break a line apart.
+            b if b < 0x20 || b == 0x7f => b'?',
+            b => b,
+        })),
+    }
+}
+
+/// `Accept-Encoding: gzip, deflate` is logged as `gzip+deflate`.
+fn encodings(out: &mut Vec<u8>, v: Option<&[u8]>) {
+    let Some(v) = v.filter(|v| !v.iter().all(|b| b.is_ascii_whitespace())) else {
+        out.push(b'-');
+        return;
+    };
+    let mut first = true;
+    for t in crate::http1::headers::tokens(v) {
+        if !first {
+            out.push(b'+');
+        }
+        first = false;
+        field(out, Some(t));
+    }
+    if first {
+        out.push(b'-');
+    }
+}
+
+fn civil(ms: u64) -> (i64, u32, u32, u64, u64, u64) {
+    let secs = ms / 1000;
+    let (y, m, d) = crate::httpdate::civil_from_days((secs / 86_400) as i64);
+    let t = secs % 86_400;
+    (y, m, d, t / 3600, t / 60 % 60, t % 60)
+}
+
+fn write_w3c(e: &Entry, out: &mut Vec<u8>) {
+    let (y, mo, d, h, mi, s) = civil(e.end_ms);
+    let _ = write!(out, "{y:04}.{mo:02}.{d:02} {h:02}:{mi:02}:{s:02} ");
+    match e.server_ip {
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push(b'-'),
+    }
+    out.push(b' ');
+    field(out, e.method);
+    out.push(b' ');
+    let (stem, query) = match e.target {
+        Some(t) => match memchr::memchr(b'?', t) {
+            Some(q) => (Some(&t[..q]), Some(&t[q + 1..])),
+            None => (Some(t), None),
+        },
+        None => (None, None),
+    };
+    field(out, stem);
+    out.push(b' ');
+    field(out, query);
+    let _ = write!(out, " {} - ", e.server_port);
+    match e.client_ip {
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push(b'-'),
+    }
+    out.push(b' ');
+    field(out, e.user_agent);
+    let _ = write!(out, " {} {} {} ", e.status, e.bytes_sent, e.time_taken_ms);
+    field(out, e.referer);
+    out.push(b' ');
+    match (e.bypass, e.gzip) {
+        (false, false) => out.push(b'-'),
+        (true, false) => out.extend_from_slice(b"Bypass"),
+        (false, true) => out.extend_from_slice(b"gzip"),
+        (true, true) => out.extend_from_slice(b"Bypass+gzip"),
+    }
+    out.push(b' ');
+    let range = e
+        .range
+        .map(|r| crate::http1::headers::trim(r))
+        .map(|r| r.strip_prefix(b"bytes=").unwrap_or(r));
+    field(out, range);
+    out.push(b' ');
+    field(out, Some(e.result.as_bytes()));
+    out.push(b' ');
+    encodings(out, e.accept_encoding);
+    let _ = write!(out, " {} ", e.session_id);
+    match e.content_length {
+        Some(n) => {
+            let _ = write!(out, "{n}");
+        }
+        None => out.push(b'-'),
+    }
+    out.push(b'\n');
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i"`; quotes and
+/// backslashes inside quoted fields are escaped as Apache does.
+fn write_apache(e: &Entry, out: &mut Vec<u8>) {
+    let (y, mo, d, h, mi, s) = civil(e.end_ms);
+    match e.client_ip {
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push(b'-'),
+    }
+    let mon = MONTHS[(mo as usize).clamp(1, 12) - 1];
+    let _ = write!(
+        out,
+        " - - [{d:02}/{mon}/{y:04}:{h:02}:{mi:02}:{s:02} +0000] \""
+    );
+    match (e.method, e.target) {
+        (Some(m), Some(t)) => {
+            quoted(out, m);
+            out.push(b' ');
+            quoted(out, t);
+            out.push(b' ');
+            out.extend_from_slice(e.version.as_bytes());
+        }
+        _ => out.push(b'-'),
+    }
+    let _ = write!(out, "\" {} ", e.status);
+    if e.bytes_sent == 0 {
+        out.push(b'-');
+    } else {
+        let _ = write!(out, "{}", e.bytes_sent);
+    }
+    out.extend_from_slice(b" \"");
+    quoted(out, e.referer.unwrap_or(b"-"));
+    out.extend_from_slice(b"\" \"");
+    quoted(out, e.user_agent.unwrap_or(b"-"));
+    out.extend_from_slice(b"\"\n");
+}
+
+fn quoted(out: &mut Vec<u8>, v: &[u8]) {
+    for &b in v {
+        match b {
+            b'"' | b'\\' => {
+                out.push(b'\\');
+                out.push(b);
+            }
+            b if b < 0x20 || b >= 0x7f => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+            b => out.push(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            end_ms: 1_340_815_944_000, // 2012-06-27 16:52:24 UTC
+            server_ip: Some("220.134.10.5".parse().unwrap()),
+            server_port: 80,
+            client_ip: Some("61.50.7.9".parse().unwrap()),
+            method: Some(b"GET"),
+            target: Some(b"/web/h.gif"),
+            version: "HTTP/1.1",
+            user_agent: Some(b"Chrome/19.0 (X11; Linux)"),
+            referer: None,
+            range: None,
+            accept_encoding: Some(b"gzip, deflate"),
+            status: 200,
+            bytes_sent: 98141,
+            time_taken_ms: 5,
+            gzip: true,
+            bypass: false,
+            result: "TCP_HIT",
+            session_id: 7,
+            content_length: Some(1273735),
+        }
+    }
+
+    fn line(form: LogForm, e: &Entry) -> String {
+        let mut out = Vec::new();
+        write(form, e, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn w3c_matches_the_fields_line() {
+        // (entry change, the line expected)
+        let mut e = entry();
+        let l = line(LogForm::Ston, &e);
+        assert_eq!(
+            l,
+            "2012.06.27 16:52:24 220.134.10.5 GET /web/h.gif - 80 - 61.50.7.9 Chrome/19.0+(X11;+Linux) 200 98141 5 - gzip - TCP_HIT gzip+deflate 7 1273735\n"
+        );
+        let names = W3C_FIELDS
+            .trim_start_matches("#Fields: ")
+            .split(' ')
+            .count();
+        assert_eq!(l.trim_end().split(' ').count(), names);
+        e.target = Some(b"/a b?x=1&y=2");
+        e.range = Some(b"bytes=0-99");
+        e.bypass = true;
+        e.gzip = false;
+        e.user_agent = Some(b"");
+        e.accept_encoding = None;
+        e.content_length = None;
+        let l = line(LogForm::Ston, &e);
+        assert!(
+            l.contains(" GET /a+b x=1&y=2 80 - 61.50.7.9 - 200 ")
+                && l.contains(" - Bypass 0-99 TCP_HIT - 7 -\n"),
+            "{l}"
+        );
+        assert_eq!(l.trim_end().split(' ').count(), names);
+        // An unparsed request: every request field is `-`, still the same count.
+        let bare = Entry {
+            end_ms: 0,
+            status: 400,
+            result: "TCP_ERROR",
+            ..Default::default()
+        };
+        let l = line(LogForm::Ston, &bare);
+        assert!(
+            l.starts_with("1970.01.01 00:00:00 - - - - 0 - - - 400 0 0"),
+            "{l}"
+        );
+        assert_eq!(l.trim_end().split(' ').count(), names);
+        // A newline inside a value cannot start a second line.
+        e.user_agent = Some(b"x\r\ny");
+        assert_eq!(line(LogForm::Ston, &e).matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn apache_combined() {
+        let mut e = entry();
+        e.referer = Some(b"http://a/\"x\"");
+        assert_eq!(
+            line(LogForm::Apache, &e),
+            "61.50.7.9 - - [27/Jun/2012:16:52:24 +0000] \"GET /web/h.gif HTTP/1.1\" 200 98141 \"http://a/\\\"x\\\"\" \"Chrome/19.0 (X11; Linux)\"\n"
+        );
+        let bare = Entry {
+            status: 400,
+            ..Default::default()
+        };
+        assert_eq!(
+            line(LogForm::Apache, &bare),
+            "- - - [01/Jan/1970:00:00:00 +0000] \"-\" 400 - \"-\" \"-\"\n"
+        );
+    }
+}

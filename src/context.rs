@@ -1,0 +1,154 @@
+//! What a shard and everything above it share: the running configuration, the
+//! counters, the drain signal, the cache, and one shard's own state
+//! ([`ShardCtx`]: origin pools and balancers, the session table, its access-log
+//! buffer). This module sits below `proxy/` and `shard/`: both use it, neither is
+//! imported by it, so the request path no longer reaches back into the runtime.
+
+use crate::accesslog::{LogQueues, ShardLog};
+use crate::config::Config;
+use crate::http1::Limits;
+use crate::net::Conn;
+use crate::origin::{OriginStats, Upstreams};
+use crate::vhost::Router;
+use ahash::AHashMap;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Counters one shard writes and anyone may read (summed when read). Each is
+/// written by its own shard only, so relaxed atomics suffice and never contend.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    pub connections: AtomicU64,
+    pub requests: AtomicU64,
+    pub active: AtomicU64,
+    pub restarts: AtomicU64,
+    pub origin: Arc<OriginStats>,
+    /// Access-log lines produced and lines dropped because the logger fell behind.
+    pub log_lines: AtomicU64,
+    pub log_dropped: AtomicU64,
+}
+
+/// The configuration in force and what is derived from it. Swapped whole on
+/// reload; a request uses the one it started with.
+pub struct Live {
+    pub config: Arc<Config>,
+    /// One router per listen group, in `config.listeners` order.
+    pub routers: Vec<Router>,
+}
+
+impl Live {
+    pub fn new(config: Arc<Config>) -> Live {
+        let routers = config
+            .listeners
+            .iter()
+            .map(|g| Router::new(&config, &g.vhosts))
+            .collect();
+        Live { config, routers }
+    }
+}
+
+/// What every shard shares (plus its own stats slot).
+pub struct Shared {
+    /// The running configuration; `load()` is a lock-free read.
+    pub live: arc_swap::ArcSwap<Live>,
+    pub limits: Limits,
+    pub stats: Vec<ShardStats>,
+    /// Flips to `true` when the process starts draining.
+    pub drain: watch::Sender<bool>,
+    /// How long in-flight responses may take to finish when draining.
+    pub drain_timeout: Duration,
+    /// Shards whose ring and listeners are up; the banner waits for all of them.
+    pub ready: AtomicU64,
+    pub cache: Arc<crate::cache::Cache>,
+    pub geo: Option<Arc<crate::geoip::GeoDb>>,
+    /// Each shard's bounded queue to the logger thread.
+    pub log_queues: LogQueues,
+}
+
+impl Shared {
+    pub fn new(config: Arc<Config>, shards: usize, cache: Arc<crate::cache::Cache>) -> Shared {
+        let drain_timeout = config.server.drain_timeout;
+        Shared {
+            live: arc_swap::ArcSwap::from_pointee(Live::new(config)),
+            limits: Limits::default(),
+            stats: (0..shards).map(|_| ShardStats::default()).collect(),
+            drain: watch::channel(false).0,
+            drain_timeout,
+            ready: AtomicU64::new(0),
+            cache,
+            geo: None,
+            log_queues: LogQueues::disconnected(shards),
+        }
+    }
+
+    /// Replaces the running configuration. Listen addresses and the cache cannot
+    /// change without a restart (their sockets and files are open): such a config
+    /// is refused whole, and the running one stays in force.
+    pub fn reload(&self, config: Arc<Config>) -> Result<(), String> {
+        let old = self.live.load();
+        let addrs = |c: &Config| c.listeners.iter().map(|g| g.addr).collect::<Vec<_>>();
+        if addrs(&old.config) != addrs(&config) {
+            return Err("listen addresses changed; restart cairn to apply them".into());
+        }
+        if old.config.cache != config.cache {
+            return Err("cache storage settings changed; restart cairn to apply them".into());
+        }
+        if old.config.server.geoip != config.server.geoip
+            || old.config.server.drain_timeout != config.server.drain_timeout
+        {
+            log::warn!("reload: the GeoIP database and the drain timeout keep their running values until a restart");
+        }
+        self.live.store(Arc::new(Live::new(config)));
+        Ok(())
+    }
+}
+
+/// A shard's own state, on its thread only (`Rc`, `Cell`, `RefCell`: no locks).
+pub struct ShardCtx {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub upstreams: Rc<Upstreams>,
+    pub log: ShardLog,
+    /// Live client connections, so a drain past its deadline can release them.
+    pub sessions: RefCell<AHashMap<u64, Conn>>,
+    pub next_session: Cell<u64>,
+}
+
+impl ShardCtx {
+    pub fn new(id: usize, shared: Arc<Shared>) -> ShardCtx {
+        let upstreams = Rc::new(Upstreams::new(id, shared.stats[id].origin.clone()));
+        let log = ShardLog::new(shared.log_queues.sender(id));
+        ShardCtx {
+            id,
+            shared,
+            upstreams,
+            log,
+            sessions: RefCell::new(AHashMap::default()),
+            next_session: Cell::new(0),
+        }
+    }
+    pub fn stats(&self) -> &ShardStats {
+        &self.shared.stats[self.id]
+    }
+    pub fn draining(&self) -> bool {
+        *self.shared.drain.borrow()
+    }
+    /// Completes when draining starts.
+    pub async fn drain_started(&self) {
+        let mut rx = self.shared.drain.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+    /// Hands this shard's buffered log lines to the logger (counting what the full
+    /// queue refused).
+    pub fn flush_log(&self) {
+        let s = self.stats();
+        let dropped = self.log.flush();
+        if dropped > 0 {
+            s.log_dropped.fetch_add(dropped, Relaxed);
+        }
+    }
+}

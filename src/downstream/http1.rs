@@ -1,0 +1,522 @@
+//! HTTP/1.x toward clients: the connection loop (parse, pipelining, bodies and
+//! 100-continue, lingering close) and the HTTP/1 side of the seam: keep-alive
+//! decisions (KA-1..7), framing (Content-Length, chunked, close-delimited for
+//! 1.0), and rendering a structured head to bytes at the very last moment.
+
+use crate::context::ShardCtx;
+use crate::exchange::error::TOO_LARGE;
+use crate::exchange::{
+    BodyLen, ClientGone, ConnFacts, Downstream, ExchangeError, Head, Protocol, Request,
+};
+use crate::http1::body::{chunk_header, BodyDecoder, BodyError, Decoded, LAST_CHUNK};
+use crate::http1::headers::reason;
+use crate::http1::keepalive::{self, Decision, RequestFacts};
+use crate::http1::request::{self, Framing, Version};
+use crate::http1::{Limits, RequestHead};
+use crate::net::{Conn, IoError};
+use crate::proxy::{self, Refused};
+use bytes::{Bytes, BytesMut};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Longest a client may take to accept response bytes before we give up on it
+/// (per write that makes progress, like nginx's send_timeout).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connection's read buffer between requests: enough for a typical request head.
+const IDLE_BUFFER: usize = 2048;
+/// Read buffers above this size are not kept across idle keep-alive periods.
+const KEEP_BUFFER: usize = 64 * 1024;
+/// Pending pieces before a flush.
+const MAX_PENDING: usize = 64;
+
+/// How the response body is delimited toward the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// No body follows (HEAD, 204, 304): an origin's Content-Length field passes through.
+    NoBody,
+    Length(u64),
+    /// Chunked toward an HTTP/1.1 client (origin was chunked or close-delimited).
+    Chunked,
+    /// HTTP/1.0 client and no known length: the body ends when we close.
+    Close,
+}
+
+/// The framing for a body of `body` length toward a client of `version`.
+pub fn framing_for(body: BodyLen, version: Version) -> ClientFraming {
+    match body {
+        BodyLen::Empty => ClientFraming::NoBody,
+        BodyLen::Known(n) => ClientFraming::Length(n),
+        BodyLen::Unknown if version == Version::Http10 => ClientFraming::Close,
+        BodyLen::Unknown => ClientFraming::Chunked,
+    }
+}
+
+/// The HTTP/1.1 bytes of a head: status line, fields, framing, connection fields.
+pub fn render_head(head: &Head<'_>, framing: ClientFraming, ka: Decision) -> Vec<u8> {
+    let size: usize = head.fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let mut out = Vec::with_capacity(size + 128);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(head.status).as_slice());
+    out.push(b' ');
+    match head.reason {
+        Some(r) => out.extend_from_slice(r),
+        None => out.extend_from_slice(reason(head.status).as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in &head.fields {
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ClientFraming::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        ClientFraming::NoBody | ClientFraming::Close => {}
+    }
+    ka.write_headers(&mut out);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn itoa3(status: u16) -> [u8; 3] {
+    let s = status.clamp(100, 999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing sent yet.
+    Fresh,
+    Streaming,
+    Done,
+    Aborted,
+}
+
+/// One exchange on an HTTP/1 connection.
+pub struct H1Exchange<'c> {
+    conn: &'c Conn,
+    shard: &'c ShardCtx,
+    version: Version,
+    head_request: bool,
+    facts: RequestFacts,
+    nth: u32,
+    /// Close after this response whatever the policy says (an unread body, an error).
+    force_close: bool,
+    ka: Decision,
+    /// KA-6: the vhost's idle timeout for the wait that follows.
+    idle: Option<Duration>,
+    framing: ClientFraming,
+    pending: Vec<Bytes>,
+    sent: u64,
+    state: State,
+}
+
+impl<'c> H1Exchange<'c> {
+    fn new(
+        conn: &'c Conn,
+        shard: &'c ShardCtx,
+        head: Option<&RequestHead>,
+        nth: u32,
+        force_close: bool,
+    ) -> H1Exchange<'c> {
+        let facts = match head {
+            Some(h) => RequestFacts {
+                version: h.version,
+                client_close: h.close,
+                client_keep_alive: h.keep_alive,
+            },
+            None => RequestFacts {
+                version: Version::Http11,
+                client_close: true,
+                client_keep_alive: false,
+            },
+        };
+        H1Exchange {
+            conn,
+            shard,
+            version: facts.version,
+            head_request: head.is_some_and(RequestHead::is_head),
+            facts,
+            nth,
+            force_close: force_close || head.is_none(),
+            ka: Decision::Close,
+            idle: None,
+            framing: ClientFraming::NoBody,
+            pending: Vec::new(),
+            sent: 0,
+            state: State::Fresh,
+        }
+    }
+
+    fn closes(&self) -> bool {
+        self.ka.closes() || self.framing == ClientFraming::Close
+    }
+}
+
+impl Downstream for H1Exchange<'_> {
+    fn bind_vhost(&mut self, vhost: &crate::config::Vhost) {
+        let policy = &vhost.options.keep_alive;
+        self.ka = keepalive::decide(policy, self.facts, self.nth, self.force_close);
+        self.idle = Some(Duration::from_secs(u64::from(policy.timeout_secs)));
+    }
+
+    async fn send_head(&mut self, head: &Head<'_>) -> Result<(), ClientGone> {
+        if self.state != State::Fresh {
+            return Err(ClientGone);
+        }
+        self.framing = framing_for(head.body, self.version);
+        // Re-decided here: a drain may have started while we waited for the origin.
+        if self.framing == ClientFraming::Close || self.shard.draining() {
+            self.ka = Decision::Close;
+        }
+        self.pending
+            .push(Bytes::from(render_head(head, self.framing, self.ka)));
+        self.state = State::Streaming;
+        Ok(())
+    }
+
+    async fn send_body(&mut self, piece: Bytes) -> Result<(), ClientGone> {
+        if self.state != State::Streaming {
+            return Err(ClientGone);
+        }
+        if self.head_request || piece.is_empty() || self.framing == ClientFraming::NoBody {
+            return Ok(());
+        }
+        if self.framing == ClientFraming::Chunked {
+            self.pending.push(chunk_header(piece.len()));
+            self.pending.push(piece);
+            self.pending.push(Bytes::from_static(b"\r\n"));
+        } else {
+            self.pending.push(piece);
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ClientGone> {
+        if self.state == State::Aborted {
+            return Err(ClientGone);
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let bufs = std::mem::take(&mut self.pending);
+        let n: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        match self.conn.writev_all(bufs, SEND_TIMEOUT).await {
+            Ok(()) => {
+                self.sent += n;
+                Ok(())
+            }
+            Err(e) => {
+                if !matches!(e, IoError::Io(ref io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+                {
+                    log::debug!("client write failed: {e}");
+                }
+                self.state = State::Aborted;
+                Err(ClientGone)
+            }
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), ClientGone> {
+        if self.state != State::Streaming {
+            return Err(ClientGone);
+        }
+        if self.framing == ClientFraming::Chunked && !self.head_request {
+            self.pending.push(Bytes::from_static(LAST_CHUNK));
+        }
+        self.flush().await?;
+        self.state = State::Done;
+        Ok(())
+    }
+
+    fn abort(&mut self) {
+        self.pending.clear();
+        self.state = State::Aborted;
+    }
+
+    fn head_sent(&self) -> bool {
+        self.state != State::Fresh
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+}
+
+enum Next {
+    Head(RequestHead),
+    /// The connection is finished (closed by the client, idle timeout, drain).
+    Closed,
+    /// The request cannot be read: answer and close.
+    Refuse(ExchangeError),
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
+    let shared = shard.shared.clone();
+    let start = shared.live.load_full();
+    let config = &start.config;
+    let limits = shared.limits;
+    let request_timeout = config.server.request_timeout;
+    let first_vhost = config.listeners[facts.group].vhosts[0];
+    let mut idle = Duration::from_secs(u64::from(
+        config.vhosts[first_vhost].options.keep_alive.timeout_secs,
+    ));
+    drop(start);
+    let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
+    let mut nth: u32 = 0;
+    loop {
+        if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
+            rbuf = BytesMut::with_capacity(IDLE_BUFFER);
+        }
+        let next = Box::pin(next_head(
+            &shard,
+            &conn,
+            &mut rbuf,
+            &limits,
+            idle,
+            request_timeout,
+        ))
+        .await;
+        let received = std::time::Instant::now();
+        let head = match next {
+            Next::Head(h) => h,
+            Next::Closed => {
+                conn.shutdown();
+                return;
+            }
+            Next::Refuse(e) => {
+                let mut ex = H1Exchange::new(&conn, &shard, None, nth + 1, true);
+                let r = Refused {
+                    conn: &facts,
+                    head: None,
+                    protocol: Protocol::Http11,
+                    received,
+                };
+                Box::pin(proxy::refuse(&shard, &r, &mut ex, e)).await;
+                Box::pin(conn.close_gracefully()).await;
+                return;
+            }
+        };
+        nth = nth.saturating_add(1);
+        shard.stats().requests.fetch_add(1, Relaxed);
+        let protocol = match head.version {
+            Version::Http10 => Protocol::Http10,
+            Version::Http11 => Protocol::Http11,
+        };
+        let body =
+            match Box::pin(read_body(&conn, &mut rbuf, &head, &limits, request_timeout)).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let mut ex = H1Exchange::new(&conn, &shard, Some(&head), nth, true);
+                    let r = Refused {
+                        conn: &facts,
+                        head: Some(&head),
+                        protocol,
+                        received,
+                    };
+                    let gone = matches!(e, ExchangeError::ClientGone);
+                    Box::pin(proxy::refuse(&shard, &r, &mut ex, e)).await;
+                    if gone {
+                        conn.shutdown();
+                    } else {
+                        Box::pin(conn.close_gracefully()).await;
+                    }
+                    return;
+                }
+            };
+        let req = Request {
+            head,
+            body,
+            protocol,
+            conn: facts,
+            received,
+        };
+        let mut ex = H1Exchange::new(&conn, &shard, Some(&req.head), nth, shard.draining());
+        Box::pin(proxy::serve(&shard, &req, &mut ex)).await;
+        if let Some(t) = ex.idle {
+            idle = t;
+        }
+        match ex.state {
+            State::Done if !ex.closes() => {}
+            State::Done => {
+                Box::pin(conn.close_gracefully()).await;
+                return;
+            }
+            State::Aborted | State::Streaming | State::Fresh => {
+                conn.shutdown();
+                return;
+            }
+        }
+    }
+}
+
+/// Parses the next request head, reading as needed. An empty buffer waits with the
+/// keep-alive idle timeout (KA-6) and gives up when the shard drains; once a head
+/// has started, all of it must arrive within `request_timeout` (one deadline, not
+/// per read, so a byte-at-a-time client cannot hold the connection), else 408.
+async fn next_head(
+    shard: &ShardCtx,
+    conn: &Conn,
+    rbuf: &mut BytesMut,
+    limits: &Limits,
+    idle: Duration,
+    request_timeout: Duration,
+) -> Next {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        match request::parse(rbuf, limits) {
+            Ok(Some(h)) => return Next::Head(h),
+            Ok(None) => {}
+            Err(e) => return Next::Refuse(e.into()),
+        }
+        let waiting_idle = rbuf.iter().all(|b| matches!(b, b'\r' | b'\n'));
+        let r = if waiting_idle {
+            if shard.draining() {
+                return Next::Closed;
+            }
+            conn.read_or_stop(rbuf, idle, shard.drain_started()).await
+        } else {
+            let d = *deadline.get_or_insert_with(|| Instant::now() + request_timeout);
+            conn.read(rbuf, d.saturating_duration_since(Instant::now()))
+                .await
+        };
+        match r {
+            Ok(0) => return Next::Closed,
+            Ok(_) => {}
+            Err(IoError::TimedOut) if !waiting_idle => {
+                return Next::Refuse(ExchangeError::ClientTimeout)
+            }
+            Err(_) => return Next::Closed,
+        }
+    }
+}
+
+/// Reads a request body in full (bodies are buffered up to `Limits::max_body`, as
+/// nginx's proxy_request_buffering does, so the origin sees one Content-Length).
+async fn read_body(
+    conn: &Conn,
+    rbuf: &mut BytesMut,
+    head: &RequestHead,
+    limits: &Limits,
+    request_timeout: Duration,
+) -> Result<Option<Bytes>, ExchangeError> {
+    let mut decoder = match head.framing {
+        Framing::None => return Ok(None),
+        Framing::Length(n) => BodyDecoder::length(n),
+        Framing::Chunked => BodyDecoder::chunked(limits.max_body),
+    };
+    // RFC 9110 §10.1.1: only HTTP/1.1 clients get an interim 100.
+    if head.expect_continue && head.version == Version::Http11 && rbuf.is_empty() {
+        conn.write_all(
+            Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            SEND_TIMEOUT,
+        )
+        .await
+        .map_err(|_| ExchangeError::ClientGone)?;
+    }
+    // One deadline for the whole body, not per read.
+    let deadline = Instant::now() + request_timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let read_err = |e: IoError| match e {
+        IoError::TimedOut => ExchangeError::ClientTimeout,
+        _ => ExchangeError::ClientGone,
+    };
+    if let Framing::Length(n) = head.framing {
+        // Fast path: gather in the read buffer and split once, no copy.
+        while (rbuf.len() as u64) < n {
+            rbuf.reserve((n as usize - rbuf.len()).min(1 << 20));
+            match conn.read(rbuf, left()).await {
+                Ok(0) => return Err(ExchangeError::ClientGone),
+                Ok(_) => {}
+                Err(e) => return Err(read_err(e)),
+            }
+        }
+        return Ok(Some(rbuf.split_to(n as usize).freeze()));
+    }
+    let mut body = BytesMut::new();
+    loop {
+        match decoder.decode(rbuf) {
+            Ok(Decoded::Data(b)) => body.extend_from_slice(&b),
+            Ok(Decoded::Done) => return Ok(Some(body.freeze())),
+            Ok(Decoded::NeedMore) => match conn.read(rbuf, left()).await {
+                Ok(0) => return Err(ExchangeError::ClientGone),
+                Ok(_) => {}
+                Err(e) => return Err(read_err(e)),
+            },
+            Err(BodyError::TooLarge) => return Err(ExchangeError::RequestBody(TOO_LARGE)),
+            Err(_) => return Err(ExchangeError::RequestBody("malformed chunked body")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    #[test]
+    fn framing_table() {
+        use ClientFraming::*;
+        use Version::*;
+        // (body, client version, framing)
+        let table = [
+            (BodyLen::Empty, Http11, NoBody),
+            (BodyLen::Known(5), Http11, Length(5)),
+            (BodyLen::Known(5), Http10, Length(5)),
+            (BodyLen::Unknown, Http11, Chunked),
+            (BodyLen::Unknown, Http10, Close),
+        ];
+        for (body, v, want) in table {
+            assert_eq!(framing_for(body, v), want, "{body:?} {v:?}");
+        }
+    }
+
+    #[test]
+    fn heads_render_once_with_framing_and_connection_fields() {
+        let mut h = Head::new(200, BodyLen::Unknown);
+        h.reason = Some(b"Fine");
+        h.push(b"ETag", &b"\"e\""[..]);
+        h.fields
+            .push((Cow::Borrowed(b"X-Cache"), Cow::Borrowed(b"TCP_MISS")));
+        let out = render_head(&h, ClientFraming::Chunked, Decision::Close);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 Fine\r\nETag: \"e\"\r\nX-Cache: TCP_MISS\r\nTransfer-Encoding: chunked\r\nConnection: Close\r\n\r\n"
+        );
+        let mut h = Head::new(304, BodyLen::Empty);
+        h.push(b"Content-Length", &b"10"[..]);
+        let ka = Decision::KeepAlive {
+            timeout: Some(10),
+            max: Some(3),
+        };
+        let out = render_head(&h, framing_for(h.body, Version::Http11), ka);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=10, max=3\r\n\r\n"
+        );
+        let out = render_head(
+            &Head::new(404, BodyLen::Known(0)),
+            ClientFraming::Length(0),
+            Decision::Close,
+        );
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .starts_with("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"));
+    }
+}

@@ -1,0 +1,169 @@
+//! Why an exchange failed, in one place: who is at fault, whether another attempt
+//! is allowed, the client's status and the STON result code.
+
+use crate::cache::CacheResult;
+use crate::http1::RequestError;
+use crate::origin::OriginError;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something we refuse, or went away.
+    Client,
+    /// The origin (or the network to it) failed.
+    Origin,
+    /// cairn itself.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("{0}")]
+    Request(#[from] RequestError),
+    #[error("request body: {0}")]
+    RequestBody(&'static str),
+    #[error("the client took too long to send the request")]
+    ClientTimeout,
+    #[error("the client went away")]
+    ClientGone,
+    #[error("no vhost serves this Host")]
+    UnknownVhost,
+    #[error("origin: {0}")]
+    Origin(#[from] OriginError),
+    #[error("the request this one followed failed at the origin")]
+    FillFailed,
+    #[error("the request this one followed did not answer in time")]
+    FillTimeout,
+    #[error("internal: {0}")]
+    Internal(&'static str),
+}
+
+impl ExchangeError {
+    pub fn fault(&self) -> Fault {
+        match self {
+            ExchangeError::Request(_)
+            | ExchangeError::RequestBody(_)
+            | ExchangeError::ClientTimeout
+            | ExchangeError::ClientGone
+            | ExchangeError::UnknownVhost => Fault::Client,
+            ExchangeError::Origin(_) | ExchangeError::FillFailed | ExchangeError::FillTimeout => {
+                Fault::Origin
+            }
+            ExchangeError::Internal(_) => Fault::Internal,
+        }
+    }
+
+    /// May the same request be tried again (on another origin address)? Only an
+    /// origin failure before any response byte; never a client's fault.
+    pub fn retry_allowed(&self) -> bool {
+        match self {
+            ExchangeError::Origin(e) => e.before_response(),
+            _ => false,
+        }
+    }
+
+    /// The status the client gets when nothing has been sent to it yet.
+    pub fn status(&self) -> u16 {
+        match self {
+            ExchangeError::Request(e) => e.status(),
+            ExchangeError::RequestBody(why) if *why == TOO_LARGE => 413,
+            ExchangeError::RequestBody(_) => 400,
+            ExchangeError::ClientTimeout => 408,
+            // Nobody is listening; logged as STON does for a vanished client.
+            ExchangeError::ClientGone => 499,
+            ExchangeError::UnknownVhost => 404,
+            ExchangeError::Origin(e) => e.status(),
+            ExchangeError::FillFailed => 502,
+            ExchangeError::FillTimeout => 504,
+            ExchangeError::Internal(_) => 500,
+        }
+    }
+
+    /// `sc-cachehit` for an exchange that ended in this error.
+    pub fn result(&self) -> CacheResult {
+        CacheResult::Error
+    }
+}
+
+/// The reason of a request body over the limit (`RequestBody`), answered 413.
+pub const TOO_LARGE: &str = "larger than the limit";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_table_for_fault_retry_and_status() {
+        use std::io;
+        let table: Vec<(ExchangeError, Fault, bool, u16)> = vec![
+            (RequestError::UriTooLong.into(), Fault::Client, false, 414),
+            (
+                RequestError::BadSyntax("x").into(),
+                Fault::Client,
+                false,
+                400,
+            ),
+            (
+                ExchangeError::RequestBody(TOO_LARGE),
+                Fault::Client,
+                false,
+                413,
+            ),
+            (
+                ExchangeError::RequestBody("bad chunk"),
+                Fault::Client,
+                false,
+                400,
+            ),
+            (ExchangeError::ClientTimeout, Fault::Client, false, 408),
+            (ExchangeError::UnknownVhost, Fault::Client, false, 404),
+            (
+                OriginError::ConnectTimeout(3).into(),
+                Fault::Origin,
+                true,
+                504,
+            ),
+            (
+                OriginError::Connect(io::ErrorKind::ConnectionRefused.into()).into(),
+                Fault::Origin,
+                true,
+                502,
+            ),
+            (
+                OriginError::ResponseTimeout(10).into(),
+                Fault::Origin,
+                true,
+                504,
+            ),
+            (
+                OriginError::ClosedBeforeHead.into(),
+                Fault::Origin,
+                true,
+                502,
+            ),
+            (
+                OriginError::BadHead(crate::http1::ResponseError::Malformed).into(),
+                Fault::Origin,
+                false,
+                502,
+            ),
+            (
+                OriginError::BodyBroken("x".into()).into(),
+                Fault::Origin,
+                false,
+                502,
+            ),
+            (ExchangeError::FillFailed, Fault::Origin, false, 502),
+            (ExchangeError::FillTimeout, Fault::Origin, false, 504),
+            (ExchangeError::Internal("x"), Fault::Internal, false, 500),
+        ];
+        for (e, fault, retry, status) in table {
+            assert_eq!(
+                (e.fault(), e.retry_allowed(), e.status()),
+                (fault, retry, status),
+                "{e}"
+            );
+            assert_eq!(e.result().code(), "TCP_ERROR");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! One exchange, whatever the protocol: the request's facts ([`Request`]), the
+//! structured response head ([`Head`]), the client side as a seam
+//! ([`Downstream`]), and why an exchange failed ([`ExchangeError`]). HTTP/1.1
+//! implements the seam today (`downstream::http1`); HTTP/2 plugs in beside it.
+
+pub mod error;
+pub mod head;
+
+pub use error::{ExchangeError, Fault};
+pub use head::{BodyLen, Head};
+
+use crate::http1::RequestHead;
+use bytes::Bytes;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http10,
+    Http11,
+    H2,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http10 => "HTTP/1.0",
+            Protocol::Http11 => "HTTP/1.1",
+            Protocol::H2 => "HTTP/2.0",
+        }
+    }
+}
+
+/// What the connection says about every request on it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnFacts {
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+    /// Which listen group accepted the connection (its vhosts are the candidates).
+    pub group: usize,
+    /// Unique per process (#SESSIONID, `session-id`).
+    pub session_id: u64,
+    pub tls: bool,
+}
+
+/// One request as the request path sees it. `head` holds method, target,
+/// authority and fields; HTTP/2 builds the same from its pseudo-headers.
+#[derive(Debug)]
+pub struct Request {
+    pub head: RequestHead,
+    /// The body, read in full by the downstream before the exchange starts.
+    pub body: Option<Bytes>,
+    pub protocol: Protocol,
+    pub conn: ConnFacts,
+    /// When the request's head was complete, for `time-taken`.
+    pub received: std::time::Instant,
+}
+
+/// Why a send failed: the client is gone (or too slow); the exchange cannot
+/// reach it any more. Fills go on for other clients regardless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client went away")]
+pub struct ClientGone;
+
+/// The client side of one exchange. The request path calls, in order:
+/// [`bind_vhost`](Downstream::bind_vhost) once the vhost is known,
+/// [`send_head`](Downstream::send_head), any number of
+/// [`send_body`](Downstream::send_body) (with [`flush`](Downstream::flush) when
+/// it is about to wait), then [`finish`](Downstream::finish) or
+/// [`abort`](Downstream::abort). The protocol owns framing, connection
+/// management and rendering; shards are single-threaded, so no future is `Send`.
+#[allow(async_fn_in_trait)]
+pub trait Downstream {
+    /// The vhost that serves this request: its keep-alive policy (HTTP/1) applies.
+    fn bind_vhost(&mut self, vhost: &crate::config::Vhost);
+    /// Sends (or queues) the head. Body pieces queued right after it go out in
+    /// the same vectored write.
+    async fn send_head(&mut self, head: &Head<'_>) -> Result<(), ClientGone>;
+    /// Queues a piece of body; may write when enough is queued.
+    async fn send_body(&mut self, piece: Bytes) -> Result<(), ClientGone>;
+    /// Writes what is queued (before the caller waits for more).
+    async fn flush(&mut self) -> Result<(), ClientGone>;
+    /// Ends the response cleanly.
+    async fn finish(&mut self) -> Result<(), ClientGone>;
+    /// Cuts the response off so the client sees a break, not a complete response.
+    fn abort(&mut self);
+    fn head_sent(&self) -> bool;
+    /// Bytes written to the client so far (head, framing and body).
+    fn bytes_sent(&self) -> u64;
+}

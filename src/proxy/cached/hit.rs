@@ -1,0 +1,89 @@
+//! Answering from a stored object: 200, 304 (client conditional), 206 (one range
+//! or multipart), 416. The head and the body (a `Bytes` over the segment
+//! mapping) are handed to the downstream together, so HTTP/1 writes them in one
+//! vectored submission without copying the body.
+
+use super::conditional::{if_range_allows, not_modified};
+use super::multipart::multipart;
+use crate::cache::{CacheResult, Hit};
+use crate::exchange::{BodyLen, Downstream, ExchangeError, Head};
+use crate::http1::range::{self, RangeReply};
+use crate::proxy::request::RequestCtx;
+use crate::proxy::response::{self, Extras};
+
+pub async fn send_hit<D: Downstream>(
+    cx: &RequestCtx<'_>,
+    down: &mut D,
+    hit: &Hit,
+    result: CacheResult,
+) -> Result<(), ExchangeError> {
+    let o = &cx.vhost.options;
+    let now = cx.now_ms;
+    let mut x = Extras::new(result);
+    x.ttl_left = Some(hit.times.ttl_left_s(now));
+    if o.age_header {
+        x.age = Some(hit.times.current_age_ms(now) / 1000);
+    }
+    let gone = |_| ExchangeError::ClientGone;
+    if not_modified(cx.head, hit, o) {
+        x.result = CacheResult::ImsHit;
+        let head = Head::from_lines(304, &hit.headers, BodyLen::Empty);
+        response::send_head(cx, down, head, &x).await?;
+        return down.finish().await.map_err(gone);
+    }
+    let len = hit.body.len() as u64;
+    let ranges = if hit.status == 200 && if_range_allows(cx.head, hit, o) {
+        range::evaluate(cx.head.header("range"), len)
+    } else {
+        RangeReply::Full
+    };
+    match ranges {
+        RangeReply::Full => {
+            // RFC 9110 §8.6: no Content-Length on a 204.
+            let body = if hit.status == 204 {
+                BodyLen::Empty
+            } else {
+                BodyLen::Known(len)
+            };
+            let head = Head::from_lines(hit.status, &hit.headers, body);
+            response::send_head(cx, down, head, &x).await?;
+            if body != BodyLen::Empty {
+                response::send_piece(cx, down, Some(0), hit.body.clone())
+                    .await
+                    .map_err(gone)?;
+            }
+        }
+        RangeReply::Unsatisfiable => {
+            let mut head = Head::from_lines(416, &hit.headers, BodyLen::Known(0));
+            head.push(b"Content-Range", format!("bytes */{len}").into_bytes());
+            response::send_head(cx, down, head, &x).await?;
+        }
+        RangeReply::Partial(rs) if rs.len() == 1 => {
+            let r = &rs[0];
+            let mut head = Head::from_lines(206, &hit.headers, BodyLen::Known(r.end - r.start));
+            head.push(
+                b"Content-Range",
+                format!("bytes {}-{}/{len}", r.start, r.end - 1).into_bytes(),
+            );
+            response::send_head(cx, down, head, &x).await?;
+            let piece = hit.body.slice(r.start as usize..r.end as usize);
+            response::send_piece(cx, down, Some(r.start), piece)
+                .await
+                .map_err(gone)?;
+        }
+        RangeReply::Partial(rs) => {
+            let mut head = Head::from_lines(206, &hit.headers, BodyLen::Known(0));
+            let (parts, total, ctype) = multipart(head.get(b"content-type"), &hit.body, &rs);
+            head.body = BodyLen::Known(total);
+            head.remove(b"content-type");
+            head.push(b"Content-Type", ctype.into_bytes());
+            response::send_head(cx, down, head, &x).await?;
+            for (offset, piece) in parts {
+                response::send_piece(cx, down, offset, piece)
+                    .await
+                    .map_err(gone)?;
+            }
+        }
+    }
+    down.finish().await.map_err(gone)
+}

@@ -1,0 +1,130 @@
+//! The cache's phases of a request: cache key → lookup → hit | revalidate | fill
+//! (leading or following a coalesced miss). Pure decisions live in
+//! `conditional`, `multipart`, `plan` and `cache::freshness`; the other files
+//! move bytes between them, the origin and the downstream.
+
+mod conditional;
+mod fill;
+mod follow;
+mod hit;
+mod multipart;
+mod plan;
+mod revalidate;
+
+pub use plan::generated_etag;
+
+use super::request::RequestCtx;
+use super::upstream::{self, OriginOpts};
+use crate::cache::{CacheKey, CacheResult, Variant};
+use crate::config::Vhost;
+use crate::exchange::{Downstream, ExchangeError};
+use crate::http1::RequestHead;
+use crate::origin::exchange::OriginReply;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// May this request be answered from (and fill) the cache? GET and HEAD without
+/// `Authorization` (RFC 9111 §3.5).
+pub fn eligible(req: &RequestHead) -> bool {
+    matches!(req.method(), b"GET" | b"HEAD") && req.header("authorization").is_none()
+}
+
+/// The cache key: vhost name and path with query (HEAD shares GET's key), and the
+/// variant: with `<AcceptEncoding>ON` (KEY-1) a gzip-capable client and an
+/// identity-only client use different objects.
+pub fn key_for(vhost: &Vhost, req: &RequestHead) -> CacheKey {
+    let gzip =
+        vhost.options.accept_encoding && req.header("accept-encoding").is_some_and(accepts_gzip);
+    let variant = if gzip {
+        Variant::Gzip
+    } else {
+        Variant::Identity
+    };
+    CacheKey::new(&vhost.name, req.path(), variant)
+}
+
+/// `gzip` (or `x-gzip`, or `*`) listed with a non-zero q-value.
+pub fn accepts_gzip(v: &[u8]) -> bool {
+    crate::http1::headers::tokens(v).any(|t| {
+        let mut parts = t.split(|&b| b == b';');
+        let coding = crate::http1::headers::trim(parts.next().unwrap_or(b""));
+        let named = [b"gzip".as_slice(), b"x-gzip", b"*"]
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(coding));
+        let q_zero = parts.any(|p| {
+            let p = crate::http1::headers::trim(p);
+            p.len() >= 2
+                && p[..2].eq_ignore_ascii_case(b"q=")
+                && p[2..].iter().all(|&b| b == b'0' || b == b'.')
+        });
+        named && !q_zero
+    })
+}
+
+pub async fn serve<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D) -> Result<(), ExchangeError> {
+    let cache = &cx.shard.shared.cache;
+    if let Some(hit) = cache.lookup(&cx.key.stored()) {
+        if hit.times.is_fresh(cx.now_ms) {
+            cache.stats.hits.fetch_add(1, Relaxed);
+            return hit::send_hit(cx, down, &hit, CacheResult::Hit).await;
+        }
+        if !hit.etag.is_empty() || hit.last_modified_s != 0 {
+            return revalidate::revalidate(cx, down, hit).await;
+        }
+        // Stale without validators: fetch it again (and release the old lease first).
+        drop(hit);
+        return fill::miss(cx, down, CacheResult::RefMiss).await;
+    }
+    cache.stats.misses.fetch_add(1, Relaxed);
+    fill::miss(cx, down, CacheResult::Miss).await
+}
+
+/// How a cache request goes to the origin: GET (a HEAD miss fills with GET), no
+/// client conditionals or Range, and the variant's encoding.
+fn origin_opts<'a>(
+    cx: &'a RequestCtx<'_>,
+    extra: &[u8],
+) -> (Vec<u8>, Option<&'a crate::policy::HeaderList<'a>>) {
+    let mut ask = Vec::with_capacity(extra.len() + 24);
+    if cx.key.variant == Variant::Gzip {
+        ask.extend_from_slice(b"Accept-Encoding: gzip\r\n");
+    }
+    ask.extend_from_slice(extra);
+    (ask, cx.req_headers.as_ref())
+}
+
+async fn send_to_origin(
+    cx: &RequestCtx<'_>,
+    ask: &(Vec<u8>, Option<&crate::policy::HeaderList<'_>>),
+) -> Result<OriginReply, ExchangeError> {
+    let opts = OriginOpts {
+        method: Some(b"GET"),
+        for_cache: true,
+        extra: &ask.0,
+        headers: ask.1,
+    };
+    upstream::send(cx, &opts, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_encoding_decides_the_variant() {
+        // (Accept-Encoding, gzip variant?)
+        let table: [(&[u8], bool); 9] = [
+            (b"gzip", true),
+            (b"gzip, deflate, br", true),
+            (b"br;q=1, GZIP;q=0.5", true),
+            (b"x-gzip", true),
+            (b"*", true),
+            (b"gzip;q=0", false),
+            (b"gzip;q=0.000", false),
+            (b"deflate, br", false),
+            (b"", false),
+        ];
+        for (v, want) in table {
+            assert_eq!(accepts_gzip(v), want, "{:?}", String::from_utf8_lossy(v));
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Storability planning as a pure function: may an origin response be stored,
+//! and if so with which head, validators and time facts. The generated ETag
+//! (ETAG-1) is made here, once.
+
+use crate::cache::freshness::{self, CacheControl, ResponseFacts, Storable, Times};
+use crate::cache::meta::{kept_headers, Meta};
+use crate::config::Options;
+use crate::http1::ResponseHead;
+use bytes::Bytes;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn to_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What a fill stores: the head facts and meta of the object.
+#[derive(Debug, Clone)]
+pub struct FillPlan {
+    pub status: u16,
+    pub headers: Bytes,
+    pub etag: Vec<u8>,
+    pub last_modified_s: u64,
+    pub times: Times,
+    pub length: Option<u64>,
+    pub has_body: bool,
+}
+
+impl FillPlan {
+    pub fn meta(&self) -> Meta<'_> {
+        Meta {
+            status: self.status,
+            times: self.times,
+            last_modified_s: self.last_modified_s,
+            etag: &self.etag,
+            head: &self.headers,
+        }
+    }
+
+    /// Once an unknown length is known: an origin without an ETag gets a
+    /// generated one, exactly as a known-length object would have.
+    pub fn with_length(&self, size: u64) -> FillPlan {
+        let mut p = self.clone();
+        p.length = Some(size);
+        if p.etag.is_empty() {
+            add_generated_etag(&mut p, size);
+        }
+        p
+    }
+}
+
+/// The facts a plan is made from.
+pub struct PlanInput<'a> {
+    pub reply: &'a ResponseHead,
+    /// The body length when known up front.
+    pub length: Option<u64>,
+    pub has_body: bool,
+    /// The client's `Cache-Control` values.
+    pub request_cc: CacheControl,
+    pub options: &'a Options,
+    pub max_object: u64,
+    pub request_time_ms: u64,
+    pub response_time_ms: u64,
+}
+
+pub fn response_facts(h: &ResponseHead) -> ResponseFacts {
+    let named = |n: &'static str| {
+        h.headers()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(n.as_bytes()))
+            .map(|(_, v)| v)
+    };
+    ResponseFacts {
+        status: h.status,
+        cc: CacheControl::parse(named("cache-control")),
+        pragma_no_cache: named("pragma")
+            .any(|v| crate::http1::headers::connection_names(v, b"no-cache")),
+        expires_s: h
+            .header("expires")
+            .map(|v| crate::httpdate::parse(v).map(to_secs).unwrap_or(0)),
+        date_s: h
+            .header("date")
+            .and_then(crate::httpdate::parse)
+            .map(to_secs),
+        has_set_cookie: named("set-cookie").next().is_some()
+            || named("set-cookie2").next().is_some(),
+    }
+}
+
+pub fn age_of(h: &ResponseHead) -> u64 {
+    h.header("age")
+        .and_then(crate::http1::headers::parse_content_length)
+        .unwrap_or(0)
+}
+
+/// `"<hex last-modified>-<hex size>"` (ETAG-1 Decision: STON's shape).
+pub fn generated_etag(last_modified_s: u64, size: u64) -> Vec<u8> {
+    format!("\"{last_modified_s:x}-{size:x}\"").into_bytes()
+}
+
+fn add_generated_etag(p: &mut FillPlan, size: u64) {
+    // Stored with the object so it is stable across restarts; marked as ours so it
+    // is never sent to the origin.
+    let base = if p.last_modified_s != 0 {
+        p.last_modified_s
+    } else {
+        p.times.response_time_ms / 1000
+    };
+    p.etag = generated_etag(base, size);
+    let mut h = Vec::with_capacity(p.headers.len() + p.etag.len() + 8);
+    h.extend_from_slice(&p.headers);
+    h.extend_from_slice(b"ETag: ");
+    h.extend_from_slice(&p.etag);
+    h.extend_from_slice(b"\r\n");
+    p.headers = Bytes::from(h);
+    p.times.flags |= freshness::FLAG_GENERATED_ETAG;
+}
+
+/// Decides whether a response may be stored and, if so, what to store.
+pub fn plan(i: &PlanInput<'_>) -> Result<FillPlan, &'static str> {
+    let facts = response_facts(i.reply);
+    if facts.has_set_cookie {
+        return Err("Set-Cookie");
+    }
+    let (lifetime_ms, flags) = match freshness::storable(
+        &facts,
+        &i.request_cc,
+        false,
+        &i.options.ttl,
+        i.response_time_ms,
+    ) {
+        Storable::Yes { lifetime_ms, flags } => (lifetime_ms, flags),
+        Storable::No(why) => return Err(why),
+    };
+    // Variants cairn keys on: Accept-Encoding only (KEY-1). Any other Vary would
+    // need a variant per request header value: not stored.
+    let vary_other = i
+        .reply
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"vary"))
+        .any(|(_, v)| {
+            crate::http1::headers::tokens(v).any(|t| !t.eq_ignore_ascii_case(b"accept-encoding"))
+        });
+    if vary_other {
+        return Err("Vary on a header other than Accept-Encoding");
+    }
+    if i.length.is_some_and(|n| n > i.max_object) {
+        return Err("larger than MaxObjectSize");
+    }
+    let mut headers = kept_headers(i.reply, i.options.headers);
+    if facts.date_s.is_none() {
+        crate::proxy::response::write_date_line(&mut headers);
+    }
+    let last_modified_s = i
+        .reply
+        .header("last-modified")
+        .and_then(crate::httpdate::parse)
+        .map(to_secs)
+        .unwrap_or(0);
+    let etag = i
+        .reply
+        .header("etag")
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    let mut p = FillPlan {
+        status: i.reply.status,
+        headers: Bytes::from(headers),
+        etag,
+        last_modified_s,
+        times: Times {
+            request_time_ms: i.request_time_ms,
+            response_time_ms: i.response_time_ms,
+            date_s: facts.date_s.unwrap_or(i.response_time_ms / 1000),
+            age_s: age_of(i.reply),
+            lifetime_ms,
+            flags,
+        },
+        length: i.length,
+        has_body: i.has_body,
+    };
+    if let (true, Some(n)) = (p.etag.is_empty(), i.length) {
+        add_generated_etag(&mut p, n);
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::response;
+    use bytes::BytesMut;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn head(raw: &str) -> ResponseHead {
+        let raw = format!("{raw}\r\n");
+        response::parse(&mut BytesMut::from(raw.as_bytes()), 65536)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn run(raw: &str, length: Option<u64>, req_cc: &str) -> Result<FillPlan, &'static str> {
+        let reply = head(raw);
+        let o = Options::default();
+        plan(&PlanInput {
+            reply: &reply,
+            length,
+            has_body: true,
+            request_cc: CacheControl::parse(
+                (!req_cc.is_empty())
+                    .then_some(req_cc.as_bytes())
+                    .into_iter(),
+            ),
+            options: &o,
+            max_object: 1000,
+            request_time_ms: NOW - 5,
+            response_time_ms: NOW,
+        })
+    }
+
+    #[test]
+    fn storability_table() {
+        // (response head, known length, client Cache-Control, stored?)
+        let table = [
+            (
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n",
+                Some(10),
+                "",
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n",
+                Some(10),
+                "",
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nCache-Control: private\r\n",
+                Some(10),
+                "",
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n",
+                Some(10),
+                "no-store",
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nSet-Cookie: a=1\r\n",
+                Some(10),
+                "",
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nVary: Accept-Encoding\r\n",
+                Some(10),
+                "",
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nVary: Accept-Encoding, Cookie\r\n",
+                Some(10),
+                "",
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n",
+                Some(1001),
+                "",
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n",
+                None,
+                "",
+                true,
+            ),
+        ];
+        for (raw, len, cc, want) in table {
+            assert_eq!(run(raw, len, cc).is_ok(), want, "{raw:?} {len:?} {cc:?}");
+        }
+    }
+
+    #[test]
+    fn the_generated_etag_is_made_once_and_the_same_for_known_and_late_lengths() {
+        let lm = "Last-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\n";
+        let raw = format!("HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n{lm}");
+        let known = run(&raw, Some(255), "").unwrap();
+        assert_eq!(known.etag, b"\"2ebc98a1-ff\"");
+        assert_ne!(known.times.flags & freshness::FLAG_GENERATED_ETAG, 0);
+        let stored = String::from_utf8(known.headers.to_vec()).unwrap();
+        assert_eq!(stored.matches("ETag: \"2ebc98a1-ff\"\r\n").count(), 1);
+        let late = run(&raw, None, "").unwrap();
+        assert!(late.etag.is_empty(), "no length yet: no ETag yet");
+        let late = late.with_length(255);
+        assert_eq!(
+            (late.etag.clone(), late.headers.clone()),
+            (known.etag, known.headers)
+        );
+        // The origin's own ETag is kept as it is and never replaced.
+        let own = run(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nETag: \"o\"\r\n",
+            Some(3),
+            "",
+        )
+        .unwrap();
+        assert_eq!(own.etag, b"\"o\"");
+        assert_eq!(own.times.flags & freshness::FLAG_GENERATED_ETAG, 0);
+        assert_eq!(own.with_length(3).etag, b"\"o\"");
+        // Without Last-Modified the response time stands in.
+        let no_lm = run(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n",
+            Some(1),
+            "",
+        )
+        .unwrap();
+        assert_eq!(no_lm.etag, generated_etag(NOW / 1000, 1));
+        // A response without Date is stored with one.
+        assert!(String::from_utf8_lossy(&no_lm.headers).contains("Date: "));
+    }
+}

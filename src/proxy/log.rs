@@ -1,0 +1,63 @@
+//! The exchange's last phase: one access-log line per request (LOG-1), whatever
+//! happened to it: hit, miss, follower, pass-through, refusal or error.
+
+use super::request::Sent;
+use crate::accesslog::{format, Entry};
+use crate::cache::CacheResult;
+use crate::config::Vhost;
+use crate::context::ShardCtx;
+use crate::exchange::{ConnFacts, Protocol};
+use crate::http1::RequestHead;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+/// Everything the line says, gathered by the request path.
+pub struct Exchanged<'a> {
+    pub vhost: Option<&'a Vhost>,
+    pub conn: &'a ConnFacts,
+    pub head: Option<&'a RequestHead>,
+    pub protocol: Protocol,
+    pub received: Instant,
+    pub now_ms: u64,
+    pub sent: Sent,
+    pub bytes_sent: u64,
+    pub result: CacheResult,
+    pub bypass: bool,
+}
+
+pub fn write(shard: &ShardCtx, x: &Exchanged<'_>) {
+    let Some(target) = x.vhost.and_then(|v| v.access_log.as_ref()) else {
+        return;
+    };
+    let taken = x.received.elapsed();
+    let h = |name: &str| x.head.and_then(|r| r.header(name));
+    let e = Entry {
+        end_ms: x.now_ms + taken.as_millis() as u64,
+        server_ip: Some(x.conn.local.ip()),
+        server_port: x.conn.local.port(),
+        client_ip: Some(x.conn.peer.ip()),
+        method: x.head.map(RequestHead::method),
+        target: x.head.map(RequestHead::path),
+        version: x.protocol.as_str(),
+        user_agent: h("user-agent"),
+        referer: h("referer"),
+        range: h("range"),
+        accept_encoding: h("accept-encoding"),
+        status: x.sent.status,
+        bytes_sent: x.bytes_sent,
+        time_taken_ms: taken.as_millis() as u64,
+        gzip: x.sent.gzip,
+        bypass: x.bypass,
+        result: x.result.code(),
+        session_id: x.conn.session_id,
+        content_length: x.sent.content_length,
+    };
+    let stats = shard.stats();
+    stats.log_lines.fetch_add(1, Relaxed);
+    let dropped = shard
+        .log
+        .write(target, |out| format::write(target.form, &e, out));
+    if dropped > 0 {
+        stats.log_dropped.fetch_add(dropped, Relaxed);
+    }
+}

@@ -1,0 +1,190 @@
+//! The request sent to the origin: built as a pure function of the client's
+//! request, then sent through the vhost's balancer and the shard's pool.
+
+use super::request::RequestCtx;
+use crate::config::OriginAddr;
+use crate::exchange::ExchangeError;
+use crate::http1::headers::{connection_names, is_hop_by_hop};
+use crate::http1::RequestHead;
+use crate::origin::exchange::{self, OriginReply, OriginRequest};
+use bytes::Bytes;
+use std::net::IpAddr;
+
+/// True if `name` appears among the tokens of any of the `Connection` values.
+fn named_by_connection<'a>(mut conn_values: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> bool {
+    conn_values.any(|v| connection_names(v, name))
+}
+
+/// How a request is rewritten for the origin beyond the hop-by-hop rules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OriginOpts<'a> {
+    /// Send this method instead of the client's (a HEAD miss is filled with GET).
+    pub method: Option<&'a [u8]>,
+    /// A cache fill: drop the client's conditionals and Range, we need the whole object.
+    pub for_cache: bool,
+    /// Extra header lines (`Name: value\r\n`), e.g. our own conditionals.
+    pub extra: &'a [u8],
+    /// The request headers after MOD-1 rules, replacing the client's.
+    pub headers: Option<&'a crate::policy::HeaderList<'a>>,
+}
+
+/// Request headers a cache fill must not forward (the fill wants a full 200).
+fn is_client_conditional(name: &[u8]) -> bool {
+    [
+        b"if-none-match".as_slice(),
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-range",
+        b"range",
+        // The fill asks for the cache variant's encoding itself (KEY-1).
+        b"accept-encoding",
+    ]
+    .iter()
+    .any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// The request head sent to the origin.
+pub fn origin_request(
+    req: &RequestHead,
+    origin: &OriginAddr,
+    client_ip: IpAddr,
+    body_len: Option<u64>,
+    opts: &OriginOpts,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(opts.method.unwrap_or(req.method()));
+    out.push(b' ');
+    let path = req.path();
+    if path != b"*" {
+        out.extend_from_slice(origin.path_prefix.as_bytes());
+    }
+    out.extend_from_slice(path);
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(origin.host_header.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let conn_values = || {
+        req.headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+            .map(|(_, v)| v)
+    };
+    let mut xff: Option<&[u8]> = None;
+    // MOD-1: request rules may have rewritten the client's headers.
+    let rewritten = opts
+        .headers
+        .map(|l| l.iter().map(|(n, v)| (&n[..], &v[..])));
+    let original = opts.headers.is_none().then(|| req.headers());
+    for (name, value) in rewritten
+        .into_iter()
+        .flatten()
+        .chain(original.into_iter().flatten())
+    {
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"host")
+            || name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"expect")
+        {
+            continue;
+        }
+        if opts.for_cache && is_client_conditional(name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            xff = Some(value);
+            continue;
+        }
+        if named_by_connection(conn_values(), name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if let Some(prev) = xff.filter(|v| !v.is_empty()) {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client_ip.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(opts.extra);
+    match body_len {
+        Some(n) => out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
+        None if matches!(req.method(), b"POST" | b"PUT" | b"PATCH") => {
+            out.extend_from_slice(b"Content-Length: 0\r\n")
+        }
+        None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Sends a request for this exchange to the vhost's next origin address.
+pub async fn send(
+    cx: &RequestCtx<'_>,
+    opts: &OriginOpts<'_>,
+    body: Option<Bytes>,
+) -> Result<OriginReply, ExchangeError> {
+    let up = &cx.shard.upstreams;
+    let origin = up.balancers.pick(&cx.vhost.name, &cx.vhost.origins);
+    cx.origin.set(Some(origin.addr));
+    let head = origin_request(
+        cx.head,
+        origin,
+        cx.req.conn.peer.ip(),
+        body.as_ref().map(|b| b.len() as u64),
+        opts,
+    );
+    let oreq = OriginRequest {
+        head: Bytes::from(head),
+        body,
+        idempotent: opts.for_cache || cx.head.is_idempotent(),
+        head_method: opts.method.unwrap_or(cx.head.method()) == b"HEAD",
+    };
+    Ok(exchange::send(up, cx.vhost, origin, &oreq).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::request;
+    use bytes::BytesMut;
+
+    fn req(s: &str) -> RequestHead {
+        request::parse(&mut BytesMut::from(s.as_bytes()), &Default::default())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn origin_request_rewrites_hop_by_hop() {
+        let o = OriginAddr::parse("10.0.0.1:8080/base", "www.test").unwrap();
+        let r = req("POST /p?q=1 HTTP/1.1\r\nHost: www.test\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 1.1.1.1\r\nAccept: */*\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n");
+        let out = String::from_utf8(origin_request(
+            &r,
+            &o,
+            "10.9.9.9".parse().unwrap(),
+            Some(3),
+            &OriginOpts::default(),
+        ))
+        .unwrap();
+        assert_eq!(
+            out,
+            "POST /base/p?q=1 HTTP/1.1\r\nHost: www.test:8080\r\nAccept: */*\r\nX-Forwarded-For: 1.1.1.1, 10.9.9.9\r\nContent-Length: 3\r\n\r\n"
+        );
+        let g = req("GET / HTTP/1.0\r\n\r\n");
+        let out = String::from_utf8(origin_request(
+            &g,
+            &o,
+            "::1".parse().unwrap(),
+            None,
+            &OriginOpts::default(),
+        ))
+        .unwrap();
+        assert_eq!(
+            out,
+            "GET /base/ HTTP/1.1\r\nHost: www.test:8080\r\nX-Forwarded-For: ::1\r\n\r\n"
+        );
+    }
+}
