@@ -128,7 +128,7 @@ fn write_w3c(e: &Entry, out: &mut Vec<u8>) {
     out.push(b' ');
     let range = e
         .range
-        .map(|r| crate::http1::headers::trim(r))
+        .map(crate::http1::headers::trim)
         .map(|r| r.strip_prefix(b"bytes=").unwrap_or(r));
     field(out, range);
     out.push(b' ');
@@ -194,7 +194,7 @@ fn quoted(out: &mut Vec<u8>, v: &[u8]) {
                 out.push(b'\\');
                 out.push(b);
             }
-            b if b < 0x20 || b >= 0x7f => {
+            b if !(0x20..0x7f).contains(&b) => {
                 let _ = write!(out, "\\x{b:02x}");
             }
             b => out.push(b),

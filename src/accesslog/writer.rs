@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -78,25 +78,20 @@ impl Logger {
             let stopping = self.stop.load(Ordering::Acquire);
             let mut got = false;
             for rx in &self.receivers {
-                loop {
-                    match rx.try_recv() {
-                        Ok(b) => {
-                            got = true;
-                            if let Err(e) = write_batch(&mut files, &b) {
-                                // Once a minute per file, not once a batch.
-                                let now = now_ms();
-                                let last = warned.entry(b.target.path.clone()).or_insert(0);
-                                if now.saturating_sub(*last) > 60_000 {
-                                    *last = now;
-                                    log::error!(
-                                        "access log {}: {e}; {} lines lost",
-                                        b.target.path.display(),
-                                        b.lines
-                                    );
-                                }
-                            }
+                while let Ok(b) = rx.try_recv() {
+                    got = true;
+                    if let Err(e) = write_batch(&mut files, &b) {
+                        // Once a minute per file, not once a batch.
+                        let now = now_ms();
+                        let last = warned.entry(b.target.path.clone()).or_insert(0);
+                        if now.saturating_sub(*last) > 60_000 {
+                            *last = now;
+                            log::error!(
+                                "access log {}: {e}; {} lines lost",
+                                b.target.path.display(),
+                                b.lines
+                            );
                         }
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                     }
                 }
             }

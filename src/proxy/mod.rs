@@ -241,3 +241,6 @@ pub async fn refuse<D: Downstream>(
         },
     );
 }
+
+#[cfg(test)]
+mod tests;

@@ -52,7 +52,8 @@ mod tests {
     fn parts_total_and_offsets() {
         let body = Bytes::from_static(b"0123456789");
         // (content type, ranges, expected body)
-        let table: [(Option<&[u8]>, Vec<Range<u64>>, String); 2] = [
+        type Case<'a> = (Option<&'a [u8]>, Vec<Range<u64>>, String);
+        let table: [Case; 2] = [
             (
                 Some(b"text/plain"),
                 vec![0..2, 5..10],
