@@ -505,3 +505,65 @@ fn key_1_gzip_and_identity_are_separate_objects_and_other_vary_is_not_stored() {
         );
     }
 }
+
+#[test]
+fn an_unsafe_method_answered_2xx_removes_every_variant_and_a_refused_one_removes_none() {
+    let origin = Origin::start(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/x") => ok(b"posted"),
+        ("POST", "/denied") | ("FOO", _) => {
+            Reply::Bytes(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n".to_vec())
+        }
+        ("POST", _) => Reply::Bytes(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ),
+        _ if r.header("accept-encoding") == Some("gzip") => object(
+            b"GZ",
+            "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\nCache-Control: max-age=60\r\n",
+        ),
+        _ => object(
+            b"plain",
+            "Vary: Accept-Encoding\r\nCache-Control: max-age=60\r\n",
+        ),
+    });
+    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), STATUS, ""), 1);
+    let mut c = cairn.connect();
+    let get = |c: &mut Client, path: &str, gzip: bool| {
+        let ae = if gzip {
+            "Accept-Encoding: gzip\r\n"
+        } else {
+            ""
+        };
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n{ae}\r\n").as_bytes());
+        c.response(false)
+            .unwrap()
+            .header("x-cache")
+            .unwrap()
+            .to_string()
+    };
+    let send = |c: &mut Client, method: &str, path: &str| {
+        c.send(
+            format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\nContent-Length: 1\r\n\r\nx")
+                .as_bytes(),
+        );
+        c.response(false).unwrap().status
+    };
+    for path in ["/x", "/denied", "/err", "/count"] {
+        for gzip in [false, true] {
+            assert_eq!(get(&mut c, path, gzip), "TCP_MISS");
+            assert_eq!(get(&mut c, path, gzip), "TCP_HIT");
+        }
+    }
+    // 2xx: both the gzip and the identity variant of /x are gone.
+    assert_eq!(send(&mut c, "POST", "/x"), 200);
+    assert_eq!(get(&mut c, "/x", false), "TCP_MISS");
+    assert_eq!(get(&mut c, "/x", true), "TCP_MISS");
+    // 4xx and 5xx (and an unknown method the origin refuses) remove nothing.
+    assert_eq!(send(&mut c, "POST", "/denied"), 405);
+    assert_eq!(send(&mut c, "POST", "/err"), 500);
+    assert_eq!(send(&mut c, "FOO", "/count"), 405);
+    for path in ["/denied", "/err", "/count"] {
+        for gzip in [false, true] {
+            assert_eq!(get(&mut c, path, gzip), "TCP_HIT", "{path} gzip={gzip}");
+        }
+    }
+}

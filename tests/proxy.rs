@@ -508,3 +508,46 @@ fn sighup_reloads_and_a_bad_config_keeps_the_running_one() {
         .contains("listen addresses changed"));
     assert_eq!(cairn.connect().get("/d").status, 200);
 }
+
+#[test]
+fn each_vhost_balances_its_own_origins_evenly() {
+    let origins: Vec<Origin> = (0..4).map(|_| Origin::start(|_| ok(b"x"))).collect();
+    let dir = temp_dir("balance");
+    std::fs::write(dir.join("server.xml"), server_xml("", "")).unwrap();
+    let vhost = |name: &str, a: &Origin, b: &Origin| {
+        format!(
+            "<Vhost Name=\"{name}\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address><Address>{}</Address></Origin></Vhost>",
+            a.addr, b.addr
+        )
+    };
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        format!(
+            "<Vhosts>{}{}</Vhosts>",
+            vhost("a.test", &origins[0], &origins[1]),
+            vhost("b.test", &origins[2], &origins[3])
+        ),
+    )
+    .unwrap();
+    let cairn = Cairn::start(dir, 1);
+    let mut c = cairn.connect();
+    let n = 200;
+    for i in 0..n {
+        for host in ["a.test", "b.test"] {
+            // POST: never cached, so every request reaches an origin.
+            c.send(
+                format!("POST /{i} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n")
+                    .as_bytes(),
+            );
+            assert_eq!(c.response(false).unwrap().status, 200);
+        }
+    }
+    for (i, o) in origins.iter().enumerate() {
+        let share = o.count() as f64 / n as f64;
+        assert!(
+            (0.45..=0.55).contains(&share),
+            "origin {i} got {} of {n} requests for its vhost",
+            o.count()
+        );
+    }
+}
