@@ -9,7 +9,10 @@
 # access log unchanged, and every measured run is checked the same way.
 # Proxies share the server cores, the load generator runs on the client cores,
 # runs are interleaved (A B C A B C ...) and the median is reported with the
-# min-max spread. See docs/benchmarks.md.
+# min-max spread. Two optional cairn slots go through all of this too, to compare
+# cairn with itself in one interleaved run: cairn-old (--cairn-old PATH, an older
+# binary, same configuration) and cairn-log (--with-log, the access log on).
+# See docs/benchmarks.md.
 #
 # Everything runs as the invoking user on 127.0.0.1 high ports, with configs,
 # caches, logs and pid files in a temporary work directory. Nothing under /etc
@@ -31,7 +34,14 @@ cache hits on loopback, side by side. Results go to bench/results/<date>/.
 
 Options:
   --quick               development run, under 3 minutes: 2 sizes, short runs, 1 repeat
-  --only LIST           proxies to run, comma-separated: cairn,nginx,httpd (default all)
+  --only LIST           proxies to run, comma-separated: cairn,nginx,httpd, and
+                        cairn-old,cairn-log with the two options below (default all)
+  --cairn-old PATH      also run this older cairn binary as proxy cairn-old, with
+                        exactly cairn's configuration (before/after comparisons)
+  --with-log            also run proxy cairn-log: cairn's binary and configuration
+                        plus the access log (<Log><Access>ON</Access></Log>)
+  --scenarios LIST      scenarios to run, comma-separated, e.g. ka-1k,ka-256k
+                        (default all: ka-SIZE, close-1k, idle-1k, gzip-32k)
   --server-cores LIST   cores for the proxies, e.g. 0 or 0-3 (default: first half of
                         the cores this script may use)
   --client-cores LIST   cores for the load generator (default: the second half)
@@ -47,7 +57,8 @@ Options:
   --verify N            requests in each cache-hit verification burst (default 20)
   --httpd-threads N     httpd ThreadsPerChild (default: twice the keep-alive
                         connections per child, at least 64)
-  --base-port P         origin on P, cairn P+1, nginx P+2, httpd P+3 (default 18080)
+  --base-port P         origin on P, cairn P+1, nginx P+2, httpd P+3, cairn-old P+4,
+                        cairn-log P+5 (default 18080)
   --out DIR             results directory (default bench/results/<date>)
   --cairn-bin PATH      use this cairn binary (implies --no-build)
   --no-build            do not run cargo build --release; use target/release/cairn
@@ -67,7 +78,10 @@ die() {
 # ------------------------------------------------------------------ options
 
 QUICK=0
-ONLY=cairn,nginx,httpd
+ONLY=
+CAIRN_OLD_BIN=
+WITH_LOG=0
+SCENARIO_FILTER=
 SERVER_CORES=
 CLIENT_CORES=
 SHARDS=
@@ -92,6 +106,9 @@ while [[ $# -gt 0 ]]; do
 	case $1 in
 	--quick) QUICK=1 ;;
 	--only) need_value "$@"; ONLY=$2; shift ;;
+	--cairn-old) need_value "$@"; CAIRN_OLD_BIN=$2; shift ;;
+	--with-log) WITH_LOG=1 ;;
+	--scenarios) need_value "$@"; SCENARIO_FILTER=$2; shift ;;
 	--server-cores) need_value "$@"; SERVER_CORES=$2; shift ;;
 	--client-cores) need_value "$@"; CLIENT_CORES=$2; shift ;;
 	--shards) need_value "$@"; SHARDS=$2; shift ;;
@@ -126,7 +143,25 @@ else
 	MODE=full
 fi
 
+# --scenarios: checked here, before anything is installed or started; the ids
+# are those the scenario list below builds for this mode.
+KNOWN_SCENARIOS=()
+for s in "${SIZES[@]}"; do KNOWN_SCENARIOS+=("ka-$s"); done
+KNOWN_SCENARIOS+=(close-1k idle-1k gzip-32k)
+if [[ -n $SCENARIO_FILTER ]]; then
+	IFS=, read -r -a _want <<<"$SCENARIO_FILTER"
+	for q in "${_want[@]}"; do
+		[[ " ${KNOWN_SCENARIOS[*]} " == *" $q "* ]] ||
+			die "--scenarios: unknown scenario '$q' in $MODE mode (${KNOWN_SCENARIOS[*]})"
+	done
+fi
+
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+join_by() {
+	local IFS=$1
+	shift
+	echo "$*"
+}
 for v in REPEATS DURATION WARMUP CONNS CLOSE_CONNS IDLE_CONNS IDLE_ACTIVE VERIFY_N BASE_PORT; do
 	is_uint "${!v}" || die "$v must be a non-negative integer (got '${!v}')"
 done
@@ -134,20 +169,48 @@ done
 	die "--repeats, --duration, --verify and the connection counts must be at least 1"
 ((BASE_PORT >= 1024 && BASE_PORT <= 65000)) || die "--base-port must be within 1024-65000"
 
+# Naming cairn-log in --only is as good as --with-log; cairn-old needs its binary.
+if [[ ,$ONLY, == *,cairn-log,* ]]; then WITH_LOG=1; fi
+if [[ ,$ONLY, == *,cairn-old,* && -z $CAIRN_OLD_BIN ]]; then die "--only cairn-old needs --cairn-old PATH"; fi
+if [[ -n $CAIRN_OLD_BIN ]]; then
+	[[ -x $CAIRN_OLD_BIN && -f $CAIRN_OLD_BIN ]] || die "--cairn-old: no executable at $CAIRN_OLD_BIN"
+	CAIRN_OLD_BIN=$(cd "$(dirname "$CAIRN_OLD_BIN")" && pwd)/$(basename "$CAIRN_OLD_BIN")
+fi
+
+# The cairn variants sit next to cairn, so that each repeat runs them back to back
+# (cairn cairn-old cairn-log nginx httpd) and the tables read as a before/after.
+ALL_PROXIES=(cairn)
+if [[ -n $CAIRN_OLD_BIN ]]; then ALL_PROXIES+=(cairn-old); fi
+if ((WITH_LOG)); then ALL_PROXIES+=(cairn-log); fi
+ALL_PROXIES+=(nginx httpd)
+: "${ONLY:=$(join_by , "${ALL_PROXIES[@]}")}"
+
+# The variants get ports only when they run: without the new options, the ports
+# (and the "already in use" and "still listening" checks) are as before.
 ORIGIN_PORT=$BASE_PORT
 declare -A PORT=([cairn]=$((BASE_PORT + 1)) [nginx]=$((BASE_PORT + 2)) [httpd]=$((BASE_PORT + 3)))
+if [[ -n $CAIRN_OLD_BIN ]]; then PORT[cairn-old]=$((BASE_PORT + 4)); fi
+if ((WITH_LOG)); then PORT[cairn-log]=$((BASE_PORT + 5)); fi
 
 PROXIES=()
 IFS=, read -r -a _only <<<"$ONLY"
-for p in cairn nginx httpd; do
+for p in "${ALL_PROXIES[@]}"; do
 	for q in "${_only[@]}"; do
 		if [[ $q == "$p" ]]; then PROXIES+=("$p"); fi
 	done
 done
 for q in "${_only[@]}"; do
-	case $q in cairn | nginx | httpd) ;; *) die "--only: unknown proxy '$q' (cairn, nginx, httpd)" ;; esac
+	case $q in cairn | cairn-old | cairn-log | nginx | httpd) ;;
+	*) die "--only: unknown proxy '$q' (cairn, cairn-old, cairn-log, nginx, httpd)" ;;
+	esac
 done
 ((${#PROXIES[@]})) || die "--only selects no proxy"
+for q in "${ALL_PROXIES[@]}"; do
+	case $q in cairn-old | cairn-log)
+		[[ ,$ONLY, == *,"$q",* ]] || warn "--only leaves out $q: it will not run"
+		;;
+	esac
+done
 
 has_proxy() {
 	local p
@@ -174,12 +237,6 @@ expand_cpus() {
 		fi
 	done
 	echo "${out[*]}"
-}
-
-join_by() {
-	local IFS=$1
-	shift
-	echo "$*"
 }
 
 read -r -a ALLOWED_CPUS <<<"$(expand_cpus "$(taskset -cp $$ | sed 's/.*: *//')")"
@@ -385,10 +442,15 @@ wait_port() { # port seconds pid
 	return 1
 }
 
-render() { # template output
+# render TEMPLATE OUTPUT [CAIRN]: CAIRN (default cairn) is the cairn slot whose
+# port and work directory (@CAIRN_PORT@, @CAIRN_DIR@) the template gets, so that
+# cairn-old and cairn-log run exactly cairn's configuration on their own port and cache.
+render() {
+	local c=${3:-cairn}
 	sed -e "s|@WORK@|$WORK|g" \
 		-e "s|@ORIGIN_PORT@|$ORIGIN_PORT|g" \
-		-e "s|@CAIRN_PORT@|${PORT[cairn]}|g" \
+		-e "s|@CAIRN_PORT@|${PORT[$c]}|g" \
+		-e "s|@CAIRN_DIR@|$WORK/$c|g" \
 		-e "s|@NGINX_PORT@|${PORT[nginx]}|g" \
 		-e "s|@HTTPD_PORT@|${PORT[httpd]}|g" \
 		-e "s|@SHARDS@|$SHARDS|g" \
@@ -536,8 +598,8 @@ else
 	warn "matplotlib not available: results.md without charts"
 fi
 
-# cairn binary
-if has_proxy cairn; then
+# cairn binary (cairn-log runs it too; cairn-old's was checked with the options)
+if has_proxy cairn || has_proxy cairn-log; then
 	if [[ -z $CAIRN_BIN ]]; then
 		CAIRN_BIN=$REPO_DIR/target/release/cairn
 		if ((DO_BUILD)); then
@@ -606,6 +668,9 @@ RAW=$OUT_DIR/raw
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cairn-bench.XXXXXX")
 chmod 755 "$WORK"
 mkdir -p "$WORK"/{docroot,origin/tmp,nginx/tmp,nginx/cache,httpd/run,httpd/cache,httpd/cachelock,cairn/conf,cairn/cache,idle}
+for c in cairn-old cairn-log; do
+	if has_proxy "$c"; then mkdir -p "$WORK/$c/conf" "$WORK/$c/cache"; fi
+done
 if ((EUID == 0)); then
 	chown -R "$RUN_USER:$RUN_GROUP" "$WORK/httpd/cache" "$WORK/httpd/cachelock" "$WORK/httpd/run"
 fi
@@ -642,6 +707,27 @@ cp "$WORK/nginx/nginx.conf" "$OUT_DIR/conf/nginx-proxy.conf"
 cp "$WORK/httpd/httpd.conf" "$OUT_DIR/conf/httpd-proxy.conf"
 cp "$WORK/cairn/conf/server.xml" "$OUT_DIR/conf/cairn-server.xml"
 cp "$WORK/cairn/conf/vhosts.xml" "$OUT_DIR/conf/cairn-vhosts.xml"
+for c in cairn-old cairn-log; do
+	has_proxy "$c" || continue
+	render "$BENCH_DIR/conf/cairn/server.xml" "$WORK/$c/conf/server.xml" "$c"
+	render "$BENCH_DIR/conf/cairn/vhosts.xml" "$WORK/$c/conf/vhosts.xml" "$c"
+done
+# cairn-log differs from cairn by the access log alone, so it is added here rather
+# than kept as a second template that could drift from the first.
+CAIRN_ACCESS_LOG=
+if has_proxy cairn-log; then
+	mkdir -p "$WORK/cairn-log/logs"
+	sed -i "s|^\\( *\\)</VHostDefault>|\\1    <!-- cairn-log (added by compare.sh): the access log, Dir/<vhost>/access.log. -->\\n\\1    <Log Dir=\"$WORK/cairn-log/logs\"><Access>ON</Access></Log>\\n\\1</VHostDefault>|" \
+		"$WORK/cairn-log/conf/server.xml"
+	grep -q '<Log Dir=' "$WORK/cairn-log/conf/server.xml" || die "could not add <Log> to cairn-log's server.xml"
+	CAIRN_ACCESS_LOG=$WORK/cairn-log/logs/bench.local/access.log
+fi
+for c in cairn-old cairn-log; do
+	if has_proxy "$c"; then
+		cp "$WORK/$c/conf/server.xml" "$OUT_DIR/conf/$c-server.xml"
+		cp "$WORK/$c/conf/vhosts.xml" "$OUT_DIR/conf/$c-vhosts.xml"
+	fi
+done
 
 # ------------------------------------------------------------------ start servers
 
@@ -667,10 +753,12 @@ start_proxy() {
 			"$APACHE" -f "$WORK/httpd/httpd.conf" -DFOREGROUND
 		out="$WORK/httpd/error.log $WORK/httpd/stdout.log"
 		;;
-	cairn)
-		start_bg cairn "$SERVER_CORES" "$WORK/cairn/stdout.log" \
-			"$CAIRN_BIN" run --config "$WORK/cairn/conf" --shards "$SHARDS"
-		out="$WORK/cairn/stdout.log"
+	cairn | cairn-old | cairn-log)
+		local bin=$CAIRN_BIN
+		if [[ $p == cairn-old ]]; then bin=$CAIRN_OLD_BIN; fi
+		start_bg "$p" "$SERVER_CORES" "$WORK/$p/stdout.log" \
+			"$bin" run --config "$WORK/$p/conf" --shards "$SHARDS"
+		out="$WORK/$p/stdout.log"
 		;;
 	esac
 	if ! wait_port "${PORT[$p]}" 15 "${ROOT_PID[$p]}"; then
@@ -679,10 +767,10 @@ start_proxy() {
 		FAILED[$p]=1
 		return 0
 	fi
-	if [[ $p == cairn ]]; then
+	if [[ $p == cairn* ]]; then
 		local i
 		for ((i = 0; i < 50; i++)); do
-			grep -q '^cairn listening on' "$WORK/cairn/stdout.log" && break
+			grep -q '^cairn listening on' "$WORK/$p/stdout.log" && break
 			sleep 0.1
 		done
 	fi
@@ -721,8 +809,15 @@ fi
 	echo "httpd: $("$APACHE" -v 2>/dev/null | head -n 1 || true)"
 	echo "wrk: $(wrk -v 2>&1 | head -n 1 || true)"
 	if command -v h2load >/dev/null; then echo "h2load: $(h2load --version 2>&1 | head -n 1 || true)"; fi
-	if has_proxy cairn; then
+	if has_proxy cairn || has_proxy cairn-log; then
 		echo "cairn: $("$CAIRN_BIN" version 2>&1 | head -n 1 || true) ($(cd "$REPO_DIR" && git rev-parse --short HEAD 2>/dev/null || echo "no git")$(cd "$REPO_DIR" && git diff --quiet HEAD -- src 2>/dev/null || echo ", src modified"))"
+	fi
+	if has_proxy cairn-log; then echo "cairn-log: the cairn binary above, access log on ($CAIRN_ACCESS_LOG)"; fi
+	if has_proxy cairn-old; then
+		# Both builds may report the same version: the checksums tell them apart.
+		sums="sha256 $(sha256sum "$CAIRN_OLD_BIN" | cut -c1-12)"
+		if [[ -n $CAIRN_BIN ]]; then sums+="; cairn's: $(sha256sum "$CAIRN_BIN" | cut -c1-12)"; fi
+		echo "cairn-old: $("$CAIRN_OLD_BIN" version 2>&1 | head -n 1 || true) ($CAIRN_OLD_BIN, $sums)"
 	fi
 	echo "kernel.io_uring_disabled: $(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo n/a)"
 	echo "net.core.somaxconn: $(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo n/a)"
@@ -733,8 +828,10 @@ fi
 
 # verify_hits PROXY PATH KIND: warm the object through PROXY, then send a burst of
 # VERIFY_N requests (one connection, same headers as the scenario) and require
-# that the origin's access log does not grow. Secondary: nginx's X-Cache-Status
-# and httpd's X-Cache say HIT. Sets VERIFY_NOTE; returns 1 if not all hits.
+# that the origin's access log does not grow. Secondary: nginx's X-Cache-Status,
+# httpd's X-Cache and cairn's X-Cache say HIT. For cairn-log, the burst must also
+# show up in its access log. Sets VERIFY_NOTE; returns 1 if not all hits, 2 if
+# cairn-log wrote no access log (measuring it would only measure cairn again).
 VERIFY_NOTE=
 verify_hits() {
 	local p=$1 path=$2 kind=$3 url hdr=() urls=() i before after codes hits bad
@@ -745,10 +842,11 @@ verify_hits() {
 	esac
 	# curl applies -o to one URL only: one "-o /dev/null URL" per request.
 	for ((i = 0; i < VERIFY_N; i++)); do urls+=(-o /dev/null "$url"); done
-	local hfile="$RAW/verify.$p.${path#/}.$kind.headers"
+	local hfile="$RAW/verify.$p.${path#/}.$kind.headers" log0=0 log1=0
 	# Warm: two fetches (the first stores the object), then let the store settle.
 	curl -sS --max-time 30 "${hdr[@]}" -o /dev/null "$url" -o /dev/null "$url" 2>>"$RAW/verify.log" >/dev/null || true
 	sleep 0.5
+	if [[ $p == cairn-log ]]; then log0=$(access_log_settled); fi
 	before=$(origin_count)
 	codes=$(curl -sS --max-time 60 -D "$hfile" -w '%{http_code}\n' "${hdr[@]}" "${urls[@]}" 2>>"$RAW/verify.log" || true)
 	sleep 0.2
@@ -766,11 +864,11 @@ verify_hits() {
 	case $p in
 	nginx) hits=$(tr -d '\r' <"$hfile" | grep -ci '^x-cache-status: hit$' || true) ;;
 	httpd) hits=$(tr -d '\r' <"$hfile" | grep -ci '^x-cache: hit' || true) ;;
-	cairn) hits=$(tr -d '\r' <"$hfile" | grep -Eci '^x-cache: ([a-z]+_)?hit' || true) ;;
+	cairn*) hits=$(tr -d '\r' <"$hfile" | grep -Eci '^x-cache: ([a-z]+_)?hit' || true) ;;
 	esac
 	if ((hits == VERIFY_N)); then
 		VERIFY_NOTE+="; cache header HIT on $hits"
-	elif [[ $p == cairn ]] && ! tr -d '\r' <"$hfile" | grep -qi '^x-cache:'; then
+	elif [[ $p == cairn* ]] && ! tr -d '\r' <"$hfile" | grep -qi '^x-cache:'; then
 		VERIFY_NOTE+="; no cache-status header (CacheStatusHeader not supported by this build)"
 	else
 		VERIFY_NOTE+="; WARNING: cache header said HIT on only $hits"
@@ -784,7 +882,30 @@ verify_hits() {
 		fi
 		VERIFY_NOTE+="; gzip-encoded"
 	fi
+	if [[ $p == cairn-log ]]; then
+		log1=$(access_log_settled)
+		if ((log1 - log0 < VERIFY_N)); then
+			VERIFY_NOTE="the access log got $((log1 - log0)) lines for $VERIFY_N requests ($CAIRN_ACCESS_LOG); a binary without <Log> support?"
+			return 2
+		fi
+		VERIFY_NOTE+="; access log +$((log1 - log0)) lines"
+	fi
 	return 0
+}
+
+# Lines in cairn-log's access log once it stops growing. Shards hand their lines
+# to the logger thread every 100 ms and it writes them a little later, so wait
+# until two looks 0.3 s apart agree (at most 3 s).
+access_log_settled() {
+	local n m i
+	n=$(wc -l <"$CAIRN_ACCESS_LOG" 2>/dev/null || echo 0)
+	for ((i = 0; i < 10; i++)); do
+		sleep 0.3
+		m=$(wc -l <"$CAIRN_ACCESS_LOG" 2>/dev/null || echo 0)
+		((m == n)) && break
+		n=$m
+	done
+	echo "$n"
 }
 
 # ------------------------------------------------------------------ load runs
@@ -846,6 +967,7 @@ idle_stop() {
 measure() {
 	local id=$1 p=$2 rep=$3 kind=$4 path=$5 conns=$6
 	local raw="$RAW/$id.$p.rep$rep.txt" o0 o1 ticks pss rss idle_open=-1 idle_alive_n=-1 idle_failed idle_secs
+	local log_lines=-1
 	local -a cmd
 	if [[ $kind == idle ]]; then
 		idle_start "$p" "$path"
@@ -853,6 +975,13 @@ measure() {
 		log "  idle holder: $idle_open connections open to $p ($idle_failed failed, ${idle_secs}s to open)"
 	fi
 	mapfile -t cmd < <(wrk_args "$kind" "${PORT[$p]}" "$path" "$conns" "$DURATION")
+	if [[ $p == cairn-log ]]; then
+		# Start each run with an empty access log: a full run would otherwise pile up
+		# gigabytes of it, and the run's own line count is the check that it logged.
+		# cairn appends (O_APPEND), so truncating under it is safe.
+		access_log_settled >/dev/null
+		if [[ -e $CAIRN_ACCESS_LOG ]]; then : >"$CAIRN_ACCESS_LOG"; fi
+	fi
 	o0=$(origin_count)
 	ticks_snapshot "$p"
 	local srv0 cli0 srv1 cli1 srv_pm cli_pm
@@ -876,17 +1005,21 @@ measure() {
 		idle_alive_n=$(idle_alive)
 		idle_stop
 	fi
+	if [[ $p == cairn-log ]]; then log_lines=$(access_log_settled); fi
 	local js
 	js=$(sed -n 's/^CAIRN_BENCH //p' "$raw" | tail -n 1)
 	if [[ -z $js ]]; then
 		warn "$id/$p rep $rep: no wrk summary (see $raw)"
 		js=null
 	fi
-	printf '{"scenario":"%s","proxy":"%s","rep":%d,"cpu_ticks":%d,"clk_tck":%d,"pss_kb":%d,"rss_kb":%d,"origin_delta":%d,"idle_open":%d,"idle_alive":%d,"server_cores_busy_pm":%d,"server_cores_steal_pm":%d,"client_cores_busy_pm":%d,"client_cores_steal_pm":%d,"client_cpu_ticks":%d,"wrk":%s}\n' \
+	printf '{"scenario":"%s","proxy":"%s","rep":%d,"cpu_ticks":%d,"clk_tck":%d,"pss_kb":%d,"rss_kb":%d,"origin_delta":%d,"idle_open":%d,"idle_alive":%d,"server_cores_busy_pm":%d,"server_cores_steal_pm":%d,"client_cores_busy_pm":%d,"client_cores_steal_pm":%d,"client_cpu_ticks":%d,"log_lines":%d,"wrk":%s}\n' \
 		"$id" "$p" "$rep" "$ticks" "$CLK_TCK" "$pss" "$rss" $((o1 - o0)) "${idle_open:--1}" "${idle_alive_n:--1}" \
-		"${srv_pm[0]}" "${srv_pm[1]}" "${cli_pm[0]}" "${cli_pm[1]}" $((wrk1 - wrk0)) "$js" >>"$RAW/runs.jsonl"
+		"${srv_pm[0]}" "${srv_pm[1]}" "${cli_pm[0]}" "${cli_pm[1]}" $((wrk1 - wrk0)) "$log_lines" "$js" >>"$RAW/runs.jsonl"
 	local rps
 	rps=$(awk -F'"requests":' 'NF > 1 {split($2, a, ","); print a[1]}' <<<"$js")
+	if ((log_lines >= 0)) && [[ -n $rps ]] && ((log_lines < rps)); then
+		warn "$id/$p rep $rep: the access log has $log_lines lines for $rps requests: lines were dropped"
+	fi
 	log "  $id $p rep $rep: ${rps:-?} requests, server CPU $((ticks * 100 / CLK_TCK / 100)).$(printf '%02d' $((ticks * 100 / CLK_TCK % 100))) s, cores busy: server $((srv_pm[0] / 10))% client $((cli_pm[0] / 10))%, origin requests during run: $((o1 - o0))"
 	if ((o1 != o0)); then warn "$id/$p rep $rep: $((o1 - o0)) requests reached the origin during the measured run"; fi
 	# Cores much busier than the proxy (server) or wrk (client) itself: something else ran there.
@@ -934,6 +1067,15 @@ scenario_tls() {
 scenario_h2
 scenario_tls
 
+# --scenarios (checked against these ids with the options): keep the list's order.
+if [[ -n $SCENARIO_FILTER ]]; then
+	_keep=()
+	for sc in "${SCENARIOS[@]}"; do
+		if [[ ,$SCENARIO_FILTER, == *,"${sc%%|*}",* ]]; then _keep+=("$sc"); fi
+	done
+	SCENARIOS=("${_keep[@]}")
+fi
+
 # The command as a reader would type it: words with spaces quoted, the script
 # path relative to the repository.
 show_cmd() {
@@ -964,10 +1106,15 @@ for sc in "${SCENARIOS[@]}"; do
 			record_status "$id" "$p" failed "did not start"
 			continue
 		fi
-		if verify_hits "$p" "$path" "$kind"; then
+		vrc=0
+		verify_hits "$p" "$path" "$kind" || vrc=$?
+		if ((vrc == 0)); then
 			record_status "$id" "$p" ok "$VERIFY_NOTE"
 			active+=("$p")
 			log "  $p: serving hits ($VERIFY_NOTE)"
+		elif ((vrc == 2)); then
+			record_status "$id" "$p" no-log "$VERIFY_NOTE"
+			log "  $p: NO ACCESS LOG, not measured ($VERIFY_NOTE)"
 		else
 			record_status "$id" "$p" refused "$VERIFY_NOTE"
 			log "  $p: NOT CACHED, not measured ($VERIFY_NOTE)"
@@ -1010,6 +1157,7 @@ cp "$WORK/origin/access.log" "$RAW/origin.access.log"
 	echo "shards=$SHARDS"
 	echo "httpd_threads=$HTTPD_THREADS"
 	echo "proxies=$(join_by , "${PROXIES[@]}")"
+	echo "cairn_old_bin=$CAIRN_OLD_BIN"
 	echo "verify_n=$VERIFY_N"
 	echo "idle_conns=$IDLE_CONNS"
 } >"$RAW/meta.txt"

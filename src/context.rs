@@ -152,3 +152,11 @@ impl ShardCtx {
         }
     }
 }
+
+impl Drop for ShardCtx {
+    /// A shard that stops (drain, or a panic unwinding its runtime) hands over the
+    /// lines it still buffers.
+    fn drop(&mut self) {
+        self.flush_log();
+    }
+}

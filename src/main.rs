@@ -274,6 +274,10 @@ fn log_stats(shared: &Shared) {
             s.log_dropped.load(Relaxed)
         );
     }
+    let lost = shared.log_queues.lost.load(Relaxed);
+    if lost > 0 {
+        log::warn!("access log: {lost} lines could not be written (see the errors above)");
+    }
     let c = &shared.cache.stats;
     let st = shared.cache.store_stats();
     log::info!(

@@ -422,6 +422,12 @@ fn unknown_host_without_default_is_404() {
     c.send(b"GET / HTTP/1.1\r\nHost: A.TEST:80\r\n\r\n");
     assert_eq!(c.response(false).unwrap().status, 200);
     assert_eq!(origin.count(), 1);
+    // A body for no vhost is neither invited (100 Continue) nor read: 404, close.
+    let mut c = cairn.connect();
+    c.send(b"POST / HTTP/1.1\r\nHost: other.test\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert_eq!((r.status, r.header("connection")), (404, Some("Close")));
+    assert!(c.is_closed(Duration::from_secs(5)));
 }
 
 /// The embedded default, as a newcomer runs it: no config, the sample origin, port 8080.

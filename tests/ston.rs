@@ -316,6 +316,7 @@ fn https_1_redirects_plain_http() {
         (r.status, r.header("location")),
         (301, Some("https://www.example.com/a/b?c=1"))
     );
+    assert!(r.header("date").is_some(), "a redirect carries Date");
     assert_eq!(o.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 

@@ -13,10 +13,16 @@ import os
 import statistics
 import sys
 
-PROXIES = ["cairn", "nginx", "httpd"]
+# cairn-old (compare.sh --cairn-old) and cairn-log (--with-log) are variants of
+# cairn, kept next to it so the tables and charts read as a before/after.
+PROXIES = ["cairn", "cairn-old", "cairn-log", "nginx", "httpd"]
 SATURATED = 0.9  # below this share of the server cores' time, a run was client-bound
 FOREIGN = 15.0   # server cores busier than the proxy's own CPU by this many points: other load
-COLORS = {"cairn": "#2b7a4b", "nginx": "#1f5fa8", "httpd": "#b8502a"}
+COLORS = {"cairn": "#2b7a4b", "cairn-old": "#93c5a4", "cairn-log": "#6b8e23",
+          "nginx": "#1f5fa8", "httpd": "#b8502a"}
+# Extra ratio columns, in requests per server CPU-second: (row, divided by), shown
+# only when both slots ran.
+VARIANT_RATIOS = [("cairn", "cairn-old"), ("cairn-log", "cairn")]
 
 
 def expand_cpus(spec):
@@ -104,6 +110,7 @@ def derive(run):
         "cli_busy": run.get("client_cores_busy_pm", -1) / 10,
         "steal": (run.get("server_cores_steal_pm", 0) + run.get("client_cores_steal_pm", 0)) / 10,
         "wrk_cpu": run["client_cpu_ticks"] / run["clk_tck"] if "client_cpu_ticks" in run else None,
+        "log_lines": run.get("log_lines", -1),
     }
 
 
@@ -140,6 +147,8 @@ def summarize(runs):
     s["runs"] = runs
     s["idle_open"] = min(r["idle_open"] for r in runs)
     s["idle_alive"] = min(r["idle_alive"] for r in runs)
+    s["log_lines"] = sum(r["log_lines"] for r in runs) if all(r["log_lines"] >= 0 for r in runs) else -1
+    s["requests"] = sum(r["requests"] for r in runs)
     return s
 
 
@@ -148,7 +157,7 @@ def chart(path, scenario, order, summaries, states):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(9 if len(order) <= 3 else 12, 3.6))
     panels = [
         ("requests/s (median, min–max)", "rps"),
         ("requests per server CPU-second", "req_per_cpu"),
@@ -196,6 +205,7 @@ def main():
     order = [p for p in PROXIES if p in meta.get("proxies", ",".join(PROXIES)).split(",")]
     n_server_cores = len(expand_cpus(meta.get("server_cores", "0")))
     n_client_cores = len(expand_cpus(meta.get("client_cores", "0")))
+    variant_ratios = [(a, b) for a, b in VARIANT_RATIOS if a in order and b in order]
 
     try:
         import matplotlib  # noqa: F401
@@ -237,6 +247,24 @@ def main():
         "req per CPU-s divided by nginx's and httpd's."
     )
     md.append("")
+    variants = []
+    if "cairn-old" in order:
+        variants.append(
+            f"**cairn-old** is an older cairn binary (`{meta.get('cairn_old_bin', '?')}`) run with "
+            "exactly cairn's configuration, on its own port and cache"
+        )
+    if "cairn-log" in order:
+        variants.append(
+            "**cairn-log** is cairn's binary and configuration with the access log on "
+            "(`<Log><Access>ON</Access></Log>`; its logger thread's CPU is in the server CPU, "
+            "the kernel's writeback of the file is not)"
+        )
+    if variants:
+        md.append(
+            "; ".join(variants) + ". "
+            + " ".join(f"`{a}÷{b}` is {a}'s req per CPU-s divided by {b}'s." for a, b in variant_ratios)
+        )
+        md.append("")
     md.append("Machine:")
     md.append("")
     md.append("```")
@@ -268,14 +296,16 @@ def main():
         label = {
             "refused": "not cached (refused)",
             "failed": "did not start",
+            "no-log": "no access log",
         }
         ref = {q: summaries.get(q) for q in ("nginx", "httpd")}
         md.append(
             "| proxy | req/s | spread (min–max) | p50 | p99 | MB/s | server CPU s | "
             "req per CPU-s | MB per CPU-s | memory PSS (RSS) | errors | origin req. | "
             "÷ nginx (req/s, per CPU) | ÷ httpd (req/s, per CPU) |"
+            + "".join(f" {a}÷{b} (per CPU) |" for a, b in variant_ratios)
         )
-        md.append("|" + "---|" * 14)
+        md.append("|" + "---|" * (14 + len(variant_ratios)))
         chart_states = {}
         unsaturated = []
         contended = []
@@ -284,7 +314,7 @@ def main():
             if s is None:
                 text = label.get(states.get(p), "not measured")
                 chart_states[p] = text
-                md.append(f"| {p} | **{text}** |" + " — |" * 12)
+                md.append(f"| {p} | **{text}** |" + " — |" * (12 + len(variant_ratios)))
                 continue
             errs = ", ".join(f"{k} {v}" for k, v in sorted(s["errors"].items())) or "0"
             util = s["cpu"] / (s["secs"] * n_server_cores) if s["secs"] else 0
@@ -306,11 +336,16 @@ def main():
                     ratios.append(
                         f"{fmt_ratio(s['rps'], r['rps'])}, {fmt_ratio(s['req_per_cpu'], r['req_per_cpu'])}"
                     )
+            extra = ""
+            for a, b in variant_ratios:
+                r = summaries.get(b)
+                extra += f" {fmt_ratio(s['req_per_cpu'], r['req_per_cpu']) if p == a and r else '—'} |"
             md.append(
                 f"| {p} | {fmt_num(s['rps'])} | {fmt_num(s['rps_min'])}–{fmt_num(s['rps_max'])} | "
                 f"{fmt_us(s['p50'])} | {fmt_us(s['p99'])} | {fmt_num(s['mbps'], 1)} | "
                 f"{fmt_num(s['cpu'], 2)} ({util:.0%}){mark} | {fmt_num(s['req_per_cpu'])} | {fmt_num(s['mb_per_cpu'], 1)} | "
                 f"{fmt_num(s['pss_mib'], 1)} MiB{rss} | {errs} | {s['origin_delta']} | {ratios[0]} | {ratios[1]} |"
+                + extra
             )
         md.append("")
         if contended:
@@ -338,6 +373,13 @@ def main():
                         f"- {p}: idle connections opened {s['idle_open']}, still open after the run "
                         f"{s['idle_alive']} (lowest over the runs)."
                     )
+        s = summaries.get("cairn-log")
+        if s is not None and s["log_lines"] >= 0:
+            md.append(
+                f"- cairn-log: its access log got {s['log_lines']:,} lines for the {s['requests']:,} "
+                "requests wrk completed in the measured runs"
+                + (" (**lines were dropped**)." if s["log_lines"] < s["requests"] else ".")
+            )
         for p in order:
             s = summaries.get(p)
             if s is not None and s["origin_delta"]:

@@ -12,6 +12,7 @@ pub use writer::{Logger, LoggerHandle};
 
 use crate::config::LogTarget;
 use std::cell::RefCell;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 
@@ -30,6 +31,9 @@ pub struct Batch {
 /// The shards' ends of their queues (index = shard id).
 pub struct LogQueues {
     senders: Vec<Option<SyncSender<Batch>>>,
+    /// Lines the logger could not write (disk errors), as opposed to lines the
+    /// shards dropped on a full queue (their own counters).
+    pub lost: Arc<AtomicU64>,
 }
 
 impl LogQueues {
@@ -37,6 +41,7 @@ impl LogQueues {
     pub fn disconnected(shards: usize) -> LogQueues {
         LogQueues {
             senders: vec![None; shards],
+            lost: Arc::default(),
         }
     }
 
@@ -48,7 +53,14 @@ impl LogQueues {
                 (Some(tx), rx)
             })
             .unzip();
-        (LogQueues { senders }, Logger::new(receivers))
+        let lost = Arc::new(AtomicU64::new(0));
+        (
+            LogQueues {
+                senders,
+                lost: lost.clone(),
+            },
+            Logger::new(receivers, lost),
+        )
     }
 
     pub fn sender(&self, shard: usize) -> Option<SyncSender<Batch>> {

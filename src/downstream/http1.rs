@@ -4,7 +4,6 @@
 //! 1.0), and rendering a structured head to bytes at the very last moment.
 
 use crate::context::ShardCtx;
-use crate::exchange::error::TOO_LARGE;
 use crate::exchange::{
     BodyLen, ClientGone, ConnFacts, Downstream, ExchangeError, Head, Protocol, Request,
 };
@@ -35,7 +34,9 @@ const MAX_PENDING: usize = 64;
 /// How the response body is delimited toward the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientFraming {
-    /// No body follows (HEAD, 204, 304): an origin's Content-Length field passes through.
+    /// No body follows (204, 304, bodiless origin responses): an origin's
+    /// Content-Length field passes through. (HEAD keeps the framing a GET would
+    /// have and sends no body.)
     NoBody,
     Length(u64),
     /// Chunked toward an HTTP/1.1 client (origin was chunked or close-delimited).
@@ -112,7 +113,7 @@ pub struct H1Exchange<'c> {
     head_request: bool,
     facts: RequestFacts,
     nth: u32,
-    /// Close after this response whatever the policy says (an unread body, an error).
+    /// Close after this response whatever the policy says (draining, a refusal).
     force_close: bool,
     ka: Decision,
     /// KA-6: the vhost's idle timeout for the wait that follows.
@@ -319,6 +320,26 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
             Version::Http10 => Protocol::Http10,
             Version::Http11 => Protocol::Http11,
         };
+        if head.framing != Framing::None && !proxy::routes(&shard, facts.group, &head) {
+            // No vhost will take it: refuse before reading (or inviting, with 100
+            // Continue) a body nobody wants, and close, since it stays unread.
+            let mut ex = H1Exchange::new(&conn, &shard, Some(&head), nth, true);
+            let r = Refused {
+                conn: &facts,
+                head: Some(&head),
+                protocol,
+                received,
+            };
+            Box::pin(proxy::refuse(
+                &shard,
+                &r,
+                &mut ex,
+                ExchangeError::UnknownVhost,
+            ))
+            .await;
+            Box::pin(conn.close_gracefully()).await;
+            return;
+        }
         let body =
             match Box::pin(read_body(&conn, &mut rbuf, &head, &limits, request_timeout)).await {
                 Ok(b) => b,
@@ -459,7 +480,7 @@ async fn read_body(
                 Ok(_) => {}
                 Err(e) => return Err(read_err(e)),
             },
-            Err(BodyError::TooLarge) => return Err(ExchangeError::RequestBody(TOO_LARGE)),
+            Err(BodyError::TooLarge) => return Err(ExchangeError::RequestBodyTooLarge),
             Err(_) => return Err(ExchangeError::RequestBody("malformed chunked body")),
         }
     }

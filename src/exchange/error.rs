@@ -22,6 +22,8 @@ pub enum ExchangeError {
     Request(#[from] RequestError),
     #[error("request body: {0}")]
     RequestBody(&'static str),
+    #[error("request body larger than the limit")]
+    RequestBodyTooLarge,
     #[error("the client took too long to send the request")]
     ClientTimeout,
     #[error("the client went away")]
@@ -43,6 +45,7 @@ impl ExchangeError {
         match self {
             ExchangeError::Request(_)
             | ExchangeError::RequestBody(_)
+            | ExchangeError::RequestBodyTooLarge
             | ExchangeError::ClientTimeout
             | ExchangeError::ClientGone
             | ExchangeError::UnknownVhost => Fault::Client,
@@ -53,8 +56,10 @@ impl ExchangeError {
         }
     }
 
-    /// May the same request be tried again (on another origin address)? Only an
-    /// origin failure before any response byte; never a client's fault.
+    /// May the same request be tried again? Only an origin failure before any
+    /// response byte (the origin cannot have acted on it); never a client's fault.
+    /// Today the origin exchange retries a stale pooled connection once; failover to
+    /// another address will ask this.
     pub fn retry_allowed(&self) -> bool {
         match self {
             ExchangeError::Origin(e) => e.before_response(),
@@ -66,11 +71,11 @@ impl ExchangeError {
     pub fn status(&self) -> u16 {
         match self {
             ExchangeError::Request(e) => e.status(),
-            ExchangeError::RequestBody(why) if *why == TOO_LARGE => 413,
+            ExchangeError::RequestBodyTooLarge => 413,
             ExchangeError::RequestBody(_) => 400,
             ExchangeError::ClientTimeout => 408,
-            // Nobody is listening; logged as STON does for a vanished client.
-            ExchangeError::ClientGone => 499,
+            // Nothing is sent to a client that went away; STON logs its status as 0.
+            ExchangeError::ClientGone => 0,
             ExchangeError::UnknownVhost => 404,
             ExchangeError::Origin(e) => e.status(),
             ExchangeError::FillFailed => 502,
@@ -84,9 +89,6 @@ impl ExchangeError {
         CacheResult::Error
     }
 }
-
-/// The reason of a request body over the limit (`RequestBody`), answered 413.
-pub const TOO_LARGE: &str = "larger than the limit";
 
 #[cfg(test)]
 mod tests {
@@ -104,11 +106,12 @@ mod tests {
                 400,
             ),
             (
-                ExchangeError::RequestBody(TOO_LARGE),
+                ExchangeError::RequestBodyTooLarge,
                 Fault::Client,
                 false,
                 413,
             ),
+            (ExchangeError::ClientGone, Fault::Client, false, 0),
             (
                 ExchangeError::RequestBody("bad chunk"),
                 Fault::Client,

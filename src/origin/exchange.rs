@@ -56,6 +56,12 @@ impl OriginReply {
         self.decoder.is_some()
     }
 
+    /// Would [`next`](Self::next) have to wait for the origin? A relay flushes what
+    /// it holds before it waits, so a slow origin's bytes reach the client as they come.
+    pub fn must_wait(&self) -> bool {
+        self.decoder.is_some() && self.buf.is_empty()
+    }
+
     /// The next body chunk; `Ok(None)` at the clean end; `Err` when the origin
     /// broke off (already logged): the response must be aborted, not completed.
     pub async fn next(&mut self) -> Result<Option<Bytes>, OriginError> {

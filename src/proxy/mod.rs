@@ -160,6 +160,9 @@ async fn send_own<D: Downstream>(
     mut head: Head<'_>,
     body: bytes::Bytes,
 ) -> Result<(), ExchangeError> {
+    if !head.has(b"date") {
+        head.push(b"Date", response::date_value().to_vec());
+    }
     if cx.vhost.options.via_header {
         head.push(b"Via", response::VIA.as_bytes());
     }
@@ -174,6 +177,13 @@ async fn send_own<D: Downstream>(
         down.send_body(body).await.map_err(gone)?;
     }
     down.finish().await.map_err(gone)
+}
+
+/// Does a vhost on listen group `group` take this request?
+pub fn routes(shard: &ShardCtx, group: usize, head: &RequestHead) -> bool {
+    shard.shared.live.load().routers[group]
+        .lookup(head.host())
+        .is_some()
 }
 
 /// What is known of a request refused before the request path could run.
@@ -217,7 +227,6 @@ pub async fn refuse<D: Downstream>(
     };
     // A client that went away gets nothing; its line says status 0, as STON's does.
     let gone = matches!(e, ExchangeError::ClientGone);
-    let sent = if gone { Sent::default() } else { sent };
     let ok = !gone
         && down.send_head(&head).await.is_ok()
         && (body.is_empty() || down.send_body(body).await.is_ok())
@@ -233,7 +242,8 @@ pub async fn refuse<D: Downstream>(
             head: r.head,
             protocol: r.protocol,
             received: r.received,
-            now_ms: now_ms(),
+            // The request's clock reading, as for every other line.
+            now_ms: now_ms().saturating_sub(r.received.elapsed().as_millis() as u64),
             sent,
             bytes_sent: down.bytes_sent(),
             result: e.result(),

@@ -41,6 +41,9 @@ pub async fn relay<D: Downstream>(
     response::send_head(cx, down, head, x).await?;
     let mut offset = 0u64;
     loop {
+        if reply.must_wait() {
+            down.flush().await.map_err(|_| ExchangeError::ClientGone)?;
+        }
         match reply.next().await {
             Ok(Some(b)) => {
                 let n = b.len() as u64;

@@ -139,6 +139,9 @@ async fn stream_and_store<D: Downstream>(
     let mut store = Store::open(cache, cx.shard.id, &key, plan);
     let mut offset = 0u64;
     loop {
+        if reply.must_wait() && !client_gone {
+            client_gone = down.flush().await.is_err();
+        }
         match reply.next().await {
             Ok(Some(b)) => {
                 store.push(&b);

@@ -11,14 +11,16 @@ use crate::http1::range::{self, RangeReply};
 use crate::proxy::request::RequestCtx;
 use crate::proxy::response::{self, Extras};
 
+/// `now`: the request's clock reading, or a fresh one after a trip to the origin
+/// (so Age and the TTL left count that trip).
 pub async fn send_hit<D: Downstream>(
     cx: &RequestCtx<'_>,
     down: &mut D,
     hit: &Hit,
     result: CacheResult,
+    now: u64,
 ) -> Result<(), ExchangeError> {
     let o = &cx.vhost.options;
-    let now = cx.now_ms;
     let mut x = Extras::new(result);
     x.ttl_left = Some(hit.times.ttl_left_s(now));
     if o.age_header {

@@ -65,7 +65,7 @@ pub async fn serve<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D) -> Result<(
     if let Some(hit) = cache.lookup(&cx.key.stored()) {
         if hit.times.is_fresh(cx.now_ms) {
             cache.stats.hits.fetch_add(1, Relaxed);
-            return hit::send_hit(cx, down, &hit, CacheResult::Hit).await;
+            return hit::send_hit(cx, down, &hit, CacheResult::Hit, cx.now_ms).await;
         }
         if !hit.etag.is_empty() || hit.last_modified_s != 0 {
             return revalidate::revalidate(cx, down, hit).await;

@@ -47,7 +47,7 @@ pub async fn revalidate<D: Downstream>(
                 headers,
                 ..hit
             };
-            send_hit(cx, down, &fresh, CacheResult::RefreshHit).await
+            send_hit(cx, down, &fresh, CacheResult::RefreshHit, now_ms()).await
         }
         Ok(reply) => {
             drop(hit);
@@ -59,7 +59,7 @@ pub async fn revalidate<D: Downstream>(
                 cx.vhost.name,
                 String::from_utf8_lossy(cx.head.path())
             );
-            send_hit(cx, down, &hit, CacheResult::RefFailHit).await
+            send_hit(cx, down, &hit, CacheResult::RefFailHit, now_ms()).await
         }
         Err(e) => Err(e),
     }
