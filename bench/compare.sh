@@ -717,7 +717,7 @@ done
 CAIRN_ACCESS_LOG=
 if has_proxy cairn-log; then
 	mkdir -p "$WORK/cairn-log/logs"
-	sed -i "s|^\\( *\\)</VHostDefault>|\\1    <!-- cairn-log (added by compare.sh): the access log, Dir/<vhost>/access.log. -->\\n\\1    <Log Dir=\"$WORK/cairn-log/logs\"><Access>ON</Access></Log>\\n\\1</VHostDefault>|" \
+	sed -i "s|^\\( *\\)</VHostDefault>|\\1    <!-- cairn-log (added by compare.sh): the access log, Dir/<vhost>/access.log. -->\\n\\1    <Log Dir=\"$WORK/cairn-log/logs\"><Access Local=\"ON\">ON</Access></Log>\\n\\1</VHostDefault>|" \
 		"$WORK/cairn-log/conf/server.xml"
 	grep -q '<Log Dir=' "$WORK/cairn-log/conf/server.xml" || die "could not add <Log> to cairn-log's server.xml"
 	CAIRN_ACCESS_LOG=$WORK/cairn-log/logs/bench.local/access.log

@@ -194,6 +194,20 @@ fn run(args: &Args) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    for v in &config.vhosts {
+        if let Some(t) = v.access_log.as_ref() {
+            log::info!(
+                "vhost {}: access log {}{}",
+                v.name,
+                t.path.display(),
+                if t.local {
+                    ""
+                } else {
+                    " (loopback clients not logged: Local=\"OFF\", STON's default)"
+                }
+            );
+        }
+    }
     for url in shard::urls(&bound) {
         println!("cairn listening on {url}");
     }

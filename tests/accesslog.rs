@@ -86,7 +86,7 @@ fn every_request_gets_exactly_one_line_with_the_right_fields() {
         "/slow" => Reply::Silent(Duration::from_secs(5)),
         _ => ok(b"posted"),
     });
-    let dir = setup(&origin, "<Access>ON</Access>");
+    let dir = setup(&origin, r#"<Access Local="ON">ON</Access>"#);
     let cairn = Cairn::start(dir.clone(), 2);
     let logs = dir.join("logs/test.local");
     let header = std::fs::read_to_string(logs.join("access.log")).unwrap_or_default();
@@ -205,7 +205,7 @@ fn a_roll_by_size_loses_no_line_and_retention_prunes() {
     });
     let dir = setup(
         &origin,
-        r#"<Access Type="size" Unit="4KB" Retention="100">ON</Access>"#,
+        r#"<Access Type="size" Unit="4KB" Retention="100" Local="ON">ON</Access>"#,
     );
     let cairn = Cairn::start(dir.clone(), 2);
     let n = 300;
@@ -260,7 +260,7 @@ fn a_roll_by_size_loses_no_line_and_retention_prunes() {
     // Retention: a second run with Retention=2 keeps two rolled files.
     let dir2 = setup(
         &origin,
-        r#"<Access Type="size" Unit="4KB" Retention="2">ON</Access>"#,
+        r#"<Access Type="size" Unit="4KB" Retention="2" Local="ON">ON</Access>"#,
     );
     let cairn = Cairn::start(dir2.clone(), 1);
     let mut c = cairn.connect();
@@ -289,7 +289,7 @@ fn a_roll_by_size_loses_no_line_and_retention_prunes() {
 #[test]
 fn apache_form_and_no_log_element_writes_nothing() {
     let origin = Origin::start(|_| ok(b"x"));
-    let dir = setup(&origin, r#"<Access Form="apache">ON</Access>"#);
+    let dir = setup(&origin, r#"<Access Form="apache" Local="ON">ON</Access>"#);
     let cairn = Cairn::start(dir.clone(), 1);
     raw(&cairn, "GET /a?b=1 HTTP/1.1\r\nHost: test.local\r\nReferer: http://r/\r\nUser-Agent: UA 1\r\nConnection: close\r\n\r\n");
     let got = wait_lines(&dir.join("logs/test.local"), 1);
@@ -305,4 +305,12 @@ fn apache_form_and_no_log_element_writes_nothing() {
     assert_eq!(cairn.connect().get("/a").status, 200);
     std::thread::sleep(Duration::from_millis(300));
     assert!(!dir.join("logs").exists(), "no <Log>: no files");
+    drop(cairn);
+
+    // STON's default Local="OFF": loopback clients are not logged.
+    let dir = setup(&origin, "<Access>ON</Access>");
+    let cairn = Cairn::start(dir.clone(), 1);
+    assert_eq!(cairn.connect().get("/a").status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(lines(&dir.join("logs/test.local")).is_empty());
 }

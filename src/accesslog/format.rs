@@ -1,7 +1,7 @@
 //! Access-log lines as pure functions of one exchange's facts (LOG-1): STON's W3C
 //! extended form and Apache's combined form. No clock, no IO.
 
-use crate::config::LogForm;
+use crate::config::{LogForm, XffLog};
 use std::io::Write;
 use std::net::IpAddr;
 
@@ -17,6 +17,9 @@ pub struct Entry<'a> {
     pub server_ip: Option<IpAddr>,
     pub server_port: u16,
     pub client_ip: Option<IpAddr>,
+    /// The client's `X-Forwarded-For`, and how `c-ip` uses it.
+    pub xff: Option<&'a [u8]>,
+    pub xff_mode: XffLog,
     pub method: Option<&'a [u8]>,
     /// Path and query as the client sent them.
     pub target: Option<&'a [u8]>,
@@ -29,6 +32,8 @@ pub struct Entry<'a> {
     pub status: u16,
     /// Head and body bytes written to the client.
     pub bytes_sent: u64,
+    /// Of those, body bytes (Apache's `%b`).
+    pub body_bytes: u64,
     pub time_taken_ms: u64,
     /// `sc-resinfo`: the response was gzip-encoded / bypassed the cache.
     pub gzip: bool,
@@ -50,6 +55,8 @@ pub fn write(form: LogForm, e: &Entry, out: &mut Vec<u8>) {
 fn field(out: &mut Vec<u8>, v: Option<&[u8]>) {
     match v.filter(|v| !v.is_empty()) {
         None => out.push(b'-'),
+        // Most values need no escaping: copy them whole.
+        Some(v) if v.iter().all(|&b| b > b' ' && b != 0x7f) => out.extend_from_slice(v),
         Some(v) => out.extend(v.iter().map(|&b| match b {
             b' ' | b'\t' => b'+',
             // Control bytes would break a line apart.
@@ -78,6 +85,66 @@ fn encodings(out: &mut Vec<u8>, v: Option<&[u8]>) {
     }
 }
 
+/// `n` in decimal, without the formatting machinery (this runs per request).
+pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn ip(out: &mut Vec<u8>, ip: Option<IpAddr>) {
+    match ip {
+        Some(IpAddr::V4(v4)) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                decimal(out, u64::from(*o));
+            }
+        }
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push(b'-'),
+    }
+}
+
+/// `c-ip` per `<Access XFF>`: the client's forwarded-for chain (spaces dropped)
+/// and its own address.
+fn client(out: &mut Vec<u8>, e: &Entry) {
+    let xff = e
+        .xff
+        .map(crate::http1::headers::trim)
+        .filter(|v| !v.is_empty());
+    let chain = |out: &mut Vec<u8>, v: &[u8]| {
+        let mut first = true;
+        for t in crate::http1::headers::tokens(v) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            field(out, Some(t));
+        }
+    };
+    match (e.xff_mode, xff) {
+        (XffLog::On, Some(v)) => {
+            chain(out, v);
+            out.push(b',');
+            ip(out, e.client_ip);
+        }
+        (XffLog::TrimCip, Some(v)) => chain(out, v),
+        _ => ip(out, e.client_ip),
+    }
+}
+
 fn civil(ms: u64) -> (i64, u32, u32, u64, u64, u64) {
     let secs = ms / 1000;
     let (y, m, d) = crate::httpdate::civil_from_days((secs / 86_400) as i64);
@@ -85,15 +152,35 @@ fn civil(ms: u64) -> (i64, u32, u32, u64, u64, u64) {
     (y, m, d, t / 3600, t / 60 % 60, t % 60)
 }
 
-fn write_w3c(e: &Entry, out: &mut Vec<u8>) {
-    let (y, mo, d, h, mi, s) = civil(e.end_ms);
-    let _ = write!(out, "{y:04}.{mo:02}.{d:02} {h:02}:{mi:02}:{s:02} ");
-    match e.server_ip {
-        Some(ip) => {
-            let _ = write!(out, "{ip}");
+thread_local! {
+    /// `YYYY.MM.DD HH:MM:SS` of the last second formatted on this thread.
+    static STAMP: std::cell::RefCell<(u64, [u8; 19])> = const { std::cell::RefCell::new((u64::MAX, [0; 19])) };
+}
+
+fn stamp(out: &mut Vec<u8>, ms: u64) {
+    let secs = ms / 1000;
+    STAMP.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let (y, mo, d, h, mi, s) = civil(ms);
+            let mut b = Vec::with_capacity(19);
+            let _ = write!(b, "{y:04}.{mo:02}.{d:02} {h:02}:{mi:02}:{s:02}");
+            if let Ok(a) = <[u8; 19]>::try_from(&b[..]) {
+                *c = (secs, a);
+            } else {
+                // A year past 9999: no cache, write it as it is.
+                out.extend_from_slice(&b);
+                return;
+            }
         }
-        None => out.push(b'-'),
-    }
+        out.extend_from_slice(&c.1);
+    });
+}
+
+fn write_w3c(e: &Entry, out: &mut Vec<u8>) {
+    stamp(out, e.end_ms);
+    out.push(b' ');
+    ip(out, e.server_ip);
     out.push(b' ');
     field(out, e.method);
     out.push(b' ');
@@ -107,16 +194,19 @@ fn write_w3c(e: &Entry, out: &mut Vec<u8>) {
     field(out, stem);
     out.push(b' ');
     field(out, query);
-    let _ = write!(out, " {} - ", e.server_port);
-    match e.client_ip {
-        Some(ip) => {
-            let _ = write!(out, "{ip}");
-        }
-        None => out.push(b'-'),
-    }
+    out.push(b' ');
+    decimal(out, u64::from(e.server_port));
+    out.extend_from_slice(b" - ");
+    client(out, e);
     out.push(b' ');
     field(out, e.user_agent);
-    let _ = write!(out, " {} {} {} ", e.status, e.bytes_sent, e.time_taken_ms);
+    out.push(b' ');
+    decimal(out, u64::from(e.status));
+    out.push(b' ');
+    decimal(out, e.bytes_sent);
+    out.push(b' ');
+    decimal(out, e.time_taken_ms);
+    out.push(b' ');
     field(out, e.referer);
     out.push(b' ');
     match (e.bypass, e.gzip) {
@@ -135,11 +225,11 @@ fn write_w3c(e: &Entry, out: &mut Vec<u8>) {
     field(out, Some(e.result.as_bytes()));
     out.push(b' ');
     encodings(out, e.accept_encoding);
-    let _ = write!(out, " {} ", e.session_id);
+    out.push(b' ');
+    decimal(out, e.session_id);
+    out.push(b' ');
     match e.content_length {
-        Some(n) => {
-            let _ = write!(out, "{n}");
-        }
+        Some(n) => decimal(out, n),
         None => out.push(b'-'),
     }
     out.push(b'\n');
@@ -175,10 +265,11 @@ fn write_apache(e: &Entry, out: &mut Vec<u8>) {
         _ => out.push(b'-'),
     }
     let _ = write!(out, "\" {} ", e.status);
-    if e.bytes_sent == 0 {
+    // `%b`: body bytes, without the head.
+    if e.body_bytes == 0 {
         out.push(b'-');
     } else {
-        let _ = write!(out, "{}", e.bytes_sent);
+        let _ = write!(out, "{}", e.body_bytes);
     }
     out.extend_from_slice(b" \"");
     quoted(out, e.referer.unwrap_or(b"-"));
@@ -212,6 +303,8 @@ mod tests {
             server_ip: Some("220.134.10.5".parse().unwrap()),
             server_port: 80,
             client_ip: Some("61.50.7.9".parse().unwrap()),
+            xff: None,
+            xff_mode: XffLog::On,
             method: Some(b"GET"),
             target: Some(b"/web/h.gif"),
             version: "HTTP/1.1",
@@ -221,6 +314,7 @@ mod tests {
             accept_encoding: Some(b"gzip, deflate"),
             status: 200,
             bytes_sent: 98141,
+            body_bytes: 98000,
             time_taken_ms: 5,
             gzip: true,
             bypass: false,
@@ -280,6 +374,21 @@ mod tests {
         // A newline inside a value cannot start a second line.
         e.user_agent = Some(b"x\r\ny");
         assert_eq!(line(LogForm::Ston, &e).matches('\n').count(), 1);
+        // XFF (the chain may not add a field either) and IPv6.
+        let mut e = entry();
+        e.xff = Some(b" 10.0.0.1, 10.0.0.2 ");
+        assert!(line(LogForm::Ston, &e).contains(" 80 - 10.0.0.1,10.0.0.2,61.50.7.9 Chrome"));
+        e.xff_mode = XffLog::TrimCip;
+        assert!(line(LogForm::Ston, &e).contains(" 80 - 10.0.0.1,10.0.0.2 Chrome"));
+        e.xff_mode = XffLog::Off;
+        assert!(line(LogForm::Ston, &e).contains(" 80 - 61.50.7.9 Chrome"));
+        e.xff = Some(b"a b, c\nd");
+        e.xff_mode = XffLog::On;
+        let l = line(LogForm::Ston, &e);
+        assert_eq!(l.trim_end().split(' ').count(), names, "{l}");
+        e.client_ip = Some("::1".parse().unwrap());
+        e.xff = None;
+        assert!(line(LogForm::Ston, &e).contains(" 80 - ::1 Chrome"));
     }
 
     #[test]
@@ -288,7 +397,7 @@ mod tests {
         e.referer = Some(b"http://a/\"x\"");
         assert_eq!(
             line(LogForm::Apache, &e),
-            "61.50.7.9 - - [27/Jun/2012:16:52:24 +0000] \"GET /web/h.gif HTTP/1.1\" 200 98141 \"http://a/\\\"x\\\"\" \"Chrome/19.0 (X11; Linux)\"\n"
+            "61.50.7.9 - - [27/Jun/2012:16:52:24 +0000] \"GET /web/h.gif HTTP/1.1\" 200 98000 \"http://a/\\\"x\\\"\" \"Chrome/19.0 (X11; Linux)\"\n"
         );
         let bare = Entry {
             status: 400,

@@ -149,6 +149,8 @@ mod tests {
             form: LogForm::Ston,
             roll: Roll::Time { minutes: 1440 },
             retention: 1,
+            local: true,
+            xff: crate::config::XffLog::On,
         })
     }
 

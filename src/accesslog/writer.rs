@@ -284,6 +284,8 @@ mod tests {
             form: LogForm::Ston,
             roll,
             retention: 100,
+            local: true,
+            xff: crate::config::XffLog::On,
         })
     }
 

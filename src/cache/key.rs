@@ -23,40 +23,49 @@ impl Variant {
     }
 }
 
+/// Built once per request, in its stored form (one allocation).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    primary: Vec<u8>,
+    /// The primary part followed by the variant's suffix.
+    stored: Vec<u8>,
+    primary_len: usize,
     pub variant: Variant,
 }
 
 impl CacheKey {
     /// `vhost` + `path` (path and query as requested).
     pub fn new(vhost: &str, path: &[u8], variant: Variant) -> CacheKey {
-        let mut primary = Vec::with_capacity(vhost.len() + path.len() + 5);
-        primary.extend_from_slice(vhost.as_bytes());
-        primary.extend_from_slice(path);
-        CacheKey { primary, variant }
+        let suffix = variant.suffix();
+        let mut stored = Vec::with_capacity(vhost.len() + path.len() + suffix.len());
+        stored.extend_from_slice(vhost.as_bytes());
+        stored.extend_from_slice(path);
+        let primary_len = stored.len();
+        stored.extend_from_slice(suffix);
+        CacheKey {
+            stored,
+            primary_len,
+            variant,
+        }
     }
 
     pub fn primary(&self) -> &[u8] {
-        &self.primary
+        &self.stored[..self.primary_len]
     }
 
     /// The same primary key in another variant.
     pub fn with_variant(&self, variant: Variant) -> CacheKey {
+        let mut stored = self.primary().to_vec();
+        stored.extend_from_slice(variant.suffix());
         CacheKey {
-            primary: self.primary.clone(),
+            stored,
+            primary_len: self.primary_len,
             variant,
         }
     }
 
     /// The bytes records and the index are keyed by.
-    pub fn stored(&self) -> Vec<u8> {
-        let s = self.variant.suffix();
-        let mut k = Vec::with_capacity(self.primary.len() + s.len());
-        k.extend_from_slice(&self.primary);
-        k.extend_from_slice(s);
-        k
+    pub fn stored(&self) -> &[u8] {
+        &self.stored
     }
 }
 
@@ -74,8 +83,9 @@ mod tests {
         assert_ne!(id, gz);
         let all: Vec<Vec<u8>> = Variant::ALL
             .iter()
-            .map(|&v| id.with_variant(v).stored())
+            .map(|&v| id.with_variant(v).stored().to_vec())
             .collect();
-        assert!(all.contains(&id.stored()) && all.contains(&gz.stored()));
+        assert!(all.contains(&id.stored().to_vec()) && all.contains(&gz.stored().to_vec()));
+        assert_eq!(gz.with_variant(Variant::Identity), id);
     }
 }

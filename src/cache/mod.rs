@@ -178,7 +178,7 @@ impl Cache {
             .iter()
             .filter(|&&v| {
                 guard
-                    .remove(&record::key_hash(&key.with_variant(v).stored()))
+                    .remove(&record::key_hash(key.with_variant(v).stored()))
                     .is_some()
             })
             .count()

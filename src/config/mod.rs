@@ -141,6 +141,8 @@ pub struct Vhost {
     pub log: LogSettings,
     /// The access log this vhost writes (LOG-1), when `<Log><Access>` is ON.
     pub access_log: Option<std::sync::Arc<LogTarget>>,
+    /// The origin log (LOG-2), when `<Log><Origin>` is ON.
+    pub origin_log: Option<std::sync::Arc<LogTarget>>,
 }
 
 /// How an access-log line is written (`<Access Form>`).
@@ -164,6 +166,18 @@ pub enum Roll {
     Both { minutes: u32, bytes: u64 },
 }
 
+/// What `c-ip` says when the client sent `X-Forwarded-For` (`<Access XFF>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XffLog {
+    /// The header's addresses, then the client's (`a,b,client`).
+    #[default]
+    On,
+    /// The client's address only.
+    Off,
+    /// The header's addresses when there are any, else the client's.
+    TrimCip,
+}
+
 /// One log file's settings (`<Access>`, `<Origin>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFileSettings {
@@ -172,6 +186,9 @@ pub struct LogFileSettings {
     /// Rolled files kept; older ones are deleted.
     pub retention: u32,
     pub form: LogForm,
+    /// `Local`: log loopback clients too (STON's default is OFF).
+    pub local: bool,
+    pub xff: XffLog,
 }
 
 impl Default for LogFileSettings {
@@ -181,6 +198,8 @@ impl Default for LogFileSettings {
             roll: Roll::Time { minutes: 1440 },
             retention: 10,
             form: LogForm::Ston,
+            local: false,
+            xff: XffLog::On,
         }
     }
 }
@@ -191,6 +210,7 @@ impl Default for LogFileSettings {
 pub struct LogSettings {
     pub dir: Option<PathBuf>,
     pub access: LogFileSettings,
+    pub origin: LogFileSettings,
 }
 
 /// A resolved log file: where it lives and how it is written and rolled.
@@ -201,6 +221,21 @@ pub struct LogTarget {
     pub form: LogForm,
     pub roll: Roll,
     pub retention: u32,
+    pub local: bool,
+    pub xff: XffLog,
+}
+
+impl LogTarget {
+    pub fn new(dir: &Path, vhost: &str, stem: &str, f: &LogFileSettings) -> LogTarget {
+        LogTarget {
+            path: dir.join(vhost).join(format!("{stem}.log")),
+            form: f.form,
+            roll: f.roll,
+            retention: f.retention,
+            local: f.local,
+            xff: f.xff,
+        }
+    }
 }
 
 impl Vhost {

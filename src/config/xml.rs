@@ -3,7 +3,7 @@
 use super::{
     expand_star, CacheSettings, Config, ConfigError, Diag, ListenGroup, Loaded, LogFileSettings,
     LogForm, LogSettings, LogTarget, Options, OriginAddr, OriginOptions, Roll, ServerSettings,
-    Vhost,
+    Vhost, XffLog,
 };
 use roxmltree::{Document, Node};
 use std::net::{IpAddr, SocketAddr};
@@ -294,6 +294,7 @@ fn parse_vhost(
         header_rules: std::sync::Arc::new([]),
         log: defaults.log.clone(),
         access_log: None,
+        origin_log: None,
     };
     let mut listen_set = false;
     for e in elements(node) {
@@ -357,14 +358,13 @@ fn parse_vhost(
             format!("vhost '{}' has no <Origin><Address>", vh.name),
         ));
     }
-    if let Some(dir) = vh.log.dir.as_ref().filter(|_| vh.log.access.enabled) {
-        let a = &vh.log.access;
-        vh.access_log = Some(std::sync::Arc::new(LogTarget {
-            path: dir.join(&vh.name).join("access.log"),
-            form: a.form,
-            roll: a.roll,
-            retention: a.retention,
-        }));
+    if let Some(dir) = vh.log.dir.clone() {
+        let target = |stem: &str, f: &LogFileSettings| {
+            f.enabled
+                .then(|| std::sync::Arc::new(LogTarget::new(&dir, &vh.name, stem, f)))
+        };
+        vh.access_log = target("access", &vh.log.access);
+        vh.origin_log = target("origin", &vh.log.origin);
     }
     Ok(Some(vh))
 }
@@ -758,6 +758,7 @@ fn apply_log(
     for e in elements(node) {
         match e.tag_name().name() {
             "Access" => apply_log_file(s, e, &mut log.access)?,
+            "Origin" => apply_log_file(s, e, &mut log.origin)?,
             other => {
                 warnings.push(s.diag(e, format!("<Log><{other}> is not supported yet; ignored")))
             }
@@ -827,6 +828,25 @@ fn apply_log_file(s: &Src, e: Node, f: &mut LogFileSettings) -> Result<(), Confi
     };
     if let Some(r) = e.attribute("Retention") {
         f.retention = number(s, e, r.trim(), 1, 10_000)?;
+    }
+    if let Some(local) = e.attribute("Local") {
+        f.local = on_off_str(s, e, local)?;
+    }
+    if let Some(x) = e.attribute("XFF") {
+        f.xff = match x.trim().to_ascii_lowercase().as_str() {
+            "on" => XffLog::On,
+            "off" => XffLog::Off,
+            "trimcip" => XffLog::TrimCip,
+            other => {
+                return Err(s.err(
+                    e,
+                    format!(
+                        "<{}> XFF '{other}': expected ON, OFF or TrimCIP",
+                        e.tag_name().name()
+                    ),
+                ))
+            }
+        };
     }
     if let Some(form) = e.attribute("Form") {
         f.form = match form.trim().to_ascii_lowercase().as_str() {

@@ -57,8 +57,9 @@ pub fn framing_for(body: BodyLen, version: Version) -> ClientFraming {
 
 /// The HTTP/1.1 bytes of a head: status line, fields, framing, connection fields.
 pub fn render_head(head: &Head<'_>, framing: ClientFraming, ka: Decision) -> Vec<u8> {
-    let size: usize = head.fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
-    let mut out = Vec::with_capacity(size + 128);
+    let (block, fields) = head.parts();
+    let size: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let mut out = Vec::with_capacity(block.len() + size + 128);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa3(head.status).as_slice());
     out.push(b' ');
@@ -67,7 +68,9 @@ pub fn render_head(head: &Head<'_>, framing: ClientFraming, ka: Decision) -> Vec
         None => out.extend_from_slice(reason(head.status).as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
-    for (n, v) in &head.fields {
+    // Lines cairn stored itself, well formed: copied whole.
+    out.extend_from_slice(block);
+    for (n, v) in fields {
         out.extend_from_slice(n);
         out.extend_from_slice(b": ");
         out.extend_from_slice(v);
@@ -76,7 +79,7 @@ pub fn render_head(head: &Head<'_>, framing: ClientFraming, ka: Decision) -> Vec
     match framing {
         ClientFraming::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
+            write_decimal(&mut out, n);
             out.extend_from_slice(b"\r\n");
         }
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -85,6 +88,21 @@ pub fn render_head(head: &Head<'_>, framing: ClientFraming, ka: Decision) -> Vec
     ka.write_headers(&mut out);
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// `n` in decimal, without a temporary String.
+fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 fn itoa3(status: u16) -> [u8; 3] {
@@ -121,6 +139,7 @@ pub struct H1Exchange<'c> {
     framing: ClientFraming,
     pending: Vec<Bytes>,
     sent: u64,
+    head_len: u64,
     state: State,
 }
 
@@ -157,6 +176,7 @@ impl<'c> H1Exchange<'c> {
             framing: ClientFraming::NoBody,
             pending: Vec::new(),
             sent: 0,
+            head_len: 0,
             state: State::Fresh,
         }
     }
@@ -182,8 +202,9 @@ impl Downstream for H1Exchange<'_> {
         if self.framing == ClientFraming::Close || self.shard.draining() {
             self.ka = Decision::Close;
         }
-        self.pending
-            .push(Bytes::from(render_head(head, self.framing, self.ka)));
+        let rendered = render_head(head, self.framing, self.ka);
+        self.head_len = rendered.len() as u64;
+        self.pending.push(Bytes::from(rendered));
         self.state = State::Streaming;
         Ok(())
     }
@@ -256,6 +277,10 @@ impl Downstream for H1Exchange<'_> {
 
     fn bytes_sent(&self) -> u64 {
         self.sent
+    }
+
+    fn body_bytes_sent(&self) -> u64 {
+        self.sent.saturating_sub(self.head_len)
     }
 }
 
@@ -513,7 +538,7 @@ mod tests {
         let mut h = Head::new(200, BodyLen::Unknown);
         h.reason = Some(b"Fine");
         h.push(b"ETag", &b"\"e\""[..]);
-        h.fields
+        h.fields_mut()
             .push((Cow::Borrowed(b"X-Cache"), Cow::Borrowed(b"TCP_MISS")));
         let out = render_head(&h, ClientFraming::Chunked, Decision::Close);
         assert_eq!(

@@ -41,8 +41,7 @@ impl Downstream for MemoryDownstream {
     async fn send_head(&mut self, head: &Head<'_>) -> Result<(), ClientGone> {
         self.rec.status = head.status;
         self.rec.fields = head
-            .fields
-            .iter()
+            .fields()
             .map(|(n, v)| (n.to_vec(), v.to_vec()))
             .collect();
         self.rec.body_len = Some(head.body);
@@ -69,5 +68,8 @@ impl Downstream for MemoryDownstream {
     }
     fn bytes_sent(&self) -> u64 {
         self.sent
+    }
+    fn body_bytes_sent(&self) -> u64 {
+        self.rec.pieces.iter().map(|p| p.len() as u64).sum()
     }
 }

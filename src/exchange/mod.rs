@@ -87,4 +87,6 @@ pub trait Downstream {
     fn head_sent(&self) -> bool;
     /// Bytes written to the client so far (head, framing and body).
     fn bytes_sent(&self) -> u64;
+    /// Of those, the bytes that were not the head.
+    fn body_bytes_sent(&self) -> u64;
 }

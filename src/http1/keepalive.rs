@@ -79,18 +79,33 @@ impl Decision {
             Decision::Close => out.extend_from_slice(b"Connection: Close\r\n"),
             Decision::KeepAlive { timeout, max } => {
                 out.extend_from_slice(b"Connection: Keep-Alive\r\n");
-                match (timeout, max) {
-                    (Some(t), Some(m)) => out.extend_from_slice(
-                        format!("Keep-Alive: timeout={t}, max={m}\r\n").as_bytes(),
-                    ),
-                    (Some(t), None) => {
-                        out.extend_from_slice(format!("Keep-Alive: timeout={t}\r\n").as_bytes())
+                // Written by hand: this runs for every keep-alive response.
+                if let Some(t) = timeout {
+                    out.extend_from_slice(b"Keep-Alive: timeout=");
+                    decimal(out, t);
+                    if let Some(m) = max {
+                        out.extend_from_slice(b", max=");
+                        decimal(out, m);
                     }
-                    _ => {}
+                    out.extend_from_slice(b"\r\n");
                 }
             }
         }
     }
+}
+
+fn decimal(out: &mut Vec<u8>, mut n: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 #[cfg(test)]

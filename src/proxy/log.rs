@@ -21,6 +21,7 @@ pub struct Exchanged<'a> {
     pub now_ms: u64,
     pub sent: Sent,
     pub bytes_sent: u64,
+    pub body_bytes: u64,
     pub result: CacheResult,
     pub bypass: bool,
 }
@@ -29,22 +30,42 @@ pub fn write(shard: &ShardCtx, x: &Exchanged<'_>) {
     let Some(target) = x.vhost.and_then(|v| v.access_log.as_ref()) else {
         return;
     };
+    // STON's `Local="OFF"` (its default): loopback clients are not logged.
+    if !target.local && x.conn.peer.ip().is_loopback() {
+        return;
+    }
     let taken = x.received.elapsed();
-    let h = |name: &str| x.head.and_then(|r| r.header(name));
+    // One pass over the request's fields for all the ones the line names.
+    let mut f: [Option<&[u8]>; 5] = [None; 5];
+    const NAMES: [&[u8]; 5] = [
+        b"user-agent",
+        b"referer",
+        b"range",
+        b"accept-encoding",
+        b"x-forwarded-for",
+    ];
+    for (n, v) in x.head.into_iter().flat_map(RequestHead::headers) {
+        if let Some(i) = NAMES.iter().position(|w| n.eq_ignore_ascii_case(w)) {
+            f[i].get_or_insert(v);
+        }
+    }
     let e = Entry {
         end_ms: x.now_ms + taken.as_millis() as u64,
         server_ip: Some(x.conn.local.ip()),
         server_port: x.conn.local.port(),
         client_ip: Some(x.conn.peer.ip()),
+        xff: f[4],
+        xff_mode: target.xff,
         method: x.head.map(RequestHead::method),
         target: x.head.map(RequestHead::path),
         version: x.protocol.as_str(),
-        user_agent: h("user-agent"),
-        referer: h("referer"),
-        range: h("range"),
-        accept_encoding: h("accept-encoding"),
+        user_agent: f[0],
+        referer: f[1],
+        range: f[2],
+        accept_encoding: f[3],
         status: x.sent.status,
         bytes_sent: x.bytes_sent,
+        body_bytes: x.body_bytes,
         time_taken_ms: taken.as_millis() as u64,
         gzip: x.sent.gzip,
         bypass: x.bypass,

@@ -48,7 +48,7 @@ pub async fn serve_with<D: Downstream>(
             protocol: req.protocol,
             received: req.received,
         };
-        refuse(shard, &facts, down, ExchangeError::UnknownVhost).await;
+        Box::pin(refuse(shard, &facts, down, ExchangeError::UnknownVhost)).await;
         return;
     };
     let vhost = &config.vhosts[vi];
@@ -89,14 +89,14 @@ pub async fn serve_with<D: Downstream>(
         error: RefCell::new(None),
     };
     let r = if let Some(code) = vhost.options.redirect_https {
-        redirect_https(&cx, down, code).await
+        Box::pin(redirect_https(&cx, down, code)).await
     } else if cached::eligible(&req.head) {
-        Box::pin(cached::serve(&cx, down)).await
+        cached::serve(&cx, down).await
     } else {
         Box::pin(pass::forward(&cx, down, CacheResult::ClientRefreshMiss)).await
     };
     if let Err(e) = r {
-        fail(&cx, down, e).await;
+        Box::pin(fail(&cx, down, e)).await;
     }
     log::write(
         shard,
@@ -109,6 +109,7 @@ pub async fn serve_with<D: Downstream>(
             now_ms: now,
             sent: cx.sent.get(),
             bytes_sent: down.bytes_sent(),
+            body_bytes: down.body_bytes_sent(),
             result: cx.result.get(),
             bypass: cx.bypass.get(),
         },
@@ -246,6 +247,7 @@ pub async fn refuse<D: Downstream>(
             now_ms: now_ms().saturating_sub(r.received.elapsed().as_millis() as u64),
             sent,
             bytes_sent: down.bytes_sent(),
+            body_bytes: down.body_bytes_sent(),
             result: e.result(),
             bypass: false,
         },

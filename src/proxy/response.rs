@@ -94,7 +94,8 @@ pub fn from_origin(resp: &ResponseHead, body: BodyLen, policy: HeaderPolicy) -> 
         {
             continue;
         }
-        h.fields.push((Cow::Borrowed(name), Cow::Borrowed(value)));
+        h.fields_mut()
+            .push((Cow::Borrowed(name), Cow::Borrowed(value)));
     }
     h
 }
@@ -172,6 +173,23 @@ pub async fn send_head<D: Downstream>(
         .map_err(|_| ExchangeError::ClientGone)
 }
 
+/// What the log line needs of a head (looked up only when the vhost logs).
+pub fn sent_facts(cx: &RequestCtx<'_>, head: &Head<'_>) -> Sent {
+    if cx.vhost.access_log.is_none() {
+        return Sent {
+            status: head.status,
+            ..Sent::default()
+        };
+    }
+    Sent {
+        status: head.status,
+        content_length: head.content_length(),
+        gzip: head.get(b"content-encoding").is_some_and(|v| {
+            crate::http1::headers::tokens(v).any(|t| t.eq_ignore_ascii_case(b"gzip"))
+        }),
+    }
+}
+
 /// Sends one piece of the body. `offset`: where the piece starts in the object
 /// (`None` for framing bytes such as multipart part heads, which no transform sees).
 pub async fn send_piece<D: Downstream>(
@@ -211,7 +229,7 @@ mod tests {
     use bytes::BytesMut;
 
     fn names<'a>(h: &'a Head) -> Vec<&'a [u8]> {
-        h.fields.iter().map(|(n, _)| &n[..]).collect()
+        h.fields().map(|(n, _)| n).collect()
     }
 
     #[test]

@@ -121,7 +121,7 @@ pub fn apply_response<'h>(
         return;
     }
     // Framing and connection fields are cairn's: the rules neither see nor touch them.
-    let (kept, mut list): (HeaderList<'h>, HeaderList<'h>) = std::mem::take(&mut head.fields)
+    let (kept, mut list): (HeaderList<'h>, HeaderList<'h>) = std::mem::take(head.fields_mut())
         .into_iter()
         .partition(|(n, _)| protected(n));
     if let Some(base) = o.refresh_expires {
@@ -175,5 +175,5 @@ pub fn apply_response<'h>(
         list.retain(|(n, _)| !protected(n));
     }
     list.extend(kept);
-    head.fields = list;
+    *head.fields_mut() = list;
 }

@@ -20,7 +20,7 @@ pub async fn miss<D: Downstream>(
     result: CacheResult,
 ) -> Result<(), ExchangeError> {
     let cache = &cx.shard.shared.cache;
-    match cache.fills.begin(&cx.key.stored()) {
+    match cache.fills.begin(cx.key.stored()) {
         Role::Leader(leader) => {
             let request_time = now_ms();
             // Dropping the leader on an error fails the fill for its followers.
@@ -85,7 +85,7 @@ pub async fn fill_from<D: Downstream>(
             });
             let fill = l.fill();
             let shared = cx.shard.shared.clone();
-            let (shard_id, key) = (cx.shard.id, cx.key.stored());
+            let (shard_id, key) = (cx.shard.id, cx.key.stored().to_vec());
             tokio_uring::spawn(async move {
                 let mut reply = reply;
                 let mut store = Store::open(&shared.cache, shard_id, &key, &plan);
@@ -136,7 +136,7 @@ async fn stream_and_store<D: Downstream>(
     let mut client_gone = response::send_head(cx, down, head, &Extras::new(result))
         .await
         .is_err();
-    let mut store = Store::open(cache, cx.shard.id, &key, plan);
+    let mut store = Store::open(cache, cx.shard.id, key, plan);
     let mut offset = 0u64;
     loop {
         if reply.must_wait() && !client_gone {
@@ -164,7 +164,7 @@ async fn stream_and_store<D: Downstream>(
             }
         }
     }
-    store.commit(cache, cx.shard.id, &key, plan);
+    store.commit(cache, cx.shard.id, key, plan);
     if client_gone {
         return Err(ExchangeError::ClientGone);
     }

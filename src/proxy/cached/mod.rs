@@ -60,22 +60,24 @@ pub fn accepts_gzip(v: &[u8]) -> bool {
     })
 }
 
+/// The hit is inline; revalidation and misses are boxed: they are rarer and
+/// their futures large, and inline they would grow every request's allocation.
 pub async fn serve<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D) -> Result<(), ExchangeError> {
     let cache = &cx.shard.shared.cache;
-    if let Some(hit) = cache.lookup(&cx.key.stored()) {
+    if let Some(hit) = cache.lookup(cx.key.stored()) {
         if hit.times.is_fresh(cx.now_ms) {
             cache.stats.hits.fetch_add(1, Relaxed);
             return hit::send_hit(cx, down, &hit, CacheResult::Hit, cx.now_ms).await;
         }
         if !hit.etag.is_empty() || hit.last_modified_s != 0 {
-            return revalidate::revalidate(cx, down, hit).await;
+            return Box::pin(revalidate::revalidate(cx, down, hit)).await;
         }
         // Stale without validators: fetch it again (and release the old lease first).
         drop(hit);
-        return fill::miss(cx, down, CacheResult::RefMiss).await;
+        return Box::pin(fill::miss(cx, down, CacheResult::RefMiss)).await;
     }
     cache.stats.misses.fetch_add(1, Relaxed);
-    fill::miss(cx, down, CacheResult::Miss).await
+    Box::pin(fill::miss(cx, down, CacheResult::Miss)).await
 }
 
 /// How a cache request goes to the origin: GET (a HEAD miss fills with GET), no

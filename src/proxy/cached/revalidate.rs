@@ -41,7 +41,7 @@ pub async fn revalidate<D: Downstream>(
             cx.shard
                 .shared
                 .cache
-                .refresh(&cx.key.stored(), hit.loc, times, headers.clone());
+                .refresh(cx.key.stored(), hit.loc, times, headers.clone());
             let fresh = Hit {
                 times,
                 headers,
