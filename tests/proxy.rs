@@ -557,3 +557,43 @@ fn each_vhost_balances_its_own_origins_evenly() {
         );
     }
 }
+
+#[test]
+fn a_slow_chunked_origin_streams_each_chunk_as_it_comes() {
+    // An origin that sends one chunk, then waits before the rest: the client must
+    // see the first chunk long before the origin finishes.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n");
+                std::thread::sleep(Duration::from_secs(3));
+                let _ = s.write_all(b"4\r\nlast\r\n0\r\n\r\n");
+            });
+        }
+    });
+    let cairn = Cairn::start(config_dir(&addr.to_string(), "", ""), 1);
+    let mut s = std::net::TcpStream::connect(cairn.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("first") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "the first chunk waited {:?} for the rest",
+        t.elapsed()
+    );
+}

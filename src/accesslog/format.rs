@@ -124,6 +124,8 @@ fn client(out: &mut Vec<u8>, e: &Entry) {
         .xff
         .map(crate::http1::headers::trim)
         .filter(|v| !v.is_empty());
+    // A chain of nothing but commas and spaces counts as no chain.
+    let xff = xff.filter(|v| crate::http1::headers::tokens(v).next().is_some());
     let chain = |out: &mut Vec<u8>, v: &[u8]| {
         let mut first = true;
         for t in crate::http1::headers::tokens(v) {
@@ -381,6 +383,9 @@ mod tests {
         e.xff_mode = XffLog::TrimCip;
         assert!(line(LogForm::Ston, &e).contains(" 80 - 10.0.0.1,10.0.0.2 Chrome"));
         e.xff_mode = XffLog::Off;
+        assert!(line(LogForm::Ston, &e).contains(" 80 - 61.50.7.9 Chrome"));
+        e.xff = Some(b" , ,");
+        e.xff_mode = XffLog::TrimCip;
         assert!(line(LogForm::Ston, &e).contains(" 80 - 61.50.7.9 Chrome"));
         e.xff = Some(b"a b, c\nd");
         e.xff_mode = XffLog::On;

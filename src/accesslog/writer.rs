@@ -205,15 +205,26 @@ fn open_live(t: &Arc<LogTarget>, now: u64) -> std::io::Result<Open> {
         std::fs::create_dir_all(dir)?;
     }
     let mut file = OpenOptions::new().create(true).append(true).open(&t.path)?;
-    let mut size = file.metadata()?.len();
+    let meta = file.metadata()?;
+    let mut size = meta.len();
+    // A file that already holds lines (reopened after an idle close or a restart)
+    // keeps its age, so that its time roll (midnight, say) still happens.
+    let (mut opened_ms, mut lines) = (now, 0);
     if size == 0 {
         size = write_header(&mut file, t.form, now)?;
+    } else if let Ok(created) = meta.created().or_else(|_| meta.modified()) {
+        opened_ms = created
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(now)
+            .min(now);
+        lines = 1;
     }
     Ok(Open {
         file,
-        opened_ms: now,
+        opened_ms,
         size,
-        lines: 0,
+        lines,
         last_write_ms: now,
         target: t.clone(),
     })
@@ -265,9 +276,19 @@ fn roll_file(o: &mut Open, now: u64) -> std::io::Result<()> {
     }
     let fresh = open_live(&o.target, now)?;
     *o = fresh;
-    let names: Vec<String> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
+    // The roll is done; a failed prune is reported, never a reason to drop lines.
+    let names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(d) => d
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect(),
+        Err(e) => {
+            log::error!(
+                "access log {}: cannot list for retention: {e}",
+                dir.display()
+            );
+            return Ok(());
+        }
+    };
     for old in roll::expired(&stem, &names, o.target.retention) {
         let _ = std::fs::remove_file(dir.join(old));
     }

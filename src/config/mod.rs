@@ -141,7 +141,7 @@ pub struct Vhost {
     pub log: LogSettings,
     /// The access log this vhost writes (LOG-1), when `<Log><Access>` is ON.
     pub access_log: Option<std::sync::Arc<LogTarget>>,
-    /// The origin log (LOG-2), when `<Log><Origin>` is ON.
+    /// The origin log (LOG-2): not written yet, always `None`.
     pub origin_log: Option<std::sync::Arc<LogTarget>>,
 }
 

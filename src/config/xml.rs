@@ -358,13 +358,9 @@ fn parse_vhost(
             format!("vhost '{}' has no <Origin><Address>", vh.name),
         ));
     }
-    if let Some(dir) = vh.log.dir.clone() {
-        let target = |stem: &str, f: &LogFileSettings| {
-            f.enabled
-                .then(|| std::sync::Arc::new(LogTarget::new(&dir, &vh.name, stem, f)))
-        };
-        vh.access_log = target("access", &vh.log.access);
-        vh.origin_log = target("origin", &vh.log.origin);
+    if let Some(dir) = vh.log.dir.as_ref().filter(|_| vh.log.access.enabled) {
+        let t = LogTarget::new(dir, &vh.name, "access", &vh.log.access);
+        vh.access_log = Some(std::sync::Arc::new(t));
     }
     Ok(Some(vh))
 }
@@ -758,7 +754,16 @@ fn apply_log(
     for e in elements(node) {
         match e.tag_name().name() {
             "Access" => apply_log_file(s, e, &mut log.access)?,
-            "Origin" => apply_log_file(s, e, &mut log.origin)?,
+            "Origin" => {
+                apply_log_file(s, e, &mut log.origin)?;
+                if log.origin.enabled {
+                    warnings.push(s.diag(
+                        e,
+                        "<Log><Origin>: the origin log (LOG-2) is not written yet; ignored",
+                    ));
+                }
+                log.origin.enabled = false;
+            }
             other => {
                 warnings.push(s.diag(e, format!("<Log><{other}> is not supported yet; ignored")))
             }

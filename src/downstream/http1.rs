@@ -345,7 +345,8 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
             Version::Http10 => Protocol::Http10,
             Version::Http11 => Protocol::Http11,
         };
-        if head.framing != Framing::None && !proxy::routes(&shard, facts.group, &head) {
+        let has_body = !matches!(head.framing, Framing::None | Framing::Length(0));
+        if has_body && !proxy::routes(&shard, facts.group, &head) {
             // No vhost will take it: refuse before reading (or inviting, with 100
             // Continue) a body nobody wants, and close, since it stays unread.
             let mut ex = H1Exchange::new(&conn, &shard, Some(&head), nth, true);

@@ -45,6 +45,21 @@ fn lines(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     })
 }
 
+/// The first line of a stored block that is the field `name` (without its `\n`).
+fn find_line<'b>(block: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
+    let n = name.len();
+    let mut start = 0;
+    while start < block.len() {
+        let end = memchr::memchr(b'\n', &block[start..]).map_or(block.len(), |i| start + i);
+        let line = &block[start..end];
+        if line.len() > n && line[n] == b':' && line[..n].eq_ignore_ascii_case(name) {
+            return Some(line);
+        }
+        start = end + 1;
+    }
+    None
+}
+
 impl<'a> Head<'a> {
     pub fn new(status: u16, body: BodyLen) -> Head<'a> {
         Head {
@@ -59,6 +74,8 @@ impl<'a> Head<'a> {
     /// A head from stored field lines (`Name: value\r\n`…, as the cache keeps them),
     /// borrowing them: nothing is copied or parsed until it has to be.
     pub fn from_lines(status: u16, block: &'a [u8], body: BodyLen) -> Head<'a> {
+        // Renderers copy the block whole: it must be whole lines.
+        debug_assert!(block.is_empty() || block.ends_with(b"\r\n"));
         Head {
             stored: block,
             ..Head::new(status, body)
@@ -97,12 +114,9 @@ impl<'a> Head<'a> {
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
         // The stored block is searched without splitting every line into parts:
         // this runs on every hit (is there a Date?).
-        let n = name.len();
-        let in_block = self.stored.split(|&b| b == b'\n').find_map(|line| {
-            (line.len() > n && line[n] == b':' && line[..n].eq_ignore_ascii_case(name)).then(|| {
-                let v = &line[n + 1..];
-                crate::http1::headers::trim(v.strip_suffix(b"\r").unwrap_or(v))
-            })
+        let in_block = find_line(self.stored, name).map(|line| {
+            let v = &line[name.len() + 1..];
+            crate::http1::headers::trim(v.strip_suffix(b"\r").unwrap_or(v))
         });
         in_block.or_else(|| {
             self.fields
@@ -118,12 +132,7 @@ impl<'a> Head<'a> {
 
     /// Removes every field of that name.
     pub fn remove(&mut self, name: &[u8]) {
-        let n = name.len();
-        if self
-            .stored
-            .split(|&b| b == b'\n')
-            .any(|l| l.len() > n && l[n] == b':' && l[..n].eq_ignore_ascii_case(name))
-        {
+        if find_line(self.stored, name).is_some() {
             self.fields_mut();
         }
         self.fields.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
@@ -154,6 +163,12 @@ mod tests {
         assert_eq!(names, [&b"Content-Type"[..], b"ETag", b"X-Empty", b"Via"]);
         assert_eq!(h.get(b"etag"), Some(&b"\"x\""[..]));
         assert_eq!(h.get(b"x-empty"), Some(&b""[..]));
+        assert_eq!(
+            h.get(b"content"),
+            None,
+            "a prefix of a name is not the name"
+        );
+        assert_eq!(h.get(b"content-type-x"), None);
         assert_eq!(h.parts().0, block, "not parsed yet");
         // Removing something the block does not hold leaves the block alone.
         h.remove(b"server");

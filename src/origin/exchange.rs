@@ -56,33 +56,39 @@ impl OriginReply {
         self.decoder.is_some()
     }
 
-    /// Would [`next`](Self::next) have to wait for the origin? A relay flushes what
-    /// it holds before it waits, so a slow origin's bytes reach the client as they come.
-    pub fn must_wait(&self) -> bool {
-        self.decoder.is_some() && self.buf.is_empty()
+    /// The next item from what is already buffered, without waiting: `None` when
+    /// [`next`](Self::next) would have to read. A relay flushes what it holds
+    /// before it waits, so a slow origin's bytes reach the client as they come.
+    pub fn next_buffered(&mut self) -> Result<Option<Option<Bytes>>, OriginError> {
+        let Some(dec) = self.decoder.as_mut() else {
+            return Ok(Some(None));
+        };
+        match dec.decode(&mut self.buf) {
+            Ok(Decoded::Data(b)) => Ok(Some(Some(b))),
+            Ok(Decoded::Done) => {
+                self.decoder = None;
+                self.release();
+                Ok(Some(None))
+            }
+            Ok(Decoded::NeedMore) => Ok(None),
+            Err(e) => {
+                log::warn!("{}: {e}; response aborted", self.label);
+                self.close();
+                Err(OriginError::BodyBroken(e.to_string()))
+            }
+        }
     }
 
     /// The next body chunk; `Ok(None)` at the clean end; `Err` when the origin
     /// broke off (already logged): the response must be aborted, not completed.
     pub async fn next(&mut self) -> Result<Option<Bytes>, OriginError> {
         loop {
+            if let Some(item) = self.next_buffered()? {
+                return Ok(item);
+            }
             let Some(dec) = self.decoder.as_mut() else {
                 return Ok(None);
             };
-            match dec.decode(&mut self.buf) {
-                Ok(Decoded::Data(b)) => return Ok(Some(b)),
-                Ok(Decoded::Done) => {
-                    self.decoder = None;
-                    self.release();
-                    return Ok(None);
-                }
-                Ok(Decoded::NeedMore) => {}
-                Err(e) => {
-                    log::warn!("{}: {e}; response aborted", self.label);
-                    self.close();
-                    return Err(OriginError::BodyBroken(e.to_string()));
-                }
-            }
             let Some(conn) = self.conn.as_ref() else {
                 return Err(OriginError::BodyBroken("connection already closed".into()));
             };

@@ -31,7 +31,7 @@ pub fn write(shard: &ShardCtx, x: &Exchanged<'_>) {
         return;
     };
     // STON's `Local="OFF"` (its default): loopback clients are not logged.
-    if !target.local && x.conn.peer.ip().is_loopback() {
+    if !target.local && x.conn.peer.ip().to_canonical().is_loopback() {
         return;
     }
     let taken = x.received.elapsed();

@@ -228,6 +228,7 @@ pub async fn refuse<D: Downstream>(
     };
     // A client that went away gets nothing; its line says status 0, as STON's does.
     let gone = matches!(e, ExchangeError::ClientGone);
+    let sent = if gone { Sent::default() } else { sent };
     let ok = !gone
         && down.send_head(&head).await.is_ok()
         && (body.is_empty() || down.send_body(body).await.is_ok())

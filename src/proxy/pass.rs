@@ -41,10 +41,15 @@ pub async fn relay<D: Downstream>(
     response::send_head(cx, down, head, x).await?;
     let mut offset = 0u64;
     loop {
-        if reply.must_wait() {
-            down.flush().await.map_err(|_| ExchangeError::ClientGone)?;
-        }
-        match reply.next().await {
+        let item = match reply.next_buffered() {
+            Ok(Some(item)) => Ok(item),
+            Ok(None) => {
+                down.flush().await.map_err(|_| ExchangeError::ClientGone)?;
+                reply.next().await
+            }
+            Err(e) => Err(e),
+        };
+        match item {
             Ok(Some(b)) => {
                 let n = b.len() as u64;
                 response::send_piece(cx, down, Some(offset), b)

@@ -161,13 +161,7 @@ pub async fn send_head<D: Downstream>(
 ) -> Result<(), ExchangeError> {
     apply_policy(cx, &mut head, x);
     cx.result.set(x.result);
-    cx.sent.set(Sent {
-        status: head.status,
-        content_length: head.content_length(),
-        gzip: head.get(b"content-encoding").is_some_and(|v| {
-            crate::http1::headers::tokens(v).any(|t| t.eq_ignore_ascii_case(b"gzip"))
-        }),
-    });
+    cx.sent.set(sent_facts(cx, &head));
     down.send_head(&head)
         .await
         .map_err(|_| ExchangeError::ClientGone)

@@ -139,10 +139,17 @@ async fn stream_and_store<D: Downstream>(
     let mut store = Store::open(cache, cx.shard.id, key, plan);
     let mut offset = 0u64;
     loop {
-        if reply.must_wait() && !client_gone {
-            client_gone = down.flush().await.is_err();
-        }
-        match reply.next().await {
+        let item = match reply.next_buffered() {
+            Ok(Some(item)) => Ok(item),
+            Ok(None) => {
+                if !client_gone {
+                    client_gone = down.flush().await.is_err();
+                }
+                reply.next().await
+            }
+            Err(e) => Err(e),
+        };
+        match item {
             Ok(Some(b)) => {
                 store.push(&b);
                 let n = b.len() as u64;
