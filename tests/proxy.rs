@@ -597,3 +597,19 @@ fn a_slow_chunked_origin_streams_each_chunk_as_it_comes() {
         t.elapsed()
     );
 }
+
+#[test]
+fn an_origin_status_line_without_a_reason_is_relayed_and_a_bad_status_is_502() {
+    let origin = Origin::start(|r| match r.path.as_str() {
+        "/bad" => Reply::Bytes(b"HTTP/1.1 999\r\nContent-Length: 0\r\n\r\n".to_vec()),
+        _ => Reply::Bytes(b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok".to_vec()),
+    });
+    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), "", ""), 1);
+    let mut c = cairn.connect();
+    for _ in 0..3 {
+        let r = c.get("/x");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+    assert_eq!(c.get("/bad").status, 502);
+    assert!(!cairn.stderr().contains("panicked"), "{}", cairn.stderr());
+}

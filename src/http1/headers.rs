@@ -125,3 +125,34 @@ mod tests {
         assert!(!is_hop_by_hop(b"Content-Length"));
     }
 }
+
+/// Where `part` lies inside `whole`, as a range, checked. httparse hands back
+/// slices of the buffer, except for a missing reason phrase (and similar empty
+/// values), which is a static `""` outside it: such a slice, or anything that is
+/// not inside `whole`, becomes an empty range instead of wrapping arithmetic.
+pub fn span(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let (base, p) = (whole.as_ptr() as usize, part.as_ptr() as usize);
+    match p.checked_sub(base) {
+        Some(start) if start <= whole.len() && part.len() <= whole.len() - start => {
+            start..start + part.len()
+        }
+        _ => 0..0,
+    }
+}
+
+#[cfg(test)]
+mod span_tests {
+    use super::span;
+
+    #[test]
+    fn spans_inside_and_outside() {
+        let whole = b"HTTP/1.1 200 OK\r\n";
+        assert_eq!(span(whole, &whole[9..12]), 9..12);
+        assert_eq!(span(whole, &whole[..0]), 0..0);
+        assert_eq!(span(whole, &whole[whole.len()..]), whole.len()..whole.len());
+        // A static empty string somewhere else in memory.
+        assert_eq!(span(whole, "".as_bytes()), 0..0);
+        let other = b"elsewhere";
+        assert_eq!(span(whole, other), 0..0);
+    }
+}

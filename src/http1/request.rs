@@ -180,11 +180,8 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>,
     if req.headers.len() > max_headers {
         return Err(RequestError::TooManyHeaders);
     }
-    let base = buf.as_ptr() as usize;
-    let range = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
-    };
+    let whole = &buf[..];
+    let range = |s: &[u8]| headers::span(whole, s);
     let method = range(req.method.unwrap_or("").as_bytes());
     let target = req.path.unwrap_or("");
     let version = match req.version {

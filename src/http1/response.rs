@@ -88,12 +88,13 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<ResponseHead>
     if n > max_head {
         return Err(ResponseError::TooLarge);
     }
-    let base = buf.as_ptr() as usize;
-    let range = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
-    };
+    let whole = &buf[..n];
+    let range = |s: &[u8]| headers::span(whole, s);
     let status = resp.code.ok_or(ResponseError::Malformed)?;
+    // Three digits is all httparse checks; a status outside 100-599 is not HTTP.
+    if !(100..=599).contains(&status) {
+        return Err(ResponseError::Malformed);
+    }
     let http10 = resp.version == Some(0);
     let reason = range(resp.reason.unwrap_or("").as_bytes());
     let mut headers = Vec::with_capacity(resp.headers.len());
@@ -151,6 +152,28 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<ResponseHead>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_line_without_a_reason_does_not_panic() {
+        // (status line, parses?, reason)
+        let table: [(&str, bool, &str); 5] = [
+            ("HTTP/1.1 200\r\n", true, ""),
+            ("HTTP/1.1 200 \r\n", true, ""),
+            ("HTTP/1.1 204 No Content\r\n", true, "No Content"),
+            ("HTTP/1.1 999 Nine\r\n", false, ""),
+            ("HTTP/1.1 099 Low\r\n", false, ""),
+        ];
+        for (line, ok, reason) in table {
+            let raw = format!("{line}Content-Length: 0\r\n\r\n");
+            match parse(&mut BytesMut::from(raw.as_bytes()), 65536) {
+                Ok(Some(h)) => {
+                    assert!(ok, "{line:?} should be refused");
+                    assert_eq!(h.reason(), reason.as_bytes(), "{line:?}");
+                }
+                other => assert!(!ok, "{line:?}: {other:?}"),
+            }
+        }
+    }
     use crate::http1::body::Decoded;
 
     fn head(s: &[u8]) -> ResponseHead {
