@@ -428,6 +428,7 @@ fn mod_1_to_7_header_modification() {
 # request rules
 $HEADER[x-strip], $REQ[x-strip], unset
 $URL[/plain], $REQ[x-added: from-rule], set
+$URL[/secret], $REQ[x-edge-secret: s3cret], set
 # response rules
 $URL[/plain], $RES[x-one: 1], put
 $URL[/plain], $RES[x-one: 2], put
@@ -443,7 +444,7 @@ $METHOD[GET], $REQ[host: evil.example], set
 ";
     let cairn = start_with_rules(&o, "<ModifyHeader>ON</ModifyHeader>", "", headers);
     assert!(
-        cairn.wait_log("MOD-1").contains("headers.txt:15"),
+        cairn.wait_log("MOD-1").contains("headers.txt:16"),
         "the Host rule is refused with its line"
     );
     let mut c = cairn.connect();
@@ -456,6 +457,11 @@ $METHOD[GET], $REQ[host: evil.example], set
         Some("from-rule"),
         "MOD-1 request rule set"
     );
+    // A client naming the rule's field in Connection cannot strip it.
+    let mut c2 = cairn.connect();
+    c2.send(b"GET /secret HTTP/1.1\r\nHost: test.local\r\nConnection: keep-alive, X-Edge-Secret\r\nX-Edge-Secret: forged\r\n\r\n");
+    assert!(c2.response(false).is_some());
+    assert_eq!(o.last().header("x-edge-secret"), Some("s3cret"));
     let ones: Vec<&str> = r
         .headers
         .iter()

@@ -165,6 +165,11 @@ fn cache_storage_and_cairn_settings() {
             r#"<Server><Cache><Storage><Disk></Disk></Storage></Cache></Server>"#,
             "directory",
         ),
+        (
+            // 2^40 GB would wrap a shift by 30 bits.
+            r#"<Server><Cache><Storage><Disk Quota="1099511627776">/c</Disk></Storage></Cache></Server>"#,
+            "too large",
+        ),
     ] {
         match xml::load("server.xml", bad, "vhosts.xml", v, "/x") {
             Err(ConfigError::Invalid(d)) => assert!(d.reason.contains(why), "{d}"),

@@ -584,7 +584,10 @@ fn parse_storage(
             });
             if let Some(q) = d.attribute("Quota") {
                 cache.quota = match q.trim().parse::<u64>() {
-                    Ok(gb) if gb > 0 => gb << 30, // STON: whole GB
+                    // STON: whole GB (checked: a huge number is an error, not a wrap).
+                    Ok(gb) if gb > 0 => gb
+                        .checked_mul(1 << 30)
+                        .ok_or_else(|| s.err(d, format!("<Disk Quota=\"{q}\">: too large")))?,
                     _ => parse_size(q).filter(|&n| n > 0).ok_or_else(|| {
                         s.err(
                             d,

@@ -52,9 +52,18 @@ impl RuleFacts<'_> {
 
 /// MOD-1: the request's headers after the request rules, for the origin request.
 pub fn request_headers<'a>(f: &RuleFacts<'a>) -> HeaderList<'a> {
+    // Hop-by-hop fields the client's Connection names go first, before any rule
+    // runs: what a rule sets must reach the origin whatever the client listed.
+    let named = |name: &[u8]| {
+        f.req
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+            .any(|(_, v)| crate::http1::headers::connection_names(v, name))
+    };
     let mut list: HeaderList = f
         .req
         .headers()
+        .filter(|(n, _)| !named(n))
         .map(|(n, v)| (Cow::Borrowed(n), Cow::Borrowed(v)))
         .collect();
     let lookup = HeaderIter(|| f.req.headers());

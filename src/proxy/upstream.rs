@@ -93,7 +93,10 @@ pub fn origin_request(
             xff = Some(value);
             continue;
         }
-        if named_by_connection(conn_values(), name) {
+        // The rewritten list had the client's Connection-named fields removed
+        // before the rules ran, so a field a rule set survives (issue: a client
+        // naming `X-Edge-Secret` in Connection must not strip the rule's value).
+        if opts.headers.is_none() && named_by_connection(conn_values(), name) {
             continue;
         }
         out.extend_from_slice(name);
