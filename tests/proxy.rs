@@ -613,3 +613,47 @@ fn an_origin_status_line_without_a_reason_is_relayed_and_a_bad_status_is_502() {
     assert_eq!(c.get("/bad").status, 502);
     assert!(!cairn.stderr().contains("panicked"), "{}", cairn.stderr());
 }
+
+#[test]
+fn a_crlf_drip_does_not_hold_a_connection_past_the_idle_deadline() {
+    let origin = Origin::start(|_| ok(b"x"));
+    let cairn = Cairn::start(
+        config_dir(
+            &origin.addr.to_string(),
+            "<ClientKeepAliveSec>1</ClientKeepAliveSec>",
+            "",
+        ),
+        1,
+    );
+    let mut s = std::net::TcpStream::connect(cairn.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut ended = None;
+    let mut buf = [0u8; 512];
+    while t.elapsed() < Duration::from_secs(4) {
+        if s.write_all(b"\r\n").is_err() {
+            ended = Some(t.elapsed());
+            break;
+        }
+        // Read for 400 ms; a read of 0 bytes (or a reset) is the end.
+        let stop = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < stop && ended.is_none() {
+            match s.read(&mut buf) {
+                Ok(0) => ended = Some(t.elapsed()),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => ended = Some(t.elapsed()),
+            }
+        }
+        if ended.is_some() {
+            break;
+        }
+    }
+    let ended = ended.expect("the connection was still open after 4 s of empty lines");
+    assert!(ended < Duration::from_millis(2500), "{ended:?}");
+}

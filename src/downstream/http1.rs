@@ -426,6 +426,9 @@ async fn next_head(
     request_timeout: Duration,
 ) -> Next {
     let mut deadline: Option<Instant> = None;
+    // KA-6 counts from the start of the wait, not from each read: empty lines
+    // trickling in do not extend it.
+    let idle_deadline = Instant::now() + idle;
     loop {
         match request::parse(rbuf, limits) {
             Ok(Some(h)) => return Next::Head(h),
@@ -437,7 +440,8 @@ async fn next_head(
             if shard.draining() {
                 return Next::Closed;
             }
-            conn.read_or_stop(rbuf, idle, shard.drain_started()).await
+            let left = idle_deadline.saturating_duration_since(Instant::now());
+            conn.read_or_stop(rbuf, left, shard.drain_started()).await
         } else {
             let d = *deadline.get_or_insert_with(|| Instant::now() + request_timeout);
             conn.read(rbuf, d.saturating_duration_since(Instant::now()))

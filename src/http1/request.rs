@@ -34,6 +34,9 @@ impl Default for Limits {
     }
 }
 
+/// Empty lines accepted before a request line.
+const MAX_EMPTY_LINES: usize = 2;
+
 /// Hard ceiling on header count, whatever the configured limit (stack array size).
 const MAX_HEADERS_CEILING: usize = 256;
 
@@ -151,6 +154,17 @@ impl RequestHead {
 /// `Ok(None)`: incomplete, read more. `Ok(Some(head))`: the head has been split off
 /// `buf`; the body (if any) and later pipelined requests remain in it.
 pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>, RequestError> {
+    // RFC 9112 §2.2: empty lines before a request may be ignored; more than two
+    // is not a client being lenient, it is a connection kept open with a drip.
+    let lead = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    if memchr::memchr_iter(b'\n', &buf[..lead]).count() > MAX_EMPTY_LINES {
+        return Err(RequestError::BadSyntax(
+            "more than two empty lines before a request",
+        ));
+    }
     // Uninitialised slots: zeroing 256 headers (8 KiB) would cost more than the parse.
     let mut storage =
         [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS_CEILING];
@@ -410,6 +424,10 @@ mod tests {
             (b"GET / HTTP/1.1\r\n", 0),
             (b"", 0),
             (b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+            (b"\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+            (b"\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"\r\n\r\n", 0),
+            (b"\r\n\r\n\r\n", 400),
             (b"GET / HTTP/1.0\r\n\r\n", 200),
             (b"GET / HTTP/1.1\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
@@ -445,7 +463,9 @@ mod tests {
             (&big_head.as_bytes()[..17_000], 431),
             (many.as_bytes(), 431),
             (exactly.as_bytes(), 200),
-            ("\r\n".repeat(9000).leak().as_bytes(), 431),
+            // CRLF spam is refused (since at most two empty lines may precede a
+            // request, long before it could reach the head-size limit).
+            ("\r\n".repeat(9000).leak().as_bytes(), 400),
         ];
         for (input, want) in cases {
             assert_eq!(
