@@ -567,3 +567,22 @@ fn an_unsafe_method_answered_2xx_removes_every_variant_and_a_refused_one_removes
         }
     }
 }
+
+#[test]
+fn a_close_delimited_body_is_relayed_but_never_stored() {
+    // The origin may have been cut off: the body's end cannot be checked.
+    let origin = Origin::start(|_| {
+        Reply::ThenClose(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\n\r\nmaybe all of it".to_vec(),
+        )
+    });
+    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), STATUS, ""), 1);
+    for _ in 0..2 {
+        let r = cairn.connect().get("/eof");
+        assert_eq!(
+            (r.text().as_str(), r.header("x-cache")),
+            ("maybe all of it", Some("TCP_MISS"))
+        );
+    }
+    assert_eq!(origin.count(), 2);
+}

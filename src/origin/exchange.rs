@@ -56,6 +56,11 @@ impl OriginReply {
         self.decoder.is_some()
     }
 
+    /// Does the body end only when the origin closes the connection?
+    pub fn until_close(&self) -> bool {
+        matches!(self.decoder, Some(BodyDecoder::UntilClose))
+    }
+
     /// The next item from what is already buffered, without waiting: `None` when
     /// [`next`](Self::next) would have to read. A relay flushes what it holds
     /// before it waits, so a slow origin's bytes reach the client as they come.

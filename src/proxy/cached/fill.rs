@@ -46,6 +46,7 @@ pub async fn fill_from<D: Downstream>(
         reply: &reply.head,
         length: reply.length(),
         has_body: reply.has_body(),
+        until_close: reply.until_close(),
         request_cc: CacheControl::parse(
             cx.head
                 .headers()

@@ -56,6 +56,9 @@ pub struct PlanInput<'a> {
     /// The body length when known up front.
     pub length: Option<u64>,
     pub has_body: bool,
+    /// The body ends when the origin closes: a cut-short body cannot be told
+    /// from a complete one, so it is never stored.
+    pub until_close: bool,
     /// The client's `Cache-Control` values.
     pub request_cc: CacheControl,
     pub options: &'a Options,
@@ -144,6 +147,9 @@ pub fn plan(i: &PlanInput<'_>) -> Result<FillPlan, &'static str> {
     if vary_other {
         return Err("Vary on a header other than Accept-Encoding");
     }
+    if i.until_close {
+        return Err("close-delimited body (completeness cannot be checked)");
+    }
     if i.length.is_some_and(|n| n > i.max_object) {
         return Err("larger than MaxObjectSize");
     }
@@ -206,6 +212,7 @@ mod tests {
             reply: &reply,
             length,
             has_body: true,
+            until_close: false,
             request_cc: CacheControl::parse(
                 (!req_cc.is_empty())
                     .then_some(req_cc.as_bytes())
@@ -216,6 +223,24 @@ mod tests {
             request_time_ms: NOW - 5,
             response_time_ms: NOW,
         })
+    }
+
+    #[test]
+    fn a_close_delimited_body_is_never_stored() {
+        let reply = head("HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n");
+        let o = Options::default();
+        let input = PlanInput {
+            reply: &reply,
+            length: None,
+            has_body: true,
+            until_close: true,
+            request_cc: CacheControl::default(),
+            options: &o,
+            max_object: 1000,
+            request_time_ms: NOW,
+            response_time_ms: NOW,
+        };
+        assert!(plan(&input).is_err());
     }
 
     #[test]
