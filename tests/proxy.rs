@@ -657,3 +657,34 @@ fn a_crlf_drip_does_not_hold_a_connection_past_the_idle_deadline() {
     let ended = ended.expect("the connection was still open after 4 s of empty lines");
     assert!(ended < Duration::from_millis(2500), "{ended:?}");
 }
+
+#[test]
+fn endless_interim_responses_end_in_504_within_receive_timeout() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                // A 102 every 300 ms, for 10 s, and never a final response.
+                for _ in 0..33 {
+                    if s.write_all(b"HTTP/1.1 102 Processing\r\n\r\n").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            });
+        }
+    });
+    let cairn = Cairn::start(
+        config_dir(&addr.to_string(), "", "<ReceiveTimeout>1</ReceiveTimeout>"),
+        1,
+    );
+    let t = Instant::now();
+    let r = cairn.connect().get("/slow");
+    assert_eq!(r.status, 504);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}

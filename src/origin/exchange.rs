@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// Largest origin response head we accept.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Interim (1xx) responses skipped before the final one; more is not HTTP.
+const MAX_INTERIM: usize = 16;
 /// How much an origin read may bring at once.
 const ORIGIN_READ: usize = 64 * 1024;
 /// Bounds the chunked decoder's arithmetic only; nothing is buffered.
@@ -276,13 +278,18 @@ impl HeadError {
 }
 
 /// Reads the final response head (skipping 1xx interim responses).
+/// `timeout` bounds the whole wait for the final head, so interim responses
+/// trickling in cannot hold the exchange open; at most `MAX_INTERIM` are skipped.
 async fn read_head(conn: &Conn, timeout: Duration) -> Result<(ResponseHead, BytesMut), HeadError> {
     let mut buf = BytesMut::with_capacity(ORIGIN_READ);
     let mut received = false;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut interim = 0usize;
     loop {
         match response::parse(&mut buf, MAX_RESPONSE_HEAD) {
             Ok(Some(h)) if h.is_informational() => {
-                if h.status == 101 {
+                interim += 1;
+                if h.status == 101 || interim > MAX_INTERIM {
                     return Err(HeadError::Bad(response::ResponseError::Malformed));
                 }
                 continue;
@@ -291,7 +298,8 @@ async fn read_head(conn: &Conn, timeout: Duration) -> Result<(ResponseHead, Byte
             Ok(None) => {}
             Err(e) => return Err(HeadError::Bad(e)),
         }
-        match conn.read(&mut buf, timeout).await {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match conn.read(&mut buf, left).await {
             Ok(0) if !received => return Err(HeadError::ClosedEarly),
             Ok(0) => return Err(HeadError::Closed),
             Ok(_) => received = true,
