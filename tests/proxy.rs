@@ -688,3 +688,55 @@ fn endless_interim_responses_end_in_504_within_receive_timeout() {
     assert_eq!(r.status, 504);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+#[test]
+fn out_of_file_descriptors_backs_off_and_reports_once() {
+    let origin = Origin::start(|_| ok(b"x"));
+    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), "", ""), 1);
+    assert_eq!(cairn.connect().get("/warm").status, 200);
+    let pid = cairn.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = |n: usize| {
+        let out = std::process::Command::new("prlimit")
+            // The soft limit only: raising it back needs no privilege.
+            .args(["--pid", &pid.to_string(), &format!("--nofile={n}:")])
+            .output()
+            .expect("prlimit (util-linux) is needed for this test");
+        assert!(
+            out.status.success(),
+            "prlimit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    limit(open + 3);
+    // Far more clients than free descriptors, held for two seconds.
+    let held: Vec<std::net::TcpStream> = (0..40)
+        .filter_map(|_| std::net::TcpStream::connect(cairn.addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let reports = cairn.stderr().matches("accept failed").count();
+    assert!(
+        (1..=2).contains(&reports),
+        "{reports} accept-failure reports:\n{}",
+        cairn.stderr()
+    );
+    drop(held);
+    let hard: usize = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4)?.parse().ok())
+        .unwrap_or(1024);
+    limit(hard.min(65536));
+    // The shard recovers: a new client is served within the back-off.
+    let t = Instant::now();
+    let mut served = false;
+    while t.elapsed() < Duration::from_secs(5) && !served {
+        let mut c = cairn.connect();
+        c.send(b"GET /again HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        served = c.response(false).is_some_and(|r| r.status == 200);
+    }
+    assert!(served);
+}

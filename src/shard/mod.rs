@@ -16,6 +16,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A failing accept (EMFILE) waits this long, doubling up to the maximum.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one accept-failure warning per shard per interval.
+const ACCEPT_REPORT: Duration = Duration::from_secs(10);
+
 /// How often a shard hands its buffered access-log lines to the logger.
 const LOG_FLUSH: Duration = Duration::from_millis(100);
 
@@ -88,6 +94,9 @@ async fn accept_loop(
     group: usize,
     bound: Option<SocketAddr>,
 ) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut last_report: Option<tokio::time::Instant> = None;
+    let mut suppressed = 0u64;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -95,6 +104,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
                 let conn = match Conn::from_uring(stream) {
                     Ok(c) => c,
                     Err(e) => {
@@ -133,9 +143,22 @@ async fn accept_loop(
                 if shard.draining() {
                     return;
                 }
-                // EMFILE/ENFILE and friends: back off instead of spinning.
-                log::warn!("shard {}: accept failed: {e}", shard.id);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // EMFILE/ENFILE and friends: back off instead of spinning, and say
+                // so once per interval, not once per failed accept.
+                let now = tokio::time::Instant::now();
+                if last_report.is_none_or(|t| now.duration_since(t) >= ACCEPT_REPORT) {
+                    log::warn!(
+                        "shard {}: accept failed: {e} ({suppressed} more since the last report); backing off up to {}ms",
+                        shard.id,
+                        ACCEPT_BACKOFF_MAX.as_millis()
+                    );
+                    last_report = Some(now);
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
