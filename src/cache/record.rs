@@ -32,9 +32,11 @@ pub struct Header {
 }
 
 /// Record length for these parts, padded to the alignment.
+/// Saturates instead of wrapping: a forged `body_len` must not add up to a small
+/// length that passes for a real one.
 pub fn total_len(key_len: usize, meta_len: usize, body_len: u64) -> u64 {
-    let raw = HEADER_LEN as u64 + key_len as u64 + meta_len as u64 + body_len;
-    raw.div_ceil(ALIGN) * ALIGN
+    let raw = (HEADER_LEN as u64 + key_len as u64 + meta_len as u64).saturating_add(body_len);
+    raw.div_ceil(ALIGN).saturating_mul(ALIGN)
 }
 
 impl Header {
@@ -96,6 +98,19 @@ impl Header {
     pub fn body_offset(&self) -> usize {
         HEADER_LEN + self.key_len as usize + self.meta_len as usize
     }
+
+    /// Do the lengths fit together (checked)? A header with a valid checksum but
+    /// lengths past its own region (a forged or buggy record) must be corruption
+    /// to recovery, not a slice out of bounds or a zero-length step.
+    pub fn is_consistent(&self) -> bool {
+        let parts = (HEADER_LEN as u64)
+            .checked_add(u64::from(self.key_len))
+            .and_then(|n| n.checked_add(u64::from(self.meta_len)))
+            .and_then(|n| n.checked_add(self.body_len));
+        self.total_len >= HEADER_LEN as u64
+            && self.total_len.is_multiple_of(ALIGN)
+            && (self.is_dead() || parts.is_some_and(|n| n <= self.total_len))
+    }
 }
 
 /// Checksum over a record's key, meta and body (the bytes after the header).
@@ -127,6 +142,36 @@ mod tests {
             meta_len: 10,
             body_len: 100,
             checksum: 42,
+        }
+    }
+
+    #[test]
+    fn inconsistent_lengths_are_caught() {
+        assert!(sample().is_consistent());
+        // (change, consistent?)
+        type Case = (fn(&mut Header), bool);
+        let table: [Case; 6] = [
+            // A body_len for which the unchecked sum wraps to 64, a length that
+            // would pass for the region's own.
+            (
+                |h| {
+                    h.total_len = HEADER_LEN as u64;
+                    h.body_len = u64::MAX - 14;
+                },
+                false,
+            ),
+            (|h| h.total_len = 0, false),
+            (|h| h.total_len = 8, false),
+            (|h| h.body_len = u64::MAX, false),
+            (|h| h.meta_len = u32::MAX, false),
+            (|h| h.total_len += 1, false),
+        ];
+        for (change, want) in table {
+            let mut h = sample();
+            change(&mut h);
+            // A valid checksum does not make it usable (decode may refuse it already).
+            let usable = Header::decode(&h.encode()).is_some_and(|d| d.is_consistent());
+            assert_eq!(usable, want, "{h:?}");
         }
     }
 

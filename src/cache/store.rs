@@ -383,7 +383,11 @@ fn scan(seg: &Arc<Segment>, index: &Index) -> ScanResult {
         // segment is given up rather than searched, because bodies hold arbitrary
         // origin bytes that could imitate a header.
         let h = match Header::decode(seg.bytes(off as usize, HEADER_LEN)) {
-            Some(h) if off.checked_add(h.total_len).is_some_and(|e| e <= hwm) => h,
+            Some(h)
+                if h.is_consistent() && off.checked_add(h.total_len).is_some_and(|e| e <= hwm) =>
+            {
+                h
+            }
             _ => {
                 r.corrupt += 1;
                 break;
