@@ -94,7 +94,26 @@ pub fn evaluate(header: Option<&[u8]>, len: u64) -> RangeReply {
     if out.is_empty() {
         return RangeReply::Unsatisfiable;
     }
-    RangeReply::Partial(out)
+    RangeReply::Partial(coalesce(out))
+}
+
+/// Overlapping or adjacent ranges are merged (RFC 9110 §14.2), so `0-,0-,0-…`
+/// sends the object once, not once per copy. Disjoint ranges keep the order the
+/// client asked for.
+fn coalesce(ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    let mut sorted = ranges.clone();
+    sorted.sort_by_key(|r| r.start);
+    if sorted.windows(2).all(|w| w[1].start > w[0].end) {
+        return ranges;
+    }
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(sorted.len());
+    for r in sorted {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -128,6 +147,15 @@ mod tests {
             (Some("bytes=,,"), RangeReply::Full),
             (Some("bytes=99999999999999999999-"), RangeReply::Full),
             (Some("bytes=+1-2"), RangeReply::Full),
+            // Overlapping or adjacent ranges are merged; disjoint ones keep their order.
+            (Some("bytes=0-,0-,0-,0-"), p(vec![0..1000])),
+            (Some("bytes=0-9,5-14"), p(vec![0..15])),
+            (Some("bytes=10-19,0-9"), p(vec![0..20])),
+            (
+                Some("bytes=500-599,0-9,-1,505-510"),
+                p(vec![0..10, 500..600, 999..1000]),
+            ),
+            (Some("bytes=500-599,0-9"), p(vec![500..600, 0..10])),
         ];
         for (h, want) in cases {
             assert_eq!(evaluate(h.map(str::as_bytes), 1000), want, "{h:?}");
