@@ -562,20 +562,11 @@ fn each_vhost_balances_its_own_origins_evenly() {
 fn a_slow_chunked_origin_streams_each_chunk_as_it_comes() {
     // An origin that sends one chunk, then waits before the rest: the client must
     // see the first chunk long before the origin finishes.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n");
-                std::thread::sleep(Duration::from_secs(3));
-                let _ = s.write_all(b"4\r\nlast\r\n0\r\n\r\n");
-            });
-        }
+    let addr = scripted_origin(|s| {
+        use std::io::Write;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n");
+        std::thread::sleep(Duration::from_secs(3));
+        let _ = s.write_all(b"4\r\nlast\r\n0\r\n\r\n");
     });
     let cairn = Cairn::start(config_dir(&addr.to_string(), "", ""), 1);
     let mut s = std::net::TcpStream::connect(cairn.addr).unwrap();
@@ -660,23 +651,14 @@ fn a_crlf_drip_does_not_hold_a_connection_past_the_idle_deadline() {
 
 #[test]
 fn endless_interim_responses_end_in_504_within_receive_timeout() {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                // A 102 every 300 ms, for 10 s, and never a final response.
-                for _ in 0..33 {
-                    if s.write_all(b"HTTP/1.1 102 Processing\r\n\r\n").is_err() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-            });
+    // A 102 every 300 ms, for 10 s, and never a final response.
+    let addr = scripted_origin(|s| {
+        use std::io::Write;
+        for _ in 0..33 {
+            if s.write_all(b"HTTP/1.1 102 Processing\r\n\r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
         }
     });
     let cairn = Cairn::start(

@@ -2,6 +2,7 @@
 //! extended form and Apache's combined form. No clock, no IO.
 
 use crate::config::{LogForm, XffLog};
+use crate::http1::headers::write_decimal as decimal;
 use std::io::Write;
 use std::net::IpAddr;
 
@@ -66,38 +67,24 @@ fn field(out: &mut Vec<u8>, v: Option<&[u8]>) {
     }
 }
 
-/// `Accept-Encoding: gzip, deflate` is logged as `gzip+deflate`.
-fn encodings(out: &mut Vec<u8>, v: Option<&[u8]>) {
-    let Some(v) = v.filter(|v| !v.iter().all(|b| b.is_ascii_whitespace())) else {
-        out.push(b'-');
-        return;
-    };
+/// A list field's tokens as W3C fields joined by `sep`; `false` if it had none.
+fn tokens_joined(out: &mut Vec<u8>, v: &[u8], sep: u8) -> bool {
     let mut first = true;
     for t in crate::http1::headers::tokens(v) {
         if !first {
-            out.push(b'+');
+            out.push(sep);
         }
         first = false;
         field(out, Some(t));
     }
-    if first {
-        out.push(b'-');
-    }
+    !first
 }
 
-/// `n` in decimal, without the formatting machinery (this runs per request).
-pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// `Accept-Encoding: gzip, deflate` is logged as `gzip+deflate`.
+fn encodings(out: &mut Vec<u8>, v: Option<&[u8]>) {
+    if !v.is_some_and(|v| tokens_joined(out, v, b'+')) {
+        out.push(b'-');
     }
-    out.extend_from_slice(&buf[i..]);
 }
 
 fn ip(out: &mut Vec<u8>, ip: Option<IpAddr>) {
@@ -120,29 +107,19 @@ fn ip(out: &mut Vec<u8>, ip: Option<IpAddr>) {
 /// `c-ip` per `<Access XFF>`: the client's forwarded-for chain (spaces dropped)
 /// and its own address.
 fn client(out: &mut Vec<u8>, e: &Entry) {
+    // A chain of nothing but commas and spaces counts as no chain.
     let xff = e
         .xff
-        .map(crate::http1::headers::trim)
-        .filter(|v| !v.is_empty());
-    // A chain of nothing but commas and spaces counts as no chain.
-    let xff = xff.filter(|v| crate::http1::headers::tokens(v).next().is_some());
-    let chain = |out: &mut Vec<u8>, v: &[u8]| {
-        let mut first = true;
-        for t in crate::http1::headers::tokens(v) {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            field(out, Some(t));
-        }
-    };
+        .filter(|v| crate::http1::headers::tokens(v).next().is_some());
     match (e.xff_mode, xff) {
         (XffLog::On, Some(v)) => {
-            chain(out, v);
+            tokens_joined(out, v, b',');
             out.push(b',');
             ip(out, e.client_ip);
         }
-        (XffLog::TrimCip, Some(v)) => chain(out, v),
+        (XffLog::TrimCip, Some(v)) => {
+            tokens_joined(out, v, b',');
+        }
         _ => ip(out, e.client_ip),
     }
 }

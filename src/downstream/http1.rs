@@ -8,7 +8,7 @@ use crate::exchange::{
     BodyLen, ClientGone, ConnFacts, Downstream, ExchangeError, Head, Protocol, Request,
 };
 use crate::http1::body::{chunk_header, BodyDecoder, BodyError, Decoded, LAST_CHUNK};
-use crate::http1::headers::reason;
+use crate::http1::headers::{reason, write_decimal};
 use crate::http1::keepalive::{self, Decision, RequestFacts};
 use crate::http1::request::{self, Framing, Version};
 use crate::http1::{Limits, RequestHead};
@@ -88,21 +88,6 @@ pub fn render_head(head: &Head<'_>, framing: ClientFraming, ka: Decision) -> Vec
     ka.write_headers(&mut out);
     out.extend_from_slice(b"\r\n");
     out
-}
-
-/// `n` in decimal, without a temporary String.
-fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
 }
 
 fn itoa3(status: u16) -> [u8; 3] {
@@ -327,15 +312,13 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
                 return;
             }
             Next::Refuse(e) => {
-                let mut ex = H1Exchange::new(&conn, &shard, None, nth + 1, true);
                 let r = Refused {
                     conn: &facts,
                     head: None,
                     protocol: Protocol::Http11,
                     received,
                 };
-                Box::pin(proxy::refuse(&shard, &r, &mut ex, e)).await;
-                Box::pin(conn.close_gracefully()).await;
+                Box::pin(refuse_and_close(&shard, &conn, &r, nth + 1, e)).await;
                 return;
             }
         };
@@ -345,45 +328,25 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
             Version::Http10 => Protocol::Http10,
             Version::Http11 => Protocol::Http11,
         };
+        let refused = |head| Refused {
+            conn: &facts,
+            head: Some(head),
+            protocol,
+            received,
+        };
         let has_body = !matches!(head.framing, Framing::None | Framing::Length(0));
         if has_body && !proxy::routes(&shard, facts.group, &head) {
             // No vhost will take it: refuse before reading (or inviting, with 100
             // Continue) a body nobody wants, and close, since it stays unread.
-            let mut ex = H1Exchange::new(&conn, &shard, Some(&head), nth, true);
-            let r = Refused {
-                conn: &facts,
-                head: Some(&head),
-                protocol,
-                received,
-            };
-            Box::pin(proxy::refuse(
-                &shard,
-                &r,
-                &mut ex,
-                ExchangeError::UnknownVhost,
-            ))
-            .await;
-            Box::pin(conn.close_gracefully()).await;
+            let e = ExchangeError::UnknownVhost;
+            Box::pin(refuse_and_close(&shard, &conn, &refused(&head), nth, e)).await;
             return;
         }
         let body =
             match Box::pin(read_body(&conn, &mut rbuf, &head, &limits, request_timeout)).await {
                 Ok(b) => b,
                 Err(e) => {
-                    let mut ex = H1Exchange::new(&conn, &shard, Some(&head), nth, true);
-                    let r = Refused {
-                        conn: &facts,
-                        head: Some(&head),
-                        protocol,
-                        received,
-                    };
-                    let gone = matches!(e, ExchangeError::ClientGone);
-                    Box::pin(proxy::refuse(&shard, &r, &mut ex, e)).await;
-                    if gone {
-                        conn.shutdown();
-                    } else {
-                        Box::pin(conn.close_gracefully()).await;
-                    }
+                    Box::pin(refuse_and_close(&shard, &conn, &refused(&head), nth, e)).await;
                     return;
                 }
             };
@@ -410,6 +373,26 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
                 return;
             }
         }
+    }
+}
+
+/// Answers a request that cannot be served (refused head, unknown vhost with a
+/// body, body error) with its log line, and ends the connection: at once for a
+/// client that is gone, else with a lingering close.
+async fn refuse_and_close(
+    shard: &ShardCtx,
+    conn: &Conn,
+    r: &Refused<'_>,
+    nth: u32,
+    e: ExchangeError,
+) {
+    let gone = matches!(e, ExchangeError::ClientGone);
+    let mut ex = H1Exchange::new(conn, shard, r.head, nth, true);
+    proxy::refuse(shard, r, &mut ex, e).await;
+    if gone {
+        conn.shutdown();
+    } else {
+        conn.close_gracefully().await;
     }
 }
 

@@ -126,6 +126,22 @@ mod tests {
     }
 }
 
+/// `n` in decimal, without the formatting machinery: response heads and log
+/// lines write numbers on every request.
+pub fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
 /// Where `part` lies inside `whole`, as a range, checked. httparse hands back
 /// slices of the buffer, except for a missing reason phrase (and similar empty
 /// values), which is a static `""` outside it: such a slice, or anything that is

@@ -82,30 +82,16 @@ impl Decision {
                 // Written by hand: this runs for every keep-alive response.
                 if let Some(t) = timeout {
                     out.extend_from_slice(b"Keep-Alive: timeout=");
-                    decimal(out, t);
+                    super::headers::write_decimal(out, u64::from(t));
                     if let Some(m) = max {
                         out.extend_from_slice(b", max=");
-                        decimal(out, m);
+                        super::headers::write_decimal(out, u64::from(m));
                     }
                     out.extend_from_slice(b"\r\n");
                 }
             }
         }
     }
-}
-
-fn decimal(out: &mut Vec<u8>, mut n: u32) {
-    let mut buf = [0u8; 10];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
 }
 
 #[cfg(test)]

@@ -68,6 +68,23 @@ pub fn ok(body: &[u8]) -> Reply {
 
 type Handler = dyn Fn(&SeenRequest) -> Reply + Send + Sync;
 
+/// An origin that reads one request per connection, then lets `script` write
+/// whatever it wants, at whatever pace (for timing tests `Reply` cannot express).
+pub fn scripted_origin(script: fn(&mut TcpStream)) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                script(&mut s);
+            });
+        }
+    });
+    addr
+}
+
 /// A real HTTP/1.1 origin server on 127.0.0.1:0, driven by a closure.
 pub struct Origin {
     pub addr: SocketAddr,
