@@ -30,6 +30,8 @@ pub struct ShardStats {
     /// Access-log lines produced and lines dropped because the logger fell behind.
     pub log_lines: AtomicU64,
     pub log_dropped: AtomicU64,
+    /// Connections closed at accept: past `MaxSockets` or the per-address cap.
+    pub refused: AtomicU64,
 }
 
 /// The configuration in force and what is derived from it. Swapped whole on
@@ -67,12 +69,21 @@ pub struct Shared {
     pub geo: Option<Arc<crate::geoip::GeoDb>>,
     /// Each shard's bounded queue to the logger thread.
     pub log_queues: LogQueues,
+    /// Open-connection caps, global and per client address.
+    pub admission: Arc<crate::net::admission::Admission>,
 }
 
 impl Shared {
     pub fn new(config: Arc<Config>, shards: usize, cache: Arc<crate::cache::Cache>) -> Shared {
         let drain_timeout = config.server.drain_timeout;
+        let srv = &config.server;
+        let admission = Arc::new(crate::net::admission::Admission::new(
+            srv.max_sockets,
+            srv.reopen_pct,
+            srv.max_per_ip,
+        ));
         Shared {
+            admission,
             live: arc_swap::ArcSwap::from_pointee(Live::new(config)),
             limits: Limits::default(),
             stats: (0..shards).map(|_| ShardStats::default()).collect(),
@@ -102,6 +113,9 @@ impl Shared {
         {
             log::warn!("reload: the GeoIP database and the drain timeout keep their running values until a restart");
         }
+        let srv = &config.server;
+        self.admission
+            .configure(srv.max_sockets, srv.reopen_pct, srv.max_per_ip);
         self.live.store(Arc::new(Live::new(config)));
         Ok(())
     }

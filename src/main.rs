@@ -277,8 +277,9 @@ fn reload(args: &Args, shared: &Shared) {
 fn log_stats(shared: &Shared) {
     for (i, s) in shared.stats.iter().enumerate() {
         log::info!(
-            "shard {i}: {} connections, {} live sessions, {} requests, {} origin connects ({} failures), {} restarts, {} log lines ({} dropped)",
+            "shard {i}: {} connections ({} refused), {} live sessions, {} requests, {} origin connects ({} failures), {} restarts, {} log lines ({} dropped)",
             s.connections.load(Relaxed),
+            s.refused.load(Relaxed),
             s.active.load(Relaxed),
             s.requests.load(Relaxed),
             s.origin.connects.load(Relaxed),

@@ -143,14 +143,25 @@ pub struct ResponseFacts {
 
 /// RFC 9111 §3 (may we store) and §4.2.1 (freshness lifetime), with heuristic
 /// freshness from the STON TTL table when the origin gave no explicit freshness.
-/// `request_authorized`: the request carried `Authorization` (§3.5).
+/// What of the request bears on storing its response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestFacts {
+    pub cc: CacheControl,
+    /// The request carried `Authorization` (§3.5).
+    pub authorized: bool,
+    /// The response may be personal (the request carried `Cookie` or
+    /// `Authorization`, and the vhost is in RFC 9111 mode): no heuristic
+    /// freshness unless the response says `public` (or gives explicit freshness).
+    pub personal: bool,
+}
+
 pub fn storable(
     f: &ResponseFacts,
-    request_cc: &CacheControl,
-    request_authorized: bool,
+    req: &RequestFacts,
     heur: &Heuristics,
     response_time_ms: u64,
 ) -> Storable {
+    let request_cc = &req.cc;
     let cc = &f.cc;
     if request_cc.no_store || cc.no_store {
         return Storable::No("no-store");
@@ -158,7 +169,7 @@ pub fn storable(
     if cc.private {
         return Storable::No("private");
     }
-    if request_authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+    if req.authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
         return Storable::No("request carried Authorization");
     }
     if !understood(f.status) {
@@ -185,6 +196,9 @@ pub fn storable(
     });
     let lifetime_s = match explicit_s {
         Some(s) => s,
+        None if req.personal && !cc.public => {
+            return Storable::No("heuristic freshness on a request with Cookie or Authorization")
+        }
         None if heuristic(f.status) => match f.status {
             200..=299 => heur.res2xx,
             300..=399 => heur.res3xx,
@@ -437,17 +451,29 @@ mod tests {
         ];
         for (name, f, want) in cases {
             assert_eq!(
-                storable(&f, &CacheControl::default(), false, &h, now),
+                storable(&f, &RequestFacts::default(), &h, now),
                 want,
                 "{name}"
             );
         }
         assert_eq!(
-            storable(&base, &cc("no-store"), false, &h, now),
+            storable(
+                &base,
+                &RequestFacts {
+                    cc: cc("no-store"),
+                    ..Default::default()
+                },
+                &h,
+                now
+            ),
             Storable::No("no-store")
         );
+        let authorized = RequestFacts {
+            authorized: true,
+            ..Default::default()
+        };
         assert_eq!(
-            storable(&base, &CacheControl::default(), true, &h, now),
+            storable(&base, &authorized, &h, now),
             Storable::No("request carried Authorization")
         );
         let public = ResponseFacts {
@@ -455,9 +481,70 @@ mod tests {
             ..base
         };
         assert!(matches!(
-            storable(&public, &CacheControl::default(), true, &h, now),
+            storable(&public, &authorized, &h, now),
             Storable::Yes { .. }
         ));
+        // A request with Cookie (RFC 9111 mode): heuristic freshness is refused,
+        // explicit freshness or `public` still stores.
+        let personal = RequestFacts {
+            personal: true,
+            ..Default::default()
+        };
+        let heuristic = ResponseFacts {
+            status: 200,
+            ..Default::default()
+        };
+        let cookie_cases = [
+            ("no freshness", heuristic, false),
+            (
+                "max-age",
+                ResponseFacts {
+                    cc: cc("max-age=5"),
+                    ..heuristic
+                },
+                true,
+            ),
+            (
+                "s-maxage",
+                ResponseFacts {
+                    cc: cc("s-maxage=5"),
+                    ..heuristic
+                },
+                true,
+            ),
+            (
+                "Expires",
+                ResponseFacts {
+                    expires_s: Some(now / 1000 + 60),
+                    ..heuristic
+                },
+                true,
+            ),
+            (
+                "public",
+                ResponseFacts {
+                    cc: cc("public"),
+                    ..heuristic
+                },
+                true,
+            ),
+        ];
+        for (name, f, stored) in cookie_cases {
+            let got = storable(&f, &personal, &h, now);
+            assert_eq!(
+                matches!(got, Storable::Yes { .. }),
+                stored,
+                "{name}: {got:?}"
+            );
+            // Without Cookie every case stores.
+            assert!(
+                matches!(
+                    storable(&f, &RequestFacts::default(), &h, now),
+                    Storable::Yes { .. }
+                ),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -72,6 +72,53 @@ pub struct Options {
     pub refresh_expires: Option<crate::policy::Base>,
     /// `<ModifyHeader FirstOnly>` (MOD-3): `Some(first_only)` when ON.
     pub modify_header: Option<bool>,
+    /// `<TTL Mode>` (TTL-5): STON's priority, or RFC 9111's rules.
+    pub ttl_mode: TtlMode,
+    /// `<UnkeyedHeaders>` (cairn): request headers never forwarded on a cacheable
+    /// request, because the cache key does not hold them (lower case).
+    pub unkeyed: Vec<Box<[u8]>>,
+    /// `<ForwardedHeaders>` (cairn), default OFF: cairn sets `X-Forwarded-Host`
+    /// (the vhost name) and `X-Forwarded-Proto` itself, replacing the client's.
+    pub forwarded_headers: bool,
+}
+
+/// Which freshness rules a vhost's cache follows (TTL-5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TtlMode {
+    /// STON: cookies on cached content are ignored (a page personalised from
+    /// `Cookie` may be stored under heuristic freshness). Warned about at load.
+    #[default]
+    Ston,
+    /// RFC 9111: no heuristic freshness for a request that carried `Cookie` or
+    /// `Authorization` unless the response is `public` or has `s-maxage`.
+    Rfc9111,
+}
+
+/// Request headers an origin may use to shape a response although the cache key
+/// does not include them (web-cache poisoning vectors), stripped from cacheable
+/// requests by default.
+pub const DEFAULT_UNKEYED: &[&str] = &[
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-host",
+    "x-original-host",
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+impl Options {
+    /// Is `name` in the vhost's unkeyed list?
+    pub fn is_unkeyed(&self, name: &[u8]) -> bool {
+        self.unkeyed.iter().any(|u| u.eq_ignore_ascii_case(name))
+    }
 }
 
 /// Which client validators a 304 from cache considers (CF-1).
@@ -100,6 +147,12 @@ impl Default for Options {
             accept_encoding: true,
             refresh_expires: None,
             modify_header: None,
+            ttl_mode: TtlMode::Ston,
+            unkeyed: DEFAULT_UNKEYED
+                .iter()
+                .map(|n| n.as_bytes().into())
+                .collect(),
+            forwarded_headers: false,
         }
     }
 }
@@ -334,6 +387,12 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// `<ServiceAccess GeoIP="path">`: a MaxMind `.mmdb` for `$IP[<country>]` rules.
     pub geoip: Option<PathBuf>,
+    /// `<Cache><MaxSockets>`: open client connections, all shards together (0: no cap).
+    pub max_sockets: usize,
+    /// `<MaxSockets Reopen>`: past the cap, accepting resumes at this percentage.
+    pub reopen_pct: u8,
+    /// `<Cairn><MaxConnectionsPerIp>`: open connections per client address (0: no cap).
+    pub max_per_ip: usize,
 }
 
 impl Default for ServerSettings {
@@ -342,6 +401,9 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             geoip: None,
+            max_sockets: 80_000,
+            reopen_pct: 75,
+            max_per_ip: 0,
         }
     }
 }

@@ -111,6 +111,12 @@ pub(super) fn load(
                             cache_listen.push(ip);
                         }
                         "Storage" => parse_storage(&s, e, base, &mut cache, &mut warnings)?,
+                        "MaxSockets" => {
+                            server.max_sockets = number(&s, e, text(e), 0, 10_000_000)? as usize;
+                            if let Some(r) = e.attribute("Reopen") {
+                                server.reopen_pct = number(&s, e, r.trim(), 1, 100)? as u8;
+                            }
+                        }
                         other => warnings.push(
                             s.diag(e, format!("<Cache><{other}> is not supported yet; ignored")),
                         ),
@@ -188,6 +194,17 @@ pub(super) fn load(
                         return Err(
                             v.err(child, format!("vhost name '{}' is already used", vh.name))
                         );
+                    }
+                    if vh.options.ttl_mode == super::TtlMode::Ston {
+                        warnings.push(v.diag(
+                            child,
+                            format!(
+                                "WARNING vhost '{}': STON TTL mode ignores cookies on cached \
+                                 content, so pages personalised from Cookie can be cached and \
+                                 served to other clients; set <TTL Mode=\"rfc9111\"> to prevent it",
+                                vh.name
+                            ),
+                        ));
                     }
                     vhosts.push(vh);
                 }
@@ -410,6 +427,18 @@ fn apply_options(
                 };
             }
             "TTL" => {
+                if let Some(m) = e.attribute("Mode") {
+                    o.ttl_mode = match m.trim().to_ascii_lowercase().as_str() {
+                        "rfc9111" => super::TtlMode::Rfc9111,
+                        "ston" => super::TtlMode::Ston,
+                        other => {
+                            return Err(s.err(
+                                e,
+                                format!("<TTL Mode=\"{other}\">: expected rfc9111 or ston"),
+                            ))
+                        }
+                    };
+                }
                 for t in elements(e) {
                     let slot = match t.tag_name().name() {
                         "Res2xx" => &mut o.ttl.res2xx,
@@ -434,6 +463,19 @@ fn apply_options(
                 };
             }
             "CacheStatusHeader" => o.cache_status_header = on_off(s, e)?,
+            "ForwardedHeaders" => o.forwarded_headers = on_off(s, e)?,
+            "UnkeyedHeaders" => {
+                let mut list = Vec::new();
+                for name in text(e).split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    if !crate::policy::cond::is_token(name) {
+                        return Err(
+                            s.err(e, format!("<UnkeyedHeaders> '{name}' is not a header name"))
+                        );
+                    }
+                    list.push(name.to_ascii_lowercase().into_bytes().into_boxed_slice());
+                }
+                o.unkeyed = list;
+            }
             "RefreshExpiresHeader" => {
                 let base = match e.attribute("Base") {
                     None => crate::policy::Base::Access,
@@ -901,6 +943,9 @@ fn parse_cairn(
         match e.tag_name().name() {
             "RequestTimeoutSec" => server.request_timeout = secs()?,
             "DrainTimeoutSec" => server.drain_timeout = secs()?,
+            "MaxConnectionsPerIp" => {
+                server.max_per_ip = number(s, e, text(e), 0, 10_000_000)? as usize
+            }
             other => warnings.push(s.diag(e, format!("<Cairn><{other}> is not known; ignored"))),
         }
     }

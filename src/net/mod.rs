@@ -9,6 +9,7 @@
 //! and the fd until the kernel completes it. So every timeout here shuts the socket
 //! down, which completes the operation at once and releases both.
 
+pub mod admission;
 pub mod listen;
 
 use bytes::{Buf, Bytes, BytesMut};

@@ -26,6 +26,23 @@ pub struct OriginOpts<'a> {
     pub extra: &'a [u8],
     /// The request headers after MOD-1 rules, replacing the client's.
     pub headers: Option<&'a crate::policy::HeaderList<'a>>,
+    /// Dropped from a cacheable request: the key does not hold them.
+    pub unkeyed: &'a [Box<[u8]>],
+    /// `<ForwardedHeaders>ON`: the host and scheme cairn sets itself.
+    pub forwarded: Option<Forwarded<'a>>,
+}
+
+/// What cairn knows of the client-facing request, for `X-Forwarded-Host` and
+/// `X-Forwarded-Proto`.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded<'a> {
+    pub host: &'a str,
+    pub proto: &'a str,
+}
+
+fn is_forwarded_field(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"x-forwarded-host")
+        || name.eq_ignore_ascii_case(b"x-forwarded-proto")
 }
 
 /// Request headers a cache fill must not forward (the fill wants a full 200).
@@ -86,7 +103,13 @@ pub fn origin_request(
         {
             continue;
         }
-        if opts.for_cache && is_client_conditional(name) {
+        if opts.for_cache
+            && (is_client_conditional(name)
+                || opts.unkeyed.iter().any(|u| u.eq_ignore_ascii_case(name)))
+        {
+            continue;
+        }
+        if opts.forwarded.is_some() && is_forwarded_field(name) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -111,6 +134,14 @@ pub fn origin_request(
     }
     out.extend_from_slice(client_ip.to_string().as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(f) = opts.forwarded {
+        for (name, value) in [("X-Forwarded-Host", f.host), ("X-Forwarded-Proto", f.proto)] {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     out.extend_from_slice(opts.extra);
     match body_len {
         Some(n) => out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
@@ -130,6 +161,15 @@ pub async fn send(
     body: Option<Bytes>,
 ) -> Result<OriginReply, ExchangeError> {
     let up = &cx.shard.upstreams;
+    let o = &cx.vhost.options;
+    let opts = &OriginOpts {
+        unkeyed: &o.unkeyed,
+        forwarded: o.forwarded_headers.then_some(Forwarded {
+            host: &cx.vhost.name,
+            proto: if cx.req.conn.tls { "https" } else { "http" },
+        }),
+        ..*opts
+    };
     let origin = up.balancers.pick(&cx.vhost.name, &cx.vhost.origins);
     cx.origin.set(Some(origin.addr));
     let head = origin_request(
@@ -189,5 +229,56 @@ mod tests {
             out,
             "GET /base/ HTTP/1.1\r\nHost: www.test:8080\r\nX-Forwarded-For: ::1\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn cacheable_requests_drop_unkeyed_headers_and_carry_our_own() {
+        let o = OriginAddr::parse("10.0.0.1", "www.test").unwrap();
+        let r = req("GET /p HTTP/1.1\r\nHost: www.test\r\nX-Forwarded-Host: evil.example\r\nx-http-method-override: DELETE\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n");
+        let unkeyed = crate::config::Options::default().unkeyed;
+        let ip = "10.9.9.9".parse().unwrap();
+        let send =
+            |opts: &OriginOpts| String::from_utf8(origin_request(&r, &o, ip, None, opts)).unwrap();
+        // A cacheable request: the unkeyed fields are gone.
+        let cached = OriginOpts {
+            for_cache: true,
+            unkeyed: &unkeyed,
+            ..OriginOpts::default()
+        };
+        assert_eq!(
+            send(&cached),
+            "GET /p HTTP/1.1\r\nHost: www.test\r\nAccept: */*\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n"
+        );
+        // Pass-through is not stored: the client's fields reach the origin.
+        let pass = OriginOpts {
+            unkeyed: &unkeyed,
+            ..OriginOpts::default()
+        };
+        assert!(send(&pass).contains("X-Forwarded-Host: evil.example\r\n"));
+        // ForwardedHeaders ON: ours replace the client's, on every request.
+        let fwd = Some(Forwarded {
+            host: "www.test",
+            proto: "http",
+        });
+        for opts in [
+            OriginOpts {
+                forwarded: fwd,
+                ..cached
+            },
+            OriginOpts {
+                forwarded: fwd,
+                ..pass
+            },
+        ] {
+            let out = send(&opts);
+            assert!(
+                !out.contains("evil.example") && !out.contains("https"),
+                "{out}"
+            );
+            assert!(
+                out.ends_with("X-Forwarded-Host: www.test\r\nX-Forwarded-Proto: http\r\n\r\n"),
+                "{out}"
+            );
+        }
     }
 }

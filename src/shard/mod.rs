@@ -9,6 +9,7 @@ pub mod supervisor;
 
 pub use crate::context::{Live, ShardCtx, ShardStats, Shared};
 use crate::exchange::ConnFacts;
+use crate::net::admission::{Refusal, Ticket};
 use crate::net::Conn;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
@@ -29,15 +30,50 @@ const LOG_FLUSH: Duration = Duration::from_millis(100);
 pub struct SessionGuard {
     shard: Rc<ShardCtx>,
     id: u64,
+    _ticket: Ticket,
 }
 
 impl SessionGuard {
-    fn new(shard: Rc<ShardCtx>, conn: Conn) -> SessionGuard {
+    fn new(shard: Rc<ShardCtx>, conn: Conn, ticket: Ticket) -> SessionGuard {
         let id = shard.next_session.get();
         shard.next_session.set(id + 1);
         shard.sessions.borrow_mut().insert(id, conn);
         shard.stats().active.fetch_add(1, Relaxed);
-        SessionGuard { shard, id }
+        SessionGuard {
+            shard,
+            id,
+            _ticket: ticket,
+        }
+    }
+}
+
+/// A warning said at most once per interval, with a count of the ones held back.
+struct Throttled {
+    last: Option<tokio::time::Instant>,
+    held: u64,
+}
+
+impl Throttled {
+    const fn new() -> Throttled {
+        Throttled {
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(held back since the last one)` when it is time to say it again.
+    fn due(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= ACCEPT_REPORT)
+        {
+            self.last = Some(now);
+            Some(std::mem::take(&mut self.held))
+        } else {
+            self.held += 1;
+            None
+        }
     }
 }
 
@@ -95,8 +131,9 @@ async fn accept_loop(
     bound: Option<SocketAddr>,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut last_report: Option<tokio::time::Instant> = None;
-    let mut suppressed = 0u64;
+    let mut failures = Throttled::new();
+    // One throttle per cap, so each is reported.
+    let mut refusals = [Throttled::new(), Throttled::new()];
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -105,6 +142,26 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
+                let ticket = match shard.shared.admission.admit(peer.ip()) {
+                    Ok(t) => t,
+                    Err(why) => {
+                        // Closed at once, unread: cheaper than any answer.
+                        drop(stream);
+                        shard.stats().refused.fetch_add(1, Relaxed);
+                        let (cap, slot) = match why {
+                            Refusal::Global => ("MaxSockets", 0),
+                            Refusal::PerAddress => ("MaxConnectionsPerIp", 1),
+                        };
+                        if let Some(held) = refusals[slot].due() {
+                            log::warn!(
+                                "shard {}: connection from {} closed: {cap} reached ({held} more since the last report)",
+                                shard.id,
+                                peer.ip()
+                            );
+                        }
+                        continue;
+                    }
+                };
                 let conn = match Conn::from_uring(stream) {
                     Ok(c) => c,
                     Err(e) => {
@@ -113,7 +170,7 @@ async fn accept_loop(
                     }
                 };
                 shard.stats().connections.fetch_add(1, Relaxed);
-                let guard = SessionGuard::new(shard.clone(), conn.clone());
+                let guard = SessionGuard::new(shard.clone(), conn.clone(), ticket);
                 let s = shard.clone();
                 // Unique across shards: the shard in the top bits.
                 let session_id = ((shard.id as u64) << 48) | guard.id;
@@ -145,17 +202,12 @@ async fn accept_loop(
                 }
                 // EMFILE/ENFILE and friends: back off instead of spinning, and say
                 // so once per interval, not once per failed accept.
-                let now = tokio::time::Instant::now();
-                if last_report.is_none_or(|t| now.duration_since(t) >= ACCEPT_REPORT) {
+                if let Some(held) = failures.due() {
                     log::warn!(
-                        "shard {}: accept failed: {e} ({suppressed} more since the last report); backing off up to {}ms",
+                        "shard {}: accept failed: {e} ({held} more since the last report); backing off up to {}ms",
                         shard.id,
                         ACCEPT_BACKOFF_MAX.as_millis()
                     );
-                    last_report = Some(now);
-                    suppressed = 0;
-                } else {
-                    suppressed += 1;
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);

@@ -5,7 +5,6 @@ use super::follow::follow;
 use super::plan::{plan, FillPlan, PlanInput};
 use super::{origin_opts, send_to_origin};
 use crate::cache::fill::{FillEnd, FillHead, Leader, Role};
-use crate::cache::freshness::CacheControl;
 use crate::cache::{Cache, CacheResult, Writer};
 use crate::exchange::{Downstream, ExchangeError};
 use crate::origin::exchange::OriginReply;
@@ -47,12 +46,7 @@ pub async fn fill_from<D: Downstream>(
         length: reply.length(),
         has_body: reply.has_body(),
         until_close: reply.until_close(),
-        request_cc: CacheControl::parse(
-            cx.head
-                .headers()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(b"cache-control"))
-                .map(|(_, v)| v),
-        ),
+        request: super::request_facts(cx),
         options: &cx.vhost.options,
         max_object: cache.config().max_object,
         request_time_ms: request_time,

@@ -15,8 +15,9 @@ pub use plan::generated_etag;
 
 use super::request::RequestCtx;
 use super::upstream::{self, OriginOpts};
+use crate::cache::freshness::{CacheControl, RequestFacts};
 use crate::cache::{CacheKey, CacheResult, Variant};
-use crate::config::Vhost;
+use crate::config::{TtlMode, Vhost};
 use crate::exchange::{Downstream, ExchangeError};
 use crate::http1::RequestHead;
 use crate::origin::exchange::OriginReply;
@@ -26,6 +27,23 @@ use std::sync::atomic::Ordering::Relaxed;
 /// `Authorization` (RFC 9111 §3.5).
 pub fn eligible(req: &RequestHead) -> bool {
     matches!(req.method(), b"GET" | b"HEAD") && req.header("authorization").is_none()
+}
+
+/// What of the client's request bears on storing the response (RFC 9111 §3).
+fn request_facts(cx: &RequestCtx<'_>) -> RequestFacts {
+    let h = cx.head;
+    let authorized = h.header("authorization").is_some();
+    RequestFacts {
+        cc: CacheControl::parse(
+            h.headers()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(b"cache-control"))
+                .map(|(_, v)| v),
+        ),
+        authorized,
+        // TTL-5: STON's mode ignores cookies on cached content (warned at load).
+        personal: cx.vhost.options.ttl_mode == TtlMode::Rfc9111
+            && (authorized || h.header("cookie").is_some()),
+    }
 }
 
 /// The cache key: vhost name and path with query (HEAD shares GET's key), and the
@@ -103,6 +121,7 @@ async fn send_to_origin(
         for_cache: true,
         extra: &ask.0,
         headers: ask.1,
+        ..OriginOpts::default()
     };
     upstream::send(cx, &opts, None).await
 }

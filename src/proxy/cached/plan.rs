@@ -2,7 +2,7 @@
 //! and if so with which head, validators and time facts. The generated ETag
 //! (ETAG-1) is made here, once.
 
-use crate::cache::freshness::{self, CacheControl, ResponseFacts, Storable, Times};
+use crate::cache::freshness::{self, CacheControl, RequestFacts, ResponseFacts, Storable, Times};
 use crate::cache::meta::{kept_headers, Meta};
 use crate::config::Options;
 use crate::http1::ResponseHead;
@@ -59,8 +59,8 @@ pub struct PlanInput<'a> {
     /// The body ends when the origin closes: a cut-short body cannot be told
     /// from a complete one, so it is never stored.
     pub until_close: bool,
-    /// The client's `Cache-Control` values.
-    pub request_cc: CacheControl,
+    /// The client's `Cache-Control` and whether the response may be personal.
+    pub request: RequestFacts,
     pub options: &'a Options,
     pub max_object: u64,
     pub request_time_ms: u64,
@@ -125,16 +125,11 @@ pub fn plan(i: &PlanInput<'_>) -> Result<FillPlan, &'static str> {
     if facts.has_set_cookie {
         return Err("Set-Cookie");
     }
-    let (lifetime_ms, flags) = match freshness::storable(
-        &facts,
-        &i.request_cc,
-        false,
-        &i.options.ttl,
-        i.response_time_ms,
-    ) {
-        Storable::Yes { lifetime_ms, flags } => (lifetime_ms, flags),
-        Storable::No(why) => return Err(why),
-    };
+    let (lifetime_ms, flags) =
+        match freshness::storable(&facts, &i.request, &i.options.ttl, i.response_time_ms) {
+            Storable::Yes { lifetime_ms, flags } => (lifetime_ms, flags),
+            Storable::No(why) => return Err(why),
+        };
     // Variants cairn keys on: Accept-Encoding only (KEY-1). Any other Vary would
     // need a variant per request header value: not stored.
     let vary_other = i
@@ -213,11 +208,14 @@ mod tests {
             length,
             has_body: true,
             until_close: false,
-            request_cc: CacheControl::parse(
-                (!req_cc.is_empty())
-                    .then_some(req_cc.as_bytes())
-                    .into_iter(),
-            ),
+            request: RequestFacts {
+                cc: CacheControl::parse(
+                    (!req_cc.is_empty())
+                        .then_some(req_cc.as_bytes())
+                        .into_iter(),
+                ),
+                ..Default::default()
+            },
             options: &o,
             max_object: 1000,
             request_time_ms: NOW - 5,
@@ -234,7 +232,7 @@ mod tests {
             length: None,
             has_body: true,
             until_close: true,
-            request_cc: CacheControl::default(),
+            request: RequestFacts::default(),
             options: &o,
             max_object: 1000,
             request_time_ms: NOW,

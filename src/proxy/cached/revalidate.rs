@@ -6,7 +6,7 @@ use super::fill::fill_from;
 use super::hit::send_hit;
 use super::plan::{age_of, response_facts};
 use super::{origin_opts, send_to_origin};
-use crate::cache::freshness::{self, CacheControl, ResponseFacts, Storable, Times};
+use crate::cache::freshness::{self, CacheControl, RequestFacts, ResponseFacts, Storable, Times};
 use crate::cache::meta::kept_headers;
 use crate::cache::{CacheResult, Hit};
 use crate::exchange::{Downstream, ExchangeError};
@@ -94,8 +94,7 @@ fn refreshed(
             status: hit.status,
             ..facts
         },
-        &CacheControl::default(),
-        false,
+        &RequestFacts::default(),
         &cx.vhost.options.ttl,
         response_time,
     ) {

@@ -1,0 +1,268 @@
+//! Hostile clients against the real binary: cache poisoning through unkeyed
+//! request headers, connection caps, and request smuggling.
+
+mod support;
+
+use std::path::PathBuf;
+use support::*;
+
+/// An origin that shapes its answer from request headers the cache key does
+/// not hold, as real origins (frameworks behind a proxy) do.
+fn poisonable_origin() -> Origin {
+    Origin::start(|r| {
+        let host = r
+            .header("x-forwarded-host")
+            .unwrap_or("test.local")
+            .to_string();
+        let text = |status: &str, extra: String, body: String| {
+            Reply::Bytes(
+                format!(
+                    "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes(),
+            )
+        };
+        match r.path.as_str() {
+            "/redirect" => text(
+                "301 Moved Permanently",
+                format!("Location: https://{host}/\r\n"),
+                format!("moved to {host}"),
+            ),
+            "/page" => text("200 OK", String::new(), format!("<a href=//{host}/x>")),
+            "/method" => match r.header("x-http-method-override") {
+                Some(_) => text("405 Method Not Allowed", String::new(), "no".into()),
+                None => text("200 OK", String::new(), "ok".into()),
+            },
+            "/personal" => {
+                let who = match r.header("cookie") {
+                    Some(c) if c.contains("user=alice") => "alice",
+                    _ => "guest",
+                };
+                text("200 OK", String::new(), format!("hello {who}"))
+            }
+            _ => text("404 Not Found", String::new(), String::new()),
+        }
+    })
+}
+
+/// A config directory whose `server.xml` is `server` and whose one vhost
+/// `test.local` fronts `origin`.
+fn dir_with(server: &str, origin: &Origin) -> PathBuf {
+    let dir = temp_dir("conf");
+    std::fs::write(dir.join("server.xml"), server).unwrap();
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        format!(
+            "<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost><Default>test.local</Default></Vhosts>",
+            origin.addr
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn get_with(c: &Cairn, path: &str, extra: &str) -> Response {
+    let mut cl = c.connect();
+    cl.send(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n{extra}\r\n").as_bytes());
+    cl.response(false).expect("a response")
+}
+
+/// The attacker sends the header first; the next, ordinary client must get the
+/// clean object (from the cache: the origin is asked once per path).
+fn probe_unkeyed(c: &Cairn, origin: &Origin) {
+    let before = origin.count();
+    let attack = get_with(c, "/redirect", "X-Forwarded-Host: evil.example\r\n");
+    assert_eq!(attack.status, 301);
+    let next = get_with(c, "/redirect", "");
+    assert_eq!(next.status, 301);
+    assert_eq!(next.header("location"), Some("https://test.local/"));
+    assert!(!next.text().contains("evil"), "{}", next.text());
+
+    get_with(c, "/page", "X-Forwarded-Host: evil.example\r\n");
+    let page = get_with(c, "/page", "");
+    assert_eq!(page.text(), "<a href=//test.local/x>");
+
+    let attack = get_with(c, "/method", "X-HTTP-Method-Override: DELETE\r\n");
+    assert_eq!(attack.status, 200, "the override never reached the origin");
+    let next = get_with(c, "/method", "");
+    assert_eq!((next.status, next.text().as_str()), (200, "ok"));
+    assert_eq!(
+        origin.count() - before,
+        3,
+        "each object filled once, then hits"
+    );
+    for seen in origin.seen.lock().unwrap().iter() {
+        assert!(seen.header("x-forwarded-host").is_none(), "{seen:?}");
+        assert!(seen.header("x-http-method-override").is_none(), "{seen:?}");
+    }
+}
+
+/// A page personalised from Cookie, with no Cache-Control.
+fn personal_page(c: &Cairn) -> (String, String) {
+    let alice = get_with(c, "/personal", "Cookie: user=alice\r\n").text();
+    let next = get_with(c, "/personal", "").text();
+    (alice, next)
+}
+
+#[test]
+fn unkeyed_headers_and_cookies_do_not_poison_the_cache_in_rfc9111_mode() {
+    let origin = poisonable_origin();
+    // The shipped server.xml (the embedded default), and a minimal RFC 9111 one.
+    // (with the test cache: the shipped default is /var/cache/cairn, one per host)
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/server.xml"))
+        .unwrap()
+        .replacen("<Server>", &format!("<Server>{TEST_CACHE}"), 1);
+    let minimal = server_xml(r#"<TTL Mode="rfc9111"/>"#, "");
+    for server in [shipped, minimal] {
+        let c = Cairn::start(dir_with(&server, &origin), 1);
+        probe_unkeyed(&c, &origin);
+        assert_eq!(
+            personal_page(&c),
+            ("hello alice".into(), "hello guest".into()),
+            "the personalised page was not stored"
+        );
+        assert!(
+            !c.stderr().contains("STON TTL mode ignores cookies"),
+            "{}",
+            c.stderr()
+        );
+    }
+}
+
+#[test]
+fn a_ston_config_keeps_ston_cookie_semantics_and_warns_about_it() {
+    let origin = poisonable_origin();
+    let dir = dir_with(&server_xml("", ""), &origin);
+    let out = check(&dir);
+    let report =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("vhost 'test.local': STON TTL mode ignores cookies"),
+        "{report}"
+    );
+    let c = Cairn::start(dir, 1);
+    assert!(
+        c.wait_log("STON TTL mode ignores cookies")
+            .contains("test.local"),
+        "{}",
+        c.stderr()
+    );
+    // The unkeyed-header list applies in every mode.
+    probe_unkeyed(&c, &origin);
+    // STON: cookies on cached content are ignored, as documented (and warned).
+    assert_eq!(
+        personal_page(&c),
+        ("hello alice".into(), "hello alice".into())
+    );
+}
+
+#[test]
+fn unkeyed_headers_can_be_configured_and_forwarded_headers_set_by_cairn() {
+    let origin = poisonable_origin();
+    let server = server_xml(
+        r#"<TTL Mode="rfc9111"/><UnkeyedHeaders>X-Other</UnkeyedHeaders><ForwardedHeaders>ON</ForwardedHeaders>"#,
+        "",
+    );
+    let c = Cairn::start(dir_with(&server, &origin), 1);
+    // The client's X-Forwarded-Host is replaced by the vhost name.
+    get_with(
+        &c,
+        "/page",
+        "X-Forwarded-Host: evil.example\r\nX-Other: 1\r\n",
+    );
+    let seen = origin.last();
+    assert_eq!(seen.header("x-forwarded-host"), Some("test.local"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert!(seen.header("x-other").is_none());
+    assert_eq!(get_with(&c, "/page", "").text(), "<a href=//test.local/x>");
+    // X-HTTP-Method-Override is no longer in the (replaced) list: forwarded.
+    get_with(&c, "/method", "X-HTTP-Method-Override: DELETE\r\n");
+    assert_eq!(
+        origin.last().header("x-http-method-override"),
+        Some("DELETE")
+    );
+}
+
+/// A client connection from a chosen loopback address (the whole of 127/8 is
+/// local), to tell two clients apart by address.
+fn connect_from(src: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let src: std::net::SocketAddr = format!("{src}:0").parse().unwrap();
+    s.bind(&src.into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}
+
+/// Served: a GET on this connection gets a response.
+fn served(s: &std::net::TcpStream) -> bool {
+    let mut c = Client::from_stream(s.try_clone().unwrap());
+    c.send(b"GET /page HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    c.response(false).is_some_and(|r| r.status == 200)
+}
+
+/// Closed by cairn without a byte: a read sees the end (or a reset).
+fn refused(mut s: std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    match s.read(&mut [0u8; 64]) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+fn settle() {
+    std::thread::sleep(std::time::Duration::from_millis(150));
+}
+
+#[test]
+fn connection_caps_close_the_connection_past_the_cap_and_serve_other_addresses() {
+    let origin = poisonable_origin();
+    let server = format!("<Server>{TEST_CACHE}<Cache><MaxSockets Reopen=\"50\">6</MaxSockets></Cache><Cairn><MaxConnectionsPerIp>3</MaxConnectionsPerIp></Cairn></Server>");
+    let c = Cairn::start(dir_with(&server, &origin), 2);
+    // Per address: three connections from 127.0.0.1 are served; the fourth is
+    // closed unanswered, while 127.0.0.2 is still served.
+    let mut held: Vec<_> = (0..3).map(|_| connect_from("127.0.0.1", c.addr)).collect();
+    assert!(held.iter().all(served));
+    assert!(
+        refused(connect_from("127.0.0.1", c.addr)),
+        "the fourth from one address"
+    );
+    let other = connect_from("127.0.0.2", c.addr);
+    assert!(served(&other), "another address is still served");
+    // Closing one frees its place.
+    drop(held.remove(0));
+    settle();
+    let again = connect_from("127.0.0.1", c.addr);
+    assert!(served(&again));
+    // Global: 4 open; two more reach MaxSockets=6, the seventh is closed, and
+    // accepting stays paused until the count falls back to Reopen (50%: 3).
+    let more: Vec<_> = ["127.0.0.3", "127.0.0.4"]
+        .iter()
+        .map(|a| connect_from(a, c.addr))
+        .collect();
+    assert!(more.iter().all(served));
+    assert!(
+        refused(connect_from("127.0.0.5", c.addr)),
+        "past MaxSockets"
+    );
+    drop(more);
+    settle();
+    assert!(
+        refused(connect_from("127.0.0.5", c.addr)),
+        "4 open: paused until Reopen"
+    );
+    drop((other, again));
+    settle();
+    assert!(
+        served(&connect_from("127.0.0.5", c.addr)),
+        "2 open: resumed"
+    );
+    let log = c.stderr();
+    assert!(log.contains("MaxConnectionsPerIp reached"), "{log}");
+    assert!(log.contains("MaxSockets reached"), "{log}");
+    drop(held);
+}
