@@ -32,6 +32,13 @@ pub struct ShardStats {
     pub log_dropped: AtomicU64,
     /// Connections closed at accept: past `MaxSockets` or the per-address cap.
     pub refused: AtomicU64,
+    /// Cache fills running on this shard, misses passed through because of
+    /// `MaxFillsPerShard`, and fills given up when every client had left.
+    pub fills_active: AtomicU64,
+    pub fills_refused: AtomicU64,
+    pub fills_abandoned: AtomicU64,
+    /// Bytes held gathering unknown-length bodies (`FillMemoryPerShard`).
+    pub fill_memory: AtomicU64,
 }
 
 /// The configuration in force and what is derived from it. Swapped whole on

@@ -296,13 +296,23 @@ fn log_stats(shared: &Shared) {
     let c = &shared.cache.stats;
     let st = shared.cache.store_stats();
     log::info!(
-        "cache: {} hits, {} misses, {} stored, {} not stored (size or space), {} objects indexed, {} fills in flight, {} segments reclaimed ({} second chances)",
+        "cache: {} hits, {} misses, {} stored, {} not stored (size or space), {} objects indexed, {} fills in flight, {} fills refused (MaxFillsPerShard), {} fills abandoned, {} segments reclaimed ({} second chances)",
         c.hits.load(Relaxed),
         c.misses.load(Relaxed),
         c.stores.load(Relaxed),
         c.store_skipped.load(Relaxed),
         shared.cache.objects(),
         shared.cache.fills.in_progress(),
+        shared
+            .stats
+            .iter()
+            .map(|s| s.fills_refused.load(Relaxed))
+            .sum::<u64>(),
+        shared
+            .stats
+            .iter()
+            .map(|s| s.fills_abandoned.load(Relaxed))
+            .sum::<u64>(),
         st.evictions.load(Relaxed),
         st.second_chances.load(Relaxed)
     );

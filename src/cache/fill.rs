@@ -1,14 +1,18 @@
 //! Request coalescing: concurrent misses for one key make one origin request.
 //!
 //! The first miss becomes the leader and fetches; later ones (on any shard) follow
-//! the same [`Fill`], receiving the head and the body chunks as the leader receives
-//! them, not after a polling delay. A leader that fails, or is dropped mid-way
-//! (its client vanished, its task panicked), wakes every follower with the error.
-//! This runs on the miss path only; the short mutex inside a fill is never taken
-//! by a cache hit.
+//! the same [`Fill`]. The leader writes the body straight into its segment record
+//! and says how far it got; followers send from the segment ([`BodyCursor`]), so a
+//! fill holds no body bytes in memory however many clients read it, or how slowly.
+//! A leader that fails, or is dropped mid-way (its task panicked), wakes every
+//! follower with the error. When every client of a fill has left, the leader may
+//! abandon it ([`Leader::abandon`]). This runs on the miss path only; the short
+//! mutex inside a fill is never taken by a cache hit.
 
 use super::freshness::Times;
+use super::segment::{Lease, Segment};
 use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -34,10 +38,45 @@ pub enum FillEnd {
     Failed,
 }
 
+/// Where a fill's body is being written: followers read the written prefix from
+/// here, each read under its own lease.
+#[derive(Clone)]
+pub struct BodyCursor {
+    seg: Arc<Segment>,
+    generation: u32,
+    base: usize,
+}
+
+impl std::fmt::Debug for BodyCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BodyCursor(seg {}, +{})", self.seg.id, self.base)
+    }
+}
+
+impl BodyCursor {
+    pub(super) fn new(seg: Arc<Segment>, generation: u32, base: usize) -> BodyCursor {
+        BodyCursor {
+            seg,
+            generation,
+            base,
+        }
+    }
+
+    /// Body bytes `from..to`, which the writer has already written (a fill says how
+    /// far with [`Progress::written`]); the mapping, not a copy.
+    pub fn bytes(&self, from: u64, to: u64) -> Option<Bytes> {
+        let len = usize::try_from(to.checked_sub(from)?).ok()?;
+        let off = self.base.checked_add(usize::try_from(from).ok()?)?;
+        Lease::acquire(&self.seg, self.generation, off, len).map(Lease::into_bytes)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     head: Option<FillHead>,
-    chunks: Vec<Bytes>,
+    body: Option<BodyCursor>,
+    /// Body bytes written so far; never moves back.
+    written: u64,
     end: Option<FillEnd>,
 }
 
@@ -46,12 +85,15 @@ pub struct Fill {
     pub key: Vec<u8>,
     state: Mutex<State>,
     notify: Notify,
+    /// Clients reading this fill now (each holds a [`Watch`]).
+    watchers: AtomicUsize,
 }
 
 /// What a follower sees when it looks.
 pub struct Progress {
     pub head: Option<FillHead>,
-    pub chunks: Vec<Bytes>,
+    pub body: Option<BodyCursor>,
+    pub written: u64,
     pub end: Option<FillEnd>,
 }
 
@@ -60,27 +102,55 @@ impl Fill {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until something past `seen` chunks (or the head, or the end) is available,
-    /// then returns it. `had_head`: the caller already has the head.
-    pub async fn next(&self, seen: usize, had_head: bool) -> Progress {
+    /// Waits until more than `sent` body bytes are written (or the head, or the
+    /// end, is there), then says how far the fill is. `had_head`: the caller
+    /// already has the head.
+    pub async fn next(&self, sent: u64, had_head: bool) -> Progress {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let s = self.lock();
-                let news =
-                    s.chunks.len() > seen || s.end.is_some() || (!had_head && s.head.is_some());
+                let news = s.written > sent || s.end.is_some() || (!had_head && s.head.is_some());
                 if news {
                     return Progress {
                         head: if had_head { None } else { s.head.clone() },
-                        chunks: s.chunks[seen.min(s.chunks.len())..].to_vec(),
+                        body: s.body.clone(),
+                        written: s.written,
                         end: s.end,
                     };
                 }
             }
             notified.await;
         }
+    }
+
+    pub fn watchers(&self) -> usize {
+        self.watchers.load(SeqCst)
+    }
+}
+
+/// A client's interest in a fill; the fill knows nobody waits when none is left.
+pub struct Watch(Arc<Fill>);
+
+impl Watch {
+    fn new(fill: &Arc<Fill>) -> Watch {
+        fill.watchers.fetch_add(1, SeqCst);
+        Watch(fill.clone())
+    }
+}
+
+impl std::ops::Deref for Watch {
+    type Target = Fill;
+    fn deref(&self) -> &Fill {
+        &self.0
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, SeqCst);
     }
 }
 
@@ -92,19 +162,25 @@ pub struct Fills {
 
 pub enum Role {
     Leader(Leader),
-    Follower(Arc<Fill>),
+    Follower(Watch),
 }
 
 impl Fills {
+    fn map(&self) -> std::sync::MutexGuard<'_, ahash::AHashMap<Vec<u8>, Arc<Fill>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn begin(self: &Arc<Self>, key: &[u8]) -> Role {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.map();
         if let Some(f) = m.get(key) {
-            return Role::Follower(f.clone());
+            // Under the map lock: an abandoning leader sees this watcher.
+            return Role::Follower(Watch::new(f));
         }
         let fill = Arc::new(Fill {
             key: key.to_vec(),
             state: Mutex::default(),
             notify: Notify::new(),
+            watchers: AtomicUsize::new(0),
         });
         m.insert(key.to_vec(), fill.clone());
         Role::Leader(Leader {
@@ -115,7 +191,7 @@ impl Fills {
     }
 
     pub fn in_progress(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
+        self.map().len()
     }
 }
 
@@ -127,18 +203,28 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// The fill this leader feeds, to follow it like any other request.
-    pub fn fill(&self) -> Arc<Fill> {
-        self.fill.clone()
+    /// A watch on the fill this leader feeds, to follow it like any other request.
+    pub fn watch(&self) -> Watch {
+        Watch::new(&self.fill)
     }
 
-    pub fn set_head(&self, head: FillHead) {
-        self.fill.lock().head = Some(head);
+    pub fn watchers(&self) -> usize {
+        self.fill.watchers()
+    }
+
+    /// The head, and where the body will be written.
+    pub fn start(&self, head: FillHead, body: Option<BodyCursor>) {
+        {
+            let mut s = self.fill.lock();
+            s.head = Some(head);
+            s.body = body;
+        }
         self.fill.notify.notify_waiters();
     }
 
-    pub fn push(&self, chunk: Bytes) {
-        self.fill.lock().chunks.push(chunk);
+    /// `n` more body bytes are written to the cursor's region.
+    pub fn advance(&self, n: u64) {
+        self.fill.lock().written += n;
         self.fill.notify.notify_waiters();
     }
 
@@ -147,13 +233,33 @@ impl Leader {
         self.end(end);
     }
 
+    /// Gives the fill up if no client watches it (checked under the table's lock, so
+    /// no one can join meanwhile). Returns the leader back if someone still does.
+    pub fn abandon(mut self) -> Result<(), Leader> {
+        {
+            let fills = self.fills.clone();
+            let mut m = fills.map();
+            if self.fill.watchers() != 0 {
+                drop(m);
+                return Err(self);
+            }
+            if m.get(&self.fill.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
+            {
+                m.remove(&self.fill.key);
+            }
+        }
+        self.end(FillEnd::Failed);
+        Ok(())
+    }
+
     fn end(&mut self, end: FillEnd) {
         if self.done {
             return;
         }
         self.done = true;
         {
-            let mut m = self.fills.map.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = self.fills.map();
             if m.get(&self.fill.key)
                 .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
             {
@@ -175,13 +281,24 @@ impl Drop for Leader {
 mod tests {
     use super::*;
 
+    fn head() -> FillHead {
+        FillHead {
+            status: 200,
+            headers: Bytes::new(),
+            length: Some(6),
+            has_body: true,
+            times: Times::default(),
+        }
+    }
+
     #[test]
-    fn followers_see_head_chunks_and_end_and_a_dropped_leader_fails() {
+    fn followers_read_the_written_prefix_from_the_segment_and_a_dropped_leader_fails() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
+            let seg = Arc::new(Segment::anonymous(0, 1 << 20).unwrap());
             let fills = Arc::new(Fills::default());
             let Role::Leader(leader) = fills.begin(b"k") else {
                 panic!()
@@ -189,35 +306,41 @@ mod tests {
             let Role::Follower(f) = fills.begin(b"k") else {
                 panic!()
             };
+            assert_eq!(leader.watchers(), 1);
             let follower = tokio::spawn(async move {
-                let p = f.next(0, false).await;
-                let mut got = p.chunks.concat();
-                let mut seen = p.chunks.len();
-                let mut end = p.end;
-                while end.is_none() {
-                    let p = f.next(seen, true).await;
-                    seen += p.chunks.len();
-                    got.extend(p.chunks.concat());
-                    end = p.end;
+                let mut got = Vec::new();
+                let mut had_head = false;
+                loop {
+                    let p = f.next(got.len() as u64, had_head).await;
+                    had_head |= p.head.is_some();
+                    if p.written > got.len() as u64 {
+                        let c = p.body.as_ref().unwrap();
+                        got.extend_from_slice(&c.bytes(got.len() as u64, p.written).unwrap());
+                    }
+                    if p.end.is_some() {
+                        return (got, p.end);
+                    }
                 }
-                (got, end)
             });
             tokio::task::yield_now().await;
-            leader.set_head(FillHead {
-                status: 200,
-                headers: Bytes::new(),
-                length: Some(6),
-                has_body: true,
-                times: Times::default(),
-            });
-            leader.push(Bytes::from_static(b"abc"));
+            let base = 4096;
+            let generation = seg.generation.load(SeqCst);
+            leader.start(head(), Some(BodyCursor::new(seg.clone(), generation, base)));
+            seg.write_at(base, b"abc");
+            leader.advance(3);
             tokio::task::yield_now().await;
-            leader.push(Bytes::from_static(b"def"));
+            seg.write_at(base + 3, b"def");
+            leader.advance(3);
             leader.finish(FillEnd::Complete);
             let (body, end) = follower.await.unwrap();
             assert_eq!(body, b"abcdef");
             assert_eq!(end, Some(FillEnd::Complete));
             assert_eq!(fills.in_progress(), 0);
+            assert_eq!(
+                seg.leases(),
+                0,
+                "the follower's reads released their leases"
+            );
 
             let Role::Leader(leader) = fills.begin(b"k") else {
                 panic!("a finished fill is gone")
@@ -228,5 +351,28 @@ mod tests {
             drop(leader);
             assert_eq!(f.next(0, false).await.end, Some(FillEnd::Failed));
         });
+    }
+
+    #[test]
+    fn a_fill_is_abandoned_only_when_nobody_watches_it() {
+        let fills = Arc::new(Fills::default());
+        let Role::Leader(leader) = fills.begin(b"k") else {
+            panic!()
+        };
+        let own = leader.watch();
+        let Role::Follower(other) = fills.begin(b"k") else {
+            panic!()
+        };
+        assert_eq!(leader.watchers(), 2);
+        drop(own);
+        let Err(leader) = leader.abandon() else {
+            panic!("one client still watches")
+        };
+        drop(other);
+        assert_eq!(leader.watchers(), 0);
+        assert!(leader.abandon().is_ok(), "nobody watches");
+        assert_eq!(fills.in_progress(), 0);
+        // The next request leads a fresh fill.
+        assert!(matches!(fills.begin(b"k"), Role::Leader(_)));
     }
 }

@@ -245,6 +245,17 @@ pub struct Writer<'c> {
 }
 
 impl Writer<'_> {
+    /// Where the body goes, for followers of the fill to read what is written.
+    pub fn body_cursor(&self) -> fill::BodyCursor {
+        let base =
+            self.region.off as usize + HEADER_LEN + self.key_len as usize + self.meta_len as usize;
+        fill::BodyCursor::new(self.region.seg.clone(), self.region.generation, base)
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
     /// Appends body bytes; `false` if they overflow the declared length (the
     /// origin sent more than it said): the writer is then useless.
     pub fn push(&mut self, chunk: &[u8]) -> bool {

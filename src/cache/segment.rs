@@ -121,8 +121,10 @@ impl Segment {
     ///
     /// Callers only read regions that are committed and not being written: records
     /// published in the index (writers never touch a published record until the
-    /// segment is reclaimed, which waits for leases to end) or, during recovery,
-    /// before any writer runs.
+    /// segment is reclaimed, which waits for leases to end), the written prefix of a
+    /// record being filled (its writer only appends past it, and says how far under
+    /// the fill's mutex, which orders the writes before the read) or, during
+    /// recovery, before any writer runs.
     pub fn bytes(&self, off: usize, len: usize) -> &[u8] {
         assert!(
             off.checked_add(len).is_some_and(|e| e <= self.len),
@@ -136,8 +138,9 @@ impl Segment {
 
     /// Copies `data` into the mapping at `off`.
     ///
-    /// Callers write only to a region they reserved and that no reader can reach yet
-    /// (unpublished), or to a reclaimed segment with no leases.
+    /// Callers write only to a region they reserved, past any prefix a fill has
+    /// announced (so no reader can reach these bytes yet), or to a reclaimed segment
+    /// with no leases.
     pub fn write_at(&self, off: usize, data: &[u8]) {
         assert!(
             off.checked_add(data.len()).is_some_and(|e| e <= self.len),

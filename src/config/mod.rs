@@ -393,6 +393,15 @@ pub struct ServerSettings {
     pub reopen_pct: u8,
     /// `<Cairn><MaxConnectionsPerIp>`: open connections per client address (0: no cap).
     pub max_per_ip: usize,
+    /// `<Cairn><MaxFillsPerShard>`: cache fills a shard runs at once; past it a miss
+    /// is passed through, not stored.
+    pub max_fills: usize,
+    /// `<Cairn><BackgroundFillPercent>`: a fill every client has left goes on only
+    /// if at least this much of it is stored (0: always; 100: never).
+    pub background_fill_pct: u8,
+    /// `<Cairn><FillMemoryPerShard>`: bytes a shard may hold gathering bodies of
+    /// unknown length (chunked) for the cache; past it they are relayed, not stored.
+    pub fill_memory: u64,
 }
 
 impl Default for ServerSettings {
@@ -404,6 +413,9 @@ impl Default for ServerSettings {
             max_sockets: 80_000,
             reopen_pct: 75,
             max_per_ip: 0,
+            max_fills: 64,
+            background_fill_pct: 90,
+            fill_memory: 64 << 20,
         }
     }
 }

@@ -946,6 +946,18 @@ fn parse_cairn(
             "MaxConnectionsPerIp" => {
                 server.max_per_ip = number(s, e, text(e), 0, 10_000_000)? as usize
             }
+            "MaxFillsPerShard" => server.max_fills = number(s, e, text(e), 1, 100_000)? as usize,
+            "BackgroundFillPercent" => {
+                server.background_fill_pct = number(s, e, text(e), 0, 100)? as u8
+            }
+            "FillMemoryPerShard" => {
+                server.fill_memory = parse_size(text(e)).ok_or_else(|| {
+                    s.err(
+                        e,
+                        format!("<FillMemoryPerShard> '{}' is not a size", text(e)),
+                    )
+                })?
+            }
             other => warnings.push(s.diag(e, format!("<Cairn><{other}> is not known; ignored"))),
         }
     }

@@ -6,12 +6,51 @@ use super::plan::{plan, FillPlan, PlanInput};
 use super::{origin_opts, send_to_origin};
 use crate::cache::fill::{FillEnd, FillHead, Leader, Role};
 use crate::cache::{Cache, CacheResult, Writer};
+use crate::context::Shared;
 use crate::exchange::{Downstream, ExchangeError};
 use crate::origin::exchange::OriginReply;
 use crate::proxy::pass;
 use crate::proxy::request::{now_ms, RequestCtx};
 use crate::proxy::response::{self, Extras};
-use bytes::Bytes;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// A place among a shard's running fills (`MaxFillsPerShard`); released on drop.
+pub(super) struct FillSlot(std::sync::Arc<crate::context::Shared>, usize);
+
+impl FillSlot {
+    fn take(cx: &RequestCtx<'_>, max: usize) -> Option<FillSlot> {
+        let stats = cx.shard.stats();
+        if stats.fills_active.load(Relaxed) as usize >= max {
+            return None;
+        }
+        stats.fills_active.fetch_add(1, Relaxed);
+        Some(FillSlot(cx.shard.shared.clone(), cx.shard.id))
+    }
+}
+
+impl Drop for FillSlot {
+    fn drop(&mut self) {
+        self.0.stats[self.1].fills_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The fill limits in force (`<Cairn>`), read once per miss.
+#[derive(Clone, Copy)]
+struct FillLimits {
+    max_fills: usize,
+    background_pct: u8,
+    memory: u64,
+}
+
+fn limits(cx: &RequestCtx<'_>) -> FillLimits {
+    let live = cx.shard.shared.live.load();
+    let s = &live.config.server;
+    FillLimits {
+        max_fills: s.max_fills,
+        background_pct: s.background_fill_pct,
+        memory: s.fill_memory,
+    }
+}
 
 pub async fn miss<D: Downstream>(
     cx: &RequestCtx<'_>,
@@ -21,10 +60,24 @@ pub async fn miss<D: Downstream>(
     let cache = &cx.shard.shared.cache;
     match cache.fills.begin(cx.key.stored()) {
         Role::Leader(leader) => {
+            let Some(slot) = FillSlot::take(cx, limits(cx).max_fills) else {
+                // Past the cap: this miss (and any that joined it) goes to the
+                // origin uncached, so fill memory and origin load stay bounded.
+                leader.finish(FillEnd::Pass);
+                let n = cx.shard.stats().fills_refused.fetch_add(1, Relaxed);
+                if n.is_power_of_two() {
+                    log::warn!(
+                        "shard {}: MaxFillsPerShard reached; {} passed through uncached so far",
+                        cx.shard.id,
+                        n + 1
+                    );
+                }
+                return pass::forward(cx, down, result).await;
+            };
             let request_time = now_ms();
             // Dropping the leader on an error fails the fill for its followers.
             let reply = send_to_origin(cx, &origin_opts(cx, b"")).await?;
-            fill_from(cx, down, reply, Some(leader), result, request_time).await
+            fill_from(cx, down, reply, Some((leader, slot)), result, request_time).await
         }
         Role::Follower(fill) => follow(cx, down, fill, CacheResult::Miss).await,
     }
@@ -32,11 +85,11 @@ pub async fn miss<D: Downstream>(
 
 /// Answers from an origin response while storing it (when it may be stored) and,
 /// as the leader, sharing it with followers.
-pub async fn fill_from<D: Downstream>(
+pub(super) async fn fill_from<D: Downstream>(
     cx: &RequestCtx<'_>,
     down: &mut D,
     reply: OriginReply,
-    leader: Option<Leader>,
+    leader: Option<(Leader, FillSlot)>,
     result: CacheResult,
     request_time: u64,
 ) -> Result<(), ExchangeError> {
@@ -60,59 +113,149 @@ pub async fn fill_from<D: Downstream>(
                 cx.vhost.name,
                 String::from_utf8_lossy(cx.head.path())
             );
-            if let Some(l) = leader {
+            if let Some((l, _)) = leader {
                 l.finish(FillEnd::Pass); // followers fetch for themselves
             }
             return pass::relay(cx, down, reply, &Extras::new(result)).await;
         }
     };
+    let lim = limits(cx);
+    let (leader, slot) = match leader {
+        Some((l, slot)) => (Some(l), Some(slot)),
+        // A revalidation's 200 has no fill of its own: it still counts.
+        None => match FillSlot::take(cx, lim.max_fills) {
+            Some(slot) => (None, Some(slot)),
+            None => {
+                cx.shard.stats().fills_refused.fetch_add(1, Relaxed);
+                return pass::relay(cx, down, reply, &Extras::new(result)).await;
+            }
+        },
+    };
     match leader {
-        // Known length: the origin read, the store and the sharing run in a task of
-        // their own, so no client (this one included) can slow the fill for the
-        // others; this request follows it like any other.
+        // Known length: the origin read and the store run in a task of their own,
+        // so no client (this one included) can slow the fill for the others; every
+        // client, this one too, follows it from the segment.
         Some(l) if plan.length.is_some() => {
-            l.set_head(FillHead {
-                status: plan.status,
-                headers: plan.headers.clone(),
-                length: plan.length,
-                has_body: plan.has_body,
-                times: plan.times,
-            });
-            let fill = l.fill();
+            let watch = l.watch();
             let shared = cx.shard.shared.clone();
             let (shard_id, key) = (cx.shard.id, cx.key.stored().to_vec());
+            let label = format!(
+                "{} {}",
+                cx.vhost.name,
+                String::from_utf8_lossy(cx.head.path())
+            );
             tokio_uring::spawn(async move {
-                let mut reply = reply;
-                let mut store = Store::open(&shared.cache, shard_id, &key, &plan);
-                let ok = loop {
-                    match reply.next().await {
-                        Ok(Some(b)) => {
-                            store.push(&b);
-                            l.push(b);
-                        }
-                        Ok(None) => break true,
-                        Err(_) => break false, // the writer drops: its region stays dead
-                    }
+                let _slot = slot;
+                let job = Background {
+                    shared: &shared,
+                    shard: shard_id,
+                    key: &key,
+                    plan: &plan,
+                    limits: lim,
+                    label: &label,
                 };
-                if ok {
-                    store.commit(&shared.cache, shard_id, &key, &plan);
-                }
-                l.finish(if ok {
-                    FillEnd::Complete
-                } else {
-                    FillEnd::Failed
-                });
+                job.run(reply, l).await;
             });
-            follow(cx, down, fill, result).await
+            follow(cx, down, watch, result).await
         }
-        other => {
-            // Unknown length (chunked): not shared, so no fill can grow without bound;
-            // stored at the end if it fits.
-            if let Some(l) = other {
+        leader => {
+            // Not shared: unknown length (chunked: gathered within the shard's
+            // budget and stored at the end if it fits), or a revalidation's 200.
+            if let Some(l) = leader {
                 l.finish(FillEnd::Pass);
             }
-            stream_and_store(cx, down, reply, &plan, result).await
+            let store = match plan.length {
+                Some(n) => cache
+                    .writer(cx.shard.id, cx.key.stored(), &plan.meta(), n)
+                    .map_or(Store::Nothing, |w| Store::Direct(Box::new(w))),
+                None => Store::Gather(Gather::new(
+                    cx.shard.shared.clone(),
+                    cx.shard.id,
+                    cache.config().max_object,
+                    lim.memory,
+                )),
+            };
+            let r = stream_and_store(cx, down, reply, &plan, store, result).await;
+            drop(slot);
+            r
         }
+    }
+}
+
+/// A shared fill of known length, run as its own task on the leader's shard.
+struct Background<'a> {
+    shared: &'a Shared,
+    shard: usize,
+    key: &'a [u8],
+    plan: &'a FillPlan,
+    limits: FillLimits,
+    label: &'a str,
+}
+
+impl Background<'_> {
+    async fn run(&self, mut reply: OriginReply, l: Leader) {
+        let cache = &self.shared.cache;
+        let length = self.plan.length.unwrap_or(0);
+        let Some(mut writer) = cache.writer(self.shard, self.key, &self.plan.meta(), length) else {
+            // No room in a segment now: nothing to share from. Every client
+            // fetches for itself, uncached.
+            l.finish(FillEnd::Pass);
+            return;
+        };
+        l.start(
+            FillHead {
+                status: self.plan.status,
+                headers: self.plan.headers.clone(),
+                length: self.plan.length,
+                has_body: self.plan.has_body,
+                times: self.plan.times,
+            },
+            Some(writer.body_cursor()),
+        );
+        let mut l = l;
+        let stats = &self.shared.stats[self.shard];
+        loop {
+            match reply.next().await {
+                Ok(Some(b)) => {
+                    let n = b.len() as u64;
+                    if !writer.push(&b) {
+                        return l.finish(FillEnd::Failed); // more than Content-Length
+                    }
+                    // The origin's read buffer is free again before the next read.
+                    drop(b);
+                    l.advance(n);
+                    if l.watchers() == 0 && !self.worth_finishing(writer.written(), length) {
+                        match l.abandon() {
+                            Ok(()) => {
+                                stats.fills_abandoned.fetch_add(1, Relaxed);
+                                log::debug!(
+                                    "{}: fill abandoned at {} of {length} bytes: no client left",
+                                    self.label,
+                                    writer.written()
+                                );
+                                return; // the writer's region stays dead; the origin connection closes
+                            }
+                            Err(back) => l = back,
+                        }
+                    }
+                }
+                Ok(None) => {
+                    let end = if writer.commit() {
+                        FillEnd::Complete
+                    } else {
+                        FillEnd::Failed
+                    };
+                    return l.finish(end);
+                }
+                // The writer drops: its region stays dead.
+                Err(_) => return l.finish(FillEnd::Failed),
+            }
+        }
+    }
+
+    /// `BackgroundFillPercent`: is enough stored to finish without a client?
+    fn worth_finishing(&self, written: u64, length: u64) -> bool {
+        u128::from(written) * 100 >= u128::from(length) * u128::from(self.limits.background_pct)
     }
 }
 
@@ -122,6 +265,7 @@ async fn stream_and_store<D: Downstream>(
     down: &mut D,
     mut reply: OriginReply,
     plan: &FillPlan,
+    mut store: Store<'_>,
     result: CacheResult,
 ) -> Result<(), ExchangeError> {
     let cache = &cx.shard.shared.cache;
@@ -131,7 +275,6 @@ async fn stream_and_store<D: Downstream>(
     let mut client_gone = response::send_head(cx, down, head, &Extras::new(result))
         .await
         .is_err();
-    let mut store = Store::open(cache, cx.shard.id, key, plan);
     let mut offset = 0u64;
     loop {
         let item = match reply.next_buffered() {
@@ -173,56 +316,107 @@ async fn stream_and_store<D: Downstream>(
     down.finish().await.map_err(|_| ExchangeError::ClientGone)
 }
 
-/// Where a fill's body goes: straight into a segment when the length is known,
-/// else gathered (up to MaxObjectSize) and stored at the end.
-struct Store<'c> {
-    writer: Option<Writer<'c>>,
-    gathered: Option<(Vec<Bytes>, u64)>,
-    max: u64,
+/// Where an unshared fill's body goes: straight into a segment when the length
+/// is known, else gathered (within the shard's budget) and stored at the end.
+enum Store<'c> {
+    Direct(Box<Writer<'c>>),
+    Gather(Gather),
+    Nothing,
 }
 
-impl<'c> Store<'c> {
-    fn open(cache: &'c Cache, shard: usize, key: &[u8], plan: &FillPlan) -> Store<'c> {
-        Store {
-            writer: plan
-                .length
-                .and_then(|n| cache.writer(shard, key, &plan.meta(), n)),
-            gathered: plan.length.is_none().then(|| (Vec::new(), 0)),
-            max: cache.config().max_object,
-        }
-    }
-
-    fn push(&mut self, b: &Bytes) {
-        if let Some(wr) = self.writer.as_mut() {
-            if !wr.push(b) {
-                self.writer = None;
-            }
-        }
-        if let Some((parts, size)) = self.gathered.as_mut() {
-            *size += b.len() as u64;
-            if *size > self.max {
-                self.gathered = None;
-            } else {
-                parts.push(b.clone());
-            }
+impl Store<'_> {
+    fn push(&mut self, b: &[u8]) {
+        let keep = match self {
+            Store::Direct(w) => w.push(b),
+            Store::Gather(g) => g.push(b),
+            Store::Nothing => false,
+        };
+        if !keep {
+            *self = Store::Nothing;
         }
     }
 
     fn wants_more(&self) -> bool {
-        self.writer.is_some() || self.gathered.is_some()
+        !matches!(self, Store::Nothing)
     }
 
     /// Publishes the object (the body ended cleanly).
     fn commit(self, cache: &Cache, shard: usize, key: &[u8], plan: &FillPlan) {
-        if let Some(wr) = self.writer {
-            wr.commit();
-        } else if let Some((parts, size)) = self.gathered {
-            let sized = plan.with_length(size);
-            if let Some(mut wr) = cache.writer(shard, key, &sized.meta(), size) {
-                if parts.iter().all(|p| wr.push(p)) {
-                    wr.commit();
+        match self {
+            Store::Direct(w) => {
+                w.commit();
+            }
+            Store::Gather(g) => {
+                let sized = plan.with_length(g.size);
+                if let Some(mut w) = cache.writer(shard, key, &sized.meta(), g.size) {
+                    if g.pieces.iter().all(|p| w.push(p)) {
+                        w.commit();
+                    }
                 }
             }
+            Store::Nothing => {}
         }
+    }
+}
+
+/// A body of unknown length, copied into pieces of [`GATHER_PIECE`] bytes: small
+/// origin reads are compacted, so what is held is what was received, and every
+/// piece is charged to the shard's `FillMemoryPerShard` budget.
+struct Gather {
+    shared: std::sync::Arc<Shared>,
+    shard: usize,
+    pieces: Vec<Vec<u8>>,
+    size: u64,
+    charged: u64,
+    max: u64,
+    budget: u64,
+}
+
+const GATHER_PIECE: usize = 256 * 1024;
+
+impl Gather {
+    fn new(shared: std::sync::Arc<Shared>, shard: usize, max: u64, budget: u64) -> Gather {
+        Gather {
+            shared,
+            shard,
+            pieces: Vec::new(),
+            size: 0,
+            charged: 0,
+            max,
+            budget,
+        }
+    }
+
+    /// `false` once the body is too large to store or the shard's budget is spent.
+    fn push(&mut self, mut b: &[u8]) -> bool {
+        self.size += b.len() as u64;
+        if self.size > self.max {
+            return false;
+        }
+        while !b.is_empty() {
+            if self.pieces.last().is_none_or(|p| p.len() == p.capacity()) {
+                let memory = &self.shared.stats[self.shard].fill_memory;
+                let piece = GATHER_PIECE as u64;
+                if memory.fetch_add(piece, Relaxed) + piece > self.budget {
+                    memory.fetch_sub(piece, Relaxed);
+                    return false;
+                }
+                self.charged += piece;
+                self.pieces.push(Vec::with_capacity(GATHER_PIECE));
+            }
+            let p = self.pieces.last_mut().expect("a piece with room");
+            let n = (p.capacity() - p.len()).min(b.len());
+            p.extend_from_slice(&b[..n]);
+            b = &b[n..];
+        }
+        true
+    }
+}
+
+impl Drop for Gather {
+    fn drop(&mut self) {
+        self.shared.stats[self.shard]
+            .fill_memory
+            .fetch_sub(self.charged, Relaxed);
     }
 }

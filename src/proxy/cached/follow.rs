@@ -1,28 +1,26 @@
-//! Following another request's fill: the same head and the same chunks, as they
-//! arrive, from whichever shard leads it.
+//! Following a fill: the same head, then the body from the segment as far as the
+//! leader (on whichever shard) has written it.
 
-use crate::cache::fill::{Fill, FillEnd};
+use crate::cache::fill::{FillEnd, Watch};
 use crate::cache::CacheResult;
 use crate::exchange::{Downstream, ExchangeError, Head};
 use crate::proxy::pass;
 use crate::proxy::request::RequestCtx;
 use crate::proxy::response::{self, origin_body, Extras};
-use std::sync::Arc;
 
 pub async fn follow<D: Downstream>(
     cx: &RequestCtx<'_>,
     down: &mut D,
-    fill: Arc<Fill>,
+    fill: Watch,
     result: CacheResult,
 ) -> Result<(), ExchangeError> {
     let oo = &cx.vhost.origin_options;
     let wait = oo.connect_timeout + oo.receive_timeout;
-    let mut seen = 0usize;
     let mut offset = 0u64;
     let mut started = false;
     let gone = |_| ExchangeError::ClientGone;
     loop {
-        let Ok(p) = tokio::time::timeout(wait, fill.next(seen, started)).await else {
+        let Ok(p) = tokio::time::timeout(wait, fill.next(offset, started)).await else {
             let _ = down.flush().await;
             return Err(ExchangeError::FillTimeout);
         };
@@ -42,13 +40,16 @@ pub async fn follow<D: Downstream>(
             response::send_head(cx, down, head, &Extras::new(result)).await?;
             started = true;
         }
-        seen += p.chunks.len();
-        for c in p.chunks {
-            let n = c.len() as u64;
-            response::send_piece(cx, down, Some(offset), c)
+        if p.written > offset {
+            // The written prefix, under its own lease: nothing is copied or held.
+            let Some(piece) = p.body.as_ref().and_then(|b| b.bytes(offset, p.written)) else {
+                let _ = down.flush().await;
+                return Err(ExchangeError::FillFailed);
+            };
+            response::send_piece(cx, down, Some(offset), piece)
                 .await
                 .map_err(gone)?;
-            offset += n;
+            offset = p.written;
         }
         match p.end {
             Some(FillEnd::Complete) => return down.finish().await.map_err(gone),

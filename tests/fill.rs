@@ -1,0 +1,278 @@
+//! Cache fills against hostile traffic: clients that hang up after the head,
+//! origins that dribble, more misses at once than a shard should carry, and
+//! bodies of unknown length.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use support::*;
+
+const OBJECT: usize = 4 << 20;
+
+/// Bytes each origin connection of [`dribbling_origin`] wrote before it finished or
+/// failed (cairn closed it).
+static SENT: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+fn dribbling_origin(s: &mut TcpStream) {
+    dribble(s, &SENT);
+}
+
+/// A 4 MiB object (distinct per query string, all cacheable), written 1400 bytes
+/// at a time at about 7 MB/s, as a slow or far origin does; what each connection
+/// sent goes to `record`.
+fn dribble(s: &mut TcpStream, record: &Mutex<Vec<u64>>) {
+    let _ = s.set_nodelay(true);
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: {OBJECT}\r\n\r\n"
+    );
+    if s.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let piece = [b'x'; 1400];
+    let mut sent = 0u64;
+    while (sent as usize) < OBJECT {
+        let n = piece.len().min(OBJECT - sent as usize);
+        if s.write_all(&piece[..n]).is_err() {
+            break;
+        }
+        sent += n as u64;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    record.lock().unwrap().push(sent);
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
+        .unwrap()
+}
+
+/// Sends a GET and reads up to the end of the response head, then hangs up.
+fn get_head_and_hang_up(addr: std::net::SocketAddr, path: &str) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if c.read(&mut byte).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+}
+
+fn x_cache(c: &Cairn, path: &str) -> (u16, String, usize) {
+    let mut cl = c.connect();
+    cl.send(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes());
+    let r = cl.response(false).unwrap();
+    (
+        r.status,
+        r.header("x-cache").unwrap_or("-").to_string(),
+        r.body.len(),
+    )
+}
+
+fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn eight_abandoned_fills_stop_early_and_hold_no_memory() {
+    let origin = scripted_origin(dribbling_origin);
+    let dir = config_dir(
+        &origin.to_string(),
+        "<CacheStatusHeader>ON</CacheStatusHeader>",
+        "",
+    );
+    let c = Cairn::start(dir, 1);
+    // Warm up the shard (its first request allocates its buffers).
+    let _ = x_cache(&c, "/warm-up");
+    let before = rss_kb(c.pid());
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = c.addr;
+            std::thread::spawn(move || get_head_and_hang_up(addr, &format!("/big?k={i}")))
+        })
+        .collect();
+    for t in clients {
+        t.join().unwrap();
+    }
+    wait_for(
+        "the origin to see eight closes",
+        Duration::from_secs(10),
+        || SENT.lock().unwrap().len() >= 9,
+    );
+    let after = rss_kb(c.pid());
+    let sent: Vec<u64> = SENT.lock().unwrap().clone();
+    // The warm-up read its (4 MiB, any path) object in full: one complete entry.
+    let abandoned: Vec<u64> = sent
+        .iter()
+        .copied()
+        .filter(|&n| n < OBJECT as u64)
+        .collect();
+    assert!(
+        abandoned.len() >= 8,
+        "every hung-up fill was abandoned: origin sent {sent:?}"
+    );
+    assert!(
+        abandoned.iter().all(|&n| n < OBJECT as u64 / 2),
+        "abandoned fills stop early: origin sent {sent:?}"
+    );
+    eprintln!("RSS {before} kB -> {after} kB; origin sent {sent:?}");
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} kB to {after} kB for 8 abandoned 4 MiB fills"
+    );
+    // Nothing half-written is served: the next request fills again, in full.
+    let (status, xc, len) = x_cache(&c, "/big?k=0");
+    assert_eq!((status, xc.as_str(), len), (200, "TCP_MISS", OBJECT));
+}
+
+/// A fast origin: the object in one write.
+fn object_origin(body: usize) -> Origin {
+    Origin::start(move |_| {
+        let mut v = format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: {body}\r\n\r\n"
+        )
+        .into_bytes();
+        v.resize(v.len() + body, b'y');
+        Reply::After(Duration::from_millis(300), v)
+    })
+}
+
+#[test]
+fn background_fill_percent_zero_finishes_a_fill_nobody_waits_for() {
+    static SENT0: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    fn origin_once(s: &mut TcpStream) {
+        dribble(s, &SENT0);
+    }
+    let origin = scripted_origin(origin_once);
+    let dir = config_dir(
+        &origin.to_string(),
+        "<CacheStatusHeader>ON</CacheStatusHeader>",
+        "",
+    );
+    let server = std::fs::read_to_string(dir.join("server.xml"))
+        .unwrap()
+        .replace(
+            "</Server>",
+            "<Cairn><BackgroundFillPercent>0</BackgroundFillPercent></Cairn></Server>",
+        );
+    std::fs::write(dir.join("server.xml"), server).unwrap();
+    let c = Cairn::start(dir, 1);
+    get_head_and_hang_up(c.addr, "/whole");
+    wait_for("the fill to finish", Duration::from_secs(10), || {
+        SENT0.lock().unwrap().first() == Some(&(OBJECT as u64))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, xc, len) = x_cache(&c, "/whole");
+    assert_eq!((status, xc.as_str(), len), (200, "TCP_HIT", OBJECT));
+}
+
+#[test]
+fn misses_past_max_fills_per_shard_are_passed_through_uncached() {
+    let origin = object_origin(64 << 10);
+    let dir = config_dir(
+        &origin.addr.to_string(),
+        "<CacheStatusHeader>ON</CacheStatusHeader>",
+        "",
+    );
+    let server = std::fs::read_to_string(dir.join("server.xml"))
+        .unwrap()
+        .replace(
+            "</Server>",
+            "<Cairn><MaxFillsPerShard>2</MaxFillsPerShard></Cairn></Server>",
+        );
+    std::fs::write(dir.join("server.xml"), server).unwrap();
+    let c = Cairn::start(dir, 1);
+    // Five distinct misses at once, on one shard: two fill, three pass through.
+    let addr = c.addr;
+    let clients: Vec<_> = (0..5)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut cl = Client::connect(addr);
+                cl.send(format!("GET /m{i} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes());
+                let r = cl.response(false).unwrap();
+                assert_eq!((r.status, r.body.len()), (200, 64 << 10));
+            })
+        })
+        .collect();
+    for t in clients {
+        t.join().unwrap();
+    }
+    let hits = (0..5)
+        .filter(|i| x_cache(&c, &format!("/m{i}")).1 == "TCP_HIT")
+        .count();
+    assert_eq!(hits, 2, "only the fills within the cap were stored");
+    assert!(
+        c.wait_log("MaxFillsPerShard reached")
+            .contains("passed through uncached"),
+        "{}",
+        c.stderr()
+    );
+}
+
+#[test]
+fn chunked_bodies_are_gathered_only_within_the_fill_memory_budget() {
+    // 3 MiB chunked, in 1400-byte chunks: relayed whole either way; stored only
+    // when the shard's gathering budget holds it.
+    fn chunked(s: &mut TcpStream) {
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        let piece = [b'z'; 1400];
+        let mut left = 3usize << 20;
+        let mut out = Vec::new();
+        while left > 0 {
+            let n = left.min(piece.len());
+            out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+            out.extend_from_slice(&piece[..n]);
+            out.extend_from_slice(b"\r\n");
+            left -= n;
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        let _ = s.write_all(&out);
+    }
+    let origin = scripted_origin(chunked);
+    for (budget, stored) in [("1MB", false), ("8MB", true)] {
+        let dir = config_dir(
+            &origin.to_string(),
+            "<CacheStatusHeader>ON</CacheStatusHeader>",
+            "",
+        );
+        let server = std::fs::read_to_string(dir.join("server.xml"))
+            .unwrap()
+            .replace(
+                "</Server>",
+                &format!(
+                    "<Cairn><FillMemoryPerShard>{budget}</FillMemoryPerShard></Cairn></Server>"
+                ),
+            );
+        std::fs::write(dir.join("server.xml"), server).unwrap();
+        let c = Cairn::start(dir, 1);
+        let (status, _, len) = x_cache(&c, "/chunked");
+        assert_eq!(
+            (status, len),
+            (200, 3 << 20),
+            "relayed whole (budget {budget})"
+        );
+        let (_, xc, len) = x_cache(&c, "/chunked");
+        assert_eq!(len, 3 << 20);
+        assert_eq!(xc == "TCP_HIT", stored, "budget {budget}: {xc}");
+    }
+}
