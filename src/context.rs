@@ -78,6 +78,8 @@ pub struct Shared {
     pub log_queues: LogQueues,
     /// Open-connection caps, global and per client address.
     pub admission: Arc<crate::net::admission::Admission>,
+    /// What request bodies held at once may use, in memory and on disk.
+    pub bodies: Arc<crate::spool::Budget>,
 }
 
 impl Shared {
@@ -89,8 +91,14 @@ impl Shared {
             srv.reopen_pct,
             srv.max_per_ip,
         ));
+        let bodies = crate::spool::Budget::new(
+            srv.body_memory,
+            srv.body_disk,
+            srv.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
+        );
         Shared {
             admission,
+            bodies,
             live: arc_swap::ArcSwap::from_pointee(Live::new(config)),
             limits: Limits::default(),
             stats: (0..shards).map(|_| ShardStats::default()).collect(),
@@ -117,12 +125,14 @@ impl Shared {
         }
         if old.config.server.geoip != config.server.geoip
             || old.config.server.drain_timeout != config.server.drain_timeout
+            || old.config.server.spool_dir != config.server.spool_dir
         {
-            log::warn!("reload: the GeoIP database and the drain timeout keep their running values until a restart");
+            log::warn!("reload: the GeoIP database, the drain timeout and SpoolDir keep their running values until a restart");
         }
         let srv = &config.server;
         self.admission
             .configure(srv.max_sockets, srv.reopen_pct, srv.max_per_ip);
+        self.bodies.configure(srv.body_memory, srv.body_disk);
         self.live.store(Arc::new(Live::new(config)));
         Ok(())
     }

@@ -19,6 +19,7 @@ pub mod origin;
 pub mod policy;
 pub mod proxy;
 pub mod shard;
+pub mod spool;
 pub mod static_origin;
 pub mod transform;
 pub mod vhost;

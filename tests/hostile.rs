@@ -266,3 +266,181 @@ fn connection_caps_close_the_connection_past_the_cap_and_serve_other_addresses()
     assert!(log.contains("MaxSockets reached"), "{log}");
     drop(held);
 }
+
+// ---- Request bodies ----
+
+/// An origin that answers every request with the length and a checksum of the
+/// body it received.
+fn echo_origin() -> Origin {
+    Origin::start(|r| {
+        let sum = r
+            .body
+            .iter()
+            .fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64));
+        let text = format!("{} {} {sum}", r.method, r.body.len());
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{text}",
+                text.len()
+            )
+            .into_bytes(),
+        )
+    })
+}
+
+fn checksum(b: &[u8]) -> u64 {
+    b.iter()
+        .fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64))
+}
+
+fn spool_server(spool: &std::path::Path, cairn: &str) -> String {
+    format!(
+        "<Server>{TEST_CACHE}<Cairn><SpoolDir>{}</SpoolDir>{cairn}</Cairn></Server>",
+        spool.display()
+    )
+}
+
+fn post(c: &mut Client, body: &[u8], chunked: bool) -> Response {
+    if chunked {
+        let mut raw =
+            b"POST /up HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for part in body.chunks(10_000) {
+            raw.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            raw.extend_from_slice(part);
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(b"0\r\n\r\n");
+        c.send(&raw);
+    } else {
+        c.send(
+            format!(
+                "POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.send(body);
+    }
+    c.response(false).expect("a response")
+}
+
+#[test]
+fn large_request_bodies_are_spooled_and_forwarded_intact() {
+    let origin = echo_origin();
+    let spool = temp_dir("spool");
+    let c = Cairn::start(dir_with(&spool_server(&spool, ""), &origin), 1);
+    let body: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i * 7 + i / 1000) as u8)
+        .collect();
+    let mut cl = c.connect();
+    for chunked in [false, true] {
+        let r = post(&mut cl, &body, chunked);
+        assert_eq!(
+            r.text(),
+            format!("POST {} {}", body.len(), checksum(&body)),
+            "chunked: {chunked}"
+        );
+    }
+    // A small body (in memory) on the same connection.
+    let r = post(&mut cl, b"hello", false);
+    assert_eq!(r.text(), format!("POST 5 {}", checksum(b"hello")));
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "spooled bodies leave no file behind"
+    );
+}
+
+#[test]
+fn the_request_body_budget_answers_503_and_frees_its_charge() {
+    let origin = echo_origin();
+    let spool = temp_dir("spool");
+    let server = spool_server(
+        &spool,
+        "<RequestBodyMemory>100KB</RequestBodyMemory><RequestBodyDisk>1MB</RequestBodyDisk>",
+    );
+    let c = Cairn::start(dir_with(&server, &origin), 1);
+    // Larger than the whole disk budget: refused before the body is invited.
+    let mut cl = c.connect();
+    cl.send(b"POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2000000\r\nExpect: 100-continue\r\n\r\n");
+    let r = cl.response(false).unwrap();
+    assert_eq!(r.status, 503, "no 100 Continue, a 503");
+    // Two 600 KB uploads in flight: the first holds its charge, the second is refused.
+    let mut first = c.connect();
+    first.send(b"POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 600000\r\n\r\n");
+    first.send(&[b'a'; 1000]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut second = c.connect();
+    second.send(b"POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 600000\r\n\r\n");
+    assert_eq!(second.response(false).unwrap().status, 503);
+    // Small bodies still fit in memory meanwhile.
+    assert_eq!(post(&mut c.connect(), b"small", false).status, 200);
+    // The first finishes; its charge is released and the next upload fits.
+    first.send(&vec![b'a'; 599_000]);
+    assert_eq!(
+        first.response(false).unwrap().text(),
+        format!("POST 600000 {}", checksum(&[b'a'; 600_000]))
+    );
+    let r = post(&mut c.connect(), &[b'b'; 600_000], false);
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_get_body_is_drained_not_buffered_or_forwarded() {
+    let origin = echo_origin();
+    let c = Cairn::start(dir_with(&server_xml("", ""), &origin), 1);
+    let mut cl = c.connect();
+    // A GET with a 1 MB body, then a pipelined GET: both answered, in order, and
+    // the origin never sees the body.
+    let mut raw =
+        b"GET /g HTTP/1.1\r\nHost: test.local\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    raw.extend_from_slice(&vec![b'G'; 1_000_000]);
+    raw.extend_from_slice(b"GET /g2 HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    cl.send(&raw);
+    assert_eq!(cl.response(false).unwrap().text(), "GET 0 0");
+    assert_eq!(cl.response(false).unwrap().text(), "GET 0 0");
+    assert!(origin
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| r.body.is_empty()));
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn many_slow_uploads_hold_little_memory() {
+    let origin = echo_origin();
+    let spool = temp_dir("spool");
+    let c = Cairn::start(dir_with(&spool_server(&spool, ""), &origin), 1);
+    let _ = post(&mut c.connect(), b"warm", false);
+    let before = rss_kb(c.pid());
+    // 40 uploads of 8 MB each, 4 MB of each sent, then held: POSTs (spooled) and
+    // GETs (drained as they come: the cache answers GET).
+    let mut held = Vec::new();
+    for i in 0..40 {
+        let mut cl = c.connect();
+        let method = if i % 2 == 0 { "POST" } else { "GET" };
+        cl.send(
+            format!("{method} /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 8000000\r\n\r\n")
+                .as_bytes(),
+        );
+        cl.send(&vec![b'u'; 4_000_000]);
+        held.push(cl);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let during = rss_kb(c.pid());
+    eprintln!("RSS {before} kB -> {during} kB with 40 x 4 MB of upload in flight");
+    assert!(
+        during < before + 24 * 1024,
+        "RSS grew from {before} kB to {during} kB for 160 MB of uploads in flight"
+    );
+    drop(held);
+}

@@ -402,6 +402,13 @@ pub struct ServerSettings {
     /// `<Cairn><FillMemoryPerShard>`: bytes a shard may hold gathering bodies of
     /// unknown length (chunked) for the cache; past it they are relayed, not stored.
     pub fill_memory: u64,
+    /// `<Cairn><RequestBodyMemory>`: request bodies held in memory, all at once.
+    pub body_memory: u64,
+    /// `<Cairn><RequestBodyDisk>`: request bodies spooled to disk, all at once.
+    pub body_disk: u64,
+    /// `<Cairn><SpoolDir>`: where spooled bodies go (unlinked files); the system's
+    /// temporary directory when unset.
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -416,6 +423,9 @@ impl Default for ServerSettings {
             max_fills: 64,
             background_fill_pct: 90,
             fill_memory: 64 << 20,
+            body_memory: 64 << 20,
+            body_disk: 1 << 30,
+            spool_dir: None,
         }
     }
 }

@@ -950,6 +950,20 @@ fn parse_cairn(
             "BackgroundFillPercent" => {
                 server.background_fill_pct = number(s, e, text(e), 0, 100)? as u8
             }
+            "RequestBodyMemory" | "RequestBodyDisk" => {
+                let n = parse_size(text(e)).ok_or_else(|| {
+                    s.err(
+                        e,
+                        format!("<{}> '{}' is not a size", e.tag_name().name(), text(e)),
+                    )
+                })?;
+                if e.tag_name().name() == "RequestBodyMemory" {
+                    server.body_memory = n;
+                } else {
+                    server.body_disk = n;
+                }
+            }
+            "SpoolDir" => server.spool_dir = Some(PathBuf::from(text(e))),
             "FillMemoryPerShard" => {
                 server.fill_memory = parse_size(text(e)).ok_or_else(|| {
                     s.err(

@@ -14,9 +14,11 @@ use crate::http1::request::{self, Framing, Version};
 use crate::http1::{Limits, RequestHead};
 use crate::net::{Conn, IoError};
 use crate::proxy::{self, Refused};
+use crate::spool::{Budget, Charge, RequestBody, Spool, SpoolError, MEMORY_BODY};
 use bytes::{Bytes, BytesMut};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -335,21 +337,33 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
             received,
         };
         let has_body = !matches!(head.framing, Framing::None | Framing::Length(0));
-        if has_body && !proxy::routes(&shard, facts.group, &head) {
-            // No vhost will take it: refuse before reading (or inviting, with 100
-            // Continue) a body nobody wants, and close, since it stays unread.
-            let e = ExchangeError::UnknownVhost;
-            Box::pin(refuse_and_close(&shard, &conn, &refused(&head), nth, e)).await;
-            return;
-        }
-        let body =
-            match Box::pin(read_body(&conn, &mut rbuf, &head, &limits, request_timeout)).await {
+        let body = if has_body {
+            let using = proxy::body_use(&shard, facts.group, &head);
+            if using == proxy::BodyUse::Unrouted {
+                // No vhost will take it: refuse before reading (or inviting, with 100
+                // Continue) a body nobody wants, and close, since it stays unread.
+                let e = ExchangeError::UnknownVhost;
+                Box::pin(refuse_and_close(&shard, &conn, &refused(&head), nth, e)).await;
+                return;
+            }
+            let reading = BodyRead {
+                conn: &conn,
+                head: &head,
+                limits: &limits,
+                timeout: request_timeout,
+                budget: &shard.shared.bodies,
+                keep: using == proxy::BodyUse::Forward,
+            };
+            match Box::pin(reading.run(&mut rbuf)).await {
                 Ok(b) => b,
                 Err(e) => {
                     Box::pin(refuse_and_close(&shard, &conn, &refused(&head), nth, e)).await;
                     return;
                 }
-            };
+            }
+        } else {
+            None
+        };
         let req = Request {
             head,
             body,
@@ -441,60 +455,130 @@ async fn next_head(
     }
 }
 
-/// Reads a request body in full (bodies are buffered up to `Limits::max_body`, as
-/// nginx's proxy_request_buffering does, so the origin sees one Content-Length).
-async fn read_body(
-    conn: &Conn,
-    rbuf: &mut BytesMut,
-    head: &RequestHead,
-    limits: &Limits,
-    request_timeout: Duration,
-) -> Result<Option<Bytes>, ExchangeError> {
-    let mut decoder = match head.framing {
-        Framing::None => return Ok(None),
-        Framing::Length(n) => BodyDecoder::length(n),
-        Framing::Chunked => BodyDecoder::chunked(limits.max_body),
-    };
-    // RFC 9110 §10.1.1: only HTTP/1.1 clients get an interim 100.
-    if head.expect_continue && head.version == Version::Http11 && rbuf.is_empty() {
-        conn.write_all(
-            Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
-            SEND_TIMEOUT,
-        )
-        .await
-        .map_err(|_| ExchangeError::ClientGone)?;
-    }
-    // One deadline for the whole body, not per read.
-    let deadline = Instant::now() + request_timeout;
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let read_err = |e: IoError| match e {
-        IoError::TimedOut => ExchangeError::ClientTimeout,
-        _ => ExchangeError::ClientGone,
-    };
-    if let Framing::Length(n) = head.framing {
-        // Fast path: gather in the read buffer and split once, no copy.
-        while (rbuf.len() as u64) < n {
-            rbuf.reserve((n as usize - rbuf.len()).min(1 << 20));
-            match conn.read(rbuf, left()).await {
-                Ok(0) => return Err(ExchangeError::ClientGone),
-                Ok(_) => {}
-                Err(e) => return Err(read_err(e)),
+/// Reading one request body: held for the origin (in memory up to
+/// [`MEMORY_BODY`], spooled past it, within the process-wide budget, as nginx's
+/// proxy_request_buffering does, so the origin sees one Content-Length), or
+/// drained and dropped when the cache answers.
+struct BodyRead<'a> {
+    conn: &'a Conn,
+    head: &'a RequestHead,
+    limits: &'a Limits,
+    timeout: Duration,
+    budget: &'a Arc<Budget>,
+    keep: bool,
+}
+
+/// Where the body's bytes go.
+enum Sink {
+    Drain,
+    Memory(BytesMut, Charge),
+    Spool(Spool),
+}
+
+impl Sink {
+    /// Chosen before the body is invited: past the budget the client gets a 503
+    /// without sending it.
+    fn choose(framing: Framing, keep: bool, budget: &Arc<Budget>) -> Result<Sink, ExchangeError> {
+        if !keep {
+            return Ok(Sink::Drain);
+        }
+        let known = match framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        let in_memory = known.unwrap_or(MEMORY_BODY);
+        if in_memory <= MEMORY_BODY {
+            if let Some(c) = Charge::memory(budget, in_memory) {
+                return Ok(Sink::Memory(BytesMut::new(), c));
             }
         }
-        return Ok(Some(rbuf.split_to(n as usize).freeze()));
+        let charge = Charge::disk(budget, known.unwrap_or(0)).ok_or(SpoolError::Budget)?;
+        Ok(Sink::Spool(Spool::create(charge)?))
     }
-    let mut body = BytesMut::new();
-    loop {
-        match decoder.decode(rbuf) {
-            Ok(Decoded::Data(b)) => body.extend_from_slice(&b),
-            Ok(Decoded::Done) => return Ok(Some(body.freeze())),
-            Ok(Decoded::NeedMore) => match conn.read(rbuf, left()).await {
-                Ok(0) => return Err(ExchangeError::ClientGone),
-                Ok(_) => {}
-                Err(e) => return Err(read_err(e)),
-            },
-            Err(BodyError::TooLarge) => return Err(ExchangeError::RequestBodyTooLarge),
-            Err(_) => return Err(ExchangeError::RequestBody("malformed chunked body")),
+
+    async fn put(&mut self, b: Bytes, budget: &Arc<Budget>) -> Result<(), ExchangeError> {
+        match self {
+            Sink::Drain => {}
+            Sink::Memory(m, _) if (m.len() + b.len()) as u64 <= MEMORY_BODY => {
+                m.extend_from_slice(&b)
+            }
+            Sink::Memory(m, _) => {
+                // Grown past the memory bound (chunked): move to a spool file.
+                let held = m.len() as u64 + b.len() as u64;
+                let charge = Charge::disk(budget, held).ok_or(SpoolError::Budget)?;
+                let mut spool = Spool::create(charge)?;
+                spool.write(std::mem::take(m).freeze()).await?;
+                spool.write(b).await?;
+                *self = Sink::Spool(spool);
+            }
+            Sink::Spool(s) => s.write(b).await?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Option<Rc<RequestBody>> {
+        match self {
+            Sink::Drain => None,
+            Sink::Memory(m, c) => Some(Rc::new(RequestBody::in_memory(m.freeze(), c))),
+            Sink::Spool(s) => Some(Rc::new(s.finish())),
+        }
+    }
+}
+
+impl BodyRead<'_> {
+    async fn run(&self, rbuf: &mut BytesMut) -> Result<Option<Rc<RequestBody>>, ExchangeError> {
+        let head = self.head;
+        let mut decoder = match head.framing {
+            Framing::None => return Ok(None),
+            Framing::Length(n) => BodyDecoder::length(n),
+            Framing::Chunked => BodyDecoder::chunked(self.limits.max_body),
+        };
+        let mut sink = Sink::choose(head.framing, self.keep, self.budget)?;
+        // RFC 9110 §10.1.1: only HTTP/1.1 clients get an interim 100.
+        if head.expect_continue && head.version == Version::Http11 && rbuf.is_empty() {
+            self.conn
+                .write_all(
+                    Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                    SEND_TIMEOUT,
+                )
+                .await
+                .map_err(|_| ExchangeError::ClientGone)?;
+        }
+        // One deadline for the whole body, not per read.
+        let deadline = Instant::now() + self.timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let read_err = |e: IoError| match e {
+            IoError::TimedOut => ExchangeError::ClientTimeout,
+            _ => ExchangeError::ClientGone,
+        };
+        if let (Framing::Length(n), Sink::Memory(..)) = (head.framing, &sink) {
+            // Small and in memory: gather in the read buffer and split once, no copy.
+            while (rbuf.len() as u64) < n {
+                rbuf.reserve(n as usize - rbuf.len());
+                match self.conn.read(rbuf, left()).await {
+                    Ok(0) => return Err(ExchangeError::ClientGone),
+                    Ok(_) => {}
+                    Err(e) => return Err(read_err(e)),
+                }
+            }
+            let Sink::Memory(_, charge) = sink else {
+                unreachable!("matched above")
+            };
+            let body = rbuf.split_to(n as usize).freeze();
+            return Ok(Some(Rc::new(RequestBody::in_memory(body, charge))));
+        }
+        loop {
+            match decoder.decode(rbuf) {
+                Ok(Decoded::Data(b)) => sink.put(b, self.budget).await?,
+                Ok(Decoded::Done) => return Ok(sink.finish()),
+                Ok(Decoded::NeedMore) => match self.conn.read(rbuf, left()).await {
+                    Ok(0) => return Err(ExchangeError::ClientGone),
+                    Ok(_) => {}
+                    Err(e) => return Err(read_err(e)),
+                },
+                Err(BodyError::TooLarge) => return Err(ExchangeError::RequestBodyTooLarge),
+                Err(_) => return Err(ExchangeError::RequestBody("malformed chunked body")),
+            }
         }
     }
 }

@@ -38,6 +38,8 @@ pub enum ExchangeError {
     FillTimeout,
     #[error("internal: {0}")]
     Internal(&'static str),
+    #[error("{0}")]
+    Spool(#[from] crate::spool::SpoolError),
 }
 
 impl ExchangeError {
@@ -52,7 +54,7 @@ impl ExchangeError {
             ExchangeError::Origin(_) | ExchangeError::FillFailed | ExchangeError::FillTimeout => {
                 Fault::Origin
             }
-            ExchangeError::Internal(_) => Fault::Internal,
+            ExchangeError::Internal(_) | ExchangeError::Spool(_) => Fault::Internal,
         }
     }
 
@@ -81,6 +83,9 @@ impl ExchangeError {
             ExchangeError::FillFailed => 502,
             ExchangeError::FillTimeout => 504,
             ExchangeError::Internal(_) => 500,
+            // Busy: the same request may succeed later.
+            ExchangeError::Spool(crate::spool::SpoolError::Budget) => 503,
+            ExchangeError::Spool(_) => 500,
         }
     }
 
@@ -159,6 +164,18 @@ mod tests {
             (ExchangeError::FillFailed, Fault::Origin, false, 502),
             (ExchangeError::FillTimeout, Fault::Origin, false, 504),
             (ExchangeError::Internal("x"), Fault::Internal, false, 500),
+            (
+                crate::spool::SpoolError::Budget.into(),
+                Fault::Internal,
+                false,
+                503,
+            ),
+            (
+                crate::spool::SpoolError::Io(io::ErrorKind::StorageFull.into()).into(),
+                Fault::Internal,
+                false,
+                500,
+            ),
         ];
         for (e, fault, retry, status) in table {
             assert_eq!(

@@ -48,8 +48,9 @@ pub struct ConnFacts {
 #[derive(Debug)]
 pub struct Request {
     pub head: RequestHead,
-    /// The body, read in full by the downstream before the exchange starts.
-    pub body: Option<Bytes>,
+    /// The body, read in full by the downstream before the exchange starts (in
+    /// memory or spooled), or drained and dropped where the cache answers.
+    pub body: Option<std::rc::Rc<crate::spool::RequestBody>>,
     pub protocol: Protocol,
     pub conn: ConnFacts,
     /// When the request's head was complete, for `time-taken`.

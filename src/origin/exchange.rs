@@ -7,6 +7,7 @@ use super::{OriginError, Upstreams};
 use crate::config::{OriginAddr, Vhost};
 use crate::http1::{response, BodyDecoder, Decoded, ResponseHead};
 use crate::net::{Conn, IoError};
+use crate::spool::RequestBody;
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -24,7 +25,7 @@ const MAX_CHUNKED: u64 = u64::MAX >> 1;
 
 pub struct OriginRequest {
     pub head: Bytes,
-    pub body: Option<Bytes>,
+    pub body: Option<Rc<RequestBody>>,
     /// Safe to retry on a fresh connection if the first attempt fails before any
     /// response byte (RFC 9110 §9.2.2).
     pub idempotent: bool,
@@ -211,9 +212,7 @@ async fn attempt(
             },
         };
         let may_retry = reused && !retried && req.idempotent;
-        let mut bufs = vec![req.head.clone()];
-        bufs.extend(req.body.clone());
-        if let Err(e) = conn.writev_all(bufs, oo.receive_timeout).await {
+        if let Err(e) = send_request(&conn, req, oo.receive_timeout).await {
             conn.shutdown();
             if may_retry {
                 retried = true;
@@ -254,6 +253,39 @@ async fn attempt(
             }
         }
     }
+}
+
+/// The head, then the body: one write when the body is in memory, pieces read
+/// back from the spool file otherwise.
+async fn send_request(conn: &Conn, req: &OriginRequest, timeout: Duration) -> Result<(), String> {
+    let mut bufs = vec![req.head.clone()];
+    let spooled = match req.body.as_deref() {
+        Some(b) => match b.memory() {
+            Some(m) => {
+                bufs.push(m.clone());
+                None
+            }
+            None => Some(b),
+        },
+        None => None,
+    };
+    conn.writev_all(bufs, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(body) = spooled {
+        let mut at = 0;
+        while at < body.len() {
+            let piece = body
+                .piece(at)
+                .await
+                .map_err(|e| format!("reading the spooled request body: {e}"))?;
+            at += piece.len() as u64;
+            conn.write_all(piece, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug)]

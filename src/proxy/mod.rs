@@ -180,11 +180,29 @@ async fn send_own<D: Downstream>(
     down.finish().await.map_err(gone)
 }
 
-/// Does a vhost on listen group `group` take this request?
-pub fn routes(shard: &ShardCtx, group: usize, head: &RequestHead) -> bool {
-    shard.shared.live.load().routers[group]
-        .lookup(head.host())
-        .is_some()
+/// What the request path will do with a request's body, so the downstream can
+/// decide before reading (or inviting) it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyUse {
+    /// No vhost takes the request: refuse it unread.
+    Unrouted,
+    /// The cache (or a redirect) answers: the body is read and dropped, never held.
+    Drain,
+    /// Forwarded to the origin: held in memory or spooled.
+    Forward,
+}
+
+pub fn body_use(shard: &ShardCtx, group: usize, head: &RequestHead) -> BodyUse {
+    let live = shard.shared.live.load();
+    let Some(vi) = live.routers[group].lookup(head.host()) else {
+        return BodyUse::Unrouted;
+    };
+    let vhost = &live.config.vhosts[vi];
+    if vhost.options.redirect_https.is_some() || cached::eligible(head) {
+        BodyUse::Drain
+    } else {
+        BodyUse::Forward
+    }
 }
 
 /// What is known of a request refused before the request path could run.

@@ -158,7 +158,7 @@ pub fn origin_request(
 pub async fn send(
     cx: &RequestCtx<'_>,
     opts: &OriginOpts<'_>,
-    body: Option<Bytes>,
+    body: Option<std::rc::Rc<crate::spool::RequestBody>>,
 ) -> Result<OriginReply, ExchangeError> {
     let up = &cx.shard.upstreams;
     let o = &cx.vhost.options;
@@ -176,7 +176,7 @@ pub async fn send(
         cx.head,
         origin,
         cx.req.conn.peer.ip(),
-        body.as_ref().map(|b| b.len() as u64),
+        body.as_ref().map(|b| b.len()),
         opts,
     );
     let oreq = OriginRequest {

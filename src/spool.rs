@@ -1,0 +1,323 @@
+//! Request bodies held for forwarding: small ones in memory, larger ones in an
+//! unlinked temporary file (as nginx's client_body_temp), every byte charged to a
+//! process-wide [`Budget`], so many uploads at once exhaust neither memory nor
+//! disk: past the budget a request is refused with 503 before its body is read.
+
+use bytes::{Bytes, BytesMut};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Bodies up to this size stay in memory (when the memory budget allows).
+pub const MEMORY_BODY: u64 = 64 * 1024;
+/// How much of a spooled body is read back per write to the origin.
+const READ_PIECE: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The process-wide budget is spent: the server is busy (503, may retry).
+    #[error("the request body budget is spent")]
+    Budget,
+    /// The temporary file could not be made or written (500).
+    #[error("request body spool: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[derive(Debug, Default)]
+struct Pool {
+    used: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Pool {
+    fn take(&self, n: u64) -> bool {
+        let max = self.max.load(Relaxed);
+        let prev = self.used.fetch_add(n, Relaxed);
+        if prev.saturating_add(n) > max {
+            self.used.fetch_sub(n, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give(&self, n: u64) {
+        self.used.fetch_sub(n, Relaxed);
+    }
+}
+
+/// What all request bodies held at once may use, in memory and on disk.
+#[derive(Debug)]
+pub struct Budget {
+    memory: Pool,
+    disk: Pool,
+    dir: PathBuf,
+}
+
+impl Budget {
+    pub fn new(memory: u64, disk: u64, dir: PathBuf) -> Arc<Budget> {
+        let b = Budget {
+            memory: Pool::default(),
+            disk: Pool::default(),
+            dir,
+        };
+        b.configure(memory, disk);
+        Arc::new(b)
+    }
+
+    /// New limits (a reload); bodies already held keep their charge.
+    pub fn configure(&self, memory: u64, disk: u64) {
+        self.memory.max.store(memory, Relaxed);
+        self.disk.max.store(disk, Relaxed);
+    }
+
+    /// Bytes held now: (memory, disk).
+    pub fn used(&self) -> (u64, u64) {
+        (self.memory.used.load(Relaxed), self.disk.used.load(Relaxed))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A charge against one pool of the budget, released when dropped.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Arc<Budget>,
+    disk: bool,
+    n: u64,
+}
+
+impl Charge {
+    fn pool(&self) -> &Pool {
+        if self.disk {
+            &self.budget.disk
+        } else {
+            &self.budget.memory
+        }
+    }
+
+    /// Charges `n` bytes of memory, or `None` when the budget cannot hold them.
+    pub fn memory(budget: &Arc<Budget>, n: u64) -> Option<Charge> {
+        budget.memory.take(n).then(|| Charge {
+            budget: budget.clone(),
+            disk: false,
+            n,
+        })
+    }
+
+    /// Charges `n` bytes of disk.
+    pub fn disk(budget: &Arc<Budget>, n: u64) -> Option<Charge> {
+        budget.disk.take(n).then(|| Charge {
+            budget: budget.clone(),
+            disk: true,
+            n,
+        })
+    }
+
+    /// Raises the charge to at least `n` bytes.
+    pub fn grow_to(&mut self, n: u64) -> Result<(), SpoolError> {
+        if n > self.n {
+            if !self.pool().take(n - self.n) {
+                return Err(SpoolError::Budget);
+            }
+            self.n = n;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.pool().give(self.n);
+    }
+}
+
+enum Held {
+    Memory(Bytes),
+    File(tokio_uring::fs::File),
+}
+
+/// A complete request body, ready to be sent (and sent again on a retry).
+pub struct RequestBody {
+    held: Held,
+    len: u64,
+    _charge: Charge,
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = match self.held {
+            Held::Memory(_) => "memory",
+            Held::File(_) => "file",
+        };
+        write!(f, "RequestBody({} bytes in {at})", self.len)
+    }
+}
+
+impl RequestBody {
+    pub fn in_memory(bytes: Bytes, charge: Charge) -> RequestBody {
+        RequestBody {
+            len: bytes.len() as u64,
+            held: Held::Memory(bytes),
+            _charge: charge,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole body, when it is held in memory.
+    pub fn memory(&self) -> Option<&Bytes> {
+        match &self.held {
+            Held::Memory(b) => Some(b),
+            Held::File(_) => None,
+        }
+    }
+
+    pub fn is_spooled(&self) -> bool {
+        matches!(self.held, Held::File(_))
+    }
+
+    /// The bytes at `at..` (at most one piece), for sending a spooled body.
+    pub async fn piece(&self, at: u64) -> io::Result<Bytes> {
+        match &self.held {
+            Held::Memory(b) => Ok(b.slice(b.len().min(at as usize)..)),
+            Held::File(f) => {
+                let want = (self.len.saturating_sub(at)).min(READ_PIECE as u64) as usize;
+                let (r, buf) = f.read_at(BytesMut::with_capacity(want), at).await;
+                let n = r?;
+                if n == 0 && want > 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(buf.freeze())
+            }
+        }
+    }
+}
+
+/// A body being written to its temporary file.
+pub struct Spool {
+    file: tokio_uring::fs::File,
+    len: u64,
+    charge: Charge,
+}
+
+impl Spool {
+    /// A new unlinked file in the budget's directory; `charge` covers what is
+    /// known of the length so far, and grows as bytes come.
+    pub fn create(charge: Charge) -> Result<Spool, SpoolError> {
+        let file = unlinked_file(charge.budget.dir())?;
+        Ok(Spool {
+            file: tokio_uring::fs::File::from_std(file),
+            len: 0,
+            charge,
+        })
+    }
+
+    pub async fn write(&mut self, piece: Bytes) -> Result<(), SpoolError> {
+        let end = self.len + piece.len() as u64;
+        self.charge.grow_to(end)?;
+        let (r, _) = self.file.write_all_at(piece, self.len).await;
+        r?;
+        self.len = end;
+        Ok(())
+    }
+
+    pub fn finish(self) -> RequestBody {
+        RequestBody {
+            held: Held::File(self.file),
+            len: self.len,
+            _charge: self.charge,
+        }
+    }
+}
+
+/// An anonymous file (`O_TMPFILE`), or a named one removed at once where the
+/// filesystem has no `O_TMPFILE`: either way nothing is left behind by a crash.
+fn unlinked_file(dir: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir);
+    match tmp {
+        Ok(f) => Ok(f),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let path = dir.join(format!(
+                ".cairn-body-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Relaxed)
+            ));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            std::fs::remove_file(&path)?;
+            Ok(f)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_are_bounded_and_released() {
+        let b = Budget::new(100, 1000, std::env::temp_dir());
+        let a = Charge::memory(&b, 60).unwrap();
+        assert!(Charge::memory(&b, 41).is_none(), "60 + 41 > 100");
+        let c = Charge::memory(&b, 40).unwrap();
+        assert_eq!(b.used(), (100, 0));
+        drop((a, c));
+        assert_eq!(b.used(), (0, 0));
+        let mut d = Charge::disk(&b, 10).unwrap();
+        d.grow_to(900).unwrap();
+        assert!(matches!(d.grow_to(1001), Err(SpoolError::Budget)));
+        assert_eq!(b.used(), (0, 900));
+        drop(d);
+        assert_eq!(b.used(), (0, 0));
+    }
+
+    #[test]
+    fn a_spooled_body_reads_back_in_pieces_and_leaves_no_file() {
+        let dir = std::env::temp_dir().join(format!("cairn-spool-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let b = Budget::new(0, 1 << 20, dir.clone());
+        tokio_uring::start(async {
+            let mut s = Spool::create(Charge::disk(&b, 0).unwrap()).unwrap();
+            let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+            for part in data.chunks(7000) {
+                s.write(Bytes::copy_from_slice(part)).await.unwrap();
+            }
+            let body = s.finish();
+            assert!(body.is_spooled() && body.len() == data.len() as u64);
+            let mut back = Vec::new();
+            while (back.len() as u64) < body.len() {
+                back.extend_from_slice(&body.piece(back.len() as u64).await.unwrap());
+            }
+            assert_eq!(back, data);
+            assert_eq!(b.used(), (0, 200_000));
+        });
+        assert_eq!(b.used(), (0, 0));
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "nothing left behind"
+        );
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
