@@ -586,3 +586,83 @@ fn a_close_delimited_body_is_relayed_but_never_stored() {
     }
     assert_eq!(origin.count(), 2);
 }
+
+/// A client that asks for `path` and then reads nothing, with a tiny receive
+/// window, so cairn's send stalls with the object's lease held.
+fn stalled_reader(addr: std::net::SocketAddr, path: &str) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = s.into();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes())
+        .unwrap();
+    s
+}
+
+#[test]
+fn more_slow_readers_than_segments_do_not_stop_new_objects_being_stored() {
+    // 6 MiB objects in 16 MiB segments, 64 MiB in all: 4 segments, 2 objects each.
+    let origin = Origin::start(|r| {
+        let seed = r.path.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+        object(&body_of(6 << 20, seed), "Cache-Control: max-age=3600\r\n")
+    });
+    let dir = config_dir(&origin.addr.to_string(), STATUS, "");
+    let server = std::fs::read_to_string(dir.join("server.xml"))
+        .unwrap()
+        .replace(
+            "</Server>",
+            "<Cairn><HitSendTimeoutSec>2</HitSendTimeoutSec><MinSendRate>100MB</MinSendRate></Cairn></Server>",
+        );
+    std::fs::write(dir.join("server.xml"), server).unwrap();
+    let cairn = Cairn::start(dir, 1);
+    let mut c = TcpStream::connect(cairn.addr).unwrap();
+    let mut scratch = vec![0u8; 1 << 20];
+    for i in 0..10 {
+        let seed = format!("/old/{i}")
+            .bytes()
+            .fold(0u8, |a, b| a.wrapping_add(b));
+        get_expect(
+            &mut c,
+            &format!("/old/{i}"),
+            &body_of(6 << 20, seed),
+            &mut scratch,
+        );
+    }
+    // Eight stalled readers of hits (objects 2..10), on every segment of the cache.
+    let stalled: Vec<_> = (2..10)
+        .map(|i| stalled_reader(cairn.addr, &format!("/old/{i}")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Past the lease bound (2 s + 6 MiB at 100 MB/s) the stalled sends are cut
+    // off, their leases end, and new objects are stored again.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut stored = 0;
+    for i in 0..4 {
+        let path = format!("/new/{i}");
+        let seed = path.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+        let want = body_of(6 << 20, seed);
+        get_expect(&mut c, &path, &want, &mut scratch);
+        if get_expect(&mut c, &path, &want, &mut scratch) == "TCP_HIT" {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 4, "new objects are stored despite the slow readers");
+    // The stalled readers were cut off: each sees the end of its stream before
+    // the full object.
+    for mut s in stalled {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        assert!(
+            total < 6 << 20,
+            "a stalled reader got the whole object ({total} bytes)"
+        );
+    }
+}

@@ -409,6 +409,19 @@ pub struct ServerSettings {
     /// `<Cairn><SpoolDir>`: where spooled bodies go (unlinked files); the system's
     /// temporary directory when unset.
     pub spool_dir: Option<PathBuf>,
+    /// `<Cairn><HitSendTimeoutSec>` and `<Cairn><MinSendRate>`: a response sent
+    /// from the cache must be done within this plus its size at this rate; past
+    /// it the client is cut off, so a slow reader cannot pin a segment.
+    pub hit_send_timeout: Duration,
+    pub min_send_rate: u64,
+}
+
+impl ServerSettings {
+    /// How long a response of `len` bytes from the cache may take.
+    pub fn lease_bound(&self, len: u64) -> Duration {
+        let rate = self.min_send_rate.max(1);
+        self.hit_send_timeout + Duration::from_secs(len / rate)
+    }
 }
 
 impl Default for ServerSettings {
@@ -426,6 +439,8 @@ impl Default for ServerSettings {
             body_memory: 64 << 20,
             body_disk: 1 << 30,
             spool_dir: None,
+            hit_send_timeout: Duration::from_secs(60),
+            min_send_rate: 16 << 10,
         }
     }
 }

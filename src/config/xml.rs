@@ -964,6 +964,18 @@ fn parse_cairn(
                 }
             }
             "SpoolDir" => server.spool_dir = Some(PathBuf::from(text(e))),
+            "HitSendTimeoutSec" => server.hit_send_timeout = secs()?,
+            "MinSendRate" => {
+                server.min_send_rate = parse_size(text(e)).filter(|&n| n > 0).ok_or_else(|| {
+                    s.err(
+                        e,
+                        format!(
+                            "<MinSendRate> '{}' is not a size per second (16KB)",
+                            text(e)
+                        ),
+                    )
+                })?
+            }
             "FillMemoryPerShard" => {
                 server.fill_memory = parse_size(text(e)).ok_or_else(|| {
                     s.err(

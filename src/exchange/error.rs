@@ -28,6 +28,10 @@ pub enum ExchangeError {
     ClientTimeout,
     #[error("the client went away")]
     ClientGone,
+    #[error(
+        "the client read the response too slowly (past HitSendTimeoutSec + size / MinSendRate)"
+    )]
+    ClientTooSlow,
     #[error("no vhost serves this Host")]
     UnknownVhost,
     #[error("origin: {0}")]
@@ -50,6 +54,7 @@ impl ExchangeError {
             | ExchangeError::RequestBodyTooLarge
             | ExchangeError::ClientTimeout
             | ExchangeError::ClientGone
+            | ExchangeError::ClientTooSlow
             | ExchangeError::UnknownVhost => Fault::Client,
             ExchangeError::Origin(_) | ExchangeError::FillFailed | ExchangeError::FillTimeout => {
                 Fault::Origin
@@ -77,7 +82,7 @@ impl ExchangeError {
             ExchangeError::RequestBody(_) => 400,
             ExchangeError::ClientTimeout => 408,
             // Nothing is sent to a client that went away; STON logs its status as 0.
-            ExchangeError::ClientGone => 0,
+            ExchangeError::ClientGone | ExchangeError::ClientTooSlow => 0,
             ExchangeError::UnknownVhost => 404,
             ExchangeError::Origin(e) => e.status(),
             ExchangeError::FillFailed => 502,
@@ -117,6 +122,7 @@ mod tests {
                 413,
             ),
             (ExchangeError::ClientGone, Fault::Client, false, 0),
+            (ExchangeError::ClientTooSlow, Fault::Client, false, 0),
             (
                 ExchangeError::RequestBody("bad chunk"),
                 Fault::Client,

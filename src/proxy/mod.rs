@@ -75,6 +75,7 @@ pub async fn serve_with<D: Downstream>(
     let cx = RequestCtx {
         shard,
         vhost,
+        server: &config.server,
         req,
         head: &req.head,
         key: cached::key_for(vhost, &req.head),
@@ -143,7 +144,7 @@ async fn fail<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D, e: ExchangeError
         e.fault()
     );
     cx.result.set(e.result());
-    if down.head_sent() || matches!(e, ExchangeError::ClientGone) {
+    if down.head_sent() || matches!(e, ExchangeError::ClientGone | ExchangeError::ClientTooSlow) {
         down.abort();
     } else {
         let (head, body) = error_response(e.status(), true);

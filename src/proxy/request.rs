@@ -23,6 +23,8 @@ pub struct Sent {
 pub struct RequestCtx<'a> {
     pub shard: &'a ShardCtx,
     pub vhost: &'a Vhost,
+    /// The server-wide settings of the configuration this request runs under.
+    pub server: &'a crate::config::ServerSettings,
     pub req: &'a Request,
     pub head: &'a RequestHead,
     pub key: CacheKey,

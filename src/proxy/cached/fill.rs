@@ -43,8 +43,7 @@ struct FillLimits {
 }
 
 fn limits(cx: &RequestCtx<'_>) -> FillLimits {
-    let live = cx.shard.shared.live.load();
-    let s = &live.config.server;
+    let s = cx.server;
     FillLimits {
         max_fills: s.max_fills,
         background_pct: s.background_fill_pct,

@@ -46,8 +46,11 @@ pub async fn follow<D: Downstream>(
                 let _ = down.flush().await;
                 return Err(ExchangeError::FillFailed);
             };
-            response::send_piece(cx, down, Some(offset), piece)
+            // The piece leases the segment: bounded as a hit's send is.
+            let bound = cx.server.lease_bound(piece.len() as u64);
+            tokio::time::timeout(bound, response::send_piece(cx, down, Some(offset), piece))
                 .await
+                .map_err(|_| ExchangeError::ClientTooSlow)?
                 .map_err(gone)?;
             offset = p.written;
         }

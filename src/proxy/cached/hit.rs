@@ -13,7 +13,24 @@ use crate::proxy::response::{self, Extras};
 
 /// `now`: the request's clock reading, or a fresh one after a trip to the origin
 /// (so Age and the TTL left count that trip).
+///
+/// The hit's bytes lease their segment, which cannot be reclaimed while the lease
+/// lives: the whole send is bounded (`HitSendTimeoutSec` + size / `MinSendRate`),
+/// so slow readers cannot keep new objects out of the cache.
 pub async fn send_hit<D: Downstream>(
+    cx: &RequestCtx<'_>,
+    down: &mut D,
+    hit: &Hit,
+    result: CacheResult,
+    now: u64,
+) -> Result<(), ExchangeError> {
+    let bound = cx.server.lease_bound(hit.body.len() as u64);
+    tokio::time::timeout(bound, send(cx, down, hit, result, now))
+        .await
+        .unwrap_or(Err(ExchangeError::ClientTooSlow))
+}
+
+async fn send<D: Downstream>(
     cx: &RequestCtx<'_>,
     down: &mut D,
     hit: &Hit,
