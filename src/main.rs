@@ -147,7 +147,7 @@ fn run(args: &Args) -> Result<()> {
         .collect::<std::io::Result<_>>()?;
 
     let started = Instant::now();
-    let (cache, recovery) = cairn::cache::Cache::open(config.cache.store_config(), shards)
+    let (cache, recovery) = cairn::cache::Cache::open(config.cache.store_config(shards), shards)
         .context("opening the cache")?;
     log::info!(
         "cache {}: {} objects ({} MiB) recovered from {} segments in {} ms{}",

@@ -666,3 +666,27 @@ fn more_slow_readers_than_segments_do_not_stop_new_objects_being_stored() {
         );
     }
 }
+
+#[test]
+fn the_default_segment_size_shrinks_to_fit_the_shard_count() {
+    // 256 MB of default 64 MiB segments is 4, too few for 4 shards (each needs
+    // its own, plus one to reclaim): cairn sizes them to fit and serves.
+    let origin = Origin::start(|_| object(b"fits", "Cache-Control: max-age=60\r\n"));
+    let dir = config_dir(&origin.addr.to_string(), STATUS, "");
+    let server = std::fs::read_to_string(dir.join("server.xml"))
+        .unwrap()
+        .replace(
+            r#"<Storage SegmentSize="16MB" Quota="64MB">"#,
+            r#"<Storage Quota="256MB">"#,
+        );
+    assert!(server.contains(r#"<Storage Quota="256MB">"#));
+    std::fs::write(dir.join("server.xml"), server).unwrap();
+    let cairn = Cairn::start(dir.clone(), 4);
+    let mut c = TcpStream::connect(cairn.addr).unwrap();
+    let mut scratch = vec![0u8; 1 << 16];
+    get_expect(&mut c, "/a", b"fits", &mut scratch);
+    assert_eq!(get_expect(&mut c, "/a", b"fits", &mut scratch), "TCP_HIT");
+    let segs = segment_files(&dir);
+    assert_eq!(segs.len(), 5, "{segs:?}");
+    assert!(segs.iter().all(|f| f.metadata().unwrap().len() == 51 << 20));
+}

@@ -51,8 +51,13 @@ impl Segment {
         preallocate(&file, len)?;
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         let seg = Segment::from_map(id, map, len, Some(file));
-        let usable =
-            old_len == len as u64 && seg.read_u64(0) == SEG_MAGIC && seg.read_u64(8) == len as u64;
+        // Read with pread, not through the mapping: a bad sector is an error here,
+        // not a SIGBUS that kills the process.
+        let mut head = [0u8; 16];
+        let usable = old_len == len as u64
+            && seg.read_at(0, &mut head).is_ok()
+            && head[..8] == SEG_MAGIC.to_le_bytes()
+            && head[8..] == (len as u64).to_le_bytes();
         if !usable {
             seg.init();
         }
@@ -92,8 +97,22 @@ impl Segment {
         self.high_water() <= SEGMENT_HEADER as u64
     }
 
-    fn read_u64(&self, off: usize) -> u64 {
-        u64::from_le_bytes(self.bytes(off, 8).try_into().unwrap())
+    /// Copies `buf.len()` bytes at `off` with `pread` (from the mapping for an
+    /// anonymous segment). Recovery reads this way: a truncated file or a bad
+    /// sector is an `Err` to exclude the segment for, where a read through the
+    /// mapping would raise SIGBUS.
+    pub fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = off
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.len as u64)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        match &self._file {
+            Some(f) => std::os::unix::fs::FileExt::read_exact_at(f, buf, off),
+            None => {
+                buf.copy_from_slice(self.bytes(off as usize, (end - off) as usize));
+                Ok(())
+            }
+        }
     }
 
     /// End of the committed records (persisted in the segment header), so recovery

@@ -6,7 +6,7 @@
 use super::freshness::Times;
 use super::index::{new_index, Entry, Index};
 use super::meta::Meta;
-use super::record::{self, Header, HEADER_LEN};
+use super::record::{Header, HEADER_LEN};
 use super::segment::{Lease, Segment, SEGMENT_HEADER};
 use papaya::Operation;
 use std::collections::VecDeque;
@@ -148,7 +148,8 @@ impl Store {
         let objects = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
         let corrupt = AtomicU64::new(0);
-        let mut last_seq = vec![0u64; segments.len()];
+        // Per segment: its newest sequence number, and whether reading it failed.
+        let mut last_seq = vec![(0u64, false); segments.len()];
         // Recovery reads every committed byte to verify checksums: spread it over threads.
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -170,25 +171,55 @@ impl Store {
                             continue;
                         }
                         let r = scan(&segments[i], index);
-                        *slot = r.max_seq;
+                        if let Some(e) = &r.failed {
+                            log::error!(
+                                "cache segment {}: unreadable ({e}); excluded from the cache",
+                                segments[i].id
+                            );
+                        }
+                        *slot = (r.max_seq, r.failed.is_some());
                         max_seq.fetch_max(r.max_seq, Relaxed);
-                        objects.fetch_add(r.objects, Relaxed);
-                        bytes.fetch_add(r.bytes, Relaxed);
+                        if r.failed.is_none() {
+                            objects.fetch_add(r.objects, Relaxed);
+                            bytes.fetch_add(r.bytes, Relaxed);
+                        }
                         corrupt.fetch_add(r.corrupt, Relaxed);
                     }
                 });
             }
         });
+        let bad: Vec<u32> = (0..segments.len() as u32)
+            .filter(|&i| last_seq[i as usize].1)
+            .collect();
+        if !bad.is_empty() {
+            // Entries read before the failure are checksummed, but a segment with
+            // a bad sector would fault later, in a hit or a write: drop it whole.
+            index.pin().retain(|_, e| !bad.contains(&e.seg));
+            let excluded = bad.len() as u64;
+            corrupt.fetch_add(excluded, Relaxed);
+            if count - excluded < need {
+                return Err(StoreError::TooSmall {
+                    quota: config.quota,
+                    segment: config.segment_size,
+                    have: count - excluded,
+                    need,
+                    shards,
+                });
+            }
+        }
         let mut free = VecDeque::new();
         let mut sealed: Vec<u32> = Vec::new();
         for (i, seg) in segments.iter().enumerate() {
+            if bad.contains(&(i as u32)) {
+                continue;
+            }
             if seg.is_empty() {
                 free.push_back(i as u32);
             } else {
                 sealed.push(i as u32);
             }
         }
-        sealed.sort_by_key(|&i| last_seq[i as usize]);
+        sealed.sort_by_key(|&i| last_seq[i as usize].0);
         let recovery = Recovery {
             objects: objects.load(Relaxed),
             bytes: bytes.load(Relaxed),
@@ -356,33 +387,46 @@ impl Store {
     }
 }
 
-struct ScanResult {
-    objects: u64,
-    bytes: u64,
-    corrupt: u64,
-    max_seq: u64,
+pub(super) struct ScanResult {
+    pub(super) objects: u64,
+    pub(super) bytes: u64,
+    pub(super) corrupt: u64,
+    pub(super) max_seq: u64,
+    /// The segment could not be read (a truncated file, a bad sector): it is
+    /// excluded, with every entry it gave.
+    pub(super) failed: Option<std::io::Error>,
 }
 
-/// Rebuilds index entries from one segment. Records with a bad header are skipped
-/// by searching forward for the next valid header; records whose checksum fails
-/// are skipped whole.
-fn scan(seg: &Arc<Segment>, index: &Index) -> ScanResult {
+/// Body bytes read and hashed per `pread` while verifying a record.
+const SCAN_PIECE: usize = 1 << 20;
+/// No real key and stored head come near this (the request line and the origin
+/// head are bounded far below): more is a forged header, not a reason to allocate.
+const MAX_KEY_META: usize = 1 << 20;
+
+/// Rebuilds index entries from one segment, reading with `pread` (never through
+/// the mapping, where a bad sector would be SIGBUS). An invalid header ends the
+/// scan (the rest is given up: bodies hold arbitrary origin bytes that could
+/// imitate a header); a record whose checksum fails is skipped.
+pub(super) fn scan(seg: &Arc<Segment>, index: &Index) -> ScanResult {
     let mut r = ScanResult {
         objects: 0,
         bytes: 0,
         corrupt: 0,
         max_seq: 0,
+        failed: None,
     };
     let hwm = seg.high_water();
     let generation = seg.generation.load(SeqCst);
     let guard = index.pin();
     let mut off = SEGMENT_HEADER as u64;
+    let mut head = [0u8; HEADER_LEN];
+    let mut piece = Vec::new();
     while off + HEADER_LEN as u64 <= hwm {
-        // Every region below the mark starts with a header cairn wrote (a dead
-        // placeholder until commit). An invalid one is corruption: the rest of the
-        // segment is given up rather than searched, because bodies hold arbitrary
-        // origin bytes that could imitate a header.
-        let h = match Header::decode(seg.bytes(off as usize, HEADER_LEN)) {
+        if let Err(e) = seg.read_at(off, &mut head) {
+            r.failed = Some(e);
+            break;
+        }
+        let h = match Header::decode(&head) {
             Some(h)
                 if h.is_consistent() && off.checked_add(h.total_len).is_some_and(|e| e <= hwm) =>
             {
@@ -393,31 +437,57 @@ fn scan(seg: &Arc<Segment>, index: &Index) -> ScanResult {
                 break;
             }
         };
-        let start = off as usize;
+        let start = off;
         off += h.total_len;
         if h.is_dead() {
             continue;
         }
-        let rec = seg.bytes(start, h.total_len as usize);
-        let body_end = h.body_offset() + h.body_len as usize;
-        if record::checksum(&[&rec[HEADER_LEN..body_end]]) != h.checksum {
+        // Key and meta in one read (bounded by the consistent lengths), then the
+        // body in pieces, hashed as read.
+        let key_meta = h.key_len as usize + h.meta_len as usize;
+        if key_meta > MAX_KEY_META {
             r.corrupt += 1;
-            continue;
+            break;
         }
-        let Some(meta) = Meta::decode(&rec[h.meta_range()]) else {
+        piece.resize(key_meta.max(SCAN_PIECE.min(h.body_len as usize)), 0);
+        if let Err(e) = seg.read_at(start + HEADER_LEN as u64, &mut piece[..key_meta]) {
+            r.failed = Some(e);
+            break;
+        }
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(&piece[..key_meta]);
+        let Some(meta) = Meta::decode(&piece[h.key_len as usize..key_meta]) else {
             r.corrupt += 1;
             continue;
         };
+        let times: Times = meta.times;
+        let mut at = start + h.body_offset() as u64;
+        let body_end = at + h.body_len;
+        while at < body_end {
+            let n = ((body_end - at) as usize).min(SCAN_PIECE);
+            if let Err(e) = seg.read_at(at, &mut piece[..n]) {
+                r.failed = Some(e);
+                break;
+            }
+            hasher.update(&piece[..n]);
+            at += n as u64;
+        }
+        if r.failed.is_some() {
+            break;
+        }
+        if hasher.digest() != h.checksum {
+            r.corrupt += 1;
+            continue;
+        }
         r.max_seq = r.max_seq.max(h.seq);
         r.objects += 1;
         r.bytes += h.body_len;
-        let times: Times = meta.times;
         guard.compute(h.key_hash, |cur| match cur {
             Some((_, e)) if e.seq >= h.seq => Operation::Abort(()),
             _ => Operation::Insert(Entry {
                 seg: seg.id,
                 generation,
-                off: start as u64,
+                off: start,
                 total_len: h.total_len,
                 key_len: h.key_len,
                 meta_len: h.meta_len,

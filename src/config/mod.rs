@@ -338,6 +338,9 @@ pub struct CacheSettings {
     pub quota: u64,
     pub segment_size: u64,
     pub max_object: u64,
+    /// `<Storage SegmentSize>` was given: it is kept even when it leaves too few
+    /// segments for the shards (an error at start, naming both).
+    pub segment_explicit: bool,
 }
 
 impl CacheSettings {
@@ -357,12 +360,24 @@ impl CacheSettings {
         }
     }
 
-    pub fn store_config(&self) -> crate::cache::StoreConfig {
+    /// The store's settings for `shards` shards. Each shard writes to a segment of
+    /// its own and one more is needed to reclaim, so without an explicit
+    /// `SegmentSize` the segments shrink (whole MiB, at least 1 MiB) until the
+    /// quota holds `shards + 1` of them: the default 1 GB cache starts on any core
+    /// count. A different size re-initialises the segment files (a cold cache).
+    pub fn store_config(&self, shards: usize) -> crate::cache::StoreConfig {
+        let need = shards as u64 + 1;
+        let (mut segment_size, mut max_object) = (self.segment_size, self.max_object);
+        if !self.segment_explicit && self.quota / segment_size < need {
+            segment_size = (self.quota / need) & !((1 << 20) - 1);
+            segment_size = segment_size.max(1 << 20);
+            max_object = max_object.min(segment_size - (64 << 10));
+        }
         crate::cache::StoreConfig {
             dir: self.dir.clone(),
             quota: self.quota,
-            segment_size: self.segment_size,
-            max_object: self.max_object,
+            segment_size,
+            max_object,
         }
     }
 }
@@ -374,6 +389,7 @@ impl Default for CacheSettings {
             quota: 1 << 30,
             segment_size: Self::DEFAULT_SEGMENT,
             max_object: Self::DEFAULT_SEGMENT - (1 << 20),
+            segment_explicit: false,
         }
     }
 }

@@ -177,3 +177,26 @@ fn cache_storage_and_cairn_settings() {
         }
     }
 }
+
+#[test]
+fn segments_are_sized_for_the_shard_count_unless_the_size_is_explicit() {
+    let d = CacheSettings::default(); // 1 GB of 64 MiB segments: 16
+    for (shards, seg) in [
+        (1, 64 << 20),
+        (15, 64 << 20),
+        (16, 60 << 20),
+        (64, 15 << 20),
+    ] {
+        let s = d.store_config(shards);
+        assert_eq!(s.segment_size, seg, "{shards} shards");
+        assert!(s.quota / s.segment_size > shards as u64, "{shards} shards");
+        assert!(s.max_object <= s.segment_size - (64 << 10));
+    }
+    // 2000 shards on 1 GB: 1 MiB segments (the floor); the store then refuses.
+    assert_eq!(d.store_config(2000).segment_size, 1 << 20);
+    let explicit = CacheSettings {
+        segment_explicit: true,
+        ..CacheSettings::default()
+    };
+    assert_eq!(explicit.store_config(64).segment_size, 64 << 20);
+}

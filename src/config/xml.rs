@@ -662,6 +662,7 @@ fn parse_storage(
             return Err(s.err(e, "<Storage SegmentSize>: must be between 1MB and 1GB"));
         }
         cache.segment_size = seg;
+        cache.segment_explicit = true;
         cache.max_object = seg - (64 << 10);
     }
     if let Some(m) = size_attr("MaxObjectSize")? {
