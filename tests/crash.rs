@@ -140,7 +140,7 @@ fn kill_9_during_mixed_writes_never_serves_a_torn_object() {
                         x ^= x << 17;
                         let n = x % KEYS;
                         // Some requests bypass the stored copy: new fills.
-                        let path = if x % 3 == 0 {
+                        let path = if x.is_multiple_of(3) {
                             format!("/k/{n}?r={round}-{}", x % 1000)
                         } else {
                             format!("/k/{n}")
