@@ -39,6 +39,10 @@ pub struct ShardStats {
     pub fills_abandoned: AtomicU64,
     /// Bytes held gathering unknown-length bodies (`FillMemoryPerShard`).
     pub fill_memory: AtomicU64,
+    /// Reserved bytes given up by abandoned fills in the minute since
+    /// `abandon_since_ms`, bounded so disconnects cannot churn the cache for free.
+    pub abandon_since_ms: AtomicU64,
+    pub abandoned_bytes: AtomicU64,
 }
 
 /// The configuration in force and what is derived from it. Swapped whole on

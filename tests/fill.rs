@@ -99,6 +99,12 @@ fn eight_abandoned_fills_stop_early_and_hold_no_memory() {
         "<CacheStatusHeader>ON</CacheStatusHeader>",
         "",
     );
+    // A cache large enough that eight 4 MiB abandons fit the waste budget (1/8
+    // of the quota per minute); the next test covers going past it.
+    let server = std::fs::read_to_string(dir.join("server.xml"))
+        .unwrap()
+        .replace(r#"Quota="64MB""#, r#"Quota="512MB""#);
+    std::fs::write(dir.join("server.xml"), server).unwrap();
     let c = Cairn::start(dir, 1);
     // Warm up the shard (its first request allocates its buffers).
     let _ = x_cache(&c, "/warm-up");
@@ -275,4 +281,96 @@ fn chunked_bodies_are_gathered_only_within_the_fill_memory_budget() {
         assert_eq!(len, 3 << 20);
         assert_eq!(xc == "TCP_HIT", stored, "budget {budget}: {xc}");
     }
+}
+
+#[test]
+fn a_relay_of_an_uncacheable_response_holds_no_fill_place() {
+    // One place per shard. A slow, uncacheable download (Set-Cookie) is in
+    // progress; a cacheable miss meanwhile must still be filled and stored.
+    fn origin(s: &mut TcpStream) {
+        dribble_or_object(s);
+    }
+    fn dribble_or_object(s: &mut TcpStream) {
+        // scripted_origin read the request already; tell them apart by a peek
+        // at nothing: the first connection is the slow one.
+        static FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+        if FIRST.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _ = s.write_all(
+                format!("HTTP/1.1 200 OK\r\nSet-Cookie: s=1\r\nContent-Length: {OBJECT}\r\n\r\n")
+                    .as_bytes(),
+            );
+            for _ in 0..40 {
+                if s.write_all(&[b'c'; 1400]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        } else {
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: 5\r\n\r\nhello",
+            );
+        }
+    }
+    let addr = scripted_origin(origin);
+    let dir = config_dir(
+        &addr.to_string(),
+        "<CacheStatusHeader>ON</CacheStatusHeader>",
+        "",
+    );
+    let server = std::fs::read_to_string(dir.join("server.xml"))
+        .unwrap()
+        .replace(
+            "</Server>",
+            "<Cairn><MaxFillsPerShard>1</MaxFillsPerShard></Cairn></Server>",
+        );
+    std::fs::write(dir.join("server.xml"), server).unwrap();
+    let c = Cairn::start(dir, 1);
+    let mut slow = TcpStream::connect(c.addr).unwrap();
+    slow.write_all(b"GET /personal HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 512];
+    let _ = slow.read(&mut first); // the relay has started
+    let (status, xc, _) = x_cache(&c, "/small");
+    assert_eq!((status, xc.as_str()), (200, "TCP_MISS"));
+    let (_, xc, _) = x_cache(&c, "/small");
+    assert_eq!(
+        xc, "TCP_HIT",
+        "the miss was filled and stored, not passed through"
+    );
+    drop(slow);
+}
+
+#[test]
+fn past_the_waste_budget_fills_nobody_waits_for_are_finished_and_stored() {
+    static SENT_B: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    fn origin_b(s: &mut TcpStream) {
+        dribble(s, &SENT_B);
+    }
+    let origin = scripted_origin(origin_b);
+    // 64 MiB of cache, one shard: at most 8 MiB a minute may be given up.
+    let dir = config_dir(
+        &origin.to_string(),
+        "<CacheStatusHeader>ON</CacheStatusHeader>",
+        "",
+    );
+    let c = Cairn::start(dir, 1);
+    for i in 0..6 {
+        get_head_and_hang_up(c.addr, &format!("/b?k={i}"));
+    }
+    wait_for(
+        "six origin connections to end",
+        Duration::from_secs(15),
+        || SENT_B.lock().unwrap().len() >= 6,
+    );
+    let sent = SENT_B.lock().unwrap().clone();
+    let abandoned = sent.iter().filter(|&&n| n < OBJECT as u64).count();
+    assert_eq!(abandoned, 2, "two 4 MiB abandons fit 8 MiB: {sent:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let stored = (0..6)
+        .filter(|i| x_cache(&c, &format!("/b?k={i}")).1 == "TCP_HIT")
+        .count();
+    assert_eq!(
+        stored, 4,
+        "the fills past the budget were finished and stored"
+    );
 }

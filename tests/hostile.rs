@@ -444,3 +444,19 @@ fn many_slow_uploads_hold_little_memory() {
     );
     drop(held);
 }
+
+#[test]
+fn underscore_and_case_variants_of_unkeyed_headers_are_not_forwarded_either() {
+    let origin = poisonable_origin();
+    let c = Cairn::start(dir_with(&server_xml("", ""), &origin), 1);
+    get_with(
+        &c,
+        "/page",
+        "X_Forwarded_Host: evil.example\r\nx-forwarded-HOST: evil2.example\r\nX-Forwarded-Prefix: /evil\r\n",
+    );
+    let seen = origin.last();
+    assert!(
+        seen.headers.iter().all(|(_, v)| !v.contains("evil")),
+        "{seen:?}"
+    );
+}

@@ -141,8 +141,6 @@ pub struct ResponseFacts {
     pub has_set_cookie: bool,
 }
 
-/// RFC 9111 §3 (may we store) and §4.2.1 (freshness lifetime), with heuristic
-/// freshness from the STON TTL table when the origin gave no explicit freshness.
 /// What of the request bears on storing its response.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestFacts {
@@ -155,6 +153,8 @@ pub struct RequestFacts {
     pub personal: bool,
 }
 
+/// RFC 9111 §3 (may we store) and §4.2.1 (freshness lifetime), with heuristic
+/// freshness from the STON TTL table when the origin gave no explicit freshness.
 pub fn storable(
     f: &ResponseFacts,
     req: &RequestFacts,

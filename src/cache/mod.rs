@@ -184,6 +184,16 @@ impl Cache {
             .count()
     }
 
+    /// Would [`writer`](Self::writer) find room now? (It may still not, if the
+    /// space goes meanwhile.) Reserves nothing.
+    pub fn can_store(&self, shard: usize, key: &[u8], meta: &Meta<'_>, body_len: u64) -> bool {
+        body_len <= self.store.config.max_object
+            && self.store.can_reserve(
+                shard,
+                record::total_len(key.len(), meta.encode().len(), body_len),
+            )
+    }
+
     /// Starts writing an object of `body_len` bytes on `shard`'s active segment.
     /// `None` when it cannot be stored (too large, or no space can be reclaimed now).
     pub fn writer(

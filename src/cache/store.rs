@@ -287,6 +287,22 @@ impl Store {
         None
     }
 
+    /// Could [`reserve`](Self::reserve) find `len` bytes for `shard` now?
+    pub fn can_reserve(&self, shard: usize, len: u64) -> bool {
+        if len > self.max_record() {
+            return false;
+        }
+        let a = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        let shard = shard % a.active.len();
+        let fits = a.active[shard]
+            .as_ref()
+            .is_some_and(|act| act.write + len <= self.segments[act.seg as usize].len() as u64);
+        fits || !a.free.is_empty()
+            || a.sealed
+                .iter()
+                .any(|&id| self.segments[id as usize].leases() == 0)
+    }
+
     fn take_segment(&self, a: &mut Allocator) -> Option<(u32, u64)> {
         if let Some(id) = a.free.pop_front() {
             let seg = &self.segments[id as usize];

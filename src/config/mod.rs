@@ -90,7 +90,8 @@ pub enum TtlMode {
     #[default]
     Ston,
     /// RFC 9111: no heuristic freshness for a request that carried `Cookie` or
-    /// `Authorization` unless the response is `public` or has `s-maxage`.
+    /// `Authorization`; explicit freshness (`s-maxage`, `max-age`, `Expires`) or
+    /// `public` still stores.
     Rfc9111,
 }
 
@@ -104,6 +105,11 @@ pub const DEFAULT_UNKEYED: &[&str] = &[
     "x-forwarded-port",
     "x-forwarded-server",
     "x-forwarded-ssl",
+    "x-forwarded-prefix",
+    "x-forwarded-uri",
+    "x-original-uri",
+    "x-http-host-override",
+    "front-end-https",
     "x-host",
     "x-original-host",
     "forwarded",
@@ -115,10 +121,24 @@ pub const DEFAULT_UNKEYED: &[&str] = &[
 ];
 
 impl Options {
-    /// Is `name` in the vhost's unkeyed list?
+    /// Is `name` in the vhost's unkeyed list (`_` counting as `-`)?
     pub fn is_unkeyed(&self, name: &[u8]) -> bool {
-        self.unkeyed.iter().any(|u| u.eq_ignore_ascii_case(name))
+        self.unkeyed.iter().any(|u| same_field_name(u, name))
     }
+}
+
+/// Field names equal ignoring case, with `_` and `-` the same: CGI, WSGI and
+/// PHP-FPM map both to `HTTP_X_FORWARDED_HOST`, so `X_Forwarded_Host` must not
+/// pass where `X-Forwarded-Host` is stopped.
+pub fn same_field_name(a: &[u8], b: &[u8]) -> bool {
+    let norm = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| norm(x) == norm(y))
 }
 
 /// Which client validators a 304 from cache considers (CF-1).

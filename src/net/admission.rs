@@ -82,17 +82,19 @@ impl Admission {
         &self.by_ip[self.hasher.hash_one(ip) as usize % STRIPES]
     }
 
-    /// Admits a connection from `ip`, or says why not.
+    /// Admits a connection from `ip`, or says why not. The global check comes
+    /// first and counts only admitted connections, so refusals cannot trip the
+    /// pause; concurrent accepts on several shards may pass the cap by a few.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refusal> {
         let max = self.max.load(Relaxed);
-        let open = self.open.fetch_add(1, Relaxed) + 1;
         if max != 0 {
-            let refuse = if open > max {
+            let next = self.open.load(Relaxed) + 1;
+            let refuse = if next > max {
                 self.paused.store(true, Relaxed);
                 true
             } else if self.paused.load(Relaxed) {
                 // Resume only once the count has fallen back to Reopen.
-                let resume = open <= self.reopen.load(Relaxed).max(1);
+                let resume = next <= self.reopen.load(Relaxed).max(1);
                 if resume {
                     self.paused.store(false, Relaxed);
                 }
@@ -101,28 +103,39 @@ impl Admission {
                 false
             };
             if refuse {
-                self.open.fetch_sub(1, Relaxed);
                 return Err(Refusal::Global);
             }
         }
         let per_ip = self.per_ip.load(Relaxed);
         let ip = if per_ip != 0 {
-            let mut t = self.stripe(&ip).lock().unwrap_or_else(|p| p.into_inner());
-            let n = t.entry(ip).or_insert(0);
+            let who = client_of(ip);
+            let mut t = self.stripe(&who).lock().unwrap_or_else(|p| p.into_inner());
+            let n = t.entry(who).or_insert(0);
             if *n as usize >= per_ip {
-                drop(t);
-                self.open.fetch_sub(1, Relaxed);
                 return Err(Refusal::PerAddress);
             }
             *n += 1;
-            Some(ip)
+            Some(who)
         } else {
             None
         };
+        self.open.fetch_add(1, Relaxed);
         Ok(Ticket {
             admission: self.clone(),
             ip,
         })
+    }
+}
+
+/// Who a per-address cap counts: an IPv4 address (also when it arrives
+/// IPv4-mapped), or an IPv6 /64, which one host can fill with addresses.
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 
@@ -176,6 +189,26 @@ mod tests {
         let _x3 = a.admit(x).unwrap();
         drop((_x2, _x3, _y1));
         assert!(a.by_ip.iter().all(|s| s.lock().unwrap().is_empty()));
+        // One IPv6 /64 is one client; an IPv4-mapped address is the IPv4 one.
+        let (v6a, v6b): (IpAddr, IpAddr) = (
+            "2001:db8:1:2::1".parse().unwrap(),
+            "2001:db8:1:2:ffff::9".parse().unwrap(),
+        );
+        let _k = (a.admit(v6a).unwrap(), a.admit(v6b).unwrap());
+        assert_eq!(
+            a.admit("2001:db8:1:2::77".parse().unwrap()).unwrap_err(),
+            Refusal::PerAddress
+        );
+        assert!(
+            a.admit("2001:db8:1:3::1".parse().unwrap()).is_ok(),
+            "another /64"
+        );
+        let _m = (a.admit(x).unwrap(), a.admit(x).unwrap());
+        assert_eq!(
+            a.admit("::ffff:10.0.0.1".parse().unwrap()).unwrap_err(),
+            Refusal::PerAddress
+        );
+        drop((_k, _m));
         // Reconfigured to no caps: anything goes.
         a.configure(0, 75, 0);
         let many: Vec<_> = (0..100).map(|_| a.admit(x).unwrap()).collect();

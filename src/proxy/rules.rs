@@ -60,10 +60,14 @@ pub fn request_headers<'a>(f: &RuleFacts<'a>) -> HeaderList<'a> {
             .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
             .any(|(_, v)| crate::http1::headers::connection_names(v, name))
     };
+    // So are the unkeyed fields of a cacheable request (they never reach the
+    // origin): a value a rule sets for them is the operator's, and is forwarded.
+    let cacheable = super::cached::eligible(f.req);
+    let unkeyed = |name: &[u8]| cacheable && f.vhost.options.is_unkeyed(name);
     let mut list: HeaderList = f
         .req
         .headers()
-        .filter(|(n, _)| !named(n))
+        .filter(|(n, _)| !named(n) && !unkeyed(n))
         .map(|(n, v)| (Cow::Borrowed(n), Cow::Borrowed(v)))
         .collect();
     let lookup = HeaderIter(|| f.req.headers());

@@ -26,9 +26,11 @@ pub struct OriginOpts<'a> {
     pub extra: &'a [u8],
     /// The request headers after MOD-1 rules, replacing the client's.
     pub headers: Option<&'a crate::policy::HeaderList<'a>>,
-    /// Dropped from a cacheable request: the key does not hold them.
+    /// Dropped from a cacheable request: the key does not hold them. Set by
+    /// [`send`] from the vhost; what a caller puts here is replaced.
     pub unkeyed: &'a [Box<[u8]>],
-    /// `<ForwardedHeaders>ON`: the host and scheme cairn sets itself.
+    /// `<ForwardedHeaders>ON`: the host and scheme cairn sets itself (set by
+    /// [`send`], like `unkeyed`).
     pub forwarded: Option<Forwarded<'a>>,
 }
 
@@ -103,9 +105,17 @@ pub fn origin_request(
         {
             continue;
         }
+        if opts.for_cache && is_client_conditional(name) {
+            continue;
+        }
+        // (A rewritten list had the client's unkeyed fields removed before the
+        // rules ran; what is left there, a rule set.)
         if opts.for_cache
-            && (is_client_conditional(name)
-                || opts.unkeyed.iter().any(|u| u.eq_ignore_ascii_case(name)))
+            && opts.headers.is_none()
+            && opts
+                .unkeyed
+                .iter()
+                .any(|u| crate::config::same_field_name(u, name))
         {
             continue;
         }

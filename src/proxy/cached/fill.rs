@@ -51,6 +51,18 @@ fn limits(cx: &RequestCtx<'_>) -> FillLimits {
     }
 }
 
+/// A miss passed through because of `MaxFillsPerShard`: counted, and logged the
+/// 1st, 2nd, 4th, 8th… time.
+fn count_refused(cx: &RequestCtx<'_>) {
+    let n = cx.shard.stats().fills_refused.fetch_add(1, Relaxed) + 1;
+    if n.is_power_of_two() {
+        log::warn!(
+            "shard {}: MaxFillsPerShard reached; {n} passed through uncached so far",
+            cx.shard.id
+        );
+    }
+}
+
 pub async fn miss<D: Downstream>(
     cx: &RequestCtx<'_>,
     down: &mut D,
@@ -63,14 +75,7 @@ pub async fn miss<D: Downstream>(
                 // Past the cap: this miss (and any that joined it) goes to the
                 // origin uncached, so fill memory and origin load stay bounded.
                 leader.finish(FillEnd::Pass);
-                let n = cx.shard.stats().fills_refused.fetch_add(1, Relaxed);
-                if n.is_power_of_two() {
-                    log::warn!(
-                        "shard {}: MaxFillsPerShard reached; {} passed through uncached so far",
-                        cx.shard.id,
-                        n + 1
-                    );
-                }
+                count_refused(cx);
                 return pass::forward(cx, down, result).await;
             };
             let request_time = now_ms();
@@ -112,7 +117,8 @@ pub(super) async fn fill_from<D: Downstream>(
                 cx.vhost.name,
                 String::from_utf8_lossy(cx.head.path())
             );
-            if let Some((l, _)) = leader {
+            if let Some((l, slot)) = leader {
+                drop(slot); // a relay is not a fill: it must not hold a place
                 l.finish(FillEnd::Pass); // followers fetch for themselves
             }
             return pass::relay(cx, down, reply, &Extras::new(result)).await;
@@ -125,16 +131,21 @@ pub(super) async fn fill_from<D: Downstream>(
         None => match FillSlot::take(cx, lim.max_fills) {
             Some(slot) => (None, Some(slot)),
             None => {
-                cx.shard.stats().fills_refused.fetch_add(1, Relaxed);
+                count_refused(cx);
                 return pass::relay(cx, down, reply, &Extras::new(result)).await;
             }
         },
     };
+    // A shared fill needs room in a segment (followers read from it). Without,
+    // this client is answered from the origin's reply, followers fetch their own.
+    let room = plan
+        .length
+        .is_some_and(|n| cache.can_store(cx.shard.id, cx.key.stored(), &plan.meta(), n));
     match leader {
         // Known length: the origin read and the store run in a task of their own,
         // so no client (this one included) can slow the fill for the others; every
         // client, this one too, follows it from the segment.
-        Some(l) if plan.length.is_some() => {
+        Some(l) if room => {
             let watch = l.watch();
             let shared = cx.shard.shared.clone();
             let (shard_id, key) = (cx.shard.id, cx.key.stored().to_vec());
@@ -174,9 +185,7 @@ pub(super) async fn fill_from<D: Downstream>(
                     lim.memory,
                 )),
             };
-            let r = stream_and_store(cx, down, reply, &plan, store, result).await;
-            drop(slot);
-            r
+            stream_and_store(cx, down, reply, &plan, (store, slot), result).await
         }
     }
 }
@@ -218,12 +227,17 @@ impl Background<'_> {
                 Ok(Some(b)) => {
                     let n = b.len() as u64;
                     if !writer.push(&b) {
-                        return l.finish(FillEnd::Failed); // more than Content-Length
+                        // More than the region holds: the length decoder never
+                        // yields past Content-Length, but the region is the bound.
+                        return l.finish(FillEnd::Failed);
                     }
                     // The origin's read buffer is free again before the next read.
                     drop(b);
                     l.advance(n);
-                    if l.watchers() == 0 && !self.worth_finishing(writer.written(), length) {
+                    if l.watchers() == 0
+                        && !self.worth_finishing(writer.written(), length)
+                        && self.may_waste(length)
+                    {
                         match l.abandon() {
                             Ok(()) => {
                                 stats.fills_abandoned.fetch_add(1, Relaxed);
@@ -252,6 +266,29 @@ impl Background<'_> {
         }
     }
 
+    /// An abandoned fill's region stays dead until its segment is reclaimed, so
+    /// clients that hang up after the head could churn the cache for free: each
+    /// shard gives up at most 1/8 of its share of the quota per minute this way,
+    /// past that fills are finished (and stored) as if nearly done.
+    fn may_waste(&self, bytes: u64) -> bool {
+        let cache = &self.shared.cache;
+        let budget = cache.config().quota / (8 * self.shared.stats.len() as u64).max(1);
+        let stats = &self.shared.stats[self.shard];
+        // A minute from the first abandon of the window (only this shard writes).
+        let now = crate::proxy::request::now_ms();
+        let since = stats.abandon_since_ms.load(Relaxed);
+        if since == 0 || now.saturating_sub(since) >= 60_000 {
+            stats.abandon_since_ms.store(now, Relaxed);
+            stats.abandoned_bytes.store(0, Relaxed);
+        }
+        let spent = stats.abandoned_bytes.fetch_add(bytes, Relaxed);
+        if spent.saturating_add(bytes) > budget {
+            stats.abandoned_bytes.fetch_sub(bytes, Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// `BackgroundFillPercent`: is enough stored to finish without a client?
     fn worth_finishing(&self, written: u64, length: u64) -> bool {
         u128::from(written) * 100 >= u128::from(length) * u128::from(self.limits.background_pct)
@@ -264,7 +301,7 @@ async fn stream_and_store<D: Downstream>(
     down: &mut D,
     mut reply: OriginReply,
     plan: &FillPlan,
-    mut store: Store<'_>,
+    (mut store, mut slot): (Store<'_>, Option<FillSlot>),
     result: CacheResult,
 ) -> Result<(), ExchangeError> {
     let cache = &cx.shard.shared.cache;
@@ -289,6 +326,10 @@ async fn stream_and_store<D: Downstream>(
         match item {
             Ok(Some(b)) => {
                 store.push(&b);
+                if !store.wants_more() {
+                    // Only a relay now, at the client's pace: free the fill's place.
+                    drop(slot.take());
+                }
                 let n = b.len() as u64;
                 if !client_gone {
                     client_gone = response::send_piece(cx, down, Some(offset), b)
@@ -359,8 +400,8 @@ impl Store<'_> {
 }
 
 /// A body of unknown length, copied into pieces of [`GATHER_PIECE`] bytes: small
-/// origin reads are compacted, so what is held is what was received, and every
-/// piece is charged to the shard's `FillMemoryPerShard` budget.
+/// origin reads are compacted (no read buffer is pinned), and each piece is
+/// charged, whole, to the shard's `FillMemoryPerShard` budget.
 struct Gather {
     shared: std::sync::Arc<Shared>,
     shard: usize,

@@ -17,50 +17,103 @@ pub async fn follow<D: Downstream>(
     let oo = &cx.vhost.origin_options;
     let wait = oo.connect_timeout + oo.receive_timeout;
     let mut offset = 0u64;
-    let mut started = false;
-    let gone = |_| ExchangeError::ClientGone;
+    let mut started: Option<Started> = None;
     loop {
-        let Ok(p) = tokio::time::timeout(wait, fill.next(offset, started)).await else {
-            let _ = down.flush().await;
+        let Ok(p) = tokio::time::timeout(wait, fill.next(offset, started.is_some())).await else {
+            if let Some(s) = &started {
+                let _ = s.within(down.flush()).await;
+            }
             return Err(ExchangeError::FillTimeout);
         };
-        if !started {
-            if p.end == Some(FillEnd::Pass) {
-                // Not shareable: fetch for ourselves, uncached.
-                return pass::forward(cx, down, CacheResult::Miss).await;
-            }
-            let Some(h) = &p.head else {
-                if p.end == Some(FillEnd::Failed) {
-                    return Err(ExchangeError::FillFailed);
+        let s = match &started {
+            Some(s) => s,
+            None => {
+                if p.end == Some(FillEnd::Pass) {
+                    // Not shareable: fetch for ourselves, uncached.
+                    return pass::forward(cx, down, CacheResult::Miss).await;
                 }
-                continue;
-            };
-            let body = origin_body(h.has_body && h.status != 204, h.length);
-            let head = Head::from_lines(h.status, &h.headers, body);
-            response::send_head(cx, down, head, &Extras::new(result)).await?;
-            started = true;
-        }
+                let Some(h) = &p.head else {
+                    if p.end == Some(FillEnd::Failed) {
+                        return Err(ExchangeError::FillFailed);
+                    }
+                    continue;
+                };
+                let body = origin_body(h.has_body && h.status != 204, h.length);
+                let head = Head::from_lines(h.status, &h.headers, body);
+                // Every byte from here on leases the segment: the whole send is
+                // bounded as a hit's is (send_piece queues, flush and finish write).
+                let length = h.length.unwrap_or(0);
+                let s = started.insert(Started {
+                    deadline: tokio::time::Instant::now() + cx.server.lease_bound(length),
+                    length,
+                });
+                s.within(response::send_head(cx, down, head, &Extras::new(result)))
+                    .await??;
+                s
+            }
+        };
         if p.written > offset {
             // The written prefix, under its own lease: nothing is copied or held.
-            let Some(piece) = p.body.as_ref().and_then(|b| b.bytes(offset, p.written)) else {
-                let _ = down.flush().await;
-                return Err(ExchangeError::FillFailed);
+            let piece = match p.body.as_ref().and_then(|b| b.bytes(offset, p.written)) {
+                Some(piece) => piece,
+                // The segment went on (reclaimed) under a slow follower of a
+                // finished fill: the stored object has the same bytes.
+                None => match stored_rest(cx, s.length, offset, p.end) {
+                    Some(rest) => rest,
+                    None => {
+                        let _ = s.within(down.flush()).await;
+                        return Err(ExchangeError::FillFailed);
+                    }
+                },
             };
-            // The piece leases the segment: bounded as a hit's send is.
-            let bound = cx.server.lease_bound(piece.len() as u64);
-            tokio::time::timeout(bound, response::send_piece(cx, down, Some(offset), piece))
-                .await
-                .map_err(|_| ExchangeError::ClientTooSlow)?
+            let end = offset + piece.len() as u64;
+            s.within(response::send_piece(cx, down, Some(offset), piece))
+                .await?
                 .map_err(gone)?;
-            offset = p.written;
+            offset = end;
         }
         match p.end {
-            Some(FillEnd::Complete) => return down.finish().await.map_err(gone),
+            Some(FillEnd::Complete) if offset == s.length => {
+                return s.within(down.finish()).await?.map_err(gone)
+            }
             Some(_) => {
-                let _ = down.flush().await;
+                let _ = s.within(down.flush()).await;
                 return Err(ExchangeError::FillFailed);
             }
-            None => down.flush().await.map_err(gone)?,
+            None => s.within(down.flush()).await?.map_err(gone)?,
         }
     }
+}
+
+fn gone(_: crate::exchange::ClientGone) -> ExchangeError {
+    ExchangeError::ClientGone
+}
+
+/// The response head is sent: the send's deadline and the body's length.
+struct Started {
+    deadline: tokio::time::Instant,
+    length: u64,
+}
+
+impl Started {
+    async fn within<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T, ExchangeError> {
+        tokio::time::timeout_at(self.deadline, f)
+            .await
+            .map_err(|_| ExchangeError::ClientTooSlow)
+    }
+}
+
+/// The body from `offset` on, from the stored object, when the fill completed
+/// and stored exactly `length` bytes.
+fn stored_rest(
+    cx: &RequestCtx<'_>,
+    length: u64,
+    offset: u64,
+    end: Option<FillEnd>,
+) -> Option<bytes::Bytes> {
+    if end != Some(FillEnd::Complete) {
+        return None;
+    }
+    let hit = cx.shard.shared.cache.lookup(cx.key.stored())?;
+    (hit.body.len() as u64 == length && offset <= length).then(|| hit.body.slice(offset as usize..))
 }

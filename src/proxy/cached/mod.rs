@@ -41,8 +41,15 @@ fn request_facts(cx: &RequestCtx<'_>) -> RequestFacts {
         ),
         authorized,
         // TTL-5: STON's mode ignores cookies on cached content (warned at load).
-        personal: cx.vhost.options.ttl_mode == TtlMode::Rfc9111
-            && (authorized || h.header("cookie").is_some()),
+        // What the origin is sent counts: a request rule may have removed Cookie.
+        personal: cx.vhost.options.ttl_mode == TtlMode::Rfc9111 && (authorized || sends_cookie(cx)),
+    }
+}
+
+fn sends_cookie(cx: &RequestCtx<'_>) -> bool {
+    match &cx.req_headers {
+        Some(list) => list.iter().any(|(n, _)| n.eq_ignore_ascii_case(b"cookie")),
+        None => cx.head.header("cookie").is_some(),
     }
 }
 
