@@ -253,7 +253,7 @@ pub fn cache_control(data: &[u8]) {
     for v in values() {
         let _ = policy::expires::cache_control_max_age(v);
         let out = policy::expires::with_max_age(Some(v), 42);
-        if v.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
+        if ends_in_quote(v) {
             // Known: an unclosed quoted string swallows the appended max-age
             // (tests::with_max_age_after_an_unclosed_quote).
             continue;
@@ -266,6 +266,22 @@ pub fn cache_control(data: &[u8]) {
             String::from_utf8_lossy(&out)
         );
     }
+}
+
+/// Does `v` end inside a quoted string (quoted-pairs counted, as
+/// `policy::expires` splits directives)?
+fn ends_in_quote(v: &[u8]) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for &b in v {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        }
+    }
+    quoted
 }
 
 /// A geo table for the condition matchers.
