@@ -10,6 +10,8 @@ pub mod downstream;
 pub mod exchange;
 #[cfg(test)]
 mod fuzz;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod geoip;
 pub mod http1;
 pub mod httpdate;

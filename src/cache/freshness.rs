@@ -231,7 +231,7 @@ impl Times {
         let date_ms = if self.date_s == 0 {
             self.response_time_ms
         } else {
-            self.date_s * 1000
+            self.date_s.saturating_mul(1000)
         };
         let apparent = self.response_time_ms.saturating_sub(date_ms);
         let delay = self.response_time_ms.saturating_sub(self.request_time_ms);

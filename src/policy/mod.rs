@@ -18,7 +18,7 @@ pub mod cond;
 pub mod expires;
 pub mod modify;
 pub mod pattern;
-mod rulefile;
+pub(crate) mod rulefile;
 pub mod timespec;
 
 pub use cond::{
