@@ -2,7 +2,7 @@
 //! fresh, how old is it now. Time is passed in (milliseconds since the epoch), so
 //! every rule is tested without a clock.
 
-use crate::http1::headers::{tokens, trim};
+use crate::http1::headers::{list_items, trim};
 
 /// The directives of `Cache-Control` cairn acts on (RFC 9111 §5.2).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -20,7 +20,8 @@ pub struct CacheControl {
 impl CacheControl {
     /// Merges one `Cache-Control` header value into `self` (a message may carry several).
     pub fn add(&mut self, value: &[u8]) {
-        for t in tokens(value) {
+        // Quote-aware: `no-cache="x, max-age=9"` has no max-age directive.
+        for t in list_items(value) {
             let (name, arg) = match t.iter().position(|&b| b == b'=') {
                 Some(i) => (trim(&t[..i]), Some(trim(&t[i + 1..]))),
                 None => (t, None),
@@ -262,6 +263,17 @@ mod tests {
 
     fn cc(v: &str) -> CacheControl {
         CacheControl::parse(std::iter::once(v.as_bytes()))
+    }
+
+    #[test]
+    fn cache_control_parsing_honours_quoted_strings() {
+        let c = cc(r#"no-cache="x, max-age=9999, y", private="a,b", max-age=5"#);
+        assert_eq!(c.max_age, Some(5));
+        assert!(!c.no_cache && !c.private, "qualified forms only");
+        let c = cc(r#"no-cache="x, s-maxage=60""#);
+        assert_eq!(c.s_maxage, None);
+        let items: Vec<&[u8]> = crate::http1::headers::list_items(br#" a, b="1,\"2", ,c "#).collect();
+        assert_eq!(items, vec![&b"a"[..], br#"b="1,\"2""#, b"c"]);
     }
 
     #[test]

@@ -25,6 +25,35 @@ pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Like [`tokens`], but a comma inside a quoted string (`no-cache="a, b"`,
+/// quoted-pairs honoured) does not split: for lists whose items take arguments.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = value;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let (mut quoted, mut escaped, mut end) = (false, false, rest.len());
+        for (i, &b) in rest.iter().enumerate() {
+            if escaped {
+                escaped = false;
+            } else if quoted && b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                quoted = !quoted;
+            } else if b == b',' && !quoted {
+                end = i;
+                break;
+            }
+        }
+        let item = trim(&rest[..end]);
+        rest = rest.get(end + 1..).unwrap_or_default();
+        if !item.is_empty() {
+            return Some(item);
+        }
+    })
+}
+
 /// Trims optional whitespace (SP / HTAB) from both ends.
 pub fn trim(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {

@@ -220,12 +220,13 @@ fn outcome(rule: &ExpiresRule, default_base: Base, f: &ExpiresFacts) -> ExpiresO
 /// EXP-4: a `Cache-Control` value with `max-age=<max_age>` in place of any
 /// max-age the origin sent (at the first one's position, else at the end);
 /// every other directive is kept as written. Commas inside quoted strings
-/// (`no-cache="a, b"`) do not split directives.
+/// (`no-cache="a, b"`) do not split directives; a directive whose quoted string
+/// never closes is dropped, else it would swallow the max-age written after it.
 pub fn with_max_age(cache_control: Option<&[u8]>, max_age: u64) -> Vec<u8> {
     let cc = cache_control.unwrap_or_default();
     let mut out = Vec::with_capacity(cc.len() + 24);
     let mut placed = false;
-    for d in directives(cc) {
+    for d in directives(cc).filter(|d| !ends_in_quote(d)) {
         let name = trim(d.split(|&b| b == b'=').next().unwrap_or_default());
         let is_max_age = name.eq_ignore_ascii_case(b"max-age");
         if is_max_age && placed {
@@ -248,6 +249,21 @@ pub fn with_max_age(cache_control: Option<&[u8]>, max_age: u64) -> Vec<u8> {
         push_max_age(&mut out, max_age);
     }
     out
+}
+
+/// Does `v` end inside a quoted string (quoted-pairs counted)?
+fn ends_in_quote(v: &[u8]) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for &b in v {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        }
+    }
+    quoted
 }
 
 fn push_max_age(out: &mut Vec<u8>, max_age: u64) {
@@ -506,7 +522,8 @@ $MIME[image/gif], 1 day 12 hours, access
             (Some("no-cache=\"Set-Cookie, max-age\", max-age=1"), 2, "no-cache=\"Set-Cookie, max-age\", max-age=2"),
             (Some("x=\"a\\\"b, c\", max-age=1"), 2, "x=\"a\\\"b, c\", max-age=2"),
             (Some(" , ,public,, "), 1, "public, max-age=1"),
-            (Some("x=\"unterminated, max-age=1"), 2, "x=\"unterminated, max-age=1, max-age=2"),
+            // An unclosed quoted string would swallow what follows: dropped.
+            (Some("x=\"unterminated, max-age=1"), 2, "max-age=2"),
         ];
         for (cc, n, want) in cases {
             let got = with_max_age(cc.map(str::as_bytes), *n);
