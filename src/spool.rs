@@ -1,7 +1,9 @@
 //! Request bodies held for forwarding: small ones in memory, larger ones in an
 //! unlinked temporary file (as nginx's client_body_temp), every byte charged to a
 //! process-wide [`Budget`], so many uploads at once exhaust neither memory nor
-//! disk: past the budget a request is refused with 503 before its body is read.
+//! disk: a request whose declared length does not fit is refused with 503 before
+//! its body is read, and one whose bytes pass the budget as they arrive (chunked)
+//! when they do.
 
 use bytes::{Bytes, BytesMut};
 use std::io;
@@ -41,6 +43,10 @@ impl Pool {
         true
     }
 
+    fn has_room(&self, n: u64) -> bool {
+        self.used.load(Relaxed).saturating_add(n) <= self.max.load(Relaxed)
+    }
+
     fn give(&self, n: u64) {
         self.used.fetch_sub(n, Relaxed);
     }
@@ -69,6 +75,17 @@ impl Budget {
     pub fn configure(&self, memory: u64, disk: u64) {
         self.memory.max.store(memory, Relaxed);
         self.disk.max.store(disk, Relaxed);
+    }
+
+    /// Would `n` more bytes fit in memory (on disk) now? Nothing is reserved:
+    /// bodies are charged as their bytes arrive, so a client that declares a
+    /// length and sends nothing holds nothing.
+    pub fn memory_has_room(&self, n: u64) -> bool {
+        self.memory.has_room(n)
+    }
+
+    pub fn disk_has_room(&self, n: u64) -> bool {
+        self.disk.has_room(n)
     }
 
     /// Bytes held now: (memory, disk).

@@ -365,24 +365,30 @@ fn the_request_body_budget_answers_503_and_frees_its_charge() {
     cl.send(b"POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2000000\r\nExpect: 100-continue\r\n\r\n");
     let r = cl.response(false).unwrap();
     assert_eq!(r.status, 503, "no 100 Continue, a 503");
-    // Two 600 KB uploads in flight: the first holds its charge, the second is refused.
+    // Two 600 KB uploads: the first has sent 500 KB (charged as it arrives), so
+    // the second, whose declared length does not fit what is left, is refused.
     let mut first = c.connect();
     first.send(b"POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 600000\r\n\r\n");
-    first.send(&[b'a'; 1000]);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    first.send(&vec![b'a'; 500_000]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let mut second = c.connect();
     second.send(b"POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 600000\r\n\r\n");
     assert_eq!(second.response(false).unwrap().status, 503);
+    // A declared length alone holds nothing: a head that never sends its body
+    // does not keep others out.
+    let mut idle = c.connect();
+    idle.send(b"POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 400000\r\n\r\n");
     // Small bodies still fit in memory meanwhile.
     assert_eq!(post(&mut c.connect(), b"small", false).status, 200);
     // The first finishes; its charge is released and the next upload fits.
-    first.send(&vec![b'a'; 599_000]);
+    first.send(&vec![b'a'; 100_000]);
     assert_eq!(
         first.response(false).unwrap().text(),
         format!("POST 600000 {}", checksum(&[b'a'; 600_000]))
     );
     let r = post(&mut c.connect(), &[b'b'; 600_000], false);
     assert_eq!(r.status, 200);
+    drop(idle);
 }
 
 #[test]

@@ -80,6 +80,10 @@ fn smuggling_table_every_bad_framing_is_refused_and_nothing_behind_it_answered()
         ("chunk-size overflow", format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n10000000000000005\r\nhello\r\n0\r\n\r\n")),
         ("bare LF in chunk lines", format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n")),
         ("chunk data without CRLF", format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n")),
+        // The same on requests whose body is drained, not forwarded (GET, HEAD).
+        ("GET with CL and TE", format!("GET / HTTP/1.1\r\n{h}Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")),
+        ("GET with a bad chunk", format!("GET / HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n")),
+        ("HEAD with chunk-size overflow", format!("HEAD / HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n10000000000000005\r\nhello\r\n0\r\n\r\n")),
         ("negative chunk size", format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n")),
     ];
     let mut failures = Vec::new();

@@ -272,7 +272,8 @@ mod tests {
         assert!(!c.no_cache && !c.private, "qualified forms only");
         let c = cc(r#"no-cache="x, s-maxage=60""#);
         assert_eq!(c.s_maxage, None);
-        let items: Vec<&[u8]> = crate::http1::headers::list_items(br#" a, b="1,\"2", ,c "#).collect();
+        let items: Vec<&[u8]> =
+            crate::http1::headers::list_items(br#" a, b="1,\"2", ,c "#).collect();
         assert_eq!(items, vec![&b"a"[..], br#"b="1,\"2""#, b"c"]);
     }
 

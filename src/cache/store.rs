@@ -124,6 +124,27 @@ impl Store {
                     return Err(StoreError::Locked(dir.clone()));
                 }
                 lock = Some(f);
+                // Files past the count (a cache made with smaller segments, or
+                // more of them) would hold disk outside the quota: removed.
+                let mut removed = 0;
+                for e in std::fs::read_dir(dir).map_err(io)?.flatten() {
+                    let name = e.file_name();
+                    let id = name.to_str().and_then(|n| {
+                        n.strip_prefix("seg-")?
+                            .strip_suffix(".dat")?
+                            .parse::<u64>()
+                            .ok()
+                    });
+                    if id.is_some_and(|id| id >= count) && std::fs::remove_file(e.path()).is_ok() {
+                        removed += 1;
+                    }
+                }
+                if removed > 0 {
+                    log::warn!(
+                        "cache {}: {removed} segment files past the {count} this quota and segment size make were removed",
+                        dir.display()
+                    );
+                }
                 for id in 0..count as u32 {
                     let (seg, ok) =
                         Segment::open_file(&dir.join(format!("seg-{id:05}.dat")), id, len)

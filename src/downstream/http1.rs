@@ -366,7 +366,7 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
         };
         let req = Request {
             head,
-            body,
+            body: std::cell::RefCell::new(body),
             protocol,
             conn: facts,
             received,
@@ -486,20 +486,24 @@ impl Sink {
             Framing::Length(n) => Some(n),
             _ => None,
         };
+        // Checked, not reserved: bytes are charged as they arrive.
         let in_memory = known.unwrap_or(MEMORY_BODY);
-        if in_memory <= MEMORY_BODY {
-            if let Some(c) = Charge::memory(budget, in_memory) {
-                return Ok(Sink::Memory(BytesMut::new(), c));
-            }
+        if in_memory <= MEMORY_BODY && budget.memory_has_room(in_memory) {
+            let c = Charge::memory(budget, 0).ok_or(SpoolError::Budget)?;
+            return Ok(Sink::Memory(BytesMut::new(), c));
         }
-        let charge = Charge::disk(budget, known.unwrap_or(0)).ok_or(SpoolError::Budget)?;
+        if !budget.disk_has_room(known.unwrap_or(1)) {
+            return Err(SpoolError::Budget.into());
+        }
+        let charge = Charge::disk(budget, 0).ok_or(SpoolError::Budget)?;
         Ok(Sink::Spool(Spool::create(charge)?))
     }
 
     async fn put(&mut self, b: Bytes, budget: &Arc<Budget>) -> Result<(), ExchangeError> {
         match self {
             Sink::Drain => {}
-            Sink::Memory(m, _) if (m.len() + b.len()) as u64 <= MEMORY_BODY => {
+            Sink::Memory(m, c) if (m.len() + b.len()) as u64 <= MEMORY_BODY => {
+                c.grow_to((m.len() + b.len()) as u64)?;
                 m.extend_from_slice(&b)
             }
             Sink::Memory(m, _) => {
@@ -552,8 +556,13 @@ impl BodyRead<'_> {
             _ => ExchangeError::ClientGone,
         };
         if let (Framing::Length(n), Sink::Memory(..)) = (head.framing, &sink) {
-            // Small and in memory: gather in the read buffer and split once, no copy.
+            // Small and in memory: gather in the read buffer and split once, no
+            // copy; charged as it arrives.
+            let Sink::Memory(_, charge) = &mut sink else {
+                unreachable!("matched above")
+            };
             while (rbuf.len() as u64) < n {
+                charge.grow_to((rbuf.len() as u64).min(n))?;
                 rbuf.reserve(n as usize - rbuf.len());
                 match self.conn.read(rbuf, left()).await {
                     Ok(0) => return Err(ExchangeError::ClientGone),
@@ -561,6 +570,7 @@ impl BodyRead<'_> {
                     Err(e) => return Err(read_err(e)),
                 }
             }
+            charge.grow_to(n)?;
             let Sink::Memory(_, charge) = sink else {
                 unreachable!("matched above")
             };

@@ -49,8 +49,10 @@ pub struct ConnFacts {
 pub struct Request {
     pub head: RequestHead,
     /// The body, read in full by the downstream before the exchange starts (in
-    /// memory or spooled), or drained and dropped where the cache answers.
-    pub body: Option<std::rc::Rc<crate::spool::RequestBody>>,
+    /// memory or spooled), or drained and dropped where the cache answers. Taken
+    /// by the origin request, so its budget charge and spool file end when the
+    /// origin has it, not when a slow client has the response.
+    pub body: std::cell::RefCell<Option<std::rc::Rc<crate::spool::RequestBody>>>,
     pub protocol: Protocol,
     pub conn: ConnFacts,
     /// When the request's head was complete, for `time-taken`.

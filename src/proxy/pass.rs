@@ -19,7 +19,8 @@ pub async fn forward<D: Downstream>(
         headers: cx.req_headers.as_ref(),
         ..OriginOpts::default()
     };
-    let reply = upstream::send(cx, &opts, cx.req.body.clone()).await?;
+    let body = cx.req.body.borrow_mut().take();
+    let reply = upstream::send(cx, &opts, body).await?;
     // RFC 9111 §4.4: an unsafe method answered with a non-error status invalidates
     // every stored variant of the target; a refused one (4xx, 5xx) leaves them.
     let safe = matches!(cx.head.method(), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE");

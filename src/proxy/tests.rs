@@ -78,14 +78,14 @@ fn request(raw: &str, body: Option<&[u8]>) -> Request {
             .unwrap();
     Request {
         head,
-        body: body.map(|b| {
+        body: std::cell::RefCell::new(body.map(|b| {
             let budget = crate::spool::Budget::new(1 << 20, 0, std::env::temp_dir());
             let charge = crate::spool::Charge::memory(&budget, b.len() as u64).unwrap();
             std::rc::Rc::new(crate::spool::RequestBody::in_memory(
                 Bytes::copy_from_slice(b),
                 charge,
             ))
-        }),
+        })),
         protocol: Protocol::Http11,
         conn: ConnFacts {
             peer: "127.0.0.1:40000".parse().unwrap(),

@@ -248,7 +248,11 @@ impl Background<'_> {
                                 );
                                 return; // the writer's region stays dead; the origin connection closes
                             }
-                            Err(back) => l = back,
+                            Err(back) => {
+                                // Someone joined meanwhile: nothing was given up.
+                                stats.abandoned_bytes.fetch_sub(length, Relaxed);
+                                l = back
+                            }
                         }
                     }
                 }

@@ -19,7 +19,14 @@ pub async fn follow<D: Downstream>(
     let mut offset = 0u64;
     let mut started: Option<Started> = None;
     loop {
-        let Ok(p) = tokio::time::timeout(wait, fill.next(offset, started.is_some())).await else {
+        let asked = tokio::time::Instant::now();
+        let next = tokio::time::timeout(wait, fill.next(offset, started.is_some())).await;
+        // Time spent waiting for the origin is not the client's: the send's
+        // deadline moves by it.
+        if let Some(s) = &started {
+            s.deadline.set(s.deadline.get() + asked.elapsed());
+        }
+        let Ok(p) = next else {
             if let Some(s) = &started {
                 let _ = s.within(down.flush()).await;
             }
@@ -44,8 +51,11 @@ pub async fn follow<D: Downstream>(
                 // bounded as a hit's is (send_piece queues, flush and finish write).
                 let length = h.length.unwrap_or(0);
                 let s = started.insert(Started {
-                    deadline: tokio::time::Instant::now() + cx.server.lease_bound(length),
+                    deadline: std::cell::Cell::new(
+                        tokio::time::Instant::now() + cx.server.lease_bound(length),
+                    ),
                     length,
+                    times: h.times,
                 });
                 s.within(response::send_head(cx, down, head, &Extras::new(result)))
                     .await??;
@@ -58,7 +68,7 @@ pub async fn follow<D: Downstream>(
                 Some(piece) => piece,
                 // The segment went on (reclaimed) under a slow follower of a
                 // finished fill: the stored object has the same bytes.
-                None => match stored_rest(cx, s.length, offset, p.end) {
+                None => match stored_rest(cx, s, offset, p.end) {
                     Some(rest) => rest,
                     None => {
                         let _ = s.within(down.flush()).await;
@@ -89,25 +99,29 @@ fn gone(_: crate::exchange::ClientGone) -> ExchangeError {
     ExchangeError::ClientGone
 }
 
-/// The response head is sent: the send's deadline and the body's length.
+/// The response head is sent: the send's deadline, the body's length and the
+/// fill's time facts (which tell its stored version from a later one).
 struct Started {
-    deadline: tokio::time::Instant,
+    deadline: std::cell::Cell<tokio::time::Instant>,
     length: u64,
+    times: crate::cache::freshness::Times,
 }
 
 impl Started {
     async fn within<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T, ExchangeError> {
-        tokio::time::timeout_at(self.deadline, f)
+        tokio::time::timeout_at(self.deadline.get(), f)
             .await
             .map_err(|_| ExchangeError::ClientTooSlow)
     }
 }
 
 /// The body from `offset` on, from the stored object, when the fill completed
-/// and stored exactly `length` bytes.
+/// and what is stored under the key is that fill's version: the same length and
+/// the same time facts (a later fill, or a 304's refresh, has others; then the
+/// response is cut off rather than spliced from two versions).
 fn stored_rest(
     cx: &RequestCtx<'_>,
-    length: u64,
+    s: &Started,
     offset: u64,
     end: Option<FillEnd>,
 ) -> Option<bytes::Bytes> {
@@ -115,5 +129,6 @@ fn stored_rest(
         return None;
     }
     let hit = cx.shard.shared.cache.lookup(cx.key.stored())?;
-    (hit.body.len() as u64 == length && offset <= length).then(|| hit.body.slice(offset as usize..))
+    (hit.body.len() as u64 == s.length && hit.times == s.times && offset <= s.length)
+        .then(|| hit.body.slice(offset as usize..))
 }
