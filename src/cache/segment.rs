@@ -59,6 +59,12 @@ impl Segment {
             && head[..8] == SEG_MAGIC.to_le_bytes()
             && head[8..] == (len as u64).to_le_bytes();
         if !usable {
+            // The header page is written with pwrite first: it is then in the page
+            // cache, so `init`'s writes through the mapping cannot fault on a page
+            // the disk fails to read (an error from pwrite is an error, not SIGBUS).
+            if let Some(f) = &seg._file {
+                std::os::unix::fs::FileExt::write_all_at(f, &[0u8; 4096][..len.min(4096)], 0)?;
+            }
             seg.init();
         }
         Ok((seg, usable))

@@ -256,6 +256,10 @@ impl Downstream for H1Exchange<'_> {
     fn abort(&mut self) {
         self.pending.clear();
         self.state = State::Aborted;
+        // At once, not when the loop sees the state: a write dropped mid-flight
+        // (a send deadline) still owns its buffer, a lease on the cache, until
+        // the kernel completes it, and the shutdown makes it complete.
+        self.conn.shutdown();
     }
 
     fn head_sent(&self) -> bool {

@@ -24,7 +24,24 @@ pub async fn send_hit<D: Downstream>(
     result: CacheResult,
     now: u64,
 ) -> Result<(), ExchangeError> {
-    let bound = cx.server.lease_bound(hit.body.len() as u64);
+    // Bounded by what this response sends: a Range, a HEAD or a 304 of a large
+    // object gets the time its bytes need, not the whole object's.
+    let sends = if cx.head.method() == b"HEAD" || not_modified(cx.head, hit, &cx.vhost.options) {
+        0
+    } else {
+        let ranged = hit.status == 200 && if_range_allows(cx.head, hit, &cx.vhost.options);
+        let reply = if ranged {
+            range::evaluate(cx.head.header("range"), hit.body.len() as u64)
+        } else {
+            RangeReply::Full
+        };
+        match reply {
+            RangeReply::Partial(rs) => rs.iter().map(|r| r.end - r.start).sum(),
+            RangeReply::Unsatisfiable => 0,
+            RangeReply::Full => hit.body.len() as u64,
+        }
+    };
+    let bound = cx.server.lease_bound(sends);
     tokio::time::timeout(bound, send(cx, down, hit, result, now))
         .await
         .unwrap_or(Err(ExchangeError::ClientTooSlow))
