@@ -25,6 +25,30 @@ pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Where a byte leaves the quoted-string state of a list value (quoted-pairs
+/// honoured): one scanner for splitting and for the unclosed-quote check.
+#[derive(Default)]
+struct Quotes {
+    quoted: bool,
+    escaped: bool,
+}
+
+impl Quotes {
+    /// Takes `b`; true if it is a list separator (a comma outside quotes).
+    fn separator(&mut self, b: u8) -> bool {
+        if self.escaped {
+            self.escaped = false;
+        } else if self.quoted && b == b'\\' {
+            self.escaped = true;
+        } else if b == b'"' {
+            self.quoted = !self.quoted;
+        } else {
+            return b == b',' && !self.quoted;
+        }
+        false
+    }
+}
+
 /// Like [`tokens`], but a comma inside a quoted string (`no-cache="a, b"`,
 /// quoted-pairs honoured) does not split: for lists whose items take arguments.
 pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -33,25 +57,26 @@ pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         if rest.is_empty() {
             return None;
         }
-        let (mut quoted, mut escaped, mut end) = (false, false, rest.len());
-        for (i, &b) in rest.iter().enumerate() {
-            if escaped {
-                escaped = false;
-            } else if quoted && b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                quoted = !quoted;
-            } else if b == b',' && !quoted {
-                end = i;
-                break;
-            }
-        }
+        let mut q = Quotes::default();
+        let end = rest
+            .iter()
+            .position(|&b| q.separator(b))
+            .unwrap_or(rest.len());
         let item = trim(&rest[..end]);
         rest = rest.get(end + 1..).unwrap_or_default();
         if !item.is_empty() {
             return Some(item);
         }
     })
+}
+
+/// Does `v` end inside a quoted string (quoted-pairs counted)?
+pub fn ends_in_quote(v: &[u8]) -> bool {
+    let mut q = Quotes::default();
+    v.iter().for_each(|&b| {
+        q.separator(b);
+    });
+    q.quoted
 }
 
 /// Trims optional whitespace (SP / HTAB) from both ends.

@@ -16,6 +16,7 @@ use super::cond::{trim, CondError, Condition, MatchCtx};
 use super::rulefile::{self, snippet, Unclosed};
 use super::timespec::{parse_seconds, TimeError};
 use super::{Parsed, RuleDiag};
+use crate::http1::headers::{ends_in_quote, list_items};
 
 /// The latest instant an IMF-fixdate can spell (9999-12-31T23:59:59Z): `Expires`
 /// is clamped to it so formatting never overflows.
@@ -226,7 +227,7 @@ pub fn with_max_age(cache_control: Option<&[u8]>, max_age: u64) -> Vec<u8> {
     let cc = cache_control.unwrap_or_default();
     let mut out = Vec::with_capacity(cc.len() + 24);
     let mut placed = false;
-    for d in directives(cc).filter(|d| !ends_in_quote(d)) {
+    for d in list_items(cc).filter(|d| !ends_in_quote(d)) {
         let name = trim(d.split(|&b| b == b'=').next().unwrap_or_default());
         let is_max_age = name.eq_ignore_ascii_case(b"max-age");
         if is_max_age && placed {
@@ -251,60 +252,15 @@ pub fn with_max_age(cache_control: Option<&[u8]>, max_age: u64) -> Vec<u8> {
     out
 }
 
-/// Does `v` end inside a quoted string (quoted-pairs counted)?
-fn ends_in_quote(v: &[u8]) -> bool {
-    let (mut quoted, mut escaped) = (false, false);
-    for &b in v {
-        if escaped {
-            escaped = false;
-        } else if quoted && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            quoted = !quoted;
-        }
-    }
-    quoted
-}
-
 fn push_max_age(out: &mut Vec<u8>, max_age: u64) {
     use std::io::Write;
     let _ = write!(out, "max-age={max_age}");
 }
 
-/// The trimmed, non-empty directives of a Cache-Control value.
-fn directives(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = v;
-    std::iter::from_fn(move || loop {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut quoted = false;
-        let mut escaped = false;
-        let mut end = rest.len();
-        for (i, &b) in rest.iter().enumerate() {
-            if escaped {
-                escaped = false;
-            } else if quoted && b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                quoted = !quoted;
-            } else if b == b',' && !quoted {
-                end = i;
-                break;
-            }
-        }
-        let d = trim(&rest[..end]);
-        rest = rest.get(end + 1..).unwrap_or_default();
-        if !d.is_empty() {
-            return Some(d);
-        }
-    })
-}
-
 /// The `max-age` of a Cache-Control value (for [`ExpiresFacts::origin_max_age`]);
 /// `None` when absent or malformed; huge values saturate.
 pub fn cache_control_max_age(v: &[u8]) -> Option<u64> {
-    directives(v).find_map(|d| {
+    list_items(v).find_map(|d| {
         let (name, value) = match d.iter().position(|&b| b == b'=') {
             Some(i) => (trim(&d[..i]), trim(&d[i + 1..])),
             None => return None,
