@@ -238,14 +238,6 @@ fn cache_survives_kill_9_and_a_corrupt_record_is_only_a_miss() {
     assert_eq!(origin.count(), 7);
 }
 
-fn rss_anon_kb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
-        .unwrap()
-}
-
 #[test]
 fn filling_three_times_the_quota_stays_within_disk_and_memory_bounds() {
     let chunk = Arc::new(body_of(2 << 20, 9));
@@ -260,10 +252,10 @@ fn filling_three_times_the_quota_stays_within_disk_and_memory_bounds() {
         // 96 x 2 MiB = 192 MiB = 3x the quota
         get_expect(&mut c, &format!("/fill/{i}"), &chunk, &mut scratch);
         if i == 15 {
-            rss_early = rss_anon_kb(cairn.pid());
+            rss_early = status_kb(cairn.pid(), "RssAnon");
         }
     }
-    let rss_late = rss_anon_kb(cairn.pid());
+    let rss_late = status_kb(cairn.pid(), "RssAnon");
     let on_disk: u64 = segment_files(&dir)
         .iter()
         .map(|f| std::os::unix::fs::MetadataExt::blocks(&f.metadata().unwrap()) * 512)
@@ -608,13 +600,10 @@ fn more_slow_readers_than_segments_do_not_stop_new_objects_being_stored() {
         object(&body_of(6 << 20, seed), "Cache-Control: max-age=3600\r\n")
     });
     let dir = config_dir(&origin.addr.to_string(), STATUS, "");
-    let server = std::fs::read_to_string(dir.join("server.xml"))
-        .unwrap()
-        .replace(
-            "</Server>",
-            "<Cairn><HitSendTimeoutSec>2</HitSendTimeoutSec><MinSendRate>100MB</MinSendRate></Cairn></Server>",
-        );
-    std::fs::write(dir.join("server.xml"), server).unwrap();
+    add_cairn_settings(
+        &dir,
+        "<HitSendTimeoutSec>2</HitSendTimeoutSec><MinSendRate>100MB</MinSendRate>",
+    );
     let cairn = Cairn::start(dir, 1);
     let mut c = TcpStream::connect(cairn.addr).unwrap();
     let mut scratch = vec![0u8; 1 << 20];
@@ -673,14 +662,11 @@ fn the_default_segment_size_shrinks_to_fit_the_shard_count() {
     // its own, plus one to reclaim): cairn sizes them to fit and serves.
     let origin = Origin::start(|_| object(b"fits", "Cache-Control: max-age=60\r\n"));
     let dir = config_dir(&origin.addr.to_string(), STATUS, "");
-    let server = std::fs::read_to_string(dir.join("server.xml"))
-        .unwrap()
-        .replace(
-            r#"<Storage SegmentSize="16MB" Quota="64MB">"#,
-            r#"<Storage Quota="256MB">"#,
-        );
-    assert!(server.contains(r#"<Storage Quota="256MB">"#));
-    std::fs::write(dir.join("server.xml"), server).unwrap();
+    edit_server_xml(
+        &dir,
+        r#"<Storage SegmentSize="16MB" Quota="64MB">"#,
+        r#"<Storage Quota="256MB">"#,
+    );
     let cairn = Cairn::start(dir.clone(), 4);
     let mut c = TcpStream::connect(cairn.addr).unwrap();
     let mut scratch = vec![0u8; 1 << 16];

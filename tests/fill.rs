@@ -44,14 +44,6 @@ fn dribble(s: &mut TcpStream, record: &Mutex<Vec<u64>>) {
     record.lock().unwrap().push(sent);
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
-        .unwrap()
-}
-
 /// Sends a GET and reads up to the end of the response head, then hangs up.
 fn get_head_and_hang_up(addr: std::net::SocketAddr, path: &str) {
     let mut c = TcpStream::connect(addr).unwrap();
@@ -101,14 +93,11 @@ fn eight_abandoned_fills_stop_early_and_hold_no_memory() {
     );
     // A cache large enough that eight 4 MiB abandons fit the waste budget (1/8
     // of the quota per minute); the next test covers going past it.
-    let server = std::fs::read_to_string(dir.join("server.xml"))
-        .unwrap()
-        .replace(r#"Quota="64MB""#, r#"Quota="512MB""#);
-    std::fs::write(dir.join("server.xml"), server).unwrap();
+    edit_server_xml(&dir, r#"Quota="64MB""#, r#"Quota="512MB""#);
     let c = Cairn::start(dir, 1);
     // Warm up the shard (its first request allocates its buffers).
     let _ = x_cache(&c, "/warm-up");
-    let before = rss_kb(c.pid());
+    let before = status_kb(c.pid(), "VmRSS");
     let clients: Vec<_> = (0..8)
         .map(|i| {
             let addr = c.addr;
@@ -123,7 +112,7 @@ fn eight_abandoned_fills_stop_early_and_hold_no_memory() {
         Duration::from_secs(10),
         || SENT.lock().unwrap().len() >= 9,
     );
-    let after = rss_kb(c.pid());
+    let after = status_kb(c.pid(), "VmRSS");
     let sent: Vec<u64> = SENT.lock().unwrap().clone();
     // The warm-up read its (4 MiB, any path) object in full: one complete entry.
     let abandoned: Vec<u64> = sent
@@ -173,13 +162,7 @@ fn background_fill_percent_zero_finishes_a_fill_nobody_waits_for() {
         "<CacheStatusHeader>ON</CacheStatusHeader>",
         "",
     );
-    let server = std::fs::read_to_string(dir.join("server.xml"))
-        .unwrap()
-        .replace(
-            "</Server>",
-            "<Cairn><BackgroundFillPercent>0</BackgroundFillPercent></Cairn></Server>",
-        );
-    std::fs::write(dir.join("server.xml"), server).unwrap();
+    add_cairn_settings(&dir, "<BackgroundFillPercent>0</BackgroundFillPercent>");
     let c = Cairn::start(dir, 1);
     get_head_and_hang_up(c.addr, "/whole");
     wait_for("the fill to finish", Duration::from_secs(10), || {
@@ -198,13 +181,7 @@ fn misses_past_max_fills_per_shard_are_passed_through_uncached() {
         "<CacheStatusHeader>ON</CacheStatusHeader>",
         "",
     );
-    let server = std::fs::read_to_string(dir.join("server.xml"))
-        .unwrap()
-        .replace(
-            "</Server>",
-            "<Cairn><MaxFillsPerShard>2</MaxFillsPerShard></Cairn></Server>",
-        );
-    std::fs::write(dir.join("server.xml"), server).unwrap();
+    add_cairn_settings(&dir, "<MaxFillsPerShard>2</MaxFillsPerShard>");
     let c = Cairn::start(dir, 1);
     // Five distinct misses at once, on one shard: two fill, three pass through.
     let addr = c.addr;
@@ -261,15 +238,10 @@ fn chunked_bodies_are_gathered_only_within_the_fill_memory_budget() {
             "<CacheStatusHeader>ON</CacheStatusHeader>",
             "",
         );
-        let server = std::fs::read_to_string(dir.join("server.xml"))
-            .unwrap()
-            .replace(
-                "</Server>",
-                &format!(
-                    "<Cairn><FillMemoryPerShard>{budget}</FillMemoryPerShard></Cairn></Server>"
-                ),
-            );
-        std::fs::write(dir.join("server.xml"), server).unwrap();
+        add_cairn_settings(
+            &dir,
+            &format!("<FillMemoryPerShard>{budget}</FillMemoryPerShard>"),
+        );
         let c = Cairn::start(dir, 1);
         let (status, _, len) = x_cache(&c, "/chunked");
         assert_eq!(
@@ -317,13 +289,7 @@ fn a_relay_of_an_uncacheable_response_holds_no_fill_place() {
         "<CacheStatusHeader>ON</CacheStatusHeader>",
         "",
     );
-    let server = std::fs::read_to_string(dir.join("server.xml"))
-        .unwrap()
-        .replace(
-            "</Server>",
-            "<Cairn><MaxFillsPerShard>1</MaxFillsPerShard></Cairn></Server>",
-        );
-    std::fs::write(dir.join("server.xml"), server).unwrap();
+    add_cairn_settings(&dir, "<MaxFillsPerShard>1</MaxFillsPerShard>");
     let c = Cairn::start(dir, 1);
     let mut slow = TcpStream::connect(c.addr).unwrap();
     slow.write_all(b"GET /personal HTTP/1.1\r\nHost: test.local\r\n\r\n")

@@ -413,21 +413,13 @@ fn a_get_body_is_drained_not_buffered_or_forwarded() {
         .all(|r| r.body.is_empty()));
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
-        .unwrap()
-}
-
 #[test]
 fn many_slow_uploads_hold_little_memory() {
     let origin = echo_origin();
     let spool = temp_dir("spool");
     let c = Cairn::start(dir_with(&spool_server(&spool, ""), &origin), 1);
     let _ = post(&mut c.connect(), b"warm", false);
-    let before = rss_kb(c.pid());
+    let before = status_kb(c.pid(), "VmRSS");
     // 40 uploads of 8 MB each, 4 MB of each sent, then held: POSTs (spooled) and
     // GETs (drained as they come: the cache answers GET).
     let mut held = Vec::new();
@@ -442,7 +434,7 @@ fn many_slow_uploads_hold_little_memory() {
         held.push(cl);
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let during = rss_kb(c.pid());
+    let during = status_kb(c.pid(), "VmRSS");
     eprintln!("RSS {before} kB -> {during} kB with 40 x 4 MB of upload in flight");
     assert!(
         during < before + 24 * 1024,

@@ -6,7 +6,7 @@ pub mod mmdb;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -247,6 +247,32 @@ pub fn server_xml(options: &str, origin_options: &str) -> String {
 /// an ephemeral port. `options` and `origin_options` go into `<VHostDefault>`.
 pub fn config_dir(origin: &str, options: &str, origin_options: &str) -> PathBuf {
     config_dir_in(temp_dir("conf"), origin, options, origin_options)
+}
+
+/// Adds `<Cairn>{settings}</Cairn>` to the directory's `server.xml`.
+pub fn add_cairn_settings(dir: &Path, settings: &str) {
+    edit_server_xml(
+        dir,
+        "</Server>",
+        &format!("<Cairn>{settings}</Cairn></Server>"),
+    );
+}
+
+/// Replaces `from` (which must be there) with `to` in the directory's `server.xml`.
+pub fn edit_server_xml(dir: &Path, from: &str, to: &str) {
+    let path = dir.join("server.xml");
+    let xml = std::fs::read_to_string(&path).unwrap();
+    assert!(xml.contains(from), "{from:?} not in {xml}");
+    std::fs::write(path, xml.replacen(from, to, 1)).unwrap();
+}
+
+/// A `/proc/<pid>/status` field in kB (`VmRSS`, `RssAnon`).
+pub fn status_kb(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
+        .unwrap()
 }
 
 /// Like [`config_dir`], in a given directory (to restart on the same cache).
