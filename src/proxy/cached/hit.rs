@@ -24,35 +24,40 @@ pub async fn send_hit<D: Downstream>(
     result: CacheResult,
     now: u64,
 ) -> Result<(), ExchangeError> {
-    // Bounded by what this response sends: a Range, a HEAD or a 304 of a large
-    // object gets the time its bytes need, not the whole object's.
-    let sends = if cx.head.method() == b"HEAD" || not_modified(cx.head, hit, &cx.vhost.options) {
-        0
+    let o = &cx.vhost.options;
+    // Decided once, here: the reply, and so how many bytes the deadline allows
+    // for (a Range, a HEAD or a 304 of a large object gets what its bytes need).
+    let reply = if not_modified(cx.head, hit, o) {
+        None
+    } else if hit.status == 200 && if_range_allows(cx.head, hit, o) {
+        Some(range::evaluate(
+            cx.head.header("range"),
+            hit.body.len() as u64,
+        ))
     } else {
-        let ranged = hit.status == 200 && if_range_allows(cx.head, hit, &cx.vhost.options);
-        let reply = if ranged {
-            range::evaluate(cx.head.header("range"), hit.body.len() as u64)
-        } else {
-            RangeReply::Full
-        };
-        match reply {
-            RangeReply::Partial(rs) => rs.iter().map(|r| r.end - r.start).sum(),
-            RangeReply::Unsatisfiable => 0,
-            RangeReply::Full => hit.body.len() as u64,
-        }
+        Some(RangeReply::Full)
+    };
+    let sends = match &reply {
+        _ if cx.head.method() == b"HEAD" => 0,
+        Some(RangeReply::Partial(rs)) => rs.iter().map(|r| r.end - r.start).sum(),
+        Some(RangeReply::Full) => hit.body.len() as u64,
+        None | Some(RangeReply::Unsatisfiable) => 0,
     };
     let bound = cx.server.lease_bound(sends);
-    tokio::time::timeout(bound, send(cx, down, hit, result, now))
+    tokio::time::timeout(bound, send(cx, down, hit, result, now, reply))
         .await
         .unwrap_or(Err(ExchangeError::ClientTooSlow))
 }
 
+/// `reply`: `None` for a 304 (the client's copy is current), else the range
+/// answer.
 async fn send<D: Downstream>(
     cx: &RequestCtx<'_>,
     down: &mut D,
     hit: &Hit,
     result: CacheResult,
     now: u64,
+    reply: Option<RangeReply>,
 ) -> Result<(), ExchangeError> {
     let o = &cx.vhost.options;
     let mut x = Extras::new(result);
@@ -61,18 +66,13 @@ async fn send<D: Downstream>(
         x.age = Some(hit.times.current_age_ms(now) / 1000);
     }
     let gone = |_| ExchangeError::ClientGone;
-    if not_modified(cx.head, hit, o) {
+    let Some(ranges) = reply else {
         x.result = CacheResult::ImsHit;
         let head = Head::from_lines(304, &hit.headers, BodyLen::Empty);
         response::send_head(cx, down, head, &x).await?;
         return down.finish().await.map_err(gone);
-    }
-    let len = hit.body.len() as u64;
-    let ranges = if hit.status == 200 && if_range_allows(cx.head, hit, o) {
-        range::evaluate(cx.head.header("range"), len)
-    } else {
-        RangeReply::Full
     };
+    let len = hit.body.len() as u64;
     match ranges {
         RangeReply::Full => {
             // RFC 9110 §8.6: no Content-Length on a 204.
