@@ -167,6 +167,12 @@ fn run(args: &Args) -> Result<()> {
             String::new()
         }
     );
+    if recovery.excluded > 0 {
+        log::error!(
+            "cache: {} unreadable segment(s) excluded; the cache runs smaller until they are fixed or removed",
+            recovery.excluded
+        );
+    }
     let mut shared = Shared::new(config.clone(), shards, Arc::new(cache));
     let (queues, logger) = cairn::accesslog::LogQueues::channel(shards);
     shared.log_queues = queues;

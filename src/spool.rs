@@ -15,6 +15,10 @@ use std::sync::Arc;
 pub const MEMORY_BODY: u64 = 64 * 1024;
 /// How much of a spooled body is read back per write to the origin.
 const READ_PIECE: usize = 64 * 1024;
+/// Small arriving pieces (chunked bodies, 1-byte chunks at worst) are gathered
+/// to this size before a file write, so a write is not one ring submission per
+/// chunk.
+const WRITE_PIECE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -222,50 +226,75 @@ impl RequestBody {
 /// A body being written to its temporary file.
 pub struct Spool {
     file: tokio_uring::fs::File,
+    /// Bytes in the file.
     len: u64,
+    /// Bytes received but not yet written (less than [`WRITE_PIECE`]).
+    pending: BytesMut,
     charge: Charge,
 }
 
 impl Spool {
     /// A new unlinked file in the budget's directory; `charge` covers what is
-    /// known of the length so far, and grows as bytes come.
-    pub fn create(charge: Charge) -> Result<Spool, SpoolError> {
-        let file = unlinked_file(charge.budget.dir())?;
+    /// known of the length so far, and grows as bytes come. The open goes
+    /// through the ring, so a slow spool disk does not stall the shard.
+    pub async fn create(charge: Charge) -> Result<Spool, SpoolError> {
+        let file = unlinked_file(charge.budget.dir()).await?;
         Ok(Spool {
-            file: tokio_uring::fs::File::from_std(file),
+            file,
             len: 0,
+            pending: BytesMut::new(),
             charge,
         })
     }
 
+    /// Takes `piece`, charged at once; it is written when enough has gathered.
     pub async fn write(&mut self, piece: Bytes) -> Result<(), SpoolError> {
-        let end = self.len + piece.len() as u64;
+        let end = self.len + (self.pending.len() + piece.len()) as u64;
         self.charge.grow_to(end)?;
-        let (r, _) = self.file.write_all_at(piece, self.len).await;
-        r?;
-        self.len = end;
+        if self.pending.is_empty() && piece.len() >= WRITE_PIECE {
+            return self.write_out(piece).await;
+        }
+        self.pending.extend_from_slice(&piece);
+        if self.pending.len() >= WRITE_PIECE {
+            let full = std::mem::take(&mut self.pending).freeze();
+            self.write_out(full).await?;
+        }
         Ok(())
     }
 
-    pub fn finish(self) -> RequestBody {
-        RequestBody {
+    async fn write_out(&mut self, piece: Bytes) -> Result<(), SpoolError> {
+        let n = piece.len() as u64;
+        let (r, _) = self.file.write_all_at(piece, self.len).await;
+        r?;
+        self.len += n;
+        Ok(())
+    }
+
+    /// Writes what is gathered, and hands the body over.
+    pub async fn finish(mut self) -> Result<RequestBody, SpoolError> {
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending).freeze();
+            self.write_out(rest).await?;
+        }
+        Ok(RequestBody {
             held: Held::File(self.file),
             len: self.len,
             _charge: self.charge,
-        }
+        })
     }
 }
 
 /// An anonymous file (`O_TMPFILE`), or a named one removed at once where the
 /// filesystem has no `O_TMPFILE`: either way nothing is left behind by a crash.
-fn unlinked_file(dir: &Path) -> io::Result<std::fs::File> {
+async fn unlinked_file(dir: &Path) -> io::Result<tokio_uring::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = std::fs::OpenOptions::new()
+    let tmp = tokio_uring::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .mode(0o600)
         .custom_flags(libc::O_TMPFILE)
-        .open(dir);
+        .open(dir)
+        .await;
     match tmp {
         Ok(f) => Ok(f),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
@@ -275,13 +304,14 @@ fn unlinked_file(dir: &Path) -> io::Result<std::fs::File> {
                 std::process::id(),
                 N.fetch_add(1, Relaxed)
             ));
-            let f = std::fs::OpenOptions::new()
+            let f = tokio_uring::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)?;
-            std::fs::remove_file(&path)?;
+                .open(&path)
+                .await?;
+            tokio_uring::fs::remove_file(&path).await?;
             Ok(f)
         }
         Err(e) => Err(e),
@@ -315,12 +345,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let b = Budget::new(0, 1 << 20, dir.clone());
         tokio_uring::start(async {
-            let mut s = Spool::create(Charge::disk(&b, 0).unwrap()).unwrap();
+            let mut s = Spool::create(Charge::disk(&b, 0).unwrap()).await.unwrap();
             let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
-            for part in data.chunks(7000) {
+            // Small pieces, large ones, and a last one that stays gathered.
+            for part in data[..100_000]
+                .chunks(7000)
+                .chain(data[100_000..].chunks(70_000))
+            {
                 s.write(Bytes::copy_from_slice(part)).await.unwrap();
             }
-            let body = s.finish();
+            assert_eq!(b.used(), (0, 200_000), "charged on arrival, written or not");
+            let body = s.finish().await.unwrap();
             assert!(body.is_spooled() && body.len() == data.len() as u64);
             let mut back = Vec::new();
             while (back.len() as u64) < body.len() {

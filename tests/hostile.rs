@@ -434,13 +434,47 @@ fn many_slow_uploads_hold_little_memory() {
         held.push(cl);
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
+    // The bytes were taken by cairn, not left in its sockets' receive queues
+    // (where they would cost cairn nothing): a test of the spool, not of the kernel.
+    let unread = unread_bytes(c.addr.port());
+    assert!(
+        unread < 16 << 20,
+        "{unread} bytes still unread in cairn's sockets: the uploads were not consumed"
+    );
     let during = status_kb(c.pid(), "VmRSS");
-    eprintln!("RSS {before} kB -> {during} kB with 40 x 4 MB of upload in flight");
+    eprintln!(
+        "RSS {before} kB -> {during} kB with 40 x 4 MB of upload in flight ({unread} bytes unread)"
+    );
     assert!(
         during < before + 24 * 1024,
         "RSS grew from {before} kB to {during} kB for 160 MB of uploads in flight"
     );
+    // And what was spooled is what the origin gets, once the body is complete.
+    let mut first = held.swap_remove(0);
+    first.send(&vec![b'u'; 4_000_000]);
+    let r = first.response(false).expect("a response");
+    assert_eq!(
+        r.text(),
+        format!("POST 8000000 {}", checksum(&vec![b'u'; 8_000_000]))
+    );
     drop(held);
+}
+
+/// Bytes waiting in the receive queues of the established TCP sockets on
+/// `port` (from /proc/net/tcp: `rx_queue` of each socket whose local port it is).
+fn unread_bytes(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            let established = f[3] == "01";
+            let rx = u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok()?;
+            (local_port == port && established).then_some(rx)
+        })
+        .sum()
 }
 
 #[test]

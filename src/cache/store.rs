@@ -43,6 +43,13 @@ pub enum StoreError {
         need: u64,
         shards: usize,
     },
+    #[error("{excluded} cache segment(s) are unreadable and excluded; {usable} remain, {need} are needed ({shards} shards + 1): check the disk, or remove the bad segment files")]
+    Unreadable {
+        excluded: u64,
+        usable: u64,
+        need: u64,
+        shards: usize,
+    },
 }
 
 /// What recovery found.
@@ -50,7 +57,10 @@ pub enum StoreError {
 pub struct Recovery {
     pub objects: u64,
     pub bytes: u64,
+    /// Records given up: a bad checksum, a torn write, a forged length.
     pub corrupt: u64,
+    /// Whole segments left out because reading them failed (an I/O error).
+    pub excluded: usize,
     pub segments_used: usize,
     pub millis: u128,
 }
@@ -217,12 +227,10 @@ impl Store {
             // a bad sector would fault later, in a hit or a write: drop it whole.
             index.pin().retain(|_, e| !bad.contains(&e.seg));
             let excluded = bad.len() as u64;
-            corrupt.fetch_add(excluded, Relaxed);
             if count - excluded < need {
-                return Err(StoreError::TooSmall {
-                    quota: config.quota,
-                    segment: config.segment_size,
-                    have: count - excluded,
+                return Err(StoreError::Unreadable {
+                    excluded,
+                    usable: count - excluded,
                     need,
                     shards,
                 });
@@ -245,6 +253,7 @@ impl Store {
             objects: objects.load(Relaxed),
             bytes: bytes.load(Relaxed),
             corrupt: corrupt.load(Relaxed),
+            excluded: bad.len(),
             segments_used: sealed.len(),
             millis: started.elapsed().as_millis(),
         };

@@ -340,9 +340,12 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
             protocol,
             received,
         };
+        // One configuration for the whole request: the body is read for what this
+        // one says, and the request is served under it, even across a reload.
+        let live = shard.shared.live.load_full();
         let has_body = !matches!(head.framing, Framing::None | Framing::Length(0));
         let body = if has_body {
-            let using = proxy::body_use(&shard, facts.group, &head);
+            let using = proxy::body_use(&live, facts.group, &head);
             if using == proxy::BodyUse::Unrouted {
                 // No vhost will take it: refuse before reading (or inviting, with 100
                 // Continue) a body nobody wants, and close, since it stays unread.
@@ -376,7 +379,7 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
             received,
         };
         let mut ex = H1Exchange::new(&conn, &shard, Some(&req.head), nth, shard.draining());
-        Box::pin(proxy::serve(&shard, &req, &mut ex)).await;
+        Box::pin(proxy::serve(&shard, &live, &req, &mut ex)).await;
         if let Some(t) = ex.idle {
             idle = t;
         }
@@ -482,7 +485,11 @@ enum Sink {
 impl Sink {
     /// Chosen before the body is invited: past the budget the client gets a 503
     /// without sending it.
-    fn choose(framing: Framing, keep: bool, budget: &Arc<Budget>) -> Result<Sink, ExchangeError> {
+    async fn choose(
+        framing: Framing,
+        keep: bool,
+        budget: &Arc<Budget>,
+    ) -> Result<Sink, ExchangeError> {
         if !keep {
             return Ok(Sink::Drain);
         }
@@ -500,7 +507,7 @@ impl Sink {
             return Err(SpoolError::Budget.into());
         }
         let charge = Charge::disk(budget, 0).ok_or(SpoolError::Budget)?;
-        Ok(Sink::Spool(Spool::create(charge)?))
+        Ok(Sink::Spool(Spool::create(charge).await?))
     }
 
     async fn put(&mut self, b: Bytes, budget: &Arc<Budget>) -> Result<(), ExchangeError> {
@@ -514,7 +521,7 @@ impl Sink {
                 // Grown past the memory bound (chunked): move to a spool file.
                 let held = m.len() as u64 + b.len() as u64;
                 let charge = Charge::disk(budget, held).ok_or(SpoolError::Budget)?;
-                let mut spool = Spool::create(charge)?;
+                let mut spool = Spool::create(charge).await?;
                 spool.write(std::mem::take(m).freeze()).await?;
                 spool.write(b).await?;
                 *self = Sink::Spool(spool);
@@ -524,12 +531,12 @@ impl Sink {
         Ok(())
     }
 
-    fn finish(self) -> Option<Rc<RequestBody>> {
-        match self {
+    async fn finish(self) -> Result<Option<Rc<RequestBody>>, ExchangeError> {
+        Ok(match self {
             Sink::Drain => None,
             Sink::Memory(m, c) => Some(Rc::new(RequestBody::in_memory(m.freeze(), c))),
-            Sink::Spool(s) => Some(Rc::new(s.finish())),
-        }
+            Sink::Spool(s) => Some(Rc::new(s.finish().await?)),
+        })
     }
 }
 
@@ -541,7 +548,7 @@ impl BodyRead<'_> {
             Framing::Length(n) => BodyDecoder::length(n),
             Framing::Chunked => BodyDecoder::chunked(self.limits.max_body),
         };
-        let mut sink = Sink::choose(head.framing, self.keep, self.budget)?;
+        let mut sink = Sink::choose(head.framing, self.keep, self.budget).await?;
         // RFC 9110 §10.1.1: only HTTP/1.1 clients get an interim 100.
         if head.expect_continue && head.version == Version::Http11 && rbuf.is_empty() {
             self.conn
@@ -584,7 +591,7 @@ impl BodyRead<'_> {
         loop {
             match decoder.decode(rbuf) {
                 Ok(Decoded::Data(b)) => sink.put(b, self.budget).await?,
-                Ok(Decoded::Done) => return Ok(sink.finish()),
+                Ok(Decoded::Done) => return sink.finish().await,
                 Ok(Decoded::NeedMore) => match self.conn.read(rbuf, left()).await {
                     Ok(0) => return Err(ExchangeError::ClientGone),
                     Ok(_) => {}

@@ -12,7 +12,7 @@ pub mod rules;
 pub mod upstream;
 
 use crate::cache::CacheResult;
-use crate::context::ShardCtx;
+use crate::context::{Live, ShardCtx};
 use crate::exchange::{BodyLen, ConnFacts, Downstream, ExchangeError, Head, Protocol, Request};
 use crate::http1::RequestHead;
 use crate::transform::SendTransform;
@@ -22,19 +22,21 @@ use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
 /// Serves one request through `down`, to the end: a complete response, an
-/// error response, or an abort; then its log line.
-pub async fn serve<D: Downstream>(shard: &ShardCtx, req: &Request, down: &mut D) {
-    serve_with(shard, req, down, None).await
+/// error response, or an abort; then its log line. `live` is the configuration
+/// the downstream read the request under (see [`body_use`]): a reload between
+/// reading the body and serving must not change what the body was read for.
+pub async fn serve<D: Downstream>(shard: &ShardCtx, live: &Live, req: &Request, down: &mut D) {
+    serve_with(shard, live, req, down, None).await
 }
 
 /// [`serve`] with a send-side transform chosen by the caller.
 pub async fn serve_with<D: Downstream>(
     shard: &ShardCtx,
+    live: &Live,
     req: &Request,
     down: &mut D,
     transform: Option<&dyn SendTransform>,
 ) {
-    let live = shard.shared.live.load_full();
     let config = &live.config;
     let Some(vi) = live.routers[req.conn.group].lookup(req.head.host()) else {
         ::log::info!(
@@ -193,8 +195,7 @@ pub enum BodyUse {
     Forward,
 }
 
-pub fn body_use(shard: &ShardCtx, group: usize, head: &RequestHead) -> BodyUse {
-    let live = shard.shared.live.load();
+pub fn body_use(live: &Live, group: usize, head: &RequestHead) -> BodyUse {
     let Some(vi) = live.routers[group].lookup(head.host()) else {
         return BodyUse::Unrouted;
     };

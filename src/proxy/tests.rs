@@ -120,12 +120,16 @@ fn a_memory_downstream_drives_every_phase() {
     let shared = Arc::new(Shared::new(Arc::new(loaded.config), 1, Arc::new(cache)));
     tokio_uring::start(async move {
         let shard = ShardCtx::new(0, shared.clone());
+        let live = shard.shared.live.load_full();
         let get = "GET /obj HTTP/1.1\r\nHost: www.test\r\n\r\n";
 
         // A coalesced miss: two requests at once, one origin request, one follower.
         let (r1, r2) = (request(get, None), request(get, None));
         let (mut d1, mut d2) = (MemoryDownstream::default(), MemoryDownstream::default());
-        tokio::join!(serve(&shard, &r1, &mut d1), serve(&shard, &r2, &mut d2));
+        tokio::join!(
+            serve(&shard, &live, &r1, &mut d1),
+            serve(&shard, &live, &r2, &mut d2)
+        );
         assert_eq!(requests.load(Ordering::SeqCst), 1, "the miss was coalesced");
         for d in [&d1, &d2] {
             assert_eq!(d.rec.status, 200);
@@ -138,7 +142,7 @@ fn a_memory_downstream_drives_every_phase() {
         // A hit: no origin request, and the body is the mapping itself, not a copy.
         let r = request(get, None);
         let mut d = MemoryDownstream::default();
-        serve(&shard, &r, &mut d).await;
+        serve(&shard, &live, &r, &mut d).await;
         assert_eq!(requests.load(Ordering::SeqCst), 1);
         assert_eq!(d.rec.header("x-cache"), Some("TCP_HIT"));
         assert_eq!(d.rec.body_len, Some(BodyLen::Known(OBJECT as u64)));
@@ -159,7 +163,7 @@ fn a_memory_downstream_drives_every_phase() {
             None,
         );
         let mut d = MemoryDownstream::default();
-        serve_with(&shard, &r, &mut d, Some(&xor)).await;
+        serve_with(&shard, &live, &r, &mut d, Some(&xor)).await;
         assert_eq!(d.rec.status, 206);
         assert_eq!(d.rec.header("content-range"), Some("bytes 100-1099/10000"));
         assert_eq!(d.rec.body(), &whole[100..1100]);
@@ -168,7 +172,7 @@ fn a_memory_downstream_drives_every_phase() {
             None,
         );
         let mut d = MemoryDownstream::default();
-        serve_with(&shard, &r, &mut d, Some(&xor)).await;
+        serve_with(&shard, &live, &r, &mut d, Some(&xor)).await;
         assert_eq!(d.rec.status, 206);
         let body = d.rec.body();
         let text = String::from_utf8_lossy(&body);
@@ -196,8 +200,8 @@ fn a_memory_downstream_drives_every_phase() {
         let r2 = request("GET /obj?v=2 HTTP/1.1\r\nHost: www.test\r\n\r\n", None);
         let (mut d1, mut d2) = (MemoryDownstream::default(), MemoryDownstream::default());
         tokio::join!(
-            serve_with(&shard, &r, &mut d1, Some(&xor)),
-            serve_with(&shard, &r2, &mut d2, Some(&xor))
+            serve_with(&shard, &live, &r, &mut d1, Some(&xor)),
+            serve_with(&shard, &live, &r2, &mut d2, Some(&xor))
         );
         assert_eq!(requests.load(Ordering::SeqCst), 2);
         assert_eq!(d1.rec.body(), &whole[..]);
@@ -209,7 +213,7 @@ fn a_memory_downstream_drives_every_phase() {
             Some(b"hello"),
         );
         let mut d = MemoryDownstream::default();
-        serve(&shard, &r, &mut d).await;
+        serve(&shard, &live, &r, &mut d).await;
         assert_eq!(d.rec.status, 200);
         assert_eq!(d.rec.body(), b"got 5");
         assert_eq!(d.rec.header("x-cache"), Some("TCP_CLIENT_REFRESH_MISS"));
@@ -217,7 +221,7 @@ fn a_memory_downstream_drives_every_phase() {
         // Unknown vhost: the 404 goes through the same seam.
         let r = request("GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n", None);
         let mut d = MemoryDownstream::default();
-        serve(&shard, &r, &mut d).await;
+        serve(&shard, &live, &r, &mut d).await;
         assert_eq!(
             (d.rec.status, d.rec.body_len),
             (404, Some(BodyLen::Known(0)))
