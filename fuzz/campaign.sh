@@ -43,7 +43,8 @@ for t in "$@"; do
     bin=target/release/$t
     [ -x "$bin" ] || { echo "no $bin: build first" >&2; exit 1; }
     started=$(date -u +%FT%TZ)
-    read -r cpu wall <"out/$t.cpu" 2>/dev/null || { cpu=0 wall=0; }
+    cpu=0 wall=0
+    [ ! -f "out/$t.cpu" ] || read -r cpu wall <"out/$t.cpu"
     while awk -v c="$cpu" -v b="$budget" 'BEGIN {exit !(c < b)}'; do
         # -i - resumes the queue (and AFL++'s own counters) where the last slice
         # left them.
@@ -56,6 +57,12 @@ for t in "$@"; do
             >>"out/$t.log" 2>&1 || true
         read -r w user sys <"$times"
         rm -f "$times"
+        # A fuzzer that stops at once (a bad binary, a full disk) would loop here
+        # for ever: give up on the target instead.
+        if awk -v w="$w" -v l="$slice" 'BEGIN {exit !(w < l / 2)}'; then
+            echo "$t: afl-fuzz stopped after ${w}s of a ${slice}s slice; see out/$t.log" >&2
+            break
+        fi
         read -r cpu wall < <(awk -v c="$cpu" -v wl="$wall" -v u="$user" -v s="$sys" -v w="$w" \
             'BEGIN {printf "%.0f %.0f\n", c + u + s, wl + w}')
         echo "$cpu $wall" >"out/$t.cpu"

@@ -174,6 +174,13 @@ fn run(args: &Args) -> Result<()> {
         );
     }
     let mut shared = Shared::new(config.clone(), shards, Arc::new(cache));
+    let swept = cairn::spool::sweep(shared.bodies.dir());
+    if swept > 0 {
+        log::warn!(
+            "SpoolDir {}: removed {swept} request-body file(s) left by a crash",
+            shared.bodies.dir().display()
+        );
+    }
     let (queues, logger) = cairn::accesslog::LogQueues::channel(shards);
     shared.log_queues = queues;
     let logger = logger.spawn().context("starting the access-log thread")?;

@@ -228,7 +228,9 @@ pub struct Spool {
     file: tokio_uring::fs::File,
     /// Bytes in the file.
     len: u64,
-    /// Bytes received but not yet written (less than [`WRITE_PIECE`]).
+    /// Bytes received but not yet written (less than [`WRITE_PIECE`]): gathered
+    /// while one client read's pieces are taken, written out before the next wait
+    /// (see [`flush`](Self::flush)), so a stalled upload holds no memory here.
     pending: BytesMut,
     charge: Charge,
 }
@@ -262,6 +264,17 @@ impl Spool {
         Ok(())
     }
 
+    /// Writes what is gathered. Called before waiting for the client: at most one
+    /// file write per client read (so 1-byte chunks cost no write each), and none of
+    /// a stalled upload's bytes stay in memory, where only the disk pool counts them.
+    pub async fn flush(&mut self) -> Result<(), SpoolError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let rest = std::mem::take(&mut self.pending).freeze();
+        self.write_out(rest).await
+    }
+
     async fn write_out(&mut self, piece: Bytes) -> Result<(), SpoolError> {
         let n = piece.len() as u64;
         let (r, _) = self.file.write_all_at(piece, self.len).await;
@@ -272,10 +285,7 @@ impl Spool {
 
     /// Writes what is gathered, and hands the body over.
     pub async fn finish(mut self) -> Result<RequestBody, SpoolError> {
-        if !self.pending.is_empty() {
-            let rest = std::mem::take(&mut self.pending).freeze();
-            self.write_out(rest).await?;
-        }
+        self.flush().await?;
         Ok(RequestBody {
             held: Held::File(self.file),
             len: self.len,
@@ -284,8 +294,12 @@ impl Spool {
     }
 }
 
+/// Prefix of the named fallback files, which [`sweep`] removes at start.
+const FALLBACK_PREFIX: &str = ".cairn-body-";
+
 /// An anonymous file (`O_TMPFILE`), or a named one removed at once where the
-/// filesystem has no `O_TMPFILE`: either way nothing is left behind by a crash.
+/// filesystem has no `O_TMPFILE`. A crash can leave a named one behind only in
+/// the moment between its open and its unlink; [`sweep`] removes those at start.
 async fn unlinked_file(dir: &Path) -> io::Result<tokio_uring::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = tokio_uring::fs::OpenOptions::new()
@@ -298,24 +312,70 @@ async fn unlinked_file(dir: &Path) -> io::Result<tokio_uring::fs::File> {
     match tmp {
         Ok(f) => Ok(f),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let path = dir.join(format!(
-                ".cairn-body-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Relaxed)
-            ));
-            let f = tokio_uring::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .await?;
-            tokio_uring::fs::remove_file(&path).await?;
-            Ok(f)
+            named_unlinked_file(dir).await
         }
         Err(e) => Err(e),
     }
+}
+
+async fn named_unlinked_file(dir: &Path) -> io::Result<tokio_uring::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    static N: AtomicU64 = AtomicU64::new(0);
+    // The pid alone is not unique where several containers (each pid 1) share
+    // the directory: a clash is retried under a new name.
+    let salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for _ in 0..8 {
+        let path = dir.join(format!(
+            "{FALLBACK_PREFIX}{}-{salt:08x}-{}",
+            std::process::id(),
+            N.fetch_add(1, Relaxed)
+        ));
+        let opened = tokio_uring::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .await;
+        match opened {
+            Ok(f) => {
+                match tokio_uring::fs::remove_file(&path).await {
+                    // NotFound: another process's [`sweep`] took it first; unlinked
+                    // all the same.
+                    Ok(()) => return Ok(f),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(f),
+                    Err(e) => {
+                        // Not left behind on this path either (best effort, blocking:
+                        // the rare error path of a rare fallback).
+                        let _ = std::fs::remove_file(&path);
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// Removes fallback files a crash left in `dir` (see [`unlinked_file`]); returns
+/// how many. A running process's own are unlinked the moment they are opened,
+/// so only a dead one's stay long enough to be found here.
+pub fn sweep(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(FALLBACK_PREFIX))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 #[cfg(test)]
@@ -370,6 +430,31 @@ mod tests {
             0,
             "nothing left behind"
         );
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn the_named_fallback_leaves_no_file_and_sweep_removes_a_crashs() {
+        let dir = std::env::temp_dir().join(format!("cairn-spool-fb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // What a crash between open and unlink leaves, and a file that is not ours.
+        std::fs::write(dir.join(format!("{FALLBACK_PREFIX}1-0-0")), b"x").unwrap();
+        std::fs::write(dir.join("keep"), b"x").unwrap();
+        assert_eq!(sweep(&dir), 1);
+        assert!(dir.join("keep").exists());
+        std::fs::remove_file(dir.join("keep")).unwrap();
+        tokio_uring::start(async {
+            let f = named_unlinked_file(&dir).await.unwrap();
+            let (r, _) = f.write_all_at(Bytes::from_static(b"body"), 0).await;
+            r.unwrap();
+            let (r, buf) = f.read_at(BytesMut::with_capacity(4), 0).await;
+            assert_eq!((r.unwrap(), &buf[..]), (4, &b"body"[..]));
+            assert_eq!(
+                std::fs::read_dir(&dir).unwrap().count(),
+                0,
+                "unlinked at once"
+            );
+        });
         let _ = std::fs::remove_dir(&dir);
     }
 }

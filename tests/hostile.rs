@@ -460,6 +460,40 @@ fn many_slow_uploads_hold_little_memory() {
     drop(held);
 }
 
+#[test]
+fn uploads_stalled_just_short_of_a_file_write_hold_no_gathered_memory() {
+    // Each upload stops one byte short of the 64 KiB the spool gathers before a
+    // file write. Gathered bytes are written out before cairn waits for more, so
+    // the stalled uploads cost their read buffers, not 64 KiB (or its doubling) each.
+    let origin = echo_origin();
+    let spool = temp_dir("spool-stall");
+    let c = Cairn::start(dir_with(&spool_server(&spool, ""), &origin), 1);
+    let _ = post(&mut c.connect(), b"warm", false);
+    let before = status_kb(c.pid(), "VmRSS");
+    let n = 300;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut cl = c.connect();
+        cl.send(b"POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 1000000\r\n\r\n");
+        cl.send(&vec![b's'; 64 * 1024 - 1]);
+        held.push(cl);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let unread = unread_bytes(c.addr.port());
+    assert!(
+        unread < 2 << 20,
+        "{unread} bytes unread in cairn's sockets: the uploads were not taken"
+    );
+    let during = status_kb(c.pid(), "VmRSS");
+    eprintln!("RSS {before} kB -> {during} kB with {n} uploads stalled at 64 KiB - 1");
+    // 300 x 64 KiB would be 19 MiB.
+    assert!(
+        during < before + 12 * 1024,
+        "RSS grew from {before} kB to {during} kB: stalled uploads hold their gathered bytes"
+    );
+    drop(held);
+}
+
 /// Bytes waiting in the receive queues of the established TCP sockets on
 /// `port` (from /proc/net/tcp: `rx_queue` of each socket whose local port it is).
 fn unread_bytes(port: u16) -> u64 {

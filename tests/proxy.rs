@@ -525,8 +525,11 @@ fn a_body_read_under_one_configuration_is_served_under_it_across_a_reload() {
     let dir = config_dir(&origin.addr.to_string(), redirect, "");
     let cairn = Cairn::start(dir.clone(), 1);
     let mut c = cairn.connect();
-    c.send(b"POST /form HTTP/1.1\r\nHost: test.local\r\nContent-Length: 10\r\n\r\n12345");
-    std::thread::sleep(Duration::from_millis(200));
+    c.send(b"POST /form HTTP/1.1\r\nHost: test.local\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n");
+    // The 100 says cairn has decided what the body is for, and is reading it.
+    let r = c.response(false).expect("an interim response");
+    assert_eq!(r.status, 100);
+    c.send(b"12345");
     std::fs::write(dir.join("server.xml"), server_xml("", "")).unwrap();
     cairn.signal("HUP");
     cairn.wait_log("configuration reloaded");

@@ -2,7 +2,7 @@
 //! fresh, how old is it now. Time is passed in (milliseconds since the epoch), so
 //! every rule is tested without a clock.
 
-use crate::http1::headers::{list_items, trim};
+use crate::http1::headers::{ends_in_quote, list_items, tokens, trim};
 
 /// The directives of `Cache-Control` cairn acts on (RFC 9111 §5.2).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -20,6 +20,11 @@ pub struct CacheControl {
 impl CacheControl {
     /// Merges one `Cache-Control` header value into `self` (a message may carry several).
     pub fn add(&mut self, value: &[u8]) {
+        // A quoted string that never closes hides what follows it (a `no-store`,
+        // say): fail closed.
+        if ends_in_quote(value) {
+            self.no_store = true;
+        }
         // Quote-aware: `no-cache="x, max-age=9"` has no max-age directive.
         for t in list_items(value) {
             let (name, arg) = match t.iter().position(|&b| b == b'=') {
@@ -48,11 +53,15 @@ impl CacheControl {
             if is("no-store") {
                 self.no_store = true;
             } else if is("no-cache") {
-                // `no-cache="Set-Cookie"` (qualified) only forbids those fields; we
-                // never store Set-Cookie anyway, so only the bare form matters.
-                self.no_cache |= arg.is_none();
+                // `no-cache="Set-Cookie"` (qualified) only forbids sending those
+                // fields unrevalidated. cairn never stores Set-Cookie; any other
+                // named field it does not strip, so it revalidates the whole response.
+                self.no_cache |= arg.is_none_or(|a| !only_set_cookie(a));
             } else if is("private") {
-                self.private |= arg.is_none();
+                // Qualified (`private="X-User"`): a shared cache must not store those
+                // fields (RFC 9111 §5.2.2.7). cairn does not strip them: it stores
+                // nothing, the safe reading.
+                self.private = true;
             } else if is("public") {
                 self.public = true;
             } else if is("must-revalidate") {
@@ -75,6 +84,19 @@ impl CacheControl {
         }
         cc
     }
+}
+
+/// Does the quoted field list of a qualified directive name only Set-Cookie?
+fn only_set_cookie(arg: &[u8]) -> bool {
+    let inner = arg
+        .strip_prefix(b"\"")
+        .and_then(|a| a.strip_suffix(b"\""))
+        .unwrap_or(arg);
+    let mut names = tokens(inner).peekable();
+    names.peek().is_some()
+        && names.all(|n| {
+            n.eq_ignore_ascii_case(b"set-cookie") || n.eq_ignore_ascii_case(b"set-cookie2")
+        })
 }
 
 /// Heuristic lifetimes by status class (STON `<Options><TTL><Res2xx>` …), in seconds.
@@ -269,7 +291,14 @@ mod tests {
     fn cache_control_parsing_honours_quoted_strings() {
         let c = cc(r#"no-cache="x, max-age=9999, y", private="a,b", max-age=5"#);
         assert_eq!(c.max_age, Some(5));
-        assert!(!c.no_cache && !c.private, "qualified forms only");
+        assert!(c.no_cache && c.private, "qualified forms fail closed");
+        assert!(!cc(r#"no-cache="Set-Cookie, set-cookie2""#).no_cache);
+        assert!(cc(r#"no-cache="Set-Cookie, X-Auth""#).no_cache);
+        assert!(cc(r#"no-cache="""#).no_cache);
+        assert!(cc(r#"private="X-User", max-age=60"#).private);
+        // An unclosed quote hides the no-store after it: not stored at all.
+        assert!(cc(r#"no-cache="x, no-store"#).no_store);
+        assert!(!cc(r#"no-cache="x", max-age=5"#).no_store);
         let c = cc(r#"no-cache="x, s-maxage=60""#);
         assert_eq!(c.s_maxage, None);
         let items: Vec<&[u8]> =

@@ -45,28 +45,29 @@ impl Segment {
             .truncate(false)
             .open(path)?;
         let old_len = file.metadata()?.len();
-        if old_len != len as u64 {
+        let mut header_ok = false;
+        if old_len == len as u64 {
+            // Read with pread, not through a mapping: a bad sector is an error here,
+            // not a SIGBUS that kills the process.
+            let mut head = [0u8; 16];
+            header_ok = std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok()
+                && head[..8] == SEG_MAGIC.to_le_bytes()
+                && head[8..] == (len as u64).to_le_bytes();
+        }
+        if !header_ok {
+            // Nothing in it is kept: truncating first gives the file fresh blocks, so
+            // a bad sector the old ones had (the header page among them) is never
+            // read or written through the mapping, where it would be a SIGBUS.
+            file.set_len(0)?;
             file.set_len(len as u64)?;
         }
         preallocate(&file, len)?;
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         let seg = Segment::from_map(id, map, len, Some(file));
-        // Read with pread, not through the mapping: a bad sector is an error here,
-        // not a SIGBUS that kills the process.
-        let mut head = [0u8; 16];
-        let usable = old_len == len as u64
-            && seg.read_at(0, &mut head).is_ok()
-            && head[..8] == SEG_MAGIC.to_le_bytes()
-            && head[8..] == (len as u64).to_le_bytes();
-        if !usable {
-            // The header page is written with pwrite first: it is then in the page
-            // cache, so `init`'s writes through the mapping cannot fault on a page
-            // the disk fails to read (an error from pwrite is an error, not SIGBUS).
-            if let Some(f) = &seg._file {
-                std::os::unix::fs::FileExt::write_all_at(f, &[0u8; 4096][..len.min(4096)], 0)?;
-            }
+        if !header_ok {
             seg.init();
         }
+        let usable = header_ok;
         Ok((seg, usable))
     }
 

@@ -33,6 +33,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// One segment file cannot be opened or sized (the disk's or the filesystem's
+    /// fault; not retried): named, so the operator can remove it.
+    #[error("cache segment {path}: {source} (remove the file, or fix the disk, and restart)")]
+    Segment {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cache directory {0} is in use by another cairn process")]
     Locked(PathBuf),
     #[error("cache quota {quota} bytes holds {have} segments of {segment} bytes; {need} are needed ({shards} shards + 1)")]
@@ -60,7 +68,7 @@ pub struct Recovery {
     /// Records given up: a bad checksum, a torn write, a forged length.
     pub corrupt: u64,
     /// Whole segments left out because reading them failed (an I/O error).
-    pub excluded: usize,
+    pub excluded: u64,
     pub segments_used: usize,
     pub millis: u128,
 }
@@ -156,9 +164,9 @@ impl Store {
                     );
                 }
                 for id in 0..count as u32 {
-                    let (seg, ok) =
-                        Segment::open_file(&dir.join(format!("seg-{id:05}.dat")), id, len)
-                            .map_err(io)?;
+                    let path = dir.join(format!("seg-{id:05}.dat"));
+                    let (seg, ok) = Segment::open_file(&path, id, len)
+                        .map_err(|source| StoreError::Segment { path, source })?;
                     segments.push(Arc::new(seg));
                     usable.push(ok);
                 }
@@ -213,8 +221,8 @@ impl Store {
                         if r.failed.is_none() {
                             objects.fetch_add(r.objects, Relaxed);
                             bytes.fetch_add(r.bytes, Relaxed);
+                            corrupt.fetch_add(r.corrupt, Relaxed);
                         }
-                        corrupt.fetch_add(r.corrupt, Relaxed);
                     }
                 });
             }
@@ -253,7 +261,7 @@ impl Store {
             objects: objects.load(Relaxed),
             bytes: bytes.load(Relaxed),
             corrupt: corrupt.load(Relaxed),
-            excluded: bad.len(),
+            excluded: bad.len() as u64,
             segments_used: sealed.len(),
             millis: started.elapsed().as_millis(),
         };

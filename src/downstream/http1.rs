@@ -3,7 +3,7 @@
 //! decisions (KA-1..7), framing (Content-Length, chunked, close-delimited for
 //! 1.0), and rendering a structured head to bytes at the very last moment.
 
-use crate::context::ShardCtx;
+use crate::context::{Live, ShardCtx};
 use crate::exchange::{
     BodyLen, ClientGone, ConnFacts, Downstream, ExchangeError, Head, Protocol, Request,
 };
@@ -289,7 +289,6 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
     let start = shared.live.load_full();
     let config = &start.config;
     let limits = shared.limits;
-    let request_timeout = config.server.request_timeout;
     let first_vhost = config.listeners[facts.group].vhosts[0];
     let mut idle = Duration::from_secs(u64::from(
         config.vhosts[first_vhost].options.keep_alive.timeout_secs,
@@ -301,6 +300,8 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
         if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
             rbuf = BytesMut::with_capacity(IDLE_BUFFER);
         }
+        // Read per request: a reload reaches keep-alive connections too.
+        let request_timeout = shared.live.load().config.server.request_timeout;
         let next = Box::pin(next_head(
             &shard,
             &conn,
@@ -324,7 +325,8 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
                     protocol: Protocol::Http11,
                     received,
                 };
-                Box::pin(refuse_and_close(&shard, &conn, &r, nth + 1, e)).await;
+                let live = shard.shared.live.load_full();
+                Box::pin(refuse_and_close(&shard, &live, &conn, &r, nth + 1, e)).await;
                 return;
             }
         };
@@ -350,21 +352,37 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
                 // No vhost will take it: refuse before reading (or inviting, with 100
                 // Continue) a body nobody wants, and close, since it stays unread.
                 let e = ExchangeError::UnknownVhost;
-                Box::pin(refuse_and_close(&shard, &conn, &refused(&head), nth, e)).await;
+                Box::pin(refuse_and_close(
+                    &shard,
+                    &live,
+                    &conn,
+                    &refused(&head),
+                    nth,
+                    e,
+                ))
+                .await;
                 return;
             }
             let reading = BodyRead {
                 conn: &conn,
                 head: &head,
                 limits: &limits,
-                timeout: request_timeout,
+                timeout: live.config.server.request_timeout,
                 budget: &shard.shared.bodies,
                 keep: using == proxy::BodyUse::Forward,
             };
             match Box::pin(reading.run(&mut rbuf)).await {
                 Ok(b) => b,
                 Err(e) => {
-                    Box::pin(refuse_and_close(&shard, &conn, &refused(&head), nth, e)).await;
+                    Box::pin(refuse_and_close(
+                        &shard,
+                        &live,
+                        &conn,
+                        &refused(&head),
+                        nth,
+                        e,
+                    ))
+                    .await;
                     return;
                 }
             }
@@ -402,6 +420,7 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
 /// client that is gone, else with a lingering close.
 async fn refuse_and_close(
     shard: &ShardCtx,
+    live: &Live,
     conn: &Conn,
     r: &Refused<'_>,
     nth: u32,
@@ -409,7 +428,7 @@ async fn refuse_and_close(
 ) {
     let gone = matches!(e, ExchangeError::ClientGone);
     let mut ex = H1Exchange::new(conn, shard, r.head, nth, true);
-    proxy::refuse(shard, r, &mut ex, e).await;
+    proxy::refuse(shard, live, r, &mut ex, e).await;
     if gone {
         conn.shutdown();
     } else {
@@ -531,6 +550,14 @@ impl Sink {
         Ok(())
     }
 
+    /// Before a wait for the client: nothing gathered stays in memory meanwhile.
+    async fn flush(&mut self) -> Result<(), ExchangeError> {
+        if let Sink::Spool(s) = self {
+            s.flush().await?;
+        }
+        Ok(())
+    }
+
     async fn finish(self) -> Result<Option<Rc<RequestBody>>, ExchangeError> {
         Ok(match self {
             Sink::Drain => None,
@@ -592,11 +619,14 @@ impl BodyRead<'_> {
             match decoder.decode(rbuf) {
                 Ok(Decoded::Data(b)) => sink.put(b, self.budget).await?,
                 Ok(Decoded::Done) => return sink.finish().await,
-                Ok(Decoded::NeedMore) => match self.conn.read(rbuf, left()).await {
-                    Ok(0) => return Err(ExchangeError::ClientGone),
-                    Ok(_) => {}
-                    Err(e) => return Err(read_err(e)),
-                },
+                Ok(Decoded::NeedMore) => {
+                    sink.flush().await?;
+                    match self.conn.read(rbuf, left()).await {
+                        Ok(0) => return Err(ExchangeError::ClientGone),
+                        Ok(_) => {}
+                        Err(e) => return Err(read_err(e)),
+                    }
+                }
                 Err(BodyError::TooLarge) => return Err(ExchangeError::RequestBodyTooLarge),
                 Err(_) => return Err(ExchangeError::RequestBody("malformed chunked body")),
             }

@@ -50,7 +50,14 @@ pub async fn serve_with<D: Downstream>(
             protocol: req.protocol,
             received: req.received,
         };
-        Box::pin(refuse(shard, &facts, down, ExchangeError::UnknownVhost)).await;
+        Box::pin(refuse(
+            shard,
+            live,
+            &facts,
+            down,
+            ExchangeError::UnknownVhost,
+        ))
+        .await;
         return;
     };
     let vhost = &config.vhosts[vi];
@@ -221,11 +228,11 @@ pub struct Refused<'a> {
 /// else the listen group's first vhost.
 pub async fn refuse<D: Downstream>(
     shard: &ShardCtx,
+    live: &Live,
     r: &Refused<'_>,
     down: &mut D,
     e: ExchangeError,
 ) {
-    let live = shard.shared.live.load_full();
     let config = &live.config;
     let routed = r
         .head
