@@ -32,6 +32,10 @@ pub struct ShardStats {
     pub log_dropped: AtomicU64,
     /// Connections closed at accept: past `MaxSockets` or the per-address cap.
     pub refused: AtomicU64,
+    /// TLS handshakes completed, and those that failed (bad ClientHello, refused
+    /// version, no common suite) or ran past their deadline.
+    pub tls_handshakes: AtomicU64,
+    pub tls_failures: AtomicU64,
     /// Cache fills running on this shard, misses passed through because of
     /// `MaxFillsPerShard`, and fills given up when every client had left.
     pub fills_active: AtomicU64,

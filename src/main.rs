@@ -221,7 +221,8 @@ fn run(args: &Args) -> Result<()> {
             );
         }
     }
-    for url in shard::urls(&bound) {
+    let tls: Vec<bool> = config.listeners.iter().map(|g| g.tls.is_some()).collect();
+    for url in shard::urls(&bound, &tls) {
         println!("cairn listening on {url}");
     }
     if args.config.is_none() {
@@ -290,9 +291,11 @@ fn reload(args: &Args, shared: &Shared) {
 fn log_stats(shared: &Shared) {
     for (i, s) in shared.stats.iter().enumerate() {
         log::info!(
-            "shard {i}: {} connections ({} refused), {} live sessions, {} requests, {} origin connects ({} failures), {} restarts, {} log lines ({} dropped)",
+            "shard {i}: {} connections ({} refused), {} TLS handshakes ({} failed), {} live sessions, {} requests, {} origin connects ({} failures), {} restarts, {} log lines ({} dropped)",
             s.connections.load(Relaxed),
             s.refused.load(Relaxed),
+            s.tls_handshakes.load(Relaxed),
+            s.tls_failures.load(Relaxed),
             s.active.load(Relaxed),
             s.requests.load(Relaxed),
             s.origin.connects.load(Relaxed),

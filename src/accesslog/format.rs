@@ -39,6 +39,8 @@ pub struct Entry<'a> {
     /// `sc-resinfo`: the response was gzip-encoded / bypassed the cache.
     pub gzip: bool,
     pub bypass: bool,
+    /// And the TLS version of an HTTPS request (`TLSv1.3`).
+    pub tls: Option<&'static str>,
     pub result: &'a str,
     pub session_id: u64,
     pub content_length: Option<u64>,
@@ -188,11 +190,21 @@ fn write_w3c(e: &Entry, out: &mut Vec<u8>) {
     out.push(b' ');
     field(out, e.referer);
     out.push(b' ');
-    match (e.bypass, e.gzip) {
-        (false, false) => out.push(b'-'),
-        (true, false) => out.extend_from_slice(b"Bypass"),
-        (false, true) => out.extend_from_slice(b"gzip"),
-        (true, true) => out.extend_from_slice(b"Bypass+gzip"),
+    let info = [
+        e.bypass.then_some("Bypass"),
+        e.gzip.then_some("gzip"),
+        e.tls,
+    ];
+    let mut any = false;
+    for i in info.into_iter().flatten() {
+        if any {
+            out.push(b'+');
+        }
+        out.extend_from_slice(i.as_bytes());
+        any = true;
+    }
+    if !any {
+        out.push(b'-');
     }
     out.push(b' ');
     let range = e
@@ -297,6 +309,7 @@ mod tests {
             time_taken_ms: 5,
             gzip: true,
             bypass: false,
+            tls: None,
             result: "TCP_HIT",
             session_id: 7,
             content_length: Some(1273735),
@@ -337,6 +350,10 @@ mod tests {
             "{l}"
         );
         assert_eq!(l.trim_end().split(' ').count(), names);
+        e.tls = Some("TLSv1.3");
+        assert!(line(LogForm::Ston, &e).contains(" - Bypass+TLSv1.3 0-99 "));
+        e.bypass = false;
+        assert!(line(LogForm::Ston, &e).contains(" - TLSv1.3 0-99 "));
         // An unparsed request: every request field is `-`, still the same count.
         let bare = Entry {
             end_ms: 0,

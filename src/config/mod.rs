@@ -3,6 +3,7 @@
 //! yet supported elements become warnings, never silent.
 
 mod origin_addr;
+pub mod tls;
 mod xml;
 
 pub use origin_addr::OriginAddr;
@@ -337,6 +338,8 @@ impl Vhost {
 pub struct ListenGroup {
     pub addr: SocketAddr,
     pub vhosts: Vec<usize>,
+    /// A `<Server><Https>` address: every vhost is a candidate, TLS in front.
+    pub tls: Option<tls::TlsGroup>,
 }
 
 #[derive(Debug, Clone)]
@@ -450,6 +453,12 @@ pub struct ServerSettings {
     /// it the client is cut off, so a slow reader cannot pin a segment.
     pub hit_send_timeout: Duration,
     pub min_send_rate: u64,
+    /// `<Server><Https>` blocks, in file order.
+    pub https: Vec<tls::HttpsBlock>,
+    /// `<Cache><HttpsSNI>`: several certificates on one address, chosen by SNI.
+    pub https_sni: bool,
+    /// A TLS handshake must finish within this, else the connection is closed.
+    pub handshake_timeout: Duration,
 }
 
 impl ServerSettings {
@@ -477,6 +486,9 @@ impl Default for ServerSettings {
             spool_dir: None,
             hit_send_timeout: Duration::from_secs(60),
             min_send_rate: 16 << 10,
+            https: Vec::new(),
+            https_sni: false,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -81,8 +81,11 @@ pub(super) fn load(
     let mut server = ServerSettings::default();
     // Relative paths in the files are relative to the configuration directory.
     let base: Option<&Path> = (!source.starts_with('<')).then(|| Path::new(source));
+    // Read after the loop: `*` in their Listen needs every <Cache><Listen>.
+    let mut https_nodes = Vec::new();
     for child in elements(root) {
         match child.tag_name().name() {
+            "Https" => https_nodes.push(child),
             "VHostDefault" => {
                 for e in elements(child) {
                     match e.tag_name().name() {
@@ -111,6 +114,7 @@ pub(super) fn load(
                             cache_listen.push(ip);
                         }
                         "Storage" => parse_storage(&s, e, base, &mut cache, &mut warnings)?,
+                        "HttpsSNI" => server.https_sni = on_off(&s, e)?,
                         "MaxSockets" => {
                             server.max_sockets = number(&s, e, text(e), 0, 10_000_000)? as usize;
                             if let Some(r) = e.attribute("Reopen") {
@@ -158,6 +162,11 @@ pub(super) fn load(
                 format!("<Server><{other}> is not supported; ignored"),
             )),
         }
+    }
+
+    for n in https_nodes {
+        let block = parse_https(&s, n, base, &cache_listen, &mut warnings)?;
+        server.https.push(block);
     }
 
     let vdoc = parse_doc(vhosts_file, vhosts_text)?;
@@ -243,10 +252,18 @@ pub(super) fn load(
                 None => listeners.push(ListenGroup {
                     addr: *addr,
                     vhosts: vec![i],
+                    tls: None,
                 }),
             }
         }
     }
+    tls_groups(
+        &s,
+        &https_lines(&server),
+        &server,
+        vhosts.len(),
+        &mut listeners,
+    )?;
     Ok(Loaded {
         config: Config {
             source: source.to_string(),
@@ -257,6 +274,171 @@ pub(super) fn load(
             server,
         },
         warnings,
+    })
+}
+
+/// Where each `<Https>` block is, for messages.
+fn https_lines(server: &ServerSettings) -> Vec<String> {
+    server.https.iter().map(|b| b.place.clone()).collect()
+}
+
+/// One listen group per `<Https>` address, with its certificates and rustls setup.
+fn tls_groups(
+    s: &Src,
+    places: &[String],
+    server: &ServerSettings,
+    vhost_count: usize,
+    listeners: &mut Vec<ListenGroup>,
+) -> Result<(), ConfigError> {
+    use super::tls::{server_config, CertSet, TlsGroup};
+    let mut by_addr: Vec<(SocketAddr, Vec<usize>)> = Vec::new();
+    for (bi, b) in server.https.iter().enumerate() {
+        for a in &b.addrs {
+            // Port 0 (tests, tools): each block its own ephemeral listener.
+            match by_addr.iter_mut().find(|(x, _)| x == a && a.port() != 0) {
+                Some((_, blocks)) => blocks.push(bi),
+                None => by_addr.push((*a, vec![bi])),
+            }
+        }
+    }
+    let invalid = |place: &str, reason: String| {
+        let (file, line) = place.rsplit_once(':').unwrap_or((place, "0"));
+        ConfigError::Invalid(Diag {
+            file: file.to_string(),
+            line: line.parse().unwrap_or(0),
+            reason,
+        })
+    };
+    for (addr, blocks) in by_addr {
+        let first = &server.https[blocks[0]];
+        if addr.port() != 0 && listeners.iter().any(|g| g.addr == addr) {
+            return Err(invalid(
+                &first.place,
+                format!("<Https Listen> {addr} is also a vhost's plain <Listen>"),
+            ));
+        }
+        if blocks.len() > 1 && !server.https_sni {
+            return Err(invalid(
+                &places[blocks[1]],
+                format!(
+                    "<Https> shares {addr} with the block at {}; set <Cache><HttpsSNI>ON to choose certificates by SNI",
+                    first.place
+                ),
+            ));
+        }
+        let keys = blocks
+            .iter()
+            .map(|&b| server.https[b].key.clone())
+            .collect();
+        let certs = std::sync::Arc::new(CertSet::new(keys, server.https_sni));
+        let config = server_config(first, certs.clone())
+            .map_err(|e| invalid(&first.place, format!("<Https> for {addr}: {e}")))?;
+        listeners.push(ListenGroup {
+            addr,
+            vhosts: (0..vhost_count).collect(),
+            tls: Some(TlsGroup {
+                blocks,
+                sni: server.https_sni,
+                server: config,
+                certs,
+            }),
+        });
+    }
+    let _ = s;
+    Ok(())
+}
+
+/// `<Server><Https Listen="…" TLS1.2="ON" …><Cert/><Key/><CA/></Https>`.
+fn parse_https(
+    s: &Src,
+    node: Node,
+    base: Option<&Path>,
+    cache_listen: &[IpAddr],
+    warnings: &mut Vec<Diag>,
+) -> Result<super::tls::HttpsBlock, ConfigError> {
+    let listen = node.attribute("Listen").map(str::trim).unwrap_or("*:443");
+    let addrs = parse_listen(listen, cache_listen).ok_or_else(|| {
+        s.err(
+            node,
+            format!("<Https Listen> '{listen}': expected IP:PORT or *:PORT"),
+        )
+    })?;
+    let path = |t: &str| {
+        let p = PathBuf::from(t);
+        match base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p,
+        }
+    };
+    let (mut cert, mut key, mut ca) = (None, None, None);
+    for e in elements(node) {
+        match e.tag_name().name() {
+            "Cert" => cert = Some(path(text(e))),
+            "Key" => key = Some(path(text(e))),
+            "CA" => ca = Some(path(text(e))).filter(|_| !text(e).is_empty()),
+            other => {
+                warnings.push(s.diag(e, format!("<Https><{other}> is not supported; ignored")))
+            }
+        }
+    }
+    let cert = cert.ok_or_else(|| s.err(node, "<Https> has no <Cert>"))?;
+    let key = key.ok_or_else(|| s.err(node, "<Https> has no <Key>"))?;
+    let loaded = super::tls::load_key(&cert, &key, ca.as_deref())
+        .map_err(|e| s.err(node, format!("<Https>: {e}")))?;
+    let switch = |name: &str, default: bool| -> Result<bool, ConfigError> {
+        node.attribute(name)
+            .map_or(Ok(default), |v| on_off_str(s, node, v))
+    };
+    let tls13 = switch("TLS1.3", true)?;
+    let tls12 = switch("TLS1.2", true)?;
+    for old in ["TLS1.1", "TLS1.0", "SSL3.0"] {
+        if switch(old, false)? {
+            warnings.push(s.diag(
+                node,
+                format!("WARNING <Https {old}=\"ON\"> refused: cairn speaks TLS 1.2 and 1.3 only"),
+            ));
+        }
+    }
+    if !tls12 && !tls13 {
+        return Err(s.err(
+            node,
+            "<Https> turns both TLS1.2 and TLS1.3 off: no protocol is left",
+        ));
+    }
+    if !switch("FS", true)? {
+        warnings.push(s.diag(
+            node,
+            "<Https FS=\"OFF\">: every suite cairn offers has forward secrecy; kept",
+        ));
+    }
+    let suites = match node.attribute("CipherSuite").map(str::trim) {
+        Some(spec) if !spec.is_empty() => {
+            let (suites, notes) = super::tls::map_ciphers(spec);
+            for n in notes {
+                warnings.push(s.diag(node, format!("<Https CipherSuite> {n}")));
+            }
+            if suites.is_empty() && tls12 {
+                warnings.push(s.diag(
+                    node,
+                    "<Https CipherSuite> names no suite rustls has; TLS 1.2 keeps rustls's defaults",
+                ));
+                None
+            } else {
+                Some(suites)
+            }
+        }
+        _ => None,
+    };
+    Ok(super::tls::HttpsBlock {
+        addrs,
+        cert_file: cert,
+        key_file: key,
+        ca_file: ca,
+        key: loaded,
+        tls12,
+        tls13,
+        suites,
+        place: format!("{}:{}", s.file, s.line(node)),
     })
 }
 
@@ -966,6 +1148,7 @@ fn parse_cairn(
             }
             "SpoolDir" => server.spool_dir = Some(PathBuf::from(text(e))),
             "HitSendTimeoutSec" => server.hit_send_timeout = secs()?,
+            "TlsHandshakeTimeoutSec" => server.handshake_timeout = secs()?,
             "MinSendRate" => {
                 server.min_send_rate = parse_size(text(e)).filter(|&n| n > 0).ok_or_else(|| {
                     s.err(

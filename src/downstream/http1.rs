@@ -347,7 +347,7 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
         let live = shard.shared.live.load_full();
         let has_body = !matches!(head.framing, Framing::None | Framing::Length(0));
         let body = if has_body {
-            let using = proxy::body_use(&live, facts.group, &head);
+            let using = proxy::body_use(&live, &facts, &head);
             if using == proxy::BodyUse::Unrouted {
                 // No vhost will take it: refuse before reading (or inviting, with 100
                 // Continue) a body nobody wants, and close, since it stays unread.

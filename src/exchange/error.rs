@@ -34,6 +34,10 @@ pub enum ExchangeError {
     ClientTooSlow,
     #[error("no vhost serves this Host")]
     UnknownVhost,
+    /// The Host (or `:authority`) names a site the connection's certificate does
+    /// not cover (SNI chose another): the client should open a new connection.
+    #[error("the connection's certificate does not cover this Host")]
+    Misdirected,
     #[error("origin: {0}")]
     Origin(#[from] OriginError),
     #[error("the request this one followed failed at the origin")]
@@ -55,7 +59,8 @@ impl ExchangeError {
             | ExchangeError::ClientTimeout
             | ExchangeError::ClientGone
             | ExchangeError::ClientTooSlow
-            | ExchangeError::UnknownVhost => Fault::Client,
+            | ExchangeError::UnknownVhost
+            | ExchangeError::Misdirected => Fault::Client,
             ExchangeError::Origin(_) | ExchangeError::FillFailed | ExchangeError::FillTimeout => {
                 Fault::Origin
             }
@@ -84,6 +89,7 @@ impl ExchangeError {
             // Nothing is sent to a client that went away; STON logs its status as 0.
             ExchangeError::ClientGone | ExchangeError::ClientTooSlow => 0,
             ExchangeError::UnknownVhost => 404,
+            ExchangeError::Misdirected => 421,
             ExchangeError::Origin(e) => e.status(),
             ExchangeError::FillFailed => 502,
             ExchangeError::FillTimeout => 504,
@@ -122,6 +128,7 @@ mod tests {
                 413,
             ),
             (ExchangeError::ClientGone, Fault::Client, false, 0),
+            (ExchangeError::Misdirected, Fault::Client, false, 421),
             (ExchangeError::ClientTooSlow, Fault::Client, false, 0),
             (
                 ExchangeError::RequestBody("bad chunk"),

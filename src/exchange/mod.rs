@@ -40,7 +40,15 @@ pub struct ConnFacts {
     pub group: usize,
     /// Unique per process (#SESSIONID, `session-id`).
     pub session_id: u64,
-    pub tls: bool,
+    pub tls: Option<TlsInfo>,
+}
+
+/// A TLS connection's facts, fixed at its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: crate::net::tls::TlsVersion,
+    /// Which of the listener's certificates the handshake chose (SNI), for 421.
+    pub cert: usize,
 }
 
 /// One request as the request path sees it. `head` holds method, target,

@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod listen;
+pub mod tls;
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::future::Future;
@@ -36,9 +37,13 @@ pub enum IoError {
 
 /// One TCP connection on this shard's ring. Cloning shares the socket, so a read and
 /// a write can be in flight together (every tokio-uring method takes `&self`).
+/// With TLS, the same methods carry plaintext: records are made and taken apart
+/// by the connection's [`TlsSession`](tls::TlsSession), and the socket IO is the
+/// same ring IO.
 #[derive(Clone)]
 pub struct Conn {
     inner: Rc<tokio_uring::net::TcpStream>,
+    tls: Option<Rc<tls::TlsSession>>,
 }
 
 impl Conn {
@@ -46,7 +51,76 @@ impl Conn {
         stream.set_nodelay(true)?;
         Ok(Conn {
             inner: Rc::new(stream),
+            tls: None,
         })
+    }
+
+    /// The server side of a TLS handshake on this (plain) connection, within
+    /// `timeout`; the returned `Conn` speaks plaintext over TLS.
+    pub async fn accept_tls(
+        &self,
+        config: std::sync::Arc<rustls::ServerConfig>,
+        timeout: Duration,
+    ) -> Result<Conn, IoError> {
+        let server = rustls::ServerConnection::new(config).map_err(tls::tls_error)?;
+        let conn = Conn {
+            inner: self.inner.clone(),
+            tls: Some(Rc::new(tls::TlsSession::new(server.into()))),
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let t = conn.tls.as_ref().expect("set above");
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let taken = t.take_plaintext(&mut BytesMut::new());
+            if let Some(Err(e)) = taken {
+                // The alert rustls queued tells the client why (protocol version, …).
+                let _ = conn.flush_records(left.min(Duration::from_secs(1))).await;
+                self.shutdown();
+                return Err(IoError::Io(e));
+            }
+            if t.wants_write() {
+                conn.flush_records(left).await?;
+            }
+            if !t.is_handshaking() {
+                return Ok(conn);
+            }
+            if left.is_zero() {
+                self.shutdown();
+                return Err(IoError::TimedOut);
+            }
+            let mut inb = std::mem::take(&mut *t.inbuf.borrow_mut());
+            let r = self
+                .raw_read_or_stop(&mut inb, left, std::future::pending())
+                .await;
+            *t.inbuf.borrow_mut() = inb;
+            match r {
+                Ok(0) => return Err(IoError::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// What the TLS handshake settled, for a TLS connection.
+    pub fn tls_facts(&self) -> Option<tls::TlsFacts> {
+        self.tls.as_ref().and_then(|t| t.facts())
+    }
+
+    /// The SNI name a TLS client sent.
+    pub fn tls_server_name(&self) -> Option<String> {
+        self.tls.as_ref().and_then(|t| t.server_name())
+    }
+
+    /// Writes the records rustls has queued.
+    async fn flush_records(&self, timeout: Duration) -> Result<(), IoError> {
+        let Some(t) = &self.tls else { return Ok(()) };
+        loop {
+            let out = t.take_records(4 * tls::SEND_BUFFER)?;
+            if out.is_empty() {
+                return Ok(());
+            }
+            self.raw_writev_all(vec![out], timeout).await?;
+        }
     }
 
     /// Connects with a deadline. The connect itself runs on tokio's epoll reactor so
@@ -72,6 +146,55 @@ impl Conn {
     /// Like [`read`](Self::read), but gives up with `Stopped` when `stop` completes first
     /// (used to release idle keep-alive connections when draining).
     pub async fn read_or_stop(
+        &self,
+        buf: &mut BytesMut,
+        timeout: Duration,
+        stop: impl Future<Output = ()>,
+    ) -> Result<usize, IoError> {
+        match &self.tls {
+            None => self.raw_read_or_stop(buf, timeout, stop).await,
+            Some(t) => self.tls_read_or_stop(t, buf, timeout, stop).await,
+        }
+    }
+
+    async fn tls_read_or_stop(
+        &self,
+        t: &tls::TlsSession,
+        buf: &mut BytesMut,
+        timeout: Duration,
+        stop: impl Future<Output = ()>,
+    ) -> Result<usize, IoError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            match t.take_plaintext(buf) {
+                Some(Ok(n)) => return Ok(n),
+                Some(Err(e)) => {
+                    if !t.writing.get() {
+                        let _ = self.flush_records(Duration::from_secs(1)).await;
+                    }
+                    self.shutdown();
+                    return Err(IoError::Io(e));
+                }
+                None => {}
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Records the read side produced (a TLS 1.3 key update's answer):
+            // written here unless a write is under way, which takes them along.
+            if t.wants_write() && !t.writing.get() {
+                self.flush_records(left).await?;
+            }
+            let mut inb = std::mem::take(&mut *t.inbuf.borrow_mut());
+            let r = self.raw_read_or_stop(&mut inb, left, stop.as_mut()).await;
+            *t.inbuf.borrow_mut() = inb;
+            match r? {
+                0 => return Ok(0),
+                _ => continue,
+            }
+        }
+    }
+
+    async fn raw_read_or_stop(
         &self,
         buf: &mut BytesMut,
         timeout: Duration,
@@ -106,7 +229,44 @@ impl Conn {
 
     /// Writes all of `bufs` (head and body pieces) as vectored writes, re-slicing after
     /// short writes. No byte of any buffer is copied.
-    pub async fn writev_all(&self, mut bufs: Vec<Bytes>, timeout: Duration) -> Result<(), IoError> {
+    pub async fn writev_all(&self, bufs: Vec<Bytes>, timeout: Duration) -> Result<(), IoError> {
+        match &self.tls {
+            None => self.raw_writev_all(bufs, timeout).await,
+            Some(t) => {
+                t.writing.set(true);
+                let r = self.tls_writev_all(t, bufs, timeout).await;
+                t.writing.set(false);
+                r
+            }
+        }
+    }
+
+    /// Encrypts the pieces into records, writing whenever the send buffer fills,
+    /// so a response costs at most [`tls::SEND_BUFFER`] of records in memory.
+    async fn tls_writev_all(
+        &self,
+        t: &tls::TlsSession,
+        bufs: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<(), IoError> {
+        for b in bufs {
+            let mut at = 0;
+            while at < b.len() {
+                let n = t.encrypt(&b[at..])?;
+                at += n;
+                if n == 0 {
+                    if !t.wants_write() {
+                        // Nothing to send and nothing taken: closed for writing.
+                        return Err(IoError::Io(io::ErrorKind::WriteZero.into()));
+                    }
+                    self.flush_records(timeout).await?;
+                }
+            }
+        }
+        self.flush_records(timeout).await
+    }
+
+    async fn raw_writev_all(&self, mut bufs: Vec<Bytes>, timeout: Duration) -> Result<(), IoError> {
         bufs.retain(|b| !b.is_empty());
         while !bufs.is_empty() {
             // IOV_MAX is 1024; stay well under it.
@@ -157,6 +317,9 @@ impl Conn {
     #[allow(unsafe_code)]
     pub fn is_idle_and_open(&self) -> bool {
         use std::os::fd::AsRawFd;
+        if self.tls.as_ref().is_some_and(|t| !t.holds_nothing()) {
+            return false;
+        }
         let mut byte = 0u8;
         // SAFETY: recv on our own open fd into a valid 1-byte buffer; MSG_PEEK leaves
         // the data in place and MSG_DONTWAIT never blocks the shard.
@@ -193,6 +356,10 @@ impl Conn {
     /// for a short while so that its pipelined bytes do not turn into a reset that
     /// destroys the response in flight, then close.
     pub async fn close_gracefully(&self) {
+        if let Some(t) = &self.tls {
+            t.close_notify();
+            let _ = self.flush_records(Duration::from_secs(1)).await;
+        }
         let _ = self.inner.shutdown(Shutdown::Write);
         // Nothing unread: no reset can destroy the response, close at once (the
         // common `Connection: close` case). Otherwise linger and drain.

@@ -68,6 +68,7 @@ pub fn write(shard: &ShardCtx, x: &Exchanged<'_>) {
         body_bytes: x.body_bytes,
         time_taken_ms: taken.as_millis() as u64,
         gzip: x.sent.gzip,
+        tls: x.conn.tls.map(|t| t.version.as_str()),
         bypass: x.bypass,
         result: x.result.code(),
         session_id: x.conn.session_id,

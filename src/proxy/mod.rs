@@ -60,6 +60,23 @@ pub async fn serve_with<D: Downstream>(
         .await;
         return;
     };
+    if misdirected(live, req) {
+        let facts = Refused {
+            conn: &req.conn,
+            head: Some(&req.head),
+            protocol: req.protocol,
+            received: req.received,
+        };
+        Box::pin(refuse(
+            shard,
+            live,
+            &facts,
+            down,
+            ExchangeError::Misdirected,
+        ))
+        .await;
+        return;
+    }
     let vhost = &config.vhosts[vi];
     down.bind_vhost(vhost);
     let now = now_ms();
@@ -98,7 +115,11 @@ pub async fn serve_with<D: Downstream>(
         sent: Cell::new(Sent::default()),
         error: RefCell::new(None),
     };
-    let r = if let Some(code) = vhost.options.redirect_https {
+    let r = if let Some(code) = vhost
+        .options
+        .redirect_https
+        .filter(|_| req.conn.tls.is_none())
+    {
         Box::pin(redirect_https(&cx, down, code)).await
     } else if cached::eligible(&req.head) {
         cached::serve(&cx, down).await
@@ -124,6 +145,35 @@ pub async fn serve_with<D: Downstream>(
             bypass: cx.bypass.get(),
         },
     );
+}
+
+/// On an address whose certificates SNI chooses, a request for a host the chosen
+/// certificate does not cover came over a connection meant for another site
+/// (RFC 9110 §15.5.20): 421, so that one certificate's connection cannot reach
+/// every vhost.
+fn misdirected(live: &Live, req: &Request) -> bool {
+    let Some(tls) = req.conn.tls else {
+        return false;
+    };
+    let Some(group) = live.config.listeners[req.conn.group].tls.as_ref() else {
+        return false;
+    };
+    if !group.sni || group.certs.len() < 2 {
+        return false;
+    }
+    let host = req.head.host().map(host_name).unwrap_or_default();
+    !std::str::from_utf8(host).is_ok_and(|h| group.certs.covers(tls.cert, h))
+}
+
+/// `host[:port]` or `[v6]:port` less the port and brackets.
+fn host_name(h: &[u8]) -> &[u8] {
+    if let Some(rest) = h.strip_prefix(b"[") {
+        return rest.split(|&b| b == b']').next().unwrap_or(rest);
+    }
+    match h.iter().rposition(|&b| b == b':') {
+        Some(i) => &h[..i],
+        None => h,
+    }
 }
 
 /// HTTPS-1: every plain-HTTP request is redirected.
@@ -202,12 +252,13 @@ pub enum BodyUse {
     Forward,
 }
 
-pub fn body_use(live: &Live, group: usize, head: &RequestHead) -> BodyUse {
-    let Some(vi) = live.routers[group].lookup(head.host()) else {
+pub fn body_use(live: &Live, conn: &ConnFacts, head: &RequestHead) -> BodyUse {
+    let Some(vi) = live.routers[conn.group].lookup(head.host()) else {
         return BodyUse::Unrouted;
     };
     let vhost = &live.config.vhosts[vi];
-    if vhost.options.redirect_https.is_some() || cached::eligible(head) {
+    let redirected = vhost.options.redirect_https.is_some() && conn.tls.is_none();
+    if redirected || cached::eligible(head) {
         BodyUse::Drain
     } else {
         BodyUse::Forward

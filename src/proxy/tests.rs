@@ -92,7 +92,7 @@ fn request(raw: &str, body: Option<&[u8]>) -> Request {
             local: "127.0.0.1:8080".parse().unwrap(),
             group: 0,
             session_id: 1,
-            tls: false,
+            tls: None,
         },
         received: std::time::Instant::now(),
     }

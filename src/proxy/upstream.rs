@@ -176,7 +176,11 @@ pub async fn send(
         unkeyed: &o.unkeyed,
         forwarded: o.forwarded_headers.then_some(Forwarded {
             host: &cx.vhost.name,
-            proto: if cx.req.conn.tls { "https" } else { "http" },
+            proto: if cx.req.conn.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         }),
         ..*opts
     };

@@ -189,10 +189,13 @@ async fn accept_loop(
                     local,
                     group,
                     session_id,
-                    tls: false,
+                    tls: None,
                 };
                 tokio_uring::spawn(async move {
                     let _guard = guard;
+                    let Some((conn, facts)) = Box::pin(handshake(&s, conn, facts)).await else {
+                        return;
+                    };
                     crate::downstream::http1::serve(s, conn, facts).await;
                 });
             }
@@ -212,6 +215,41 @@ async fn accept_loop(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
+        }
+    }
+}
+
+/// On a TLS address, the handshake (within `<Https>`'s deadline) with the
+/// certificates in force now; a plain address passes through.
+async fn handshake(
+    shard: &ShardCtx,
+    conn: Conn,
+    mut facts: ConnFacts,
+) -> Option<(Conn, ConnFacts)> {
+    let (server, certs, timeout) = {
+        let live = shard.shared.live.load();
+        match live.config.listeners[facts.group].tls.as_ref() {
+            None => return Some((conn, facts)),
+            Some(t) => (
+                t.server.clone(),
+                t.certs.clone(),
+                live.config.server.handshake_timeout,
+            ),
+        }
+    };
+    match conn.accept_tls(server, timeout).await {
+        Ok(tls) => {
+            shard.stats().tls_handshakes.fetch_add(1, Relaxed);
+            let version = tls.tls_facts()?.version;
+            let cert = certs.pick(tls.tls_server_name().as_deref());
+            facts.tls = Some(crate::exchange::TlsInfo { version, cert });
+            Some((tls, facts))
+        }
+        Err(e) => {
+            shard.stats().tls_failures.fetch_add(1, Relaxed);
+            log::debug!("{}: TLS handshake failed: {e}", facts.peer);
+            conn.shutdown();
+            None
         }
     }
 }
@@ -283,6 +321,14 @@ pub fn wait_ready(shared: &Shared, shards: usize, timeout: Duration) -> bool {
 }
 
 /// Listen addresses as `http://` URLs, for the startup banner.
-pub fn urls(addrs: &[SocketAddr]) -> Vec<String> {
-    addrs.iter().map(|a| format!("http://{a}/")).collect()
+/// One per listener, `https://` ones first (`tls[i]`: group i is TLS).
+pub fn urls(addrs: &[SocketAddr], tls: &[bool]) -> Vec<String> {
+    let scheme = |t: bool| if t { "https" } else { "http" };
+    let mut out: Vec<(bool, String)> = addrs
+        .iter()
+        .zip(tls)
+        .map(|(a, &t)| (t, format!("{}://{a}/", scheme(t))))
+        .collect();
+    out.sort_by_key(|(t, _)| !t);
+    out.into_iter().map(|(_, u)| u).collect()
 }

@@ -216,6 +216,8 @@ fn parse_request(buf: &[u8]) -> Option<(SeenRequest, usize)> {
 pub struct Cairn {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The `<Https>` listeners, in the order cairn printed them.
+    pub https: Vec<SocketAddr>,
     pub stderr: Arc<Mutex<String>>,
     pub dir: PathBuf,
 }
@@ -324,12 +326,17 @@ impl Cairn {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
+        // TLS listeners are listed first, then the plain ones.
+        let mut https = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(l) => {
                     if let Some(rest) = l.trim().strip_prefix("cairn listening on http://") {
                         break rest.trim_end_matches('/').parse().unwrap();
+                    }
+                    if let Some(rest) = l.trim().strip_prefix("cairn listening on https://") {
+                        https.push(rest.trim_end_matches('/').parse().unwrap());
                     }
                 }
                 Err(_) => panic!("cairn did not start; stderr:\n{}", stderr.lock().unwrap()),
@@ -338,6 +345,7 @@ impl Cairn {
         Cairn {
             child,
             addr,
+            https,
             stderr,
             dir,
         }
@@ -414,10 +422,19 @@ impl Response {
     }
 }
 
-/// A raw HTTP/1.1 client over one TCP connection.
-pub struct Client {
-    pub stream: TcpStream,
+/// A raw HTTP/1.1 client over one connection: TCP, or TLS (any `Read + Write`).
+pub struct Client<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
+}
+
+impl<S: Read + Write> Client<S> {
+    pub fn over(stream: S) -> Client<S> {
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
 }
 
 impl Client {
@@ -439,8 +456,27 @@ impl Client {
         }
     }
 
+    /// True if the server closed the connection within `within` (EOF or reset);
+    /// false if it stayed open (read timed out) or sent more bytes.
+    pub fn is_closed(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let mut tmp = [0u8; 1024];
+        let r = match self.stream.read(&mut tmp) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        r
+    }
+}
+
+impl<S: Read + Write> Client<S> {
     pub fn send(&mut self, raw: &[u8]) {
         self.stream.write_all(raw).unwrap();
+        self.stream.flush().unwrap();
     }
 
     pub fn get(&mut self, path: &str) -> Response {
@@ -538,21 +574,5 @@ impl Client {
             }
         }
         Some(resp)
-    }
-
-    /// True if the server closed the connection within `within` (EOF or reset);
-    /// false if it stayed open (read timed out) or sent more bytes.
-    pub fn is_closed(&mut self, within: Duration) -> bool {
-        self.stream.set_read_timeout(Some(within)).unwrap();
-        let mut tmp = [0u8; 1024];
-        let r = match self.stream.read(&mut tmp) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-        };
-        self.stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        r
     }
 }

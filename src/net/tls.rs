@@ -1,0 +1,197 @@
+//! TLS on the shard's own ring. rustls's buffered connection is itself sans-IO
+//! (ciphertext in through `read_tls`, out through `write_tls`); this module only
+//! moves those bytes with owned buffers over the same completion IO as a plain
+//! [`Conn`](super::Conn), so a TLS connection never leaves the shard that
+//! accepted it and no poll adapter is involved (tokio-uring issue 318).
+//!
+//! Costs, for the record: a plaintext byte is copied once into a record (and
+//! encrypted there) and once out of rustls into the write buffer. kTLS (see
+//! [`ktls_available`]) removes both; rustls's unbuffered API would remove one.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read, Write};
+
+/// Plaintext rustls may hold encrypted and unsent per connection before a write
+/// must wait for the socket: bounds what a slow reader costs.
+pub const SEND_BUFFER: usize = 64 * 1024;
+
+/// One connection's TLS state, shared by the clones of its [`Conn`](super::Conn).
+/// Shards are single-threaded and no borrow is held across an await.
+pub struct TlsSession {
+    pub(super) conn: RefCell<rustls::Connection>,
+    /// Ciphertext read from the socket that rustls has not taken yet.
+    pub(super) inbuf: RefCell<BytesMut>,
+    /// A write is in progress: the read side leaves queued records to it, so two
+    /// writers never interleave records on the socket.
+    pub(super) writing: Cell<bool>,
+}
+
+/// What a finished handshake says about the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsFacts {
+    pub version: TlsVersion,
+    /// ALPN chose `h2`.
+    pub h2: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    /// As the access log writes it (`sc-resinfo`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "TLSv1.2",
+            TlsVersion::Tls13 => "TLSv1.3",
+        }
+    }
+}
+
+pub(super) fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsSession {
+    pub(super) fn new(mut conn: rustls::Connection) -> TlsSession {
+        conn.set_buffer_limit(Some(SEND_BUFFER));
+        TlsSession {
+            conn: RefCell::new(conn),
+            inbuf: RefCell::new(BytesMut::new()),
+            writing: Cell::new(false),
+        }
+    }
+
+    /// Feeds buffered ciphertext to rustls and moves out what plaintext it has
+    /// into `buf`: `Some(Ok(n))` with `n > 0` bytes, `Some(Ok(0))` after the
+    /// peer's close_notify, `Some(Err)` for a TLS error (an alert is queued for
+    /// the peer), `None` when more ciphertext is needed.
+    pub(super) fn take_plaintext(&self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        let mut c = self.conn.borrow_mut();
+        let mut inb = self.inbuf.borrow_mut();
+        loop {
+            let state = match c.process_new_packets() {
+                Ok(s) => s,
+                Err(e) => return Some(Err(tls_error(e))),
+            };
+            let ready = state.plaintext_bytes_to_read();
+            if ready > 0 {
+                let start = buf.len();
+                buf.resize(start + ready, 0);
+                let n = match c.reader().read(&mut buf[start..]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => {
+                        buf.truncate(start);
+                        return Some(Err(e));
+                    }
+                };
+                buf.truncate(start + n);
+                if n > 0 {
+                    return Some(Ok(n));
+                }
+            }
+            if state.peer_has_closed() {
+                return Some(Ok(0));
+            }
+            if inb.is_empty() {
+                return None;
+            }
+            match c.read_tls(&mut &inb[..]) {
+                Ok(0) => return None,
+                Ok(n) => inb.advance(n),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Moves queued records (handshake, data, alerts) out of rustls, up to about
+    /// `max` bytes; empty when nothing is queued.
+    pub(super) fn take_records(&self, max: usize) -> io::Result<Bytes> {
+        let mut c = self.conn.borrow_mut();
+        let mut out = Vec::new();
+        while c.wants_write() && out.len() < max {
+            c.write_tls(&mut out)?;
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Encrypts as much of `plain` as the send buffer takes; 0 when it is full.
+    pub(super) fn encrypt(&self, plain: &[u8]) -> io::Result<usize> {
+        self.conn.borrow_mut().writer().write(plain)
+    }
+
+    pub(super) fn is_handshaking(&self) -> bool {
+        self.conn.borrow().is_handshaking()
+    }
+
+    pub(super) fn wants_write(&self) -> bool {
+        self.conn.borrow().wants_write()
+    }
+
+    pub(super) fn close_notify(&self) {
+        self.conn.borrow_mut().send_close_notify();
+    }
+
+    /// Nothing read and not yet used: no buffered ciphertext, no plaintext.
+    pub(super) fn holds_nothing(&self) -> bool {
+        if !self.inbuf.borrow().is_empty() {
+            return false;
+        }
+        let mut c = self.conn.borrow_mut();
+        c.process_new_packets()
+            .is_ok_and(|s| s.plaintext_bytes_to_read() == 0)
+    }
+
+    pub fn facts(&self) -> Option<TlsFacts> {
+        let c = self.conn.borrow();
+        let version = match c.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => TlsVersion::Tls13,
+            rustls::ProtocolVersion::TLSv1_2 => TlsVersion::Tls12,
+            _ => return None,
+        };
+        Some(TlsFacts {
+            version,
+            h2: c.alpn_protocol() == Some(b"h2"),
+        })
+    }
+
+    /// The SNI name the client sent (server side).
+    pub fn server_name(&self) -> Option<String> {
+        match &*self.conn.borrow() {
+            rustls::Connection::Server(s) => s.server_name().map(str::to_owned),
+            rustls::Connection::Client(_) => None,
+        }
+    }
+}
+
+/// Is the kernel's `tls` ULP there (kTLS)? Read once at start.
+pub fn ktls_available() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").is_ok_and(|s| ulp_listed(&s))
+}
+
+/// `tcp_available_ulp` lists names separated by spaces.
+fn ulp_listed(list: &str) -> bool {
+    list.split_whitespace().any(|u| u == "tls")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ulp_probe_reads_the_kernels_list() {
+        for (list, has) in [
+            ("mptcp\n", false),
+            ("mptcp tls\n", true),
+            ("tls", true),
+            ("", false),
+            ("tlsx espintcp", false),
+        ] {
+            assert_eq!(ulp_listed(list), has, "{list:?}");
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! TLS end to end: `<Server><Https>` listeners on the real binary, certificates
+//! made by the test (a CA and leaves, ECDSA and RSA), a rustls client, and raw
+//! ClientHellos for what rustls clients cannot send.
+
+mod support;
+
+use rustls::pki_types::ServerName;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+type TlsClient = Client<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+/// A test CA that signs leaves.
+struct Pki {
+    ca: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "cairn test CA");
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = p.self_signed(&key).unwrap();
+        Pki {
+            ca,
+            issuer: rcgen::Issuer::new(p, key),
+        }
+    }
+
+    /// A leaf for `names`, with a new ECDSA P-256 key or the given PEM key;
+    /// written as `<tag>.crt` and `<tag>.key` in `dir`. Returns the leaf's DER.
+    fn leaf(&self, dir: &Path, tag: &str, names: &[&str], key_pem: Option<&str>) -> Vec<u8> {
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        p.use_authority_key_identifier_extension = true;
+        let key = match key_pem {
+            Some(pem) => rcgen::KeyPair::from_pem(pem).unwrap(),
+            None => rcgen::KeyPair::generate().unwrap(),
+        };
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join(format!("{tag}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{tag}.key")), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn roots(&self) -> rustls::RootCertStore {
+        let mut r = rustls::RootCertStore::empty();
+        r.add(self.ca.der().clone()).unwrap();
+        r
+    }
+}
+
+fn https_block(tag: &str, attrs: &str) -> String {
+    format!(
+        r#"<Https Listen="127.0.0.1:0" {attrs}><Cert>{tag}.crt</Cert><Key>{tag}.key</Key></Https>"#
+    )
+}
+
+/// A config with the usual plain vhost, plus these `<Https>` blocks (and SNI on
+/// when `sni`).
+fn tls_dir(origin: &Origin, blocks: &str, sni: bool, options: &str) -> PathBuf {
+    let dir = config_dir(&origin.addr.to_string(), options, "");
+    let sni = if sni { "<HttpsSNI>ON</HttpsSNI>" } else { "" };
+    edit_server_xml(&dir, "<Cache>", &format!("<Cache>{sni}"));
+    edit_server_xml(&dir, "</Server>", &format!("{blocks}</Server>"));
+    dir
+}
+
+fn client_config(
+    roots: rustls::RootCertStore,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    sni: bool,
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.enable_sni = sni;
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
+/// Connects and completes the handshake, verifying the server as `name`.
+fn tls_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>, name: &str) -> TlsClient {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let conn =
+        rustls::ClientConnection::new(config, ServerName::try_from(name.to_string()).unwrap())
+            .unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).expect("TLS handshake");
+    }
+    Client::over(s)
+}
+
+fn peer_cert(c: &TlsClient) -> Vec<u8> {
+    c.stream.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn get(c: &mut Client<impl Read + Write>, host: &str, path: &str) -> Response {
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    c.response(false).expect("a response")
+}
+
+fn tls13() -> Vec<&'static rustls::SupportedProtocolVersion> {
+    vec![&rustls::version::TLS13]
+}
+
+#[test]
+fn https_serves_the_same_cached_bytes_as_plain_http_and_is_not_redirected() {
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let served = body.clone();
+    let origin = Origin::start(move |_| ok(&served));
+    let pki = Pki::new();
+    let redirect = r#"<RedirectHttpToHttps ResCode="301">ON</RedirectHttpToHttps>"#;
+    let dir = tls_dir(&origin, &https_block("site", ""), false, redirect);
+    pki.leaf(&dir, "site", &["test.local"], None);
+    let cairn = Cairn::start(dir, 1);
+    assert_eq!(cairn.https.len(), 1, "{}", cairn.stderr());
+    // HTTPS-1: plain HTTP is redirected, HTTPS is served.
+    let plain = cairn.connect().get("/big");
+    assert_eq!(plain.status, 301);
+    assert_eq!(
+        plain.header("location"),
+        Some("https://test.local/big"),
+        "{plain:?}"
+    );
+    let cfg = client_config(pki.roots(), &tls13(), true);
+    let mut c = tls_connect(cairn.https[0], cfg.clone(), "test.local");
+    let first = get(&mut c, "test.local", "/big");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, body, "a miss over TLS");
+    // Keep-alive on the same TLS connection: now a hit, the same bytes.
+    let second = get(&mut c, "test.local", "/big");
+    assert_eq!(second.body, body, "a hit over TLS");
+    assert_eq!(origin.count(), 1, "the second came from the cache");
+    // A TLS 1.2 client is served the same bytes.
+    let cfg12 = client_config(pki.roots(), &[&rustls::version::TLS12], true);
+    let mut c12 = tls_connect(cairn.https[0], cfg12, "test.local");
+    assert_eq!(
+        c12.stream.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(get(&mut c12, "test.local", "/big").body, body);
+}
+
+#[test]
+fn sni_picks_the_certificate_a_hello_without_sni_gets_the_first_and_another_host_gets_421() {
+    let origin = Origin::start(|r| ok(format!("page {}", r.path).as_bytes()));
+    let pki = Pki::new();
+    let blocks = format!("{}{}", https_block("a", ""), https_block("b", ""));
+    // Both blocks on one address: the second names the first's port once known,
+    // so both use a fixed free port.
+    let port = free_port();
+    let blocks = blocks.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let dir = tls_dir(&origin, &blocks, true, "");
+    let a = pki.leaf(&dir, "a", &["test.local"], None);
+    let b = pki.leaf(&dir, "b", &["b.example", "*.b.example"], None);
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        format!(
+            "<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{0}</Address></Origin></Vhost><Vhost Name=\"b.example\"><Alias>www.b.example</Alias><Listen>127.0.0.1:0</Listen><Origin><Address>{0}</Address></Origin></Vhost></Vhosts>",
+            origin.addr
+        ),
+    )
+    .unwrap();
+    let cairn = Cairn::start(dir, 1);
+    assert_eq!(cairn.https, vec![SocketAddr::from(([127, 0, 0, 1], port))]);
+    let addr = cairn.https[0];
+    let sni = client_config(pki.roots(), &tls13(), true);
+    let mut cb = tls_connect(addr, sni.clone(), "www.b.example");
+    assert_eq!(
+        peer_cert(&cb),
+        b,
+        "SNI www.b.example: the wildcard certificate"
+    );
+    assert_eq!(get(&mut cb, "www.b.example", "/x").status, 200);
+    // The same connection asked for the other site: 421, and nothing reached the origin.
+    let before = origin.count();
+    let r = get(&mut cb, "test.local", "/x");
+    assert_eq!(r.status, 421, "{r:?}");
+    assert_eq!(origin.count(), before);
+    let ca = tls_connect(addr, sni, "test.local");
+    assert_eq!(peer_cert(&ca), a);
+    // No SNI at all: the first block's certificate.
+    let none = tls_connect(
+        addr,
+        client_config(pki.roots(), &tls13(), false),
+        "test.local",
+    );
+    assert_eq!(peer_cert(&none), a);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A ClientHello offering at most `version` (no supported_versions extension,
+/// so TLS 1.3 is not offered), with TLS 1.0-era suites.
+fn old_client_hello(version: [u8; 2]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&version);
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // session id
+                  // ECDHE-RSA/ECDSA-AES128-GCM (which rustls has), then CBC suites.
+    let suites: [u8; 8] = [0xc0, 0x2f, 0xc0, 0x2b, 0xc0, 0x13, 0x00, 0x2f];
+    body.extend_from_slice(&(suites.len() as u16).to_be_bytes());
+    body.extend_from_slice(&suites);
+    body.extend_from_slice(&[1, 0]); // compression: null
+                                     // signature_algorithms (ECDSA P-256, RSA-PSS, RSA PKCS#1 with SHA-256) and
+                                     // supported_groups (x25519, P-256): what a real TLS 1.1 client sends, so the
+                                     // version is what the server refuses.
+    let ext: [u8; 22] = [
+        0x00, 0x0d, 0x00, 0x08, 0x00, 0x06, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, //
+        0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17,
+    ];
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1u8];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[test]
+fn clients_below_tls_1_2_are_refused_with_an_alert_and_counted() {
+    let origin = Origin::start(|_| ok(b"x"));
+    let pki = Pki::new();
+    let dir = tls_dir(
+        &origin,
+        &https_block("site", r#"TLS1.1="ON" TLS1.0="ON" SSL3.0="ON""#),
+        false,
+        "",
+    );
+    pki.leaf(&dir, "site", &["test.local"], None);
+    let cairn = Cairn::start(dir, 1);
+    let warned = cairn.wait_log("TLS1.1=\"ON\"> refused");
+    assert!(warned.contains("server.xml:"), "{warned}");
+    for version in [[3, 2], [3, 1], [3, 0]] {
+        let mut s = TcpStream::connect(cairn.https[0]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&old_client_hello(version)).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        // An alert record (21), never a ServerHello (22); then the close.
+        assert_eq!(got.first(), Some(&0x15), "{version:?}: {got:?}");
+        assert_eq!(got.len(), 7, "one alert: {got:?}");
+        assert_eq!(got[6], 70, "protocol_version alert: {got:?}");
+    }
+    // TLS 1.2 still works on the same listener.
+    let mut c = tls_connect(
+        cairn.https[0],
+        client_config(pki.roots(), &[&rustls::version::TLS12], true),
+        "test.local",
+    );
+    assert_eq!(get(&mut c, "test.local", "/").status, 200);
+    drop(c);
+    cairn.signal("USR1");
+    let stats = cairn.wait_log("TLS handshakes");
+    assert!(stats.contains("3 failed"), "{stats}");
+}
+
+#[test]
+fn rsa_and_ecdsa_keys_and_a_ca_chain_are_served() {
+    let origin = Origin::start(|_| ok(b"rsa"));
+    let pki = Pki::new();
+    let blocks =
+        https_block("rsa", "").replace("</Key>", "</Key><CA>ca.pem</CA>") + &https_block("ec", "");
+    let dir = tls_dir(&origin, &blocks, false, "");
+    let rsa_pem = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rsa2048.key"),
+    )
+    .unwrap();
+    pki.leaf(&dir, "rsa", &["test.local"], Some(&rsa_pem));
+    pki.leaf(&dir, "ec", &["test.local"], None);
+    std::fs::write(dir.join("ca.pem"), pki.ca.pem()).unwrap();
+    let cairn = Cairn::start(dir, 1);
+    assert_eq!(cairn.https.len(), 2);
+    let mut chains = Vec::new();
+    for addr in &cairn.https {
+        let mut c = tls_connect(
+            *addr,
+            client_config(pki.roots(), &tls13(), true),
+            "test.local",
+        );
+        chains.push(c.stream.conn.peer_certificates().unwrap().len());
+        assert_eq!(get(&mut c, "test.local", "/").text(), "rsa");
+    }
+    // The RSA block sends its CA after the leaf; the ECDSA one its leaf alone.
+    chains.sort();
+    assert_eq!(chains, vec![1, 2]);
+}
+
+#[test]
+fn a_bad_certificate_on_reload_is_reported_and_the_old_one_stays() {
+    let origin = Origin::start(|_| ok(b"x"));
+    let pki = Pki::new();
+    let dir = tls_dir(&origin, &https_block("site", ""), false, "");
+    let first = pki.leaf(&dir, "site", &["test.local"], None);
+    let cairn = Cairn::start(dir.clone(), 1);
+    let cfg = client_config(pki.roots(), &tls13(), true);
+    assert_eq!(
+        peer_cert(&tls_connect(cairn.https[0], cfg.clone(), "test.local")),
+        first
+    );
+    // A certificate file that is not PEM.
+    std::fs::write(dir.join("site.crt"), b"garbage").unwrap();
+    cairn.signal("HUP");
+    let refused = cairn.wait_log("reload refused");
+    assert!(
+        refused.contains("site.crt") && refused.contains("server.xml:"),
+        "{refused}"
+    );
+    assert_eq!(
+        peer_cert(&tls_connect(cairn.https[0], cfg.clone(), "test.local")),
+        first,
+        "the running certificate stays"
+    );
+    // A key that is not the certificate's.
+    let second = pki.leaf(&dir, "site", &["test.local"], None);
+    let other = rcgen::KeyPair::generate().unwrap();
+    let good_key = std::fs::read(dir.join("site.key")).unwrap();
+    std::fs::write(dir.join("site.key"), other.serialize_pem()).unwrap();
+    cairn.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cairn.stderr().contains("cannot sign for it") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        cairn.stderr().contains("cannot sign for it"),
+        "{}",
+        cairn.stderr()
+    );
+    // Fixed: the new certificate is taken by new connections.
+    std::fs::write(dir.join("site.key"), good_key).unwrap();
+    cairn.signal("HUP");
+    cairn.wait_log("configuration reloaded");
+    assert_eq!(
+        peer_cert(&tls_connect(cairn.https[0], cfg, "test.local")),
+        second
+    );
+}
+
+#[test]
+fn a_handshake_that_does_not_finish_is_cut_off_at_its_deadline() {
+    let origin = Origin::start(|_| ok(b"x"));
+    let pki = Pki::new();
+    let dir = tls_dir(&origin, &https_block("site", ""), false, "");
+    add_cairn_settings(&dir, "<TlsHandshakeTimeoutSec>1</TlsHandshakeTimeoutSec>");
+    pki.leaf(&dir, "site", &["test.local"], None);
+    let cairn = Cairn::start(dir, 1);
+    let started = Instant::now();
+    // Half a ClientHello, then nothing.
+    let hello = old_client_hello([3, 3]);
+    let mut s = TcpStream::connect(cairn.https[0]).unwrap();
+    s.write_all(&hello[..20]).unwrap();
+    let mut c = Client::from_stream(s);
+    assert!(
+        c.is_closed(Duration::from_secs(5)),
+        "closed at the deadline"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn tls_requests_are_logged_with_their_version() {
+    let origin = Origin::start(|_| ok(b"x"));
+    let pki = Pki::new();
+    let dir = tls_dir(&origin, &https_block("site", ""), false, "");
+    edit_server_xml(
+        &dir,
+        "</VHostDefault>",
+        r#"<Log Dir="logs"><Access Local="ON">ON</Access></Log></VHostDefault>"#,
+    );
+    pki.leaf(&dir, "site", &["test.local"], None);
+    let cairn = Cairn::start(dir.clone(), 1);
+    let mut c = tls_connect(
+        cairn.https[0],
+        client_config(pki.roots(), &tls13(), true),
+        "test.local",
+    );
+    assert_eq!(get(&mut c, "test.local", "/logged").status, 200);
+    let plain = cairn.connect().get("/plain");
+    assert_eq!(plain.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = dir.join("logs/test.local");
+    let read = || -> String {
+        std::fs::read_dir(&log)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    while !(read().contains("/logged") && read().contains("/plain")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = read();
+    let line = |p: &str| {
+        text.lines()
+            .find(|l| l.contains(p))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(line("/logged").contains(" TLSv1.3 "), "{text}");
+    assert!(!line("/plain").contains("TLSv"), "{text}");
+}
