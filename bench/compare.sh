@@ -147,7 +147,7 @@ fi
 # are those the scenario list below builds for this mode.
 KNOWN_SCENARIOS=()
 for s in "${SIZES[@]}"; do KNOWN_SCENARIOS+=("ka-$s"); done
-KNOWN_SCENARIOS+=(close-1k idle-1k gzip-32k)
+KNOWN_SCENARIOS+=(close-1k idle-1k gzip-32k tls-1k tls-256k tls-close-1k)
 if [[ -n $SCENARIO_FILTER ]]; then
 	IFS=, read -r -a _want <<<"$SCENARIO_FILTER"
 	for q in "${_want[@]}"; do
@@ -191,6 +191,16 @@ ORIGIN_PORT=$BASE_PORT
 declare -A PORT=([cairn]=$((BASE_PORT + 1)) [nginx]=$((BASE_PORT + 2)) [httpd]=$((BASE_PORT + 3)))
 if [[ -n $CAIRN_OLD_BIN ]]; then PORT[cairn-old]=$((BASE_PORT + 4)); fi
 if ((WITH_LOG)); then PORT[cairn-log]=$((BASE_PORT + 5)); fi
+# The tls-* scenarios: each proxy's TLS listener, 10 above its plain port.
+declare -A TLS_PORT=()
+for _p in "${!PORT[@]}"; do TLS_PORT[$_p]=$((PORT[$_p] + 10)); done
+# port_for PROXY KIND: the port a scenario of KIND uses on PROXY.
+port_for() {
+	case $2 in
+	tls*) echo "${TLS_PORT[$1]}" ;;
+	*) echo "${PORT[$1]}" ;;
+	esac
+}
 
 PROXIES=()
 IFS=, read -r -a _only <<<"$ONLY"
@@ -330,7 +340,7 @@ cleanup() {
 		done
 	fi
 	if ((started)); then
-		for port in "$ORIGIN_PORT" "${PORT[@]}"; do
+		for port in "$ORIGIN_PORT" "${PORT[@]}" "${TLS_PORT[@]}"; do
 			if port_open "$port"; then warn "something still listens on 127.0.0.1:$port"; fi
 		done
 	fi
@@ -393,6 +403,7 @@ install_deps() {
 	command -v wrk >/dev/null || pkgs+=(wrk)
 	command -v h2load >/dev/null || pkgs+=(nghttp2-client)
 	command -v curl >/dev/null || pkgs+=(curl)
+	command -v openssl >/dev/null || pkgs+=(openssl)
 	[[ -x /usr/bin/python3 ]] || pkgs+=(python3)
 	/usr/bin/python3 -c 'import matplotlib' 2>/dev/null || pkgs+=(python3-matplotlib)
 	((${#pkgs[@]})) || return 0
@@ -453,6 +464,9 @@ render() {
 		-e "s|@CAIRN_DIR@|$WORK/$c|g" \
 		-e "s|@NGINX_PORT@|${PORT[nginx]}|g" \
 		-e "s|@HTTPD_PORT@|${PORT[httpd]}|g" \
+		-e "s|@CAIRN_TLS_PORT@|${TLS_PORT[$c]}|g" \
+		-e "s|@NGINX_TLS_PORT@|${TLS_PORT[nginx]}|g" \
+		-e "s|@HTTPD_TLS_PORT@|${TLS_PORT[httpd]}|g" \
 		-e "s|@SHARDS@|$SHARDS|g" \
 		-e "s|@NGINX_AFFINITY@|$(nginx_affinity)|g" \
 		-e "s|@NOFILE@|$NOFILE|g" \
@@ -586,7 +600,7 @@ install_deps
 
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 APACHE=$(command -v apache2 || echo /usr/sbin/apache2)
-for tool in "$NGINX" "$APACHE" wrk curl taskset; do
+for tool in "$NGINX" "$APACHE" wrk curl taskset openssl; do
 	command -v "$tool" >/dev/null || die "$tool is missing (run without --no-install, or install it)"
 done
 if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
@@ -645,7 +659,7 @@ else
 	NGINX_USER_DIRECTIVE="# not started as root: workers run as the invoking user"
 fi
 
-for port in "$ORIGIN_PORT" "${PORT[@]}"; do
+for port in "$ORIGIN_PORT" "${PORT[@]}" "${TLS_PORT[@]}"; do
 	! port_open "$port" || die "127.0.0.1:$port is already in use (see --base-port)"
 done
 
@@ -695,6 +709,14 @@ awk 'BEGIN {
 	}
 }' >"$WORK/docroot/text-32k.txt"
 truncate -s 32768 "$WORK/docroot/text-32k.txt"
+
+# One self-signed ECDSA P-256 certificate for every proxy's TLS listener.
+mkdir -p "$WORK/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+	-subj /CN=bench.local -addext subjectAltName=DNS:bench.local,IP:127.0.0.1 \
+	-keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>>"$RAW/openssl.log" ||
+	die "openssl could not make the benchmark certificate (see $RAW/openssl.log)"
+chmod 644 "$WORK/tls/key.pem" "$WORK/tls/cert.pem"
 
 # Configs
 render "$BENCH_DIR/conf/nginx-origin.conf" "$WORK/origin/nginx.conf"
@@ -839,7 +861,10 @@ verify_hits() {
 	case $kind in
 	gzip) hdr=(-H 'Accept-Encoding: gzip') ;;
 	close) hdr=(-H 'Connection: close') ;;
+	tls) hdr=(-k) ;;
+	tls-close) hdr=(-k -H 'Connection: close') ;;
 	esac
+	case $kind in tls*) url="https://127.0.0.1:${TLS_PORT[$p]}$path" ;; esac
 	# curl applies -o to one URL only: one "-o /dev/null URL" per request.
 	for ((i = 0; i < VERIFY_N; i++)); do urls+=(-o /dev/null "$url"); done
 	local hfile="$RAW/verify.$p.${path#/}.$kind.headers" log0=0 log1=0
@@ -917,12 +942,14 @@ wrk_args() {
 	local kind=$1 port=$2 path=$3 conns=$4 secs=$5
 	local threads=$WRK_THREADS
 	((threads <= conns)) || threads=$conns
+	local scheme=http
 	printf '%s\n' taskset -c "$CLIENT_CORES" wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 10s --latency -s "$WRK_SCRIPT"
 	case $kind in
-	close) printf '%s\n' -H 'Connection: close' ;;
+	close | tls-close) printf '%s\n' -H 'Connection: close' ;;
 	gzip) printf '%s\n' -H 'Accept-Encoding: gzip' ;;
 	esac
-	printf '%s\n' "http://127.0.0.1:$port$path"
+	case $kind in tls*) scheme=https ;; esac
+	printf '%s\n' "$scheme://127.0.0.1:$port$path"
 }
 
 IDLE_PID=
@@ -974,7 +1001,7 @@ measure() {
 		read -r _ idle_open idle_failed idle_secs <<<"$IDLE_READY"
 		log "  idle holder: $idle_open connections open to $p ($idle_failed failed, ${idle_secs}s to open)"
 	fi
-	mapfile -t cmd < <(wrk_args "$kind" "${PORT[$p]}" "$path" "$conns" "$DURATION")
+	mapfile -t cmd < <(wrk_args "$kind" "$(port_for "$p" "$kind")" "$path" "$conns" "$DURATION")
 	if [[ $p == cairn-log ]]; then
 		# Start each run with an empty access log: a full run would otherwise pile up
 		# gigabytes of it, and the run's own line count is the check that it logged.
@@ -1061,7 +1088,11 @@ scenario_h2() {
 # "tls" kind needs only the listeners and URLs (keep-alive and handshake-per-
 # request variants, the latter with Connection: close).
 scenario_tls() {
-	:
+	local s
+	for s in 1k 256k; do
+		SCENARIOS+=("tls-$s|tls|/$s.bin|$CONNS|HTTPS/1.1 keep-alive (TLS 1.3, ECDSA P-256), ${SIZE_LABEL[$s]} object")
+	done
+	SCENARIOS+=("tls-close-1k|tls-close|/1k.bin|$CLOSE_CONNS|HTTPS/1.1, a full TLS handshake per request (Connection: close), 1 KiB object")
 }
 
 scenario_h2
@@ -1123,7 +1154,7 @@ for sc in "${SCENARIOS[@]}"; do
 	((${#active[@]})) || continue
 	if ((WARMUP > 0)); then
 		for p in "${active[@]}"; do
-			mapfile -t cmd < <(wrk_args "$kind" "${PORT[$p]}" "$path" "$conns" "$WARMUP")
+			mapfile -t cmd < <(wrk_args "$kind" "$(port_for "$p" "$kind")" "$path" "$conns" "$WARMUP")
 			"${cmd[@]}" >"$RAW/$id.$p.warmup.txt" 2>&1 || true
 		done
 	fi

@@ -124,6 +124,7 @@ fn rules_pass(c: &mut Criterion) {
         client_ip: "192.0.2.1".parse().unwrap(),
         local_port: 80,
         session_id: 1,
+        https: false,
         request_time_s: 1_700_000_000,
         geo: None,
     };

@@ -222,6 +222,13 @@ fn run(args: &Args) -> Result<()> {
         }
     }
     let tls: Vec<bool> = config.listeners.iter().map(|g| g.tls.is_some()).collect();
+    if tls.contains(&true) {
+        if cairn::net::tls::ktls_available() {
+            log::info!("TLS: the kernel has kTLS (tls ULP), but cairn does not hand sessions to it yet: rustls builds the records");
+        } else {
+            log::info!("TLS: no kernel TLS (tls ULP) here: rustls builds the records");
+        }
+    }
     for url in shard::urls(&bound, &tls) {
         println!("cairn listening on {url}");
     }

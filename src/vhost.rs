@@ -39,19 +39,20 @@ impl Router {
 
     /// The vhost for a `Host` value (port stripped, case-insensitive, trailing dot ignored).
     pub fn lookup(&self, host: Option<&[u8]>) -> Option<usize> {
-        let Some(host) = host
+        self.lookup_named(host).or(self.default)
+    }
+
+    /// [`lookup`](Self::lookup) without the `<Default>` fallback: the vhost the
+    /// Host names (by name, alias or wildcard alias), if any.
+    pub fn lookup_named(&self, host: Option<&[u8]>) -> Option<usize> {
+        let host = host
             .map(strip_port)
-            .filter(|h| !h.is_empty() && h.len() <= MAX_HOST)
-        else {
-            return self.default;
-        };
+            .filter(|h| !h.is_empty() && h.len() <= MAX_HOST)?;
         let mut buf = [0u8; MAX_HOST];
         let lower = &mut buf[..host.len()];
         lower.copy_from_slice(host);
         lower.make_ascii_lowercase();
-        let Ok(name) = std::str::from_utf8(lower) else {
-            return self.default;
-        };
+        let name = std::str::from_utf8(lower).ok()?;
         let name = name.strip_suffix('.').unwrap_or(name);
         if let Some(&i) = self
             .exact_names
@@ -65,7 +66,7 @@ impl Router {
                 return Some(*i);
             }
         }
-        self.default
+        None
     }
 }
 

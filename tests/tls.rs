@@ -176,7 +176,7 @@ fn sni_picks_the_certificate_a_hello_without_sni_gets_the_first_and_another_host
     std::fs::write(
         dir.join("vhosts.xml"),
         format!(
-            "<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{0}</Address></Origin></Vhost><Vhost Name=\"b.example\"><Alias>www.b.example</Alias><Listen>127.0.0.1:0</Listen><Origin><Address>{0}</Address></Origin></Vhost></Vhosts>",
+            "<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{0}</Address></Origin></Vhost><Vhost Name=\"b.example\"><Alias>www.b.example</Alias><Listen>127.0.0.1:0</Listen><Origin><Address>{0}</Address></Origin></Vhost><Default>test.local</Default></Vhosts>",
             origin.addr
         ),
     )
@@ -197,6 +197,18 @@ fn sni_picks_the_certificate_a_hello_without_sni_gets_the_first_and_another_host
     let r = get(&mut cb, "test.local", "/x");
     assert_eq!(r.status, 421, "{r:?}");
     assert_eq!(origin.count(), before);
+    // Hosts that the certificate covers but that route elsewhere (to <Default>,
+    // site A): 421 as well.
+    for host in ["[www.b.example]", "other.b.example", "www.b.example.:443"] {
+        let r = get(&mut cb, host, "/x");
+        let want = if host.ends_with(":443") { 200 } else { 421 };
+        assert_eq!(r.status, want, "{host}: {r:?}");
+    }
+    // A body for the other site is refused before it is read or invited.
+    cb.send(b"POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 10000000\r\nExpect: 100-continue\r\n\r\n");
+    let r = cb.response(false).expect("a refusal");
+    assert_eq!(r.status, 421, "no 100 Continue first: {r:?}");
+    assert_eq!(origin.count(), before, "nothing refused reached the origin");
     let ca = tls_connect(addr, sni, "test.local");
     assert_eq!(peer_cert(&ca), a);
     // No SNI at all: the first block's certificate.
@@ -433,4 +445,34 @@ fn tls_requests_are_logged_with_their_version() {
     };
     assert!(line("/logged").contains(" TLSv1.3 "), "{text}");
     assert!(!line("/plain").contains("TLSv"), "{text}");
+}
+
+#[test]
+fn a_request_sent_in_the_same_flight_as_the_clients_finished_is_answered() {
+    // TLS 1.3 clients (curl among them) send their first request right behind
+    // their Finished, often in one segment: it must not be lost with the handshake.
+    let origin = Origin::start(|_| ok(b"early"));
+    let pki = Pki::new();
+    let dir = tls_dir(&origin, &https_block("site", ""), false, "");
+    pki.leaf(&dir, "site", &["test.local"], None);
+    let cairn = Cairn::start(dir, 1);
+    for close in [false, true] {
+        let tcp = TcpStream::connect(cairn.https[0]).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut conn = rustls::ClientConnection::new(
+            client_config(pki.roots(), &tls13(), true),
+            ServerName::try_from("test.local").unwrap(),
+        )
+        .unwrap();
+        // Written before the handshake: rustls sends it with the Finished.
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        conn.writer()
+            .write_all(
+                format!("GET /e HTTP/1.1\r\nHost: test.local\r\n{connection}\r\n").as_bytes(),
+            )
+            .unwrap();
+        let mut c = Client::over(rustls::StreamOwned::new(conn, tcp));
+        let r = c.response(false).expect("an answer, not a wait");
+        assert_eq!((r.status, r.text()), (200, "early".to_string()));
+    }
 }

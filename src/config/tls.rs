@@ -30,7 +30,8 @@ pub struct HttpsBlock {
     pub place: String,
 }
 
-/// Equal when the files and settings are (the loaded key is what the files held).
+/// Equal when the files and settings are: a certificate renewed in place
+/// compares equal (what matters to a reload is that it loads).
 impl PartialEq for HttpsBlock {
     fn eq(&self, o: &Self) -> bool {
         let names = |s: &Option<Vec<SupportedCipherSuite>>| {
@@ -188,16 +189,23 @@ pub fn server_config(
     certs: Arc<CertSet>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let base = rustls::crypto::ring::default_provider();
-    let suites = base
+    let tls13 = base
         .cipher_suites
         .iter()
         .copied()
-        .filter(|s| match s {
-            SupportedCipherSuite::Tls13(_) => first.tls13,
-            SupportedCipherSuite::Tls12(_) => {
-                first.tls12 && first.suites.as_ref().is_none_or(|l| l.contains(s))
-            }
-        })
+        .filter(|s| matches!(s, SupportedCipherSuite::Tls13(_)) && first.tls13);
+    // TLS 1.2: the CipherSuite string's order (the server's order is preferred).
+    let tls12: Vec<SupportedCipherSuite> = match &first.suites {
+        Some(list) => list.clone(),
+        None => base
+            .cipher_suites
+            .iter()
+            .copied()
+            .filter(|s| matches!(s, SupportedCipherSuite::Tls12(_)))
+            .collect(),
+    };
+    let suites = tls13
+        .chain(tls12.into_iter().filter(|_| first.tls12))
         .collect();
     let provider = CryptoProvider {
         cipher_suites: suites,
@@ -215,10 +223,24 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(certs);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // TLS 1.2 resumption by ticket needs a ticketer shared by the shards; session
-    // ids (the default in-memory cache) work without one.
+    // The server's suite order (CipherSuite's), as OpenSSL's
+    // SSL_OP_CIPHER_SERVER_PREFERENCE that STON operators expect.
     cfg.ignore_client_order = true;
+    // Stateless resumption tickets, with one key set for the process: resumption
+    // needs no shared session cache and survives a reload.
+    cfg.ticketer = ticketer()?;
     Ok(Arc::new(cfg))
+}
+
+/// One ticket encrypter for the process (it rotates its own keys).
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    static TICKETER: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> =
+        std::sync::OnceLock::new();
+    if let Some(t) = TICKETER.get() {
+        return Ok(t.clone());
+    }
+    let t = rustls::crypto::ring::Ticketer::new()?;
+    Ok(TICKETER.get_or_init(|| t).clone())
 }
 
 /// The certificates on one address and how a ClientHello picks one.
@@ -257,6 +279,11 @@ impl CertSet {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Several certificates, chosen by SNI: requests are then held to theirs (421).
+    pub fn chooses_by_sni(&self) -> bool {
+        self.sni && self.keys.len() > 1
     }
 
     pub fn is_empty(&self) -> bool {

@@ -257,13 +257,7 @@ pub(super) fn load(
             }
         }
     }
-    tls_groups(
-        &s,
-        &https_lines(&server),
-        &server,
-        vhosts.len(),
-        &mut listeners,
-    )?;
+    tls_groups(&server, vhosts.len(), &mut listeners, &mut warnings)?;
     Ok(Loaded {
         config: Config {
             source: source.to_string(),
@@ -277,18 +271,12 @@ pub(super) fn load(
     })
 }
 
-/// Where each `<Https>` block is, for messages.
-fn https_lines(server: &ServerSettings) -> Vec<String> {
-    server.https.iter().map(|b| b.place.clone()).collect()
-}
-
 /// One listen group per `<Https>` address, with its certificates and rustls setup.
 fn tls_groups(
-    s: &Src,
-    places: &[String],
     server: &ServerSettings,
     vhost_count: usize,
     listeners: &mut Vec<ListenGroup>,
+    warnings: &mut Vec<Diag>,
 ) -> Result<(), ConfigError> {
     use super::tls::{server_config, CertSet, TlsGroup};
     let mut by_addr: Vec<(SocketAddr, Vec<usize>)> = Vec::new();
@@ -301,38 +289,56 @@ fn tls_groups(
             }
         }
     }
-    let invalid = |place: &str, reason: String| {
+    let diag = |place: &str, reason: String| {
         let (file, line) = place.rsplit_once(':').unwrap_or((place, "0"));
-        ConfigError::Invalid(Diag {
+        Diag {
             file: file.to_string(),
             line: line.parse().unwrap_or(0),
             reason,
-        })
+        }
     };
     for (addr, blocks) in by_addr {
         let first = &server.https[blocks[0]];
         if addr.port() != 0 && listeners.iter().any(|g| g.addr == addr) {
-            return Err(invalid(
+            return Err(ConfigError::Invalid(diag(
                 &first.place,
                 format!("<Https Listen> {addr} is also a vhost's plain <Listen>"),
-            ));
+            )));
         }
+        let mut blocks = blocks;
         if blocks.len() > 1 && !server.https_sni {
-            return Err(invalid(
-                &places[blocks[1]],
+            // Without SNI only one certificate can serve the address: the first.
+            warnings.push(diag(
+                &server.https[blocks[1]].place,
                 format!(
-                    "<Https> shares {addr} with the block at {}; set <Cache><HttpsSNI>ON to choose certificates by SNI",
+                    "WARNING <Https> shares {addr} with the block at {}, and <Cache><HttpsSNI> is OFF: \
+                     only that first block's certificate is used; set <HttpsSNI>ON to choose by SNI",
                     first.place
                 ),
             ));
+            blocks.truncate(1);
+        }
+        for &b in &blocks[1..] {
+            let o = &server.https[b];
+            if (o.tls12, o.tls13) != (first.tls12, first.tls13) || o.suites != first.suites {
+                warnings.push(diag(
+                    &o.place,
+                    format!(
+                        "<Https> on {addr}: its protocol and CipherSuite settings are not applied; \
+                         the address uses those of the first block ({})",
+                        first.place
+                    ),
+                ));
+            }
         }
         let keys = blocks
             .iter()
             .map(|&b| server.https[b].key.clone())
             .collect();
         let certs = std::sync::Arc::new(CertSet::new(keys, server.https_sni));
-        let config = server_config(first, certs.clone())
-            .map_err(|e| invalid(&first.place, format!("<Https> for {addr}: {e}")))?;
+        let config = server_config(first, certs.clone()).map_err(|e| {
+            ConfigError::Invalid(diag(&first.place, format!("<Https> for {addr}: {e}")))
+        })?;
         listeners.push(ListenGroup {
             addr,
             vhosts: (0..vhost_count).collect(),
@@ -344,7 +350,6 @@ fn tls_groups(
             }),
         });
     }
-    let _ = s;
     Ok(())
 }
 

@@ -284,7 +284,12 @@ enum Next {
 }
 
 /// Serves one client connection until it closes.
-pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
+pub async fn serve(
+    shard: Rc<ShardCtx>,
+    conn: Conn,
+    facts: ConnFacts,
+    certs: Option<Arc<crate::config::tls::CertSet>>,
+) {
     let shared = shard.shared.clone();
     let start = shared.live.load_full();
     let config = &start.config;
@@ -315,7 +320,13 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
         let head = match next {
             Next::Head(h) => h,
             Next::Closed => {
-                conn.shutdown();
+                // A TLS peer is told with close_notify (idle timeout, drain), so
+                // it does not see a truncation.
+                if conn.is_tls() {
+                    Box::pin(conn.close_gracefully()).await;
+                } else {
+                    conn.shutdown();
+                }
                 return;
             }
             Next::Refuse(e) => {
@@ -347,11 +358,15 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
         let live = shard.shared.live.load_full();
         let has_body = !matches!(head.framing, Framing::None | Framing::Length(0));
         let body = if has_body {
-            let using = proxy::body_use(&live, &facts, &head);
-            if using == proxy::BodyUse::Unrouted {
-                // No vhost will take it: refuse before reading (or inviting, with 100
-                // Continue) a body nobody wants, and close, since it stays unread.
-                let e = ExchangeError::UnknownVhost;
+            let using = proxy::body_use(&live, &facts, certs.as_deref(), &head);
+            let unread = match using {
+                proxy::BodyUse::Unrouted => Some(ExchangeError::UnknownVhost),
+                proxy::BodyUse::Misdirected => Some(ExchangeError::Misdirected),
+                _ => None,
+            };
+            if let Some(e) = unread {
+                // Refused before reading (or inviting, with 100 Continue) a body
+                // nobody will take; closed, since it stays unread.
                 Box::pin(refuse_and_close(
                     &shard,
                     &live,
@@ -395,6 +410,7 @@ pub async fn serve(shard: Rc<ShardCtx>, conn: Conn, facts: ConnFacts) {
             protocol,
             conn: facts,
             received,
+            certs: certs.clone(),
         };
         let mut ex = H1Exchange::new(&conn, &shard, Some(&req.head), nth, shard.draining());
         Box::pin(proxy::serve(&shard, &live, &req, &mut ex)).await;

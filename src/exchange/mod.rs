@@ -47,7 +47,8 @@ pub struct ConnFacts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlsInfo {
     pub version: crate::net::tls::TlsVersion,
-    /// Which of the listener's certificates the handshake chose (SNI), for 421.
+    /// Which of the connection's certificates (`Request::certs`) the handshake
+    /// chose (SNI), for 421.
     pub cert: usize,
 }
 
@@ -65,6 +66,10 @@ pub struct Request {
     pub conn: ConnFacts,
     /// When the request's head was complete, for `time-taken`.
     pub received: std::time::Instant,
+    /// The certificates the connection's handshake chose among (`conn.tls.cert`
+    /// indexes them): the connection's own, whatever a reload has put in force
+    /// since.
+    pub certs: Option<std::sync::Arc<crate::config::tls::CertSet>>,
 }
 
 /// Why a send failed: the client is gone (or too slow); the exchange cannot

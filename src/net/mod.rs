@@ -68,11 +68,12 @@ impl Conn {
             tls: Some(Rc::new(tls::TlsSession::new(server.into()))),
         };
         let deadline = tokio::time::Instant::now() + timeout;
+        // Not shared with any other task until it is returned: its records need
+        // no writer lock here.
         let t = conn.tls.as_ref().expect("set above");
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let taken = t.take_plaintext(&mut BytesMut::new());
-            if let Some(Err(e)) = taken {
+            if let Err(e) = t.advance_handshake() {
                 // The alert rustls queued tells the client why (protocol version, …).
                 let _ = conn.flush_records(left.min(Duration::from_secs(1))).await;
                 self.shutdown();
@@ -101,6 +102,10 @@ impl Conn {
         }
     }
 
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// What the TLS handshake settled, for a TLS connection.
     pub fn tls_facts(&self) -> Option<tls::TlsFacts> {
         self.tls.as_ref().and_then(|t| t.facts())
@@ -111,7 +116,7 @@ impl Conn {
         self.tls.as_ref().and_then(|t| t.server_name())
     }
 
-    /// Writes the records rustls has queued.
+    /// Writes the records rustls has queued; the caller holds the session's writer.
     async fn flush_records(&self, timeout: Duration) -> Result<(), IoError> {
         let Some(t) = &self.tls else { return Ok(()) };
         loop {
@@ -170,7 +175,7 @@ impl Conn {
             match t.take_plaintext(buf) {
                 Some(Ok(n)) => return Ok(n),
                 Some(Err(e)) => {
-                    if !t.writing.get() {
+                    if let Ok(_writer) = t.writer.try_lock() {
                         let _ = self.flush_records(Duration::from_secs(1)).await;
                     }
                     self.shutdown();
@@ -181,8 +186,10 @@ impl Conn {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // Records the read side produced (a TLS 1.3 key update's answer):
             // written here unless a write is under way, which takes them along.
-            if t.wants_write() && !t.writing.get() {
-                self.flush_records(left).await?;
+            if t.wants_write() {
+                if let Ok(_writer) = t.writer.try_lock() {
+                    self.flush_records(left).await?;
+                }
             }
             let mut inb = std::mem::take(&mut *t.inbuf.borrow_mut());
             let r = self.raw_read_or_stop(&mut inb, left, stop.as_mut()).await;
@@ -233,10 +240,8 @@ impl Conn {
         match &self.tls {
             None => self.raw_writev_all(bufs, timeout).await,
             Some(t) => {
-                t.writing.set(true);
-                let r = self.tls_writev_all(t, bufs, timeout).await;
-                t.writing.set(false);
-                r
+                let _writer = t.writer.lock().await;
+                self.tls_writev_all(t, bufs, timeout).await
             }
         }
     }
@@ -249,17 +254,35 @@ impl Conn {
         bufs: Vec<Bytes>,
         timeout: Duration,
     ) -> Result<(), IoError> {
-        for b in bufs {
-            let mut at = 0;
-            while at < b.len() {
-                let n = t.encrypt(&b[at..])?;
-                at += n;
-                if n == 0 {
-                    if !t.wants_write() {
-                        // Nothing to send and nothing taken: closed for writing.
-                        return Err(IoError::Io(io::ErrorKind::WriteZero.into()));
-                    }
-                    self.flush_records(timeout).await?;
+        let mut bufs = bufs;
+        bufs.retain(|b| !b.is_empty());
+        let mut first = 0;
+        while first < bufs.len() {
+            let n = {
+                let slices: Vec<io::IoSlice<'_>> = bufs[first..]
+                    .iter()
+                    .take(64)
+                    .map(|b| io::IoSlice::new(b))
+                    .collect();
+                t.encrypt(&slices)?
+            };
+            if n == 0 {
+                if !t.wants_write() {
+                    // Nothing to send and nothing taken: closed for writing.
+                    return Err(IoError::Io(io::ErrorKind::WriteZero.into()));
+                }
+                self.flush_records(timeout).await?;
+                continue;
+            }
+            let mut n = n;
+            while n > 0 {
+                let b = &mut bufs[first];
+                if n >= b.len() {
+                    n -= b.len();
+                    first += 1;
+                } else {
+                    b.advance(n);
+                    n = 0;
                 }
             }
         }
@@ -357,6 +380,7 @@ impl Conn {
     /// destroys the response in flight, then close.
     pub async fn close_gracefully(&self) {
         if let Some(t) = &self.tls {
+            let _writer = t.writer.lock().await;
             t.close_notify();
             let _ = self.flush_records(Duration::from_secs(1)).await;
         }

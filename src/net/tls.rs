@@ -9,7 +9,7 @@
 //! [`ktls_available`]) removes both; rustls's unbuffered API would remove one.
 
 use bytes::{Buf, Bytes, BytesMut};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 
 /// Plaintext rustls may hold encrypted and unsent per connection before a write
@@ -22,9 +22,10 @@ pub struct TlsSession {
     pub(super) conn: RefCell<rustls::Connection>,
     /// Ciphertext read from the socket that rustls has not taken yet.
     pub(super) inbuf: RefCell<BytesMut>,
-    /// A write is in progress: the read side leaves queued records to it, so two
-    /// writers never interleave records on the socket.
-    pub(super) writing: Cell<bool>,
+    /// Held by whoever writes records to the socket, so two writes in flight
+    /// never interleave them. The read side only tries it: when a write holds
+    /// it, the records the read side queued go out with that write.
+    pub(super) writer: tokio::sync::Mutex<()>,
 }
 
 /// What a finished handshake says about the connection.
@@ -61,7 +62,7 @@ impl TlsSession {
         TlsSession {
             conn: RefCell::new(conn),
             inbuf: RefCell::new(BytesMut::new()),
-            writing: Cell::new(false),
+            writer: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -108,6 +109,25 @@ impl TlsSession {
         }
     }
 
+    /// Handshake progress: feeds buffered ciphertext to rustls until the
+    /// handshake is done or more is needed. Plaintext that came with the client's
+    /// Finished (a request sent in the same flight) stays in rustls for the first
+    /// read, and ciphertext past the handshake stays buffered.
+    pub(super) fn advance_handshake(&self) -> io::Result<()> {
+        let mut c = self.conn.borrow_mut();
+        let mut inb = self.inbuf.borrow_mut();
+        loop {
+            c.process_new_packets().map_err(tls_error)?;
+            if !c.is_handshaking() || inb.is_empty() {
+                return Ok(());
+            }
+            match c.read_tls(&mut &inb[..])? {
+                0 => return Ok(()),
+                n => inb.advance(n),
+            }
+        }
+    }
+
     /// Moves queued records (handshake, data, alerts) out of rustls, up to about
     /// `max` bytes; empty when nothing is queued.
     pub(super) fn take_records(&self, max: usize) -> io::Result<Bytes> {
@@ -119,9 +139,11 @@ impl TlsSession {
         Ok(Bytes::from(out))
     }
 
-    /// Encrypts as much of `plain` as the send buffer takes; 0 when it is full.
-    pub(super) fn encrypt(&self, plain: &[u8]) -> io::Result<usize> {
-        self.conn.borrow_mut().writer().write(plain)
+    /// Encrypts as much of `plain` as the send buffer takes, the pieces
+    /// together in records of up to 16 KiB (a head, chunk framing and small
+    /// bodies share a record); 0 when the buffer is full.
+    pub(super) fn encrypt(&self, plain: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.conn.borrow_mut().writer().write_vectored(plain)
     }
 
     pub(super) fn is_handshaking(&self) -> bool {

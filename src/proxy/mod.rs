@@ -12,6 +12,7 @@ pub mod rules;
 pub mod upstream;
 
 use crate::cache::CacheResult;
+use crate::config::tls::CertSet;
 use crate::context::{Live, ShardCtx};
 use crate::exchange::{BodyLen, ConnFacts, Downstream, ExchangeError, Head, Protocol, Request};
 use crate::http1::RequestHead;
@@ -60,7 +61,7 @@ pub async fn serve_with<D: Downstream>(
         .await;
         return;
     };
-    if misdirected(live, req) {
+    if misdirected(live, &req.conn, req.certs.as_deref(), &req.head) {
         let facts = Refused {
             conn: &req.conn,
             head: Some(&req.head),
@@ -87,6 +88,7 @@ pub async fn serve_with<D: Downstream>(
             client_ip: req.conn.peer.ip(),
             local_port: req.conn.local.port(),
             session_id: req.conn.session_id,
+            https: req.conn.tls.is_some(),
             request_time_s: now / 1000,
             geo: shard
                 .shared
@@ -147,22 +149,29 @@ pub async fn serve_with<D: Downstream>(
     );
 }
 
-/// On an address whose certificates SNI chooses, a request for a host the chosen
-/// certificate does not cover came over a connection meant for another site
-/// (RFC 9110 §15.5.20): 421, so that one certificate's connection cannot reach
-/// every vhost.
-fn misdirected(live: &Live, req: &Request) -> bool {
-    let Some(tls) = req.conn.tls else {
+/// On an address whose certificates SNI chooses, a request must be for a site
+/// the connection's certificate covers (RFC 9110 §15.5.20), else 421, so that
+/// one site's connection cannot reach another vhost. Judged on the vhost the
+/// request is routed to: the Host the certificate covers must name it (not fall
+/// through to `<Default>`), or the certificate must cover the vhost's own name.
+fn misdirected(live: &Live, conn: &ConnFacts, certs: Option<&CertSet>, head: &RequestHead) -> bool {
+    let (Some(tls), Some(certs)) = (conn.tls, certs) else {
         return false;
     };
-    let Some(group) = live.config.listeners[req.conn.group].tls.as_ref() else {
-        return false;
-    };
-    if !group.sni || group.certs.len() < 2 {
+    if !certs.chooses_by_sni() {
         return false;
     }
-    let host = req.head.host().map(host_name).unwrap_or_default();
-    !std::str::from_utf8(host).is_ok_and(|h| group.certs.covers(tls.cert, h))
+    let router = &live.routers[conn.group];
+    let Some(vi) = router.lookup(head.host()) else {
+        return false; // 404 for an unknown vhost, as on any connection
+    };
+    let host = head.host().map(host_name).unwrap_or_default();
+    let host_covered = std::str::from_utf8(host).is_ok_and(|h| certs.covers(tls.cert, h));
+    if host_covered && router.lookup_named(head.host()) == Some(vi) {
+        return false;
+    }
+    let vhost = &live.config.vhosts[vi];
+    !certs.covers(tls.cert, &vhost.name)
 }
 
 /// `host[:port]` or `[v6]:port` less the port and brackets.
@@ -246,16 +255,26 @@ async fn send_own<D: Downstream>(
 pub enum BodyUse {
     /// No vhost takes the request: refuse it unread.
     Unrouted,
+    /// For a site the connection's certificate does not cover: 421, unread.
+    Misdirected,
     /// The cache (or a redirect) answers: the body is read and dropped, never held.
     Drain,
     /// Forwarded to the origin: held in memory or spooled.
     Forward,
 }
 
-pub fn body_use(live: &Live, conn: &ConnFacts, head: &RequestHead) -> BodyUse {
+pub fn body_use(
+    live: &Live,
+    conn: &ConnFacts,
+    certs: Option<&CertSet>,
+    head: &RequestHead,
+) -> BodyUse {
     let Some(vi) = live.routers[conn.group].lookup(head.host()) else {
         return BodyUse::Unrouted;
     };
+    if misdirected(live, conn, certs, head) {
+        return BodyUse::Misdirected;
+    }
     let vhost = &live.config.vhosts[vi];
     let redirected = vhost.options.redirect_https.is_some() && conn.tls.is_none();
     if redirected || cached::eligible(head) {

@@ -22,6 +22,8 @@ pub struct RuleFacts<'a> {
     pub client_ip: IpAddr,
     pub local_port: u16,
     pub session_id: u64,
+    /// The request came over TLS (`#PROTOCOL` is `https`).
+    pub https: bool,
     /// When the request arrived, unix seconds.
     pub request_time_s: u64,
     pub geo: Option<&'a dyn policy::GeoLookup>,
@@ -73,7 +75,7 @@ pub fn request_headers<'a>(f: &RuleFacts<'a>) -> HeaderList<'a> {
     let lookup = HeaderIter(|| f.req.headers());
     let ctx = f.ctx(&lookup, None);
     let vars = SessionInfo {
-        https: false,
+        https: f.https,
         port: f.local_port,
         cache_hit: "",
         hostname: &f.vhost.name,
@@ -177,7 +179,7 @@ pub fn apply_response<'h>(
     }
     if !matched.is_empty() {
         let vars = SessionInfo {
-            https: false,
+            https: f.https,
             port: f.local_port,
             cache_hit: result,
             hostname: &f.vhost.name,

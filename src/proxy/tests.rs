@@ -95,6 +95,7 @@ fn request(raw: &str, body: Option<&[u8]>) -> Request {
             tls: None,
         },
         received: std::time::Instant::now(),
+        certs: None,
     }
 }
 

@@ -193,10 +193,11 @@ async fn accept_loop(
                 };
                 tokio_uring::spawn(async move {
                     let _guard = guard;
-                    let Some((conn, facts)) = Box::pin(handshake(&s, conn, facts)).await else {
+                    let Some((conn, facts, certs)) = Box::pin(handshake(&s, conn, facts)).await
+                    else {
                         return;
                     };
-                    crate::downstream::http1::serve(s, conn, facts).await;
+                    crate::downstream::http1::serve(s, conn, facts, certs).await;
                 });
             }
             Err(e) => {
@@ -219,17 +220,20 @@ async fn accept_loop(
     }
 }
 
-/// On a TLS address, the handshake (within `<Https>`'s deadline) with the
+/// The certificates a TLS connection's handshake chose among.
+type Certs = Option<Arc<crate::config::tls::CertSet>>;
+
+/// On a TLS address, the handshake (within `TlsHandshakeTimeoutSec`) with the
 /// certificates in force now; a plain address passes through.
 async fn handshake(
     shard: &ShardCtx,
     conn: Conn,
     mut facts: ConnFacts,
-) -> Option<(Conn, ConnFacts)> {
+) -> Option<(Conn, ConnFacts, Certs)> {
     let (server, certs, timeout) = {
         let live = shard.shared.live.load();
         match live.config.listeners[facts.group].tls.as_ref() {
-            None => return Some((conn, facts)),
+            None => return Some((conn, facts, None)),
             Some(t) => (
                 t.server.clone(),
                 t.certs.clone(),
@@ -240,10 +244,13 @@ async fn handshake(
     match conn.accept_tls(server, timeout).await {
         Ok(tls) => {
             shard.stats().tls_handshakes.fetch_add(1, Relaxed);
-            let version = tls.tls_facts()?.version;
+            // rustls negotiates only the versions it was given (1.2, 1.3).
+            let version = tls
+                .tls_facts()
+                .map_or(crate::net::tls::TlsVersion::Tls12, |f| f.version);
             let cert = certs.pick(tls.tls_server_name().as_deref());
             facts.tls = Some(crate::exchange::TlsInfo { version, cert });
-            Some((tls, facts))
+            Some((tls, facts, Some(certs)))
         }
         Err(e) => {
             shard.stats().tls_failures.fetch_add(1, Relaxed);
