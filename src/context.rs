@@ -36,6 +36,9 @@ pub struct ShardStats {
     /// version, no common suite) or ran past their deadline.
     pub tls_handshakes: AtomicU64,
     pub tls_failures: AtomicU64,
+    /// HTTP/2 connections ended by a protocol error or a flood (Rapid Reset,
+    /// CONTINUATION, too many errors): h2 sent GOAWAY.
+    pub h2_goaways: AtomicU64,
     /// Cache fills running on this shard, misses passed through because of
     /// `MaxFillsPerShard`, and fills given up when every client had left.
     pub fills_active: AtomicU64,

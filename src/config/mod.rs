@@ -459,6 +459,36 @@ pub struct ServerSettings {
     pub https_sni: bool,
     /// A TLS handshake must finish within this, else the connection is closed.
     pub handshake_timeout: Duration,
+    /// `<Cache><Http2>`: HTTP/2 (h2 over TLS, h2c by prior knowledge).
+    pub http2: Http2Settings,
+}
+
+/// `<Http2 Status><MaxConcurrentStream><ClientKeepAlive>` and cairn's
+/// mod_http2-like limits (spec/http2.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// STON's default is `Inactive`.
+    pub enabled: bool,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (MaxSessionStreams).
+    pub max_streams: u32,
+    /// Per-stream receive window for request bodies (WindowSize).
+    pub window: u32,
+    /// Response bytes buffered per stream before the producer waits (StreamMaxMemSize).
+    pub stream_mem: u32,
+    /// A connection with no open stream is closed after this (GOAWAY).
+    pub keepalive_secs: u32,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            enabled: false,
+            max_streams: 100,
+            window: 65_535,
+            stream_mem: 65_536,
+            keepalive_secs: 10,
+        }
+    }
 }
 
 impl ServerSettings {
@@ -489,6 +519,7 @@ impl Default for ServerSettings {
             https: Vec::new(),
             https_sni: false,
             handshake_timeout: Duration::from_secs(10),
+            http2: Http2Settings::default(),
         }
     }
 }

@@ -187,6 +187,7 @@ pub fn map_ciphers(spec: &str) -> (Vec<SupportedCipherSuite>, Vec<String>) {
 pub fn server_config(
     first: &HttpsBlock,
     certs: Arc<CertSet>,
+    h2: bool,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let base = rustls::crypto::ring::default_provider();
     let tls13 = base
@@ -222,7 +223,11 @@ pub fn server_config(
         .with_protocol_versions(&versions)?
         .with_no_client_auth()
         .with_cert_resolver(certs);
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // h2 first when HTTP/2 is on: ALPN then picks it for clients that offer it.
+    cfg.alpn_protocols = match h2 {
+        true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
     // The server's suite order (CipherSuite's), as OpenSSL's
     // SSL_OP_CIPHER_SERVER_PREFERENCE that STON operators expect.
     cfg.ignore_client_order = true;

@@ -115,6 +115,7 @@ pub(super) fn load(
                         }
                         "Storage" => parse_storage(&s, e, base, &mut cache, &mut warnings)?,
                         "HttpsSNI" => server.https_sni = on_off(&s, e)?,
+                        "Http2" => parse_http2(&s, e, &mut server.http2, &mut warnings)?,
                         "MaxSockets" => {
                             server.max_sockets = number(&s, e, text(e), 0, 10_000_000)? as usize;
                             if let Some(r) = e.attribute("Reopen") {
@@ -308,14 +309,16 @@ fn tls_groups(
         let mut blocks = blocks;
         if blocks.len() > 1 && !server.https_sni {
             // Without SNI only one certificate can serve the address: the first.
-            warnings.push(diag(
-                &server.https[blocks[1]].place,
-                format!(
-                    "WARNING <Https> shares {addr} with the block at {}, and <Cache><HttpsSNI> is OFF: \
-                     only that first block's certificate is used; set <HttpsSNI>ON to choose by SNI",
-                    first.place
-                ),
-            ));
+            for &b in &blocks[1..] {
+                warnings.push(diag(
+                    &server.https[b].place,
+                    format!(
+                        "WARNING <Https> shares {addr} with the block at {}, and <Cache><HttpsSNI> is OFF: \
+                         only that first block's certificate is used, this one is ignored; set <HttpsSNI>ON to choose by SNI",
+                        first.place
+                    ),
+                ));
+            }
             blocks.truncate(1);
         }
         for &b in &blocks[1..] {
@@ -336,7 +339,7 @@ fn tls_groups(
             .map(|&b| server.https[b].key.clone())
             .collect();
         let certs = std::sync::Arc::new(CertSet::new(keys, server.https_sni));
-        let config = server_config(first, certs.clone()).map_err(|e| {
+        let config = server_config(first, certs.clone(), server.http2.enabled).map_err(|e| {
             ConfigError::Invalid(diag(&first.place, format!("<Https> for {addr}: {e}")))
         })?;
         listeners.push(ListenGroup {
@@ -349,6 +352,43 @@ fn tls_groups(
                 certs,
             }),
         });
+    }
+    Ok(())
+}
+
+/// `<Cache><Http2 Status="Active"><MaxConcurrentStream>100</MaxConcurrentStream>
+/// <ClientKeepAlive>10</ClientKeepAlive></Http2>`, with cairn's `<WindowSize>` and
+/// `<StreamMaxMemSize>` (mod_http2's names).
+fn parse_http2(
+    s: &Src,
+    node: Node,
+    h: &mut super::Http2Settings,
+    warnings: &mut Vec<Diag>,
+) -> Result<(), ConfigError> {
+    if let Some(st) = node.attribute("Status") {
+        h.enabled = match st.trim().to_ascii_lowercase().as_str() {
+            "active" => true,
+            "inactive" => false,
+            other => {
+                return Err(s.err(
+                    node,
+                    format!("<Http2 Status> '{other}': expected Active or Inactive"),
+                ))
+            }
+        };
+    }
+    for e in elements(node) {
+        match e.tag_name().name() {
+            "MaxConcurrentStream" | "MaxSessionStreams" => {
+                h.max_streams = number(s, e, text(e), 1, 10_000)?
+            }
+            "ClientKeepAlive" => h.keepalive_secs = number(s, e, text(e), 1, 3600)?,
+            "WindowSize" => h.window = number(s, e, text(e), 1024, 16 << 20)?,
+            "StreamMaxMemSize" => h.stream_mem = number(s, e, text(e), 1024, 16 << 20)?,
+            other => {
+                warnings.push(s.diag(e, format!("<Http2><{other}> is not supported; ignored")))
+            }
+        }
     }
     Ok(())
 }

@@ -277,6 +277,8 @@ impl Downstream for H1Exchange<'_> {
 
 enum Next {
     Head(RequestHead),
+    /// The HTTP/2 connection preface (h2c by prior knowledge).
+    H2,
     /// The connection is finished (closed by the client, idle timeout, drain).
     Closed,
     /// The request cannot be read: answer and close.
@@ -307,6 +309,8 @@ pub async fn serve(
         }
         // Read per request: a reload reaches keep-alive connections too.
         let request_timeout = shared.live.load().config.server.request_timeout;
+        // h2c by prior knowledge: only as the connection's first bytes.
+        let h2c = nth == 0 && facts.tls.is_none() && shared.live.load().config.server.http2.enabled;
         let next = Box::pin(next_head(
             &shard,
             &conn,
@@ -314,19 +318,24 @@ pub async fn serve(
             &limits,
             idle,
             request_timeout,
+            h2c,
         ))
         .await;
         let received = std::time::Instant::now();
         let head = match next {
             Next::Head(h) => h,
+            Next::H2 => {
+                let rbuf = std::mem::take(&mut rbuf);
+                Box::pin(crate::downstream::h2::serve(
+                    shard, conn, facts, certs, rbuf,
+                ))
+                .await;
+                return;
+            }
             Next::Closed => {
                 // A TLS peer is told with close_notify (idle timeout, drain), so
                 // it does not see a truncation.
-                if conn.is_tls() {
-                    Box::pin(conn.close_gracefully()).await;
-                } else {
-                    conn.shutdown();
-                }
+                Box::pin(conn.close_idle()).await;
                 return;
             }
             Next::Refuse(e) => {
@@ -463,13 +472,21 @@ async fn next_head(
     limits: &Limits,
     idle: Duration,
     request_timeout: Duration,
+    h2c: bool,
 ) -> Next {
     let mut deadline: Option<Instant> = None;
     // KA-6 counts from the start of the wait, not from each read: empty lines
     // trickling in do not extend it.
     let idle_deadline = Instant::now() + idle;
     loop {
+        let preface = crate::downstream::h2::PREFACE;
+        let maybe_h2 =
+            h2c && !rbuf.is_empty() && preface.starts_with(&rbuf[..rbuf.len().min(preface.len())]);
+        if maybe_h2 && rbuf.len() >= preface.len() {
+            return Next::H2;
+        }
         match request::parse(rbuf, limits) {
+            _ if maybe_h2 => {}
             Ok(Some(h)) => return Next::Head(h),
             Ok(None) => {}
             Err(e) => return Next::Refuse(e.into()),

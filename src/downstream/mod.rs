@@ -1,7 +1,8 @@
 //! Downstream protocols: each drives client connections and implements the
 //! [`Downstream`](crate::exchange::Downstream) seam for the request path.
-//! HTTP/1.1 today; HTTP/2 goes beside it.
+//! HTTP/1.1 and HTTP/2.
 
+pub mod h2;
 pub mod http1;
 #[cfg(test)]
 pub mod memory;

@@ -50,6 +50,8 @@ pub struct TlsInfo {
     /// Which of the connection's certificates (`Request::certs`) the handshake
     /// chose (SNI), for 421.
     pub cert: usize,
+    /// ALPN chose h2.
+    pub h2: bool,
 }
 
 /// One request as the request path sees it. `head` holds method, target,

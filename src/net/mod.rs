@@ -102,6 +102,17 @@ impl Conn {
         }
     }
 
+    /// Ends an idle connection at once; a TLS peer first gets close_notify (a
+    /// short try), so it sees an orderly close rather than a truncation.
+    pub async fn close_idle(&self) {
+        if let Some(t) = &self.tls {
+            let _writer = t.writer.lock().await;
+            t.close_notify();
+            let _ = self.flush_records(Duration::from_millis(200)).await;
+        }
+        self.shutdown();
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }

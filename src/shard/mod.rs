@@ -197,7 +197,12 @@ async fn accept_loop(
                     else {
                         return;
                     };
-                    crate::downstream::http1::serve(s, conn, facts, certs).await;
+                    if facts.tls.is_some_and(|t| t.h2) {
+                        let none = bytes::BytesMut::new();
+                        crate::downstream::h2::serve(s, conn, facts, certs, none).await;
+                    } else {
+                        crate::downstream::http1::serve(s, conn, facts, certs).await;
+                    }
                 });
             }
             Err(e) => {
@@ -245,11 +250,13 @@ async fn handshake(
         Ok(tls) => {
             shard.stats().tls_handshakes.fetch_add(1, Relaxed);
             // rustls negotiates only the versions it was given (1.2, 1.3).
-            let version = tls
+            let (version, h2) = tls
                 .tls_facts()
-                .map_or(crate::net::tls::TlsVersion::Tls12, |f| f.version);
+                .map_or((crate::net::tls::TlsVersion::Tls12, false), |f| {
+                    (f.version, f.h2)
+                });
             let cert = certs.pick(tls.tls_server_name().as_deref());
-            facts.tls = Some(crate::exchange::TlsInfo { version, cert });
+            facts.tls = Some(crate::exchange::TlsInfo { version, cert, h2 });
             Some((tls, facts, Some(certs)))
         }
         Err(e) => {

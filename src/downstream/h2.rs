@@ -1,0 +1,645 @@
+//! HTTP/2 toward clients, with the `h2` crate: the connection (h2 after ALPN
+//! `h2`, or h2c by prior knowledge), its limits, and the HTTP/2 side of the seam.
+//! Each stream becomes a [`Request`] and goes through the same request path as
+//! HTTP/1 (hit, fill, pass-through unchanged).
+//!
+//! h2 needs `AsyncRead + AsyncWrite`; [`H2Io`] bridges to the ring with owned
+//! buffers and keeps its in-flight read and write across polls (a poll adapter
+//! that drops them never progresses: tokio-uring issue 318).
+
+use crate::config::tls::CertSet;
+use crate::context::ShardCtx;
+use crate::exchange::{
+    BodyLen, ClientGone, ConnFacts, Downstream, ExchangeError, Head, Protocol, Request,
+};
+use crate::http1::RequestHead;
+use crate::net::{Conn, IoError};
+use crate::proxy::{self, Refused};
+use crate::spool::{Charge, RequestBody};
+use bytes::{Bytes, BytesMut};
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The client connection preface (RFC 9113 §3.4): h2c by prior knowledge.
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A stream may wait this long for the client to open its window.
+const SEND_TIMEOUT: Duration = crate::downstream::http1::SEND_TIMEOUT;
+/// Reads on an HTTP/2 connection wait as long as the connection lives: idleness
+/// is judged by open streams, not by a quiet socket.
+const READ_FOREVER: Duration = Duration::from_secs(24 * 3600);
+/// Largest decoded header list a request may have (then 431).
+const MAX_HEADER_LIST: u32 = 32 * 1024;
+
+type ReadOp = Pin<Box<dyn Future<Output = (Result<usize, IoError>, BytesMut)>>>;
+type WriteOp = Pin<Box<dyn Future<Output = Result<(), IoError>>>>;
+
+fn io_err(e: IoError) -> io::Error {
+    match e {
+        IoError::Io(e) => e,
+        IoError::TimedOut => io::ErrorKind::TimedOut.into(),
+        IoError::Stopped => io::ErrorKind::ConnectionAborted.into(),
+    }
+}
+
+/// `AsyncRead + AsyncWrite` over a [`Conn`] (plain or TLS) for h2. A write is
+/// accepted into an owned buffer and completes behind the call (write-behind);
+/// the next write, flush or shutdown waits for it first.
+pub struct H2Io {
+    conn: Conn,
+    /// Bytes read and not yet handed to h2.
+    rbuf: BytesMut,
+    read: Option<ReadOp>,
+    write: Option<WriteOp>,
+}
+
+impl H2Io {
+    pub fn new(conn: Conn, already: BytesMut) -> H2Io {
+        H2Io {
+            conn,
+            rbuf: already,
+            read: None,
+            write: None,
+        }
+    }
+
+    fn poll_pending_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(w) = self.write.as_mut() {
+            let r = std::task::ready!(w.as_mut().poll(cx));
+            self.write = None;
+            r.map_err(io_err)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_write(&mut self, cx: &mut Context<'_>, data: Bytes) -> io::Result<()> {
+        let conn = self.conn.clone();
+        let mut op: WriteOp = Box::pin(async move { conn.write_all(data, SEND_TIMEOUT).await });
+        match op.as_mut().poll(cx) {
+            Poll::Ready(r) => r.map_err(io_err),
+            Poll::Pending => {
+                self.write = Some(op);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl AsyncRead for H2Io {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.rbuf.is_empty() {
+                let n = this.rbuf.len().min(out.remaining());
+                out.put_slice(&this.rbuf.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.read.is_none() {
+                let conn = this.conn.clone();
+                let mut buf = std::mem::take(&mut this.rbuf);
+                this.read = Some(Box::pin(async move {
+                    let r = conn.read(&mut buf, READ_FOREVER).await;
+                    (r, buf)
+                }));
+            }
+            let op = this.read.as_mut().expect("set above");
+            let (r, buf) = std::task::ready!(op.as_mut().poll(cx));
+            this.read = None;
+            this.rbuf = buf;
+            match r {
+                Ok(0) => return Poll::Ready(Ok(())),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(io_err(e))),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for H2Io {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_pending_write(cx))?;
+        self.start_write(cx, Bytes::copy_from_slice(data))?;
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_pending_write(cx))?;
+        // One owned buffer, one write: frames and DATA payloads together.
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut all = BytesMut::with_capacity(total);
+        for b in bufs {
+            all.extend_from_slice(b);
+        }
+        self.start_write(cx, all.freeze())?;
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_pending_write(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_pending_write(cx)
+    }
+}
+
+/// Serves one HTTP/2 connection until it closes. `already` holds bytes read
+/// before the switch (the preface of an h2c client).
+pub async fn serve(
+    shard: Rc<ShardCtx>,
+    conn: Conn,
+    facts: ConnFacts,
+    certs: Option<Arc<CertSet>>,
+    already: BytesMut,
+) {
+    let settings = shard.shared.live.load().config.server.http2.clone();
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(settings.max_streams)
+        .initial_window_size(settings.window)
+        .max_send_buffer_size(settings.stream_mem as usize)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(1024));
+    let handshake = builder.handshake::<_, Bytes>(H2Io::new(conn.clone(), already));
+    let mut h2 = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            log::debug!("{}: HTTP/2 handshake failed: {e}", facts.peer);
+            conn.shutdown();
+            return;
+        }
+        Err(_) => {
+            conn.shutdown();
+            return;
+        }
+    };
+    let open = Rc::new(Cell::new(0usize));
+    let idle = Duration::from_secs(u64::from(settings.keepalive_secs.max(1)));
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline = match closing {
+            Some(d) => d,
+            None => quiet_since + idle,
+        };
+        tokio::select! {
+            next = h2.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    shard.stats().requests.fetch_add(1, Relaxed);
+                    // h2 bounds open streams; handlers of streams the client reset
+                    // run on until they notice, so they are bounded too.
+                    if open.get() >= 2 * settings.max_streams as usize {
+                        let mut respond = respond;
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    open.set(open.get() + 1);
+                    let (s, o, c) = (shard.clone(), open.clone(), certs.clone());
+                    tokio_uring::spawn(async move {
+                        Box::pin(stream(&s, facts, c, req, respond)).await;
+                        o.set(o.get() - 1);
+                    });
+                }
+                Some(Err(e)) => {
+                    if e.is_go_away() || e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                        shard.stats().h2_goaways.fetch_add(1, Relaxed);
+                    }
+                    log::debug!("{}: HTTP/2 connection error: {e}", facts.peer);
+                    break;
+                }
+                None => break,
+            },
+            _ = shard.drain_started(), if closing.is_none() => {
+                // GOAWAY: in-flight streams finish, new ones are refused.
+                h2.graceful_shutdown();
+                closing = Some(tokio::time::Instant::now() + shard.shared.drain_timeout);
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                if closing.is_some() {
+                    h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    break;
+                }
+                if open.get() == 0 && !h2.has_streams() {
+                    h2.graceful_shutdown();
+                    // A client that never answers the shutdown PING is cut off.
+                    closing = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+                } else {
+                    quiet_since = tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+    // Lets h2 write what it has queued (a GOAWAY) for a moment, then closes,
+    // which completes the read it left in flight.
+    let closed = std::future::poll_fn(|cx| h2.poll_closed(cx));
+    let _ = tokio::time::timeout(Duration::from_secs(1), closed).await;
+    conn.shutdown();
+}
+
+/// The HTTP/1.1 head a stream's pseudo-headers and fields make, parsed by the
+/// same parser and limits as HTTP/1 requests (so every check applies). `None`:
+/// malformed (no authority, a field HTTP/1 cannot carry).
+fn synthesize(parts: &http::request::Parts, body_len: Option<u64>) -> Option<BytesMut> {
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())?;
+    let mut raw = BytesMut::with_capacity(256);
+    raw.extend_from_slice(parts.method.as_str().as_bytes());
+    raw.extend_from_slice(b" ");
+    raw.extend_from_slice(path.as_bytes());
+    raw.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    raw.extend_from_slice(authority.as_bytes());
+    raw.extend_from_slice(b"\r\n");
+    let mut cookies: Vec<&[u8]> = Vec::new();
+    for (name, value) in &parts.headers {
+        let v = value.as_bytes();
+        if v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+            return None;
+        }
+        match name.as_str() {
+            "host" | "content-length" | "transfer-encoding" | "connection" | "te" => continue,
+            // RFC 9113 §8.2.3: crumbs are joined for HTTP/1.1.
+            "cookie" => {
+                cookies.push(v);
+                continue;
+            }
+            _ => {}
+        }
+        raw.extend_from_slice(name.as_str().as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(v);
+        raw.extend_from_slice(b"\r\n");
+    }
+    if !cookies.is_empty() {
+        raw.extend_from_slice(b"Cookie: ");
+        raw.extend_from_slice(&cookies.join(&b"; "[..]));
+        raw.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = body_len {
+        raw.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    Some(raw)
+}
+
+/// One stream: its body read in full (within the body budget), then served.
+async fn stream(
+    shard: &ShardCtx,
+    facts: ConnFacts,
+    certs: Option<Arc<CertSet>>,
+    req: http::Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+) {
+    let received = std::time::Instant::now();
+    let live = shard.shared.live.load_full();
+    let limits = shard.shared.limits;
+    let (parts, mut recv) = req.into_parts();
+    let mut ex = H2Exchange::new(respond, parts.method == http::Method::HEAD);
+    fn refused<'a>(
+        facts: &'a ConnFacts,
+        head: Option<&'a RequestHead>,
+        received: std::time::Instant,
+    ) -> Refused<'a> {
+        Refused {
+            conn: facts,
+            head,
+            protocol: Protocol::H2,
+            received,
+        }
+    }
+    let refuse = |head| refused(&facts, head, received);
+    // The body, if any: held in memory, charged to the process-wide budget.
+    let body = if recv.is_end_stream() {
+        None
+    } else {
+        let mut got = BytesMut::new();
+        let mut charge = Charge::memory(&shard.shared.bodies, 0);
+        let timeout = live.config.server.request_timeout;
+        let read = async {
+            while let Some(d) = recv.data().await {
+                let d = d.map_err(|_| ExchangeError::ClientGone)?;
+                let _ = recv.flow_control().release_capacity(d.len());
+                if got.len() as u64 + d.len() as u64 > limits.max_body {
+                    return Err(ExchangeError::RequestBodyTooLarge);
+                }
+                let c = charge.as_mut().ok_or(crate::spool::SpoolError::Budget)?;
+                c.grow_to(got.len() as u64 + d.len() as u64)?;
+                got.extend_from_slice(&d);
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                Box::pin(proxy::refuse(shard, &live, &refuse(None), &mut ex, e)).await;
+                return;
+            }
+            Err(_) => {
+                let e = ExchangeError::ClientTimeout;
+                Box::pin(proxy::refuse(shard, &live, &refuse(None), &mut ex, e)).await;
+                return;
+            }
+        }
+        charge.map(|c| (got.freeze(), c))
+    };
+    let Some(mut raw) = synthesize(&parts, body.as_ref().map(|(b, _)| b.len() as u64)) else {
+        let e = ExchangeError::RequestBody(
+            "malformed HTTP/2 request (no :authority or Host, or a bad field)",
+        );
+        Box::pin(proxy::refuse(shard, &live, &refuse(None), &mut ex, e)).await;
+        return;
+    };
+    let head = match crate::http1::request::parse(&mut raw, &limits) {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            let e = ExchangeError::Internal("an HTTP/2 head did not parse whole");
+            Box::pin(proxy::refuse(shard, &live, &refuse(None), &mut ex, e)).await;
+            return;
+        }
+        Err(e) => {
+            Box::pin(proxy::refuse(
+                shard,
+                &live,
+                &refuse(None),
+                &mut ex,
+                e.into(),
+            ))
+            .await;
+            return;
+        }
+    };
+    if proxy::body_use(&live, &facts, certs.as_deref(), &head) == proxy::BodyUse::Misdirected {
+        let e = ExchangeError::Misdirected;
+        Box::pin(proxy::refuse(
+            shard,
+            &live,
+            &refuse(Some(&head)),
+            &mut ex,
+            e,
+        ))
+        .await;
+        return;
+    }
+    let req = Request {
+        head,
+        body: std::cell::RefCell::new(body.map(|(b, c)| Rc::new(RequestBody::in_memory(b, c)))),
+        protocol: Protocol::H2,
+        conn: facts,
+        received,
+        certs,
+    };
+    Box::pin(proxy::serve(shard, &live, &req, &mut ex)).await;
+}
+
+/// Fields HTTP/2 must not carry (RFC 9113 §8.2.2).
+fn connection_specific(name: &[u8]) -> bool {
+    [
+        &b"connection"[..],
+        b"keep-alive",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"te",
+        b"content-length",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Fresh,
+    Streaming,
+    Done,
+    Aborted,
+}
+
+/// One stream's response side of the seam.
+struct H2Exchange {
+    respond: h2::server::SendResponse<Bytes>,
+    send: Option<h2::SendStream<Bytes>>,
+    head_request: bool,
+    state: State,
+    sent: u64,
+    head_len: u64,
+}
+
+impl H2Exchange {
+    fn new(respond: h2::server::SendResponse<Bytes>, head_request: bool) -> H2Exchange {
+        H2Exchange {
+            respond,
+            send: None,
+            head_request,
+            state: State::Fresh,
+            sent: 0,
+            head_len: 0,
+        }
+    }
+}
+
+impl Downstream for H2Exchange {
+    fn bind_vhost(&mut self, _vhost: &crate::config::Vhost) {}
+
+    async fn send_head(&mut self, head: &Head<'_>) -> Result<(), ClientGone> {
+        if self.state != State::Fresh {
+            return Err(ClientGone);
+        }
+        let mut b = http::Response::builder().status(head.status);
+        let mut len = 0u64;
+        for (n, v) in head.fields() {
+            if connection_specific(n) {
+                continue;
+            }
+            let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(n),
+                http::HeaderValue::from_bytes(v),
+            ) else {
+                continue;
+            };
+            len += (n.len() + v.len() + 4) as u64;
+            b = b.header(name, value);
+        }
+        if let BodyLen::Known(n) = head.body {
+            b = b.header(http::header::CONTENT_LENGTH, n);
+        }
+        let Ok(resp) = b.body(()) else {
+            self.abort();
+            return Err(ClientGone);
+        };
+        let end =
+            self.head_request || head.body == BodyLen::Empty || head.body == BodyLen::Known(0);
+        match self.respond.send_response(resp, end) {
+            Ok(s) => {
+                self.send = Some(s);
+                self.head_len = len;
+                self.sent = len;
+                self.state = if end { State::Done } else { State::Streaming };
+                Ok(())
+            }
+            Err(_) => {
+                self.state = State::Aborted;
+                Err(ClientGone)
+            }
+        }
+    }
+
+    async fn send_body(&mut self, mut piece: Bytes) -> Result<(), ClientGone> {
+        if self.state == State::Done && self.head_request {
+            return Ok(());
+        }
+        if self.state != State::Streaming {
+            return Err(ClientGone);
+        }
+        let Some(s) = self.send.as_mut() else {
+            return Err(ClientGone);
+        };
+        // Only what the client's window lets out is handed to h2, so a slow
+        // reader costs at most the stream's send buffer (StreamMaxMemSize).
+        while !piece.is_empty() {
+            s.reserve_capacity(piece.len());
+            let cap = std::future::poll_fn(|cx| s.poll_capacity(cx));
+            match tokio::time::timeout(SEND_TIMEOUT, cap).await {
+                Ok(Some(Ok(n))) if n > 0 => {
+                    let chunk = piece.split_to(n.min(piece.len()));
+                    let k = chunk.len() as u64;
+                    if s.send_data(chunk, false).is_err() {
+                        self.state = State::Aborted;
+                        return Err(ClientGone);
+                    }
+                    self.sent += k;
+                }
+                // No capacity after all (reassigned): wait a turn, not spin.
+                Ok(Some(Ok(_))) => tokio::task::yield_now().await,
+                Ok(_) | Err(_) => {
+                    self.abort();
+                    return Err(ClientGone);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ClientGone> {
+        match self.state {
+            State::Aborted => Err(ClientGone),
+            _ => Ok(()),
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), ClientGone> {
+        match self.state {
+            State::Done => Ok(()),
+            State::Streaming => {
+                let s = self.send.as_mut().ok_or(ClientGone)?;
+                s.send_data(Bytes::new(), true).map_err(|_| ClientGone)?;
+                self.state = State::Done;
+                Ok(())
+            }
+            _ => Err(ClientGone),
+        }
+    }
+
+    fn abort(&mut self) {
+        match self.send.as_mut() {
+            Some(s) => s.send_reset(h2::Reason::INTERNAL_ERROR),
+            None => self.respond.send_reset(h2::Reason::INTERNAL_ERROR),
+        }
+        self.state = State::Aborted;
+    }
+
+    fn head_sent(&self) -> bool {
+        self.state != State::Fresh
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+
+    fn body_bytes_sent(&self) -> u64 {
+        self.sent.saturating_sub(self.head_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_becomes_an_http1_head_the_same_parser_checks() {
+        let req = http::Request::builder()
+            .method("GET")
+            .uri("https://www.example.com/a?b=1")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("accept", "*/*")
+            .body(())
+            .unwrap();
+        let (parts, _) = req.into_parts();
+        let raw = synthesize(&parts, None).unwrap();
+        assert_eq!(
+            &raw[..],
+            &b"GET /a?b=1 HTTP/1.1\r\nHost: www.example.com\r\naccept: */*\r\nCookie: a=1; b=2\r\n\r\n"[..]
+        );
+        let mut b = raw;
+        let head = crate::http1::request::parse(&mut b, &Default::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.host(), Some(&b"www.example.com"[..]));
+        // No authority and no Host: malformed.
+        let (parts, _) = http::Request::builder()
+            .uri("/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(synthesize(&parts, None).is_none());
+        // A body's length is declared for the origin.
+        let (parts, _) = http::Request::builder()
+            .method("POST")
+            .uri("http://h/p")
+            .header("content-length", "99")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let raw = synthesize(&parts, Some(3)).unwrap();
+        assert!(raw.ends_with(b"Content-Length: 3\r\n\r\n"), "{raw:?}");
+        assert!(!raw.windows(2).any(|w| w == b"99"));
+    }
+}

@@ -1,0 +1,265 @@
+//! HTTP/2 end to end: h2 over TLS (ALPN) and h2c by prior knowledge on the real
+//! binary, with the `h2` crate as the client (and curl and h2load where present).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+/// A config with HTTP/2 on, a plain listener and a TLS one (a self-signed
+/// certificate made by openssl, skipped where openssl is missing).
+fn h2_dir(origin: &Origin, status: &str) -> Option<std::path::PathBuf> {
+    let dir = config_dir(&origin.addr.to_string(), "", "");
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test.local",
+            "-addext",
+            "subjectAltName=DNS:test.local",
+            "-keyout",
+        ])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("openssl missing: HTTP/2 over TLS not tested");
+        return None;
+    }
+    edit_server_xml(
+        &dir,
+        "<Cache>",
+        &format!(
+            r#"<Cache><Http2 Status="{status}"><MaxConcurrentStream>100</MaxConcurrentStream></Http2>"#
+        ),
+    );
+    edit_server_xml(
+        &dir,
+        "</Server>",
+        r#"<Https Listen="127.0.0.1:0"><Cert>cert.pem</Cert><Key>key.pem</Key></Https></Server>"#,
+    );
+    Some(dir)
+}
+
+/// GET `path` over h2c (prior knowledge) with the h2 crate: (status, body).
+fn h2c_get(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, Vec<u8>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut out = Vec::new();
+        // All at once, on one connection: concurrent streams.
+        let mut pending = Vec::new();
+        for p in paths {
+            let mut c = client.clone().ready().await.unwrap();
+            let req = http::Request::builder()
+                .uri(format!("http://test.local{p}"))
+                .body(())
+                .unwrap();
+            let (resp, _) = c.send_request(req, true).unwrap();
+            pending.push(resp);
+        }
+        // Each body read at once by its own task: the client releases every
+        // stream's window as it goes (read one after another, the unread ones
+        // would hold the connection window).
+        let tasks: Vec<_> = pending
+            .into_iter()
+            .map(|resp| {
+                tokio::spawn(async move {
+                    let resp = resp.await.unwrap();
+                    let status = resp.status().as_u16();
+                    let mut body = resp.into_body();
+                    let mut got = Vec::new();
+                    while let Some(d) = body.data().await {
+                        let d = d.unwrap();
+                        let _ = body.flow_control().release_capacity(d.len());
+                        got.extend_from_slice(&d);
+                    }
+                    (status, got)
+                })
+            })
+            .collect();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    })
+}
+
+fn curl(args: &[&str], out: &Path) -> Option<String> {
+    let o = Command::new("curl")
+        .args(["-sk", "--max-time", "20", "-o"])
+        .arg(out)
+        .args(["-w", "%{http_version} %{http_code}"])
+        .args(args)
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn cached_bodies_are_byte_identical_over_h2_h2c_https_and_plain_http() {
+    let body: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let served = body.clone();
+    let origin = Origin::start(move |_| ok(&served));
+    let Some(dir) = h2_dir(&origin, "Active") else {
+        return;
+    };
+    let cairn = Cairn::start(dir.clone(), 1);
+    // Filled over plain HTTP/1.1 ...
+    assert_eq!(cairn.connect().get("/obj").body, body);
+    // ... and served from the cache over h2c to 20 concurrent streams.
+    let paths: Vec<&str> = vec!["/obj"; 20];
+    for (status, got) in h2c_get(cairn.addr, &paths) {
+        assert_eq!(status, 200);
+        assert_eq!(got.len(), body.len());
+        assert!(got == body, "h2c body differs");
+    }
+    assert_eq!(origin.count(), 1, "every h2c stream was a hit");
+    // curl where present: h2 over TLS, h2c, HTTP/1.1 over TLS.
+    let https = format!("https://test.local:{}/obj", cairn.https[0].port());
+    let resolve = format!("test.local:{}:127.0.0.1", cairn.https[0].port());
+    let plain = format!("http://{}/obj", cairn.addr);
+    let cases: [(&[&str], &str); 3] = [
+        (&["--http2", "--resolve", &resolve, &https], "2 200"),
+        (&["--http1.1", "--resolve", &resolve, &https], "1.1 200"),
+        (
+            &["--http2-prior-knowledge", "-H", "Host: test.local", &plain],
+            "2 200",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = dir.join("curl.out");
+        let Some(got) = curl(args, &out) else {
+            eprintln!("curl missing: curl cases skipped");
+            return;
+        };
+        assert_eq!(got, want, "{args:?}");
+        assert!(
+            std::fs::read(&out).unwrap() == body,
+            "{args:?}: body differs"
+        );
+    }
+    assert_eq!(origin.count(), 1);
+}
+
+#[test]
+fn h2load_with_100_streams_per_connection_has_no_errors() {
+    let origin = Origin::start(|_| ok(&[b'x'; 1024]));
+    let Some(dir) = h2_dir(&origin, "Active") else {
+        return;
+    };
+    let cairn = Cairn::start(dir, 1);
+    let url = format!("https://127.0.0.1:{}/1k", cairn.https[0].port());
+    let Ok(o) = Command::new("h2load")
+        .args(["-n", "20000", "-c", "4", "-m", "100", &url])
+        .output()
+    else {
+        eprintln!("h2load missing: skipped");
+        return;
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("20000 succeeded, 0 failed, 0 errored, 0 timeout"),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 20000 2xx"), "{text}");
+}
+
+#[test]
+fn http2_is_off_unless_status_is_active_as_in_ston() {
+    let origin = Origin::start(|_| ok(b"x"));
+    let Some(dir) = h2_dir(&origin, "Inactive") else {
+        return;
+    };
+    let cairn = Cairn::start(dir.clone(), 1);
+    // ALPN does not offer h2: curl --http2 falls back to HTTP/1.1.
+    let https = format!("https://test.local:{}/", cairn.https[0].port());
+    let resolve = format!("test.local:{}:127.0.0.1", cairn.https[0].port());
+    if let Some(got) = curl(&["--http2", "--resolve", &resolve, &https], &dir.join("o")) {
+        assert_eq!(got, "1.1 200");
+    }
+    // And the h2c preface is not an HTTP/2 connection: refused as HTTP/1.
+    let mut c = cairn.connect();
+    c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let r = c.response(false).expect("an HTTP/1 refusal");
+    assert!(r.status >= 400, "{r:?}");
+}
+
+#[test]
+fn a_drain_sends_goaway_and_the_stream_in_flight_finishes() {
+    // The origin answers slowly: the stream is in flight when SIGTERM arrives.
+    let origin = Origin::start(|_| {
+        std::thread::sleep(Duration::from_millis(800));
+        ok(b"finished")
+    });
+    let Some(dir) = h2_dir(&origin, "Active") else {
+        return;
+    };
+    let cairn = Cairn::start(dir, 1);
+    let addr = cairn.addr;
+    let pid = cairn.pid();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut c = client.ready().await.unwrap();
+        let req = http::Request::builder()
+            .uri("http://test.local/slow")
+            .body(())
+            .unwrap();
+        let (resp, _) = c.send_request(req, true).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let resp = resp.await.expect("the stream in flight is answered");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(d) = body.data().await {
+            got.extend_from_slice(&d.unwrap());
+        }
+        assert_eq!(got, b"finished");
+        // GOAWAY: a new stream on this connection is refused.
+        let c2 = c.clone();
+        let refused = match c2.ready().await {
+            Err(_) => true,
+            Ok(mut c2) => {
+                let req = http::Request::builder()
+                    .uri("http://test.local/after")
+                    .body(())
+                    .unwrap();
+                match c2.send_request(req, true) {
+                    Err(_) => true,
+                    Ok((r, _)) => r.await.is_err(),
+                }
+            }
+        };
+        assert!(refused, "no new stream after GOAWAY");
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    });
+}
