@@ -9,10 +9,17 @@ use std::process::Command;
 use std::time::Duration;
 use support::*;
 
-/// A config with HTTP/2 on, a plain listener and a TLS one (a self-signed
-/// certificate made by openssl, skipped where openssl is missing).
-fn h2_dir(origin: &Origin, status: &str) -> Option<std::path::PathBuf> {
+/// A config with HTTP/2 `status`, a plain listener and, where openssl can make
+/// a self-signed certificate, a TLS one (`None` without it: h2c only).
+fn h2_dir(origin: &Origin, status: &str) -> (std::path::PathBuf, bool) {
     let dir = config_dir(&origin.addr.to_string(), "", "");
+    edit_server_xml(
+        &dir,
+        "<Cache>",
+        &format!(
+            r#"<Cache><Http2 Status="{status}"><MaxConcurrentStream>100</MaxConcurrentStream></Http2>"#
+        ),
+    );
     let ok = Command::new("openssl")
         .args([
             "req",
@@ -37,21 +44,14 @@ fn h2_dir(origin: &Origin, status: &str) -> Option<std::path::PathBuf> {
         .is_ok_and(|o| o.status.success());
     if !ok {
         eprintln!("openssl missing: HTTP/2 over TLS not tested");
-        return None;
+        return (dir, false);
     }
-    edit_server_xml(
-        &dir,
-        "<Cache>",
-        &format!(
-            r#"<Cache><Http2 Status="{status}"><MaxConcurrentStream>100</MaxConcurrentStream></Http2>"#
-        ),
-    );
     edit_server_xml(
         &dir,
         "</Server>",
         r#"<Https Listen="127.0.0.1:0"><Cert>cert.pem</Cert><Key>key.pem</Key></Https></Server>"#,
     );
-    Some(dir)
+    (dir, true)
 }
 
 /// GET `path` over h2c (prior knowledge) with the h2 crate: (status, body).
@@ -121,9 +121,7 @@ fn cached_bodies_are_byte_identical_over_h2_h2c_https_and_plain_http() {
     let body: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 253) as u8).collect();
     let served = body.clone();
     let origin = Origin::start(move |_| ok(&served));
-    let Some(dir) = h2_dir(&origin, "Active") else {
-        return;
-    };
+    let (dir, tls) = h2_dir(&origin, "Active");
     let cairn = Cairn::start(dir.clone(), 1);
     // Filled over plain HTTP/1.1 ...
     assert_eq!(cairn.connect().get("/obj").body, body);
@@ -135,6 +133,9 @@ fn cached_bodies_are_byte_identical_over_h2_h2c_https_and_plain_http() {
         assert!(got == body, "h2c body differs");
     }
     assert_eq!(origin.count(), 1, "every h2c stream was a hit");
+    if !tls {
+        return;
+    }
     // curl where present: h2 over TLS, h2c, HTTP/1.1 over TLS.
     let https = format!("https://test.local:{}/obj", cairn.https[0].port());
     let resolve = format!("test.local:{}:127.0.0.1", cairn.https[0].port());
@@ -165,9 +166,10 @@ fn cached_bodies_are_byte_identical_over_h2_h2c_https_and_plain_http() {
 #[test]
 fn h2load_with_100_streams_per_connection_has_no_errors() {
     let origin = Origin::start(|_| ok(&[b'x'; 1024]));
-    let Some(dir) = h2_dir(&origin, "Active") else {
+    let (dir, tls) = h2_dir(&origin, "Active");
+    if !tls {
         return;
-    };
+    }
     let cairn = Cairn::start(dir, 1);
     let url = format!("https://127.0.0.1:{}/1k", cairn.https[0].port());
     let Ok(o) = Command::new("h2load")
@@ -188,15 +190,15 @@ fn h2load_with_100_streams_per_connection_has_no_errors() {
 #[test]
 fn http2_is_off_unless_status_is_active_as_in_ston() {
     let origin = Origin::start(|_| ok(b"x"));
-    let Some(dir) = h2_dir(&origin, "Inactive") else {
-        return;
-    };
+    let (dir, tls) = h2_dir(&origin, "Inactive");
     let cairn = Cairn::start(dir.clone(), 1);
     // ALPN does not offer h2: curl --http2 falls back to HTTP/1.1.
-    let https = format!("https://test.local:{}/", cairn.https[0].port());
-    let resolve = format!("test.local:{}:127.0.0.1", cairn.https[0].port());
-    if let Some(got) = curl(&["--http2", "--resolve", &resolve, &https], &dir.join("o")) {
-        assert_eq!(got, "1.1 200");
+    if tls {
+        let https = format!("https://test.local:{}/", cairn.https[0].port());
+        let resolve = format!("test.local:{}:127.0.0.1", cairn.https[0].port());
+        if let Some(got) = curl(&["--http2", "--resolve", &resolve, &https], &dir.join("o")) {
+            assert_eq!(got, "1.1 200");
+        }
     }
     // And the h2c preface is not an HTTP/2 connection: refused as HTTP/1.
     let mut c = cairn.connect();
@@ -212,9 +214,7 @@ fn a_drain_sends_goaway_and_the_stream_in_flight_finishes() {
         std::thread::sleep(Duration::from_millis(800));
         ok(b"finished")
     });
-    let Some(dir) = h2_dir(&origin, "Active") else {
-        return;
-    };
+    let (dir, _) = h2_dir(&origin, "Active");
     let cairn = Cairn::start(dir, 1);
     let addr = cairn.addr;
     let pid = cairn.pid();
@@ -262,4 +262,83 @@ fn a_drain_sends_goaway_and_the_stream_in_flight_finishes() {
         assert!(refused, "no new stream after GOAWAY");
         let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
     });
+}
+
+#[test]
+fn empty_bodies_heads_and_request_bodies_over_h2c() {
+    let origin = Origin::start(|r| {
+        if r.path == "/empty" {
+            ok(b"")
+        } else {
+            ok(format!("{} {} bytes", r.method, r.body.len()).as_bytes())
+        }
+    });
+    let (dir, _) = h2_dir(&origin, "Active");
+    let cairn = Cairn::start(dir, 1);
+    // A cached empty body: a miss, then a hit, both complete (not reset).
+    for _ in 0..2 {
+        let (status, len, body) = h2c_request(cairn.addr, "GET", "/empty", b"");
+        assert_eq!((status, len.as_deref(), body.len()), (200, Some("0"), 0));
+    }
+    assert_eq!(origin.count(), 1);
+    // HEAD keeps the length a GET would have.
+    let _ = h2c_request(cairn.addr, "GET", "/sized", b"");
+    let (status, len, body) = h2c_request(cairn.addr, "HEAD", "/sized", b"");
+    assert_eq!((status, len.as_deref(), body.len()), (200, Some("11"), 0));
+    // A POST body reaches the origin whole, with its length.
+    let upload = vec![b'p'; 200_000];
+    let (status, _, body) = h2c_request(cairn.addr, "POST", "/up", &upload);
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).into_owned()),
+        (200, "POST 200000 bytes".to_string())
+    );
+    // Past the in-memory bound for HTTP/2 bodies: 413, not held.
+    let big = vec![b'b'; 1_100_000];
+    let (status, _, _) = h2c_request(cairn.addr, "POST", "/up", &big);
+    assert_eq!(status, 413);
+}
+
+/// One request over h2c with the h2 crate: (status, content-length, body).
+fn h2c_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Option<String>, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut c = client.ready().await.unwrap();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://test.local{path}"))
+            .body(())
+            .unwrap();
+        let (resp, mut send) = c.send_request(req, body.is_empty()).unwrap();
+        if !body.is_empty() {
+            send.send_data(bytes::Bytes::copy_from_slice(body), true)
+                .unwrap();
+        }
+        let resp = resp.await.unwrap();
+        let status = resp.status().as_u16();
+        let len = resp
+            .headers()
+            .get("content-length")
+            .map(|v| v.to_str().unwrap().to_string());
+        let mut b = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(d) = b.data().await {
+            let d = d.unwrap();
+            let _ = b.flow_control().release_capacity(d.len());
+            got.extend_from_slice(&d);
+        }
+        (status, len, got)
+    })
 }

@@ -181,6 +181,7 @@ pub async fn serve(
     builder
         .max_concurrent_streams(settings.max_streams)
         .initial_window_size(settings.window)
+        .initial_connection_window_size(settings.window.max(1 << 20))
         .max_send_buffer_size(settings.stream_mem as usize)
         .max_header_list_size(MAX_HEADER_LIST)
         .max_pending_accept_reset_streams(20)
@@ -199,34 +200,49 @@ pub async fn serve(
         }
     };
     let open = Rc::new(Cell::new(0usize));
+    // When the last stream ended (or the connection began): idleness counts from it.
+    let quiet_since = Rc::new(Cell::new(tokio::time::Instant::now()));
     let idle = Duration::from_secs(u64::from(settings.keepalive_secs.max(1)));
-    let mut quiet_since = tokio::time::Instant::now();
     let mut closing: Option<tokio::time::Instant> = None;
+    let mut idle_goaway = false;
+    // Streams refused for the handler bound: a client that keeps opening them
+    // past it is flooding.
+    let mut refusals = 0u32;
     loop {
         let deadline = match closing {
             Some(d) => d,
-            None => quiet_since + idle,
+            None => quiet_since.get() + idle,
         };
         tokio::select! {
             next = h2.accept() => match next {
                 Some(Ok((req, respond))) => {
-                    shard.stats().requests.fetch_add(1, Relaxed);
                     // h2 bounds open streams; handlers of streams the client reset
                     // run on until they notice, so they are bounded too.
                     if open.get() >= 2 * settings.max_streams as usize {
                         let mut respond = respond;
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        refusals += 1;
+                        if refusals > 4 * settings.max_streams {
+                            shard.stats().h2_goaways.fetch_add(1, Relaxed);
+                            h2.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                            break;
+                        }
                         continue;
                     }
+                    shard.stats().requests.fetch_add(1, Relaxed);
                     open.set(open.get() + 1);
-                    let (s, o, c) = (shard.clone(), open.clone(), certs.clone());
+                    let (s, o, c, q) = (shard.clone(), open.clone(), certs.clone(), quiet_since.clone());
                     tokio_uring::spawn(async move {
                         Box::pin(stream(&s, facts, c, req, respond)).await;
                         o.set(o.get() - 1);
+                        if o.get() == 0 {
+                            q.set(tokio::time::Instant::now());
+                        }
                     });
                 }
                 Some(Err(e)) => {
-                    if e.is_go_away() || e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                    // Ours (a flood, a protocol error h2 caught), not the client's GOAWAY.
+                    if e.is_library() || e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
                         shard.stats().h2_goaways.fetch_add(1, Relaxed);
                     }
                     log::debug!("{}: HTTP/2 connection error: {e}", facts.peer);
@@ -241,15 +257,23 @@ pub async fn serve(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 if closing.is_some() {
+                    if idle_goaway && (open.get() > 0 || h2.has_streams()) {
+                        // A stream that raced the idle GOAWAY finishes, within
+                        // the drain bound.
+                        idle_goaway = false;
+                        closing = Some(tokio::time::Instant::now() + shard.shared.drain_timeout);
+                        continue;
+                    }
                     h2.abrupt_shutdown(h2::Reason::NO_ERROR);
                     break;
                 }
                 if open.get() == 0 && !h2.has_streams() {
                     h2.graceful_shutdown();
+                    idle_goaway = true;
                     // A client that never answers the shutdown PING is cut off.
                     closing = Some(tokio::time::Instant::now() + Duration::from_secs(5));
-                } else {
-                    quiet_since = tokio::time::Instant::now();
+                } else if open.get() > 0 {
+                    quiet_since.set(tokio::time::Instant::now());
                 }
             }
         }
@@ -258,7 +282,7 @@ pub async fn serve(
     // which completes the read it left in flight.
     let closed = std::future::poll_fn(|cx| h2.poll_closed(cx));
     let _ = tokio::time::timeout(Duration::from_secs(1), closed).await;
-    conn.shutdown();
+    Box::pin(conn.close_idle()).await;
 }
 
 /// The HTTP/1.1 head a stream's pseudo-headers and fields make, parsed by the
@@ -320,7 +344,12 @@ fn synthesize(parts: &http::request::Parts, body_len: Option<u64>) -> Option<Byt
     Some(raw)
 }
 
-/// One stream: its body read in full (within the body budget), then served.
+/// Request bodies over HTTP/2 are held in memory (not spooled yet): at most
+/// this much per stream, past it 413.
+pub const MAX_H2_BODY: u64 = 1 << 20;
+
+/// One stream: its head checked as HTTP/1's is (route, 421) before any body is
+/// read; the body read whole (within the budget) or dropped; then served.
 async fn stream(
     shard: &ShardCtx,
     facts: ConnFacts,
@@ -345,88 +374,135 @@ async fn stream(
             received,
         }
     }
-    let refuse = |head| refused(&facts, head, received);
-    // The body, if any: held in memory, charged to the process-wide budget.
-    let body = if recv.is_end_stream() {
-        None
-    } else {
-        let mut got = BytesMut::new();
-        let mut charge = Charge::memory(&shard.shared.bodies, 0);
-        let timeout = live.config.server.request_timeout;
-        let read = async {
-            while let Some(d) = recv.data().await {
-                let d = d.map_err(|_| ExchangeError::ClientGone)?;
-                let _ = recv.flow_control().release_capacity(d.len());
-                if got.len() as u64 + d.len() as u64 > limits.max_body {
-                    return Err(ExchangeError::RequestBodyTooLarge);
-                }
-                let c = charge.as_mut().ok_or(crate::spool::SpoolError::Budget)?;
-                c.grow_to(got.len() as u64 + d.len() as u64)?;
-                got.extend_from_slice(&d);
-            }
-            Ok(())
-        };
-        match tokio::time::timeout(timeout, read).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                Box::pin(proxy::refuse(shard, &live, &refuse(None), &mut ex, e)).await;
-                return;
-            }
-            Err(_) => {
-                let e = ExchangeError::ClientTimeout;
-                Box::pin(proxy::refuse(shard, &live, &refuse(None), &mut ex, e)).await;
-                return;
-            }
-        }
-        charge.map(|c| (got.freeze(), c))
-    };
-    let Some(mut raw) = synthesize(&parts, body.as_ref().map(|(b, _)| b.len() as u64)) else {
-        let e = ExchangeError::RequestBody(
+    let has_body = !recv.is_end_stream();
+    // The declared length (h2 holds DATA to it), for the first look at the head.
+    let declared: Option<u64> = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let parse = |len: Option<u64>| -> Result<RequestHead, ExchangeError> {
+        let mut raw = synthesize(&parts, len).ok_or(ExchangeError::RequestBody(
             "malformed HTTP/2 request (no :authority or Host, or a bad field)",
-        );
-        Box::pin(proxy::refuse(shard, &live, &refuse(None), &mut ex, e)).await;
-        return;
-    };
-    let head = match crate::http1::request::parse(&mut raw, &limits) {
-        Ok(Some(h)) => h,
-        Ok(None) => {
-            let e = ExchangeError::Internal("an HTTP/2 head did not parse whole");
-            Box::pin(proxy::refuse(shard, &live, &refuse(None), &mut ex, e)).await;
-            return;
+        ))?;
+        match crate::http1::request::parse(&mut raw, &limits) {
+            Ok(Some(h)) => Ok(h),
+            Ok(None) => Err(ExchangeError::Internal(
+                "an HTTP/2 head did not parse whole",
+            )),
+            Err(e) => Err(e.into()),
         }
+    };
+    let first = parse(if has_body {
+        Some(declared.unwrap_or(0))
+    } else {
+        None
+    });
+    let head = match first {
+        Ok(h) => h,
         Err(e) => {
             Box::pin(proxy::refuse(
                 shard,
                 &live,
-                &refuse(None),
+                &refused(&facts, None, received),
                 &mut ex,
-                e.into(),
+                e,
             ))
             .await;
             return;
         }
     };
-    if proxy::body_use(&live, &facts, certs.as_deref(), &head) == proxy::BodyUse::Misdirected {
-        let e = ExchangeError::Misdirected;
-        Box::pin(proxy::refuse(
-            shard,
-            &live,
-            &refuse(Some(&head)),
-            &mut ex,
-            e,
-        ))
-        .await;
-        return;
+    let mut body = None;
+    if has_body {
+        let refusal = match proxy::body_use(&live, &facts, certs.as_deref(), &head) {
+            proxy::BodyUse::Unrouted => Some(ExchangeError::UnknownVhost),
+            proxy::BodyUse::Misdirected => Some(ExchangeError::Misdirected),
+            _ if declared.is_some_and(|n| n > MAX_H2_BODY.min(limits.max_body)) => {
+                Some(ExchangeError::RequestBodyTooLarge)
+            }
+            _ => None,
+        };
+        if let Some(e) = refusal {
+            let r = refused(&facts, Some(&head), received);
+            Box::pin(proxy::refuse(shard, &live, &r, &mut ex, e)).await;
+            return;
+        }
+        let keep =
+            proxy::body_use(&live, &facts, certs.as_deref(), &head) == proxy::BodyUse::Forward;
+        let timeout = live.config.server.request_timeout;
+        let read = read_body(shard, &mut recv, keep, declared, limits.max_body);
+        let got = match tokio::time::timeout(timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(ExchangeError::ClientTimeout),
+        };
+        match got {
+            Ok(Some((b, c))) => {
+                let Ok(h) = parse(Some(b.len() as u64)) else {
+                    let e = ExchangeError::Internal("an HTTP/2 head did not parse twice");
+                    let r = refused(&facts, Some(&head), received);
+                    Box::pin(proxy::refuse(shard, &live, &r, &mut ex, e)).await;
+                    return;
+                };
+                body = Some((h, Rc::new(RequestBody::in_memory(b, c))));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let r = refused(&facts, Some(&head), received);
+                Box::pin(proxy::refuse(shard, &live, &r, &mut ex, e)).await;
+                return;
+            }
+        }
     }
+    let (head, body) = match body {
+        Some((h, b)) => (h, Some(b)),
+        // A body the cache answers without (drained) is not declared to anyone.
+        None if has_body => match parse(None) {
+            Ok(h) => (h, None),
+            Err(_) => (head, None),
+        },
+        None => (head, None),
+    };
     let req = Request {
         head,
-        body: std::cell::RefCell::new(body.map(|(b, c)| Rc::new(RequestBody::in_memory(b, c)))),
+        body: std::cell::RefCell::new(body),
         protocol: Protocol::H2,
         conn: facts,
         received,
         certs,
     };
     Box::pin(proxy::serve(shard, &live, &req, &mut ex)).await;
+}
+
+/// Reads a request body: kept (in memory, charged to the process-wide budget,
+/// at most [`MAX_H2_BODY`]) or, when nobody will use it, dropped as it comes.
+async fn read_body(
+    shard: &ShardCtx,
+    recv: &mut h2::RecvStream,
+    keep: bool,
+    declared: Option<u64>,
+    max_body: u64,
+) -> Result<Option<(Bytes, Charge)>, ExchangeError> {
+    let cap = MAX_H2_BODY.min(max_body);
+    let mut got = BytesMut::with_capacity(declared.unwrap_or(0).min(cap) as usize);
+    let mut charge = if keep {
+        Some(Charge::memory(&shard.shared.bodies, 0).ok_or(crate::spool::SpoolError::Budget)?)
+    } else {
+        None
+    };
+    let mut seen = 0u64;
+    while let Some(d) = recv.data().await {
+        let d = d.map_err(|_| ExchangeError::ClientGone)?;
+        let _ = recv.flow_control().release_capacity(d.len());
+        seen += d.len() as u64;
+        if seen > max_body || (keep && seen > cap) {
+            return Err(ExchangeError::RequestBodyTooLarge);
+        }
+        if let Some(c) = charge.as_mut() {
+            c.grow_to(seen)?;
+            got.extend_from_slice(&d);
+        }
+    }
+    Ok(charge.map(|c| (got.freeze(), c)))
 }
 
 /// Fields HTTP/2 must not carry (RFC 9113 §8.2.2).
@@ -484,8 +560,11 @@ impl Downstream for H2Exchange {
         }
         let mut b = http::Response::builder().status(head.status);
         let mut len = 0u64;
+        let relay_length = self.head_request && head.body == BodyLen::Empty;
         for (n, v) in head.fields() {
-            if connection_specific(n) {
+            if connection_specific(n)
+                && !(relay_length && n.eq_ignore_ascii_case(b"content-length"))
+            {
                 continue;
             }
             let (Ok(name), Ok(value)) = (
@@ -522,8 +601,12 @@ impl Downstream for H2Exchange {
     }
 
     async fn send_body(&mut self, mut piece: Bytes) -> Result<(), ClientGone> {
-        if self.state == State::Done && self.head_request {
-            return Ok(());
+        // Ended at the head (HEAD, an empty body): nothing more to send.
+        if piece.is_empty() || self.state == State::Done {
+            return match self.state {
+                State::Aborted => Err(ClientGone),
+                _ => Ok(()),
+            };
         }
         if self.state != State::Streaming {
             return Err(ClientGone);
