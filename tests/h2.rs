@@ -342,3 +342,55 @@ fn h2c_request(
         (status, len, got)
     })
 }
+
+#[test]
+fn a_rapid_reset_flood_gets_goaway_and_is_counted_while_others_are_served() {
+    let origin = Origin::start(|_| ok(b"hit me"));
+    let (dir, _) = h2_dir(&origin, "Active");
+    let cairn = Cairn::start(dir, 1);
+    let addr = cairn.addr;
+    let _ = h2c_request(addr, "GET", "/r", b"");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ended = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        // Open and reset streams as fast as possible (CVE-2023-44487).
+        for _ in 0..20_000 {
+            let Ok(mut c) = client.clone().ready().await else {
+                break;
+            };
+            let req = http::Request::builder()
+                .uri("http://test.local/r")
+                .body(())
+                .unwrap();
+            let Ok((_, mut send)) = c.send_request(req, false) else {
+                break;
+            };
+            send.send_reset(h2::Reason::CANCEL);
+            if conn.is_finished() {
+                break;
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .expect("the flooding connection is ended")
+            .unwrap()
+    });
+    // The server ends it: GOAWAY ENHANCE_YOUR_CALM, which the flooding client
+    // may only see as the closed socket under its next write.
+    let e = ended.expect_err("ended by the server");
+    assert!(
+        e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
+        "{e:?}"
+    );
+    // The shard serves everyone else.
+    let (status, _, body) = h2c_request(addr, "GET", "/r", b"");
+    assert_eq!((status, &body[..]), (200, &b"hit me"[..]));
+    cairn.signal("USR1");
+    let stats = cairn.wait_log("ended by GOAWAY");
+    assert!(!stats.contains(" 0 HTTP/2 connections ended"), "{stats}");
+}
