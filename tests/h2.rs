@@ -394,3 +394,121 @@ fn a_rapid_reset_flood_gets_goaway_and_is_counted_while_others_are_served() {
     let stats = cairn.wait_log("ended by GOAWAY");
     assert!(!stats.contains(" 0 HTTP/2 connections ended"), "{stats}");
 }
+
+/// A raw HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK "literal without indexing, new name" fields (short names and values).
+fn hpack(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (n, v) in fields {
+        out.push(0);
+        out.push(n.len() as u8);
+        out.extend_from_slice(n.as_bytes());
+        out.push(v.len() as u8);
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+/// Sends the preface, SETTINGS and `frames`, then reads the server's frames
+/// until a RST_STREAM or GOAWAY: (frame type, error code).
+fn first_error(addr: SocketAddr, frames: &[Vec<u8>]) -> Option<(u8, u32)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    for f in frames {
+        out.extend_from_slice(f);
+    }
+    s.write_all(&out).unwrap();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 16384];
+    loop {
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let kind = buf[3];
+            let payload = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            match kind {
+                3 => return Some((3, u32::from_be_bytes(payload[..4].try_into().unwrap()))),
+                7 => return Some((7, u32::from_be_bytes(payload[4..8].try_into().unwrap()))),
+                _ => {}
+            }
+        }
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+#[test]
+fn malformed_http2_requests_get_the_rfc_9113_error_and_the_shard_serves_on() {
+    let origin = Origin::start(|_| ok(b"fine"));
+    let (dir, _) = h2_dir(&origin, "Active");
+    let cairn = Cairn::start(dir, 1);
+    let base = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "test.local"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)], path: bool| {
+        let mut f: Vec<(&str, &str)> = base.to_vec();
+        if path {
+            f.push((":path", "/"));
+        }
+        f.extend_from_slice(extra);
+        hpack(&f)
+    };
+    const PROTOCOL_ERROR: u32 = 1;
+    const STREAM_CLOSED: u32 = 5;
+    // (case, frames, accepted errors as (frame type, code))
+    let headers = |block: Vec<u8>| frame(1, 0x5, 1, &block);
+    type Case = (&'static str, Vec<Vec<u8>>, Vec<(u8, u32)>);
+    let cases: Vec<Case> = vec![
+        (
+            "uppercase field name",
+            vec![headers(with(&[("X-Upper", "1")], true))],
+            vec![(7, PROTOCOL_ERROR), (3, PROTOCOL_ERROR)],
+        ),
+        (
+            "missing :path",
+            vec![headers(with(&[], false))],
+            vec![(3, PROTOCOL_ERROR), (7, PROTOCOL_ERROR)],
+        ),
+        (
+            "connection-specific field",
+            vec![headers(with(&[("connection", "close")], true))],
+            vec![(3, PROTOCOL_ERROR), (7, PROTOCOL_ERROR)],
+        ),
+        // RFC 9113 §5.1 asks for STREAM_CLOSED here; h2 0.4.20 ends the
+        // connection with PROTOCOL_ERROR instead (a known deviation, accepted
+        // until cairn filters frames itself).
+        (
+            "DATA on a closed stream",
+            vec![headers(with(&[], true)), frame(0, 0x1, 1, b"late")],
+            vec![(3, STREAM_CLOSED), (7, STREAM_CLOSED), (7, PROTOCOL_ERROR)],
+        ),
+    ];
+    for (case, frames, accepted) in cases {
+        let got = first_error(cairn.addr, &frames);
+        assert!(
+            got.is_some_and(|g| accepted.contains(&g)),
+            "{case}: got {got:?}, want one of {accepted:?}"
+        );
+        // The shard serves on.
+        let (status, _, body) = h2c_request(cairn.addr, "GET", "/ok", b"");
+        assert_eq!((status, &body[..]), (200, &b"fine"[..]), "after {case}");
+    }
+}
