@@ -472,7 +472,24 @@ fn malformed_http2_requests_get_the_rfc_9113_error_and_the_shard_serves_on() {
         hpack(&f)
     };
     const PROTOCOL_ERROR: u32 = 1;
+    const FLOW_CONTROL_ERROR: u32 = 3;
     const STREAM_CLOSED: u32 = 5;
+    const ENHANCE_YOUR_CALM: u32 = 11;
+    // A header block that never ends: HEADERS without END_HEADERS, then a
+    // stream of CONTINUATION frames.
+    let mut flood = vec![frame(1, 0x1, 1, &with(&[], true))];
+    let crumb = hpack(&[(
+        "x-flood",
+        "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy",
+    )]);
+    for _ in 0..2000 {
+        flood.push(frame(9, 0, 1, &crumb));
+    }
+    // The connection window pushed past 2^31 - 1.
+    let overflow = vec![
+        frame(8, 0, 0, &0x7fff_ffffu32.to_be_bytes()),
+        frame(8, 0, 0, &0x7fff_ffffu32.to_be_bytes()),
+    ];
     // (case, frames, accepted errors as (frame type, code))
     let headers = |block: Vec<u8>| frame(1, 0x5, 1, &block);
     type Case = (&'static str, Vec<Vec<u8>>, Vec<(u8, u32)>);
@@ -491,6 +508,12 @@ fn malformed_http2_requests_get_the_rfc_9113_error_and_the_shard_serves_on() {
             "connection-specific field",
             vec![headers(with(&[("connection", "close")], true))],
             vec![(3, PROTOCOL_ERROR), (7, PROTOCOL_ERROR)],
+        ),
+        ("CONTINUATION flood", flood, vec![(7, ENHANCE_YOUR_CALM)]),
+        (
+            "connection window overflow",
+            overflow,
+            vec![(7, FLOW_CONTROL_ERROR)],
         ),
         // RFC 9113 §5.1 asks for STREAM_CLOSED here; h2 0.4.20 ends the
         // connection with PROTOCOL_ERROR instead (a known deviation, accepted
