@@ -9,7 +9,7 @@
 #
 #   fuzz/campaign.sh [-c CPU_SECONDS] [-l SLICE] [-n NICE] target...
 #
-# Needs `cargo afl build --release` in fuzz/ first (see README.md). A target whose
+# Needs `cargo afl build --release` in fuzz/ first (see README.md) and python3. A target whose
 # out/<target> is already there resumes it and adds to its CPU count (kept in
 # out/<target>.cpu); remove out/<target> to start from the corpus again.
 set -euo pipefail
@@ -50,9 +50,9 @@ for t in "$@"; do
         # left them.
         if [ -f "out/$t/default/fuzzer_stats" ]; then input=-; else input=corpus/$t; fi
         times=$(mktemp)
-        # /usr/bin/time reports the CPU of afl-fuzz and every child it reaped (the
-        # fork server, and through it each run).
-        nice -n "$nice" /usr/bin/time -f '%e %U %S' -o "$times" \
+        # reap.py counts the CPU of afl-fuzz and of every descendant, the
+        # persistent-mode target included (see reap.py).
+        nice -n "$nice" ./reap.py "$times" \
             "$afl" -V "$slice" -i "$input" -o "out/$t" -- "$bin" \
             >>"out/$t.log" 2>&1 || true
         read -r w user sys <"$times"
