@@ -414,7 +414,8 @@ async fn stream(
     };
     let mut body = None;
     if has_body {
-        let refusal = match proxy::body_use(&live, &facts, certs.as_deref(), &head) {
+        let using = proxy::body_use(&live, &facts, certs.as_deref(), &head);
+        let refusal = match using {
             proxy::BodyUse::Unrouted => Some(ExchangeError::UnknownVhost),
             proxy::BodyUse::Misdirected => Some(ExchangeError::Misdirected),
             _ if declared.is_some_and(|n| n > MAX_H2_BODY.min(limits.max_body)) => {
@@ -427,8 +428,7 @@ async fn stream(
             Box::pin(proxy::refuse(shard, &live, &r, &mut ex, e)).await;
             return;
         }
-        let keep =
-            proxy::body_use(&live, &facts, certs.as_deref(), &head) == proxy::BodyUse::Forward;
+        let keep = using == proxy::BodyUse::Forward;
         let timeout = live.config.server.request_timeout;
         let read = read_body(shard, &mut recv, keep, declared, limits.max_body);
         let got = match tokio::time::timeout(timeout, read).await {

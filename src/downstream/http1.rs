@@ -373,40 +373,27 @@ pub async fn serve(
                 proxy::BodyUse::Misdirected => Some(ExchangeError::Misdirected),
                 _ => None,
             };
-            if let Some(e) = unread {
+            let read = match unread {
                 // Refused before reading (or inviting, with 100 Continue) a body
                 // nobody will take; closed, since it stays unread.
-                Box::pin(refuse_and_close(
-                    &shard,
-                    &live,
-                    &conn,
-                    &refused(&head),
-                    nth,
-                    e,
-                ))
-                .await;
-                return;
-            }
-            let reading = BodyRead {
-                conn: &conn,
-                head: &head,
-                limits: &limits,
-                timeout: live.config.server.request_timeout,
-                budget: &shard.shared.bodies,
-                keep: using == proxy::BodyUse::Forward,
+                Some(e) => Err(e),
+                None => {
+                    let reading = BodyRead {
+                        conn: &conn,
+                        head: &head,
+                        limits: &limits,
+                        timeout: live.config.server.request_timeout,
+                        budget: &shard.shared.bodies,
+                        keep: using == proxy::BodyUse::Forward,
+                    };
+                    Box::pin(reading.run(&mut rbuf)).await
+                }
             };
-            match Box::pin(reading.run(&mut rbuf)).await {
+            match read {
                 Ok(b) => b,
                 Err(e) => {
-                    Box::pin(refuse_and_close(
-                        &shard,
-                        &live,
-                        &conn,
-                        &refused(&head),
-                        nth,
-                        e,
-                    ))
-                    .await;
+                    let r = refused(&head);
+                    Box::pin(refuse_and_close(&shard, &live, &conn, &r, nth, e)).await;
                     return;
                 }
             }

@@ -35,6 +35,23 @@ pub enum IoError {
     Io(#[from] io::Error),
 }
 
+/// Marks `n` written bytes off the front of `bufs`: whole pieces are counted
+/// (returned), a partly written one is re-sliced (no copy).
+fn consume(bufs: &mut [Bytes], mut n: usize) -> usize {
+    let mut whole = 0;
+    while n > 0 {
+        let b = &mut bufs[whole];
+        if n >= b.len() {
+            n -= b.len();
+            whole += 1;
+        } else {
+            b.advance(n);
+            n = 0;
+        }
+    }
+    whole
+}
+
 /// One TCP connection on this shard's ring. Cloning shares the socket, so a read and
 /// a write can be in flight together (every tokio-uring method takes `&self`).
 /// With TLS, the same methods carry plaintext: records are made and taken apart
@@ -285,17 +302,7 @@ impl Conn {
                 self.flush_records(timeout).await?;
                 continue;
             }
-            let mut n = n;
-            while n > 0 {
-                let b = &mut bufs[first];
-                if n >= b.len() {
-                    n -= b.len();
-                    first += 1;
-                } else {
-                    b.advance(n);
-                    n = 0;
-                }
-            }
+            first += consume(&mut bufs[first..], n);
         }
         self.flush_records(timeout).await
     }
@@ -319,21 +326,11 @@ impl Conn {
                     return Err(IoError::TimedOut);
                 }
             };
-            let mut n = res?;
+            let n = res?;
             if n == 0 {
                 return Err(IoError::Io(io::Error::from(io::ErrorKind::WriteZero)));
             }
-            let mut first = 0;
-            while n > 0 {
-                let b = &mut sent[first];
-                if n >= b.len() {
-                    n -= b.len();
-                    first += 1;
-                } else {
-                    b.advance(n);
-                    n = 0;
-                }
-            }
+            let first = consume(&mut sent, n);
             sent.drain(..first);
             sent.extend(rest);
             bufs = sent;

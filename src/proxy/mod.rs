@@ -39,45 +39,32 @@ pub async fn serve_with<D: Downstream>(
     transform: Option<&dyn SendTransform>,
 ) {
     let config = &live.config;
-    let Some(vi) = live.routers[req.conn.group].lookup(req.head.host()) else {
-        ::log::info!(
-            "{}: no vhost for Host {:?} -> 404",
-            req.conn.peer,
-            String::from_utf8_lossy(req.head.host().unwrap_or(b""))
-        );
+    let routed = live.routers[req.conn.group].lookup(req.head.host());
+    let refusal = match routed {
+        None => {
+            ::log::info!(
+                "{}: no vhost for Host {:?} -> 404",
+                req.conn.peer,
+                String::from_utf8_lossy(req.head.host().unwrap_or(b""))
+            );
+            Some(ExchangeError::UnknownVhost)
+        }
+        Some(_) if misdirected(live, &req.conn, req.certs.as_deref(), &req.head) => {
+            Some(ExchangeError::Misdirected)
+        }
+        Some(_) => None,
+    };
+    let (Some(vi), None) = (routed, refusal.as_ref()) else {
         let facts = Refused {
             conn: &req.conn,
             head: Some(&req.head),
             protocol: req.protocol,
             received: req.received,
         };
-        Box::pin(refuse(
-            shard,
-            live,
-            &facts,
-            down,
-            ExchangeError::UnknownVhost,
-        ))
-        .await;
+        let e = refusal.unwrap_or(ExchangeError::UnknownVhost);
+        Box::pin(refuse(shard, live, &facts, down, e)).await;
         return;
     };
-    if misdirected(live, &req.conn, req.certs.as_deref(), &req.head) {
-        let facts = Refused {
-            conn: &req.conn,
-            head: Some(&req.head),
-            protocol: req.protocol,
-            received: req.received,
-        };
-        Box::pin(refuse(
-            shard,
-            live,
-            &facts,
-            down,
-            ExchangeError::Misdirected,
-        ))
-        .await;
-        return;
-    }
     let vhost = &config.vhosts[vi];
     down.bind_vhost(vhost);
     let now = now_ms();
