@@ -476,3 +476,135 @@ fn a_request_sent_in_the_same_flight_as_the_clients_finished_is_answered() {
         assert_eq!((r.status, r.text()), (200, "early".to_string()));
     }
 }
+
+/// A TLS origin's server configuration: a leaf for `names` from `pki`.
+fn origin_tls_config(pki: &Pki, names: &[&str]) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let dir = temp_dir("origin-pki");
+    pki.leaf(&dir, "origin", names, None);
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("origin.crt"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("origin.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    Arc::new(cfg)
+}
+
+/// A vhost in front of `address` with `<Origin {attrs}>…<CA>ca.pem</CA>`, the
+/// CA being `pki`'s.
+fn https_origin_dir(address: &str, attrs: &str, pki: &Pki) -> PathBuf {
+    let dir = config_dir("127.0.0.1:1", "", "");
+    std::fs::write(dir.join("ca.pem"), pki.ca.pem()).unwrap();
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        format!(
+            "<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin {attrs}><Address>{address}</Address><CA>ca.pem</CA></Origin></Vhost></Vhosts>"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn an_https_origin_is_verified_sent_sni_and_its_pooled_connections_stay_tls() {
+    let pki = Pki::new();
+    let sni = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let origin = Origin::start_tls(origin_tls_config(&pki, &["test.local"]), sni.clone(), |r| {
+        ok(format!("secure {}", r.path).as_bytes())
+    });
+    // Both forms: an https:// address, and Protocol="HTTPS" on a bare one.
+    for (address, attrs) in [
+        (format!("https://{}", origin.addr), ""),
+        (origin.addr.to_string(), r#"Protocol="HTTPS""#),
+    ] {
+        let before = origin.connections.load(std::sync::atomic::Ordering::SeqCst);
+        let cairn = Cairn::start(https_origin_dir(&address, attrs, &pki), 1);
+        let mut c = cairn.connect();
+        for path in ["/a", "/b", "/c"] {
+            let r = c.get(path);
+            assert_eq!(r.status, 200, "{address}: {r:?} {}", cairn.stderr());
+            assert_eq!(r.text(), format!("secure {path}"));
+        }
+        let after = origin.connections.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(after - before, 1, "three misses, one pooled TLS connection");
+        let host = format!("test.local:{}", origin.addr.port());
+        assert_eq!(origin.last().header("host"), Some(host.as_str()));
+        // The origin is reached by IP address; SNI and verification use the
+        // Host name, as the certificate does.
+        assert_eq!(
+            sni.lock().unwrap().last().cloned().flatten().as_deref(),
+            Some("test.local")
+        );
+    }
+}
+
+#[test]
+fn an_origin_whose_certificate_is_untrusted_or_for_another_name_gets_no_request() {
+    let pki = Pki::new();
+    let sni = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let wrong_name = Origin::start_tls(
+        origin_tls_config(&pki, &["other.example"]),
+        sni.clone(),
+        |_| ok(b"must not be asked"),
+    );
+    let stranger = Pki::new();
+    let wrong_ca = Origin::start_tls(origin_tls_config(&stranger, &["test.local"]), sni, |_| {
+        ok(b"must not be asked")
+    });
+    for (origin, why) in [
+        (&wrong_name, "not valid for name"),
+        (&wrong_ca, "invalid peer certificate"),
+    ] {
+        let dir = https_origin_dir(&format!("https://{}", origin.addr), "", &pki);
+        let cairn = Cairn::start(dir, 1);
+        let r = cairn.connect().get("/x");
+        assert_eq!(r.status, 502, "{why}: {r:?}");
+        assert_eq!(origin.count(), 0, "{why}: no request was sent");
+        let log = cairn.wait_log("TLS:");
+        assert!(log.contains(why), "{why}: {log}");
+    }
+}
+
+#[test]
+fn a_tls_origin_that_closes_without_close_notify_has_its_body_relayed_as_truncated() {
+    let pki = Pki::new();
+    let config = origin_tls_config(&pki, &["test.local"]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = [0u8; 4096];
+            if s.read(&mut buf).unwrap_or(0) == 0 {
+                continue;
+            }
+            // A body delimited by the close, then the TCP connection ends with
+            // no close_notify: a truncation for all cairn can tell.
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart of a bo");
+            let _ = s.flush();
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = s.sock.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    let cairn = Cairn::start(https_origin_dir(&format!("https://{addr}"), "", &pki), 1);
+    let mut tcp = TcpStream::connect(cairn.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(b"GET /t HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tcp.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.contains("part of a bo"), "{got}");
+    // Relayed chunked: a complete body would end with the last chunk.
+    assert!(got.contains("Transfer-Encoding: chunked"), "{got}");
+    assert!(!got.ends_with("0\r\n\r\n"), "relayed as complete: {got}");
+    cairn.wait_log("close_notify");
+}

@@ -6,7 +6,7 @@ mod origin_addr;
 pub mod tls;
 mod xml;
 
-pub use origin_addr::OriginAddr;
+pub use origin_addr::{OriginAddr, OriginProtocol};
 
 use crate::http1::keepalive;
 use std::fmt;
@@ -205,6 +205,8 @@ pub struct Vhost {
     pub aliases: Vec<String>,
     pub listen: Vec<SocketAddr>,
     pub origins: Vec<OriginAddr>,
+    /// How HTTPS origins are verified; set when any origin is over TLS.
+    pub origin_tls: Option<std::sync::Arc<tls::OriginTls>>,
     pub options: Options,
     pub origin_options: OriginOptions,
     /// `svc/<vhost>/expires.txt` (EXP-*), applied when `<RefreshExpiresHeader>` is ON.

@@ -1,5 +1,7 @@
-//! `<Origin><Address>host[:port][/path]</Address>` (ORG-1).
+//! `<Origin><Address>host[:port][/path]</Address>` (ORG-1), over HTTP or, with
+//! `<Origin Protocol="HTTPS">` or an `https://` address, over TLS.
 
+use rustls_pki_types::ServerName;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
@@ -13,6 +15,18 @@ pub struct OriginAddr {
     pub path_prefix: String,
     /// As written in the configuration.
     pub text: String,
+    /// Over TLS: the name sent as SNI and required in the origin's certificate
+    /// (the `Host` header's name, so an origin by IP address is verified as the
+    /// vhost it serves).
+    pub tls_name: Option<ServerName<'static>>,
+}
+
+/// `<Origin Protocol>`: how addresses without a scheme are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OriginProtocol {
+    #[default]
+    Http,
+    Https,
 }
 
 impl fmt::Display for OriginAddr {
@@ -27,14 +41,23 @@ impl fmt::Display for OriginAddr {
 
 impl OriginAddr {
     /// Parses and resolves an address. Resolution happens once, at load, on the main thread.
-    pub fn parse(text: &str, vhost_name: &str) -> Result<OriginAddr, String> {
+    pub fn parse(
+        text: &str,
+        vhost_name: &str,
+        protocol: OriginProtocol,
+    ) -> Result<OriginAddr, String> {
         let t = text.trim();
-        let t = t.strip_prefix("http://").unwrap_or(t);
-        if t.starts_with("https://") {
-            return Err(format!(
-                "origin address '{text}': https origins are not supported yet"
-            ));
-        }
+        let scheme = |p: &str| {
+            t.get(..p.len())
+                .filter(|s| s.eq_ignore_ascii_case(p))
+                .map(|_| &t[p.len()..])
+        };
+        let (t, https) = match (scheme("https://"), scheme("http://")) {
+            (Some(rest), _) => (rest, true),
+            (_, Some(rest)) => (rest, false),
+            _ => (t, protocol == OriginProtocol::Https),
+        };
+        let default_port = if https { 443 } else { 80 };
         let (hostport, path) = match t.find('/') {
             Some(i) => (&t[..i], t[i..].trim_end_matches('/')),
             None => (t, ""),
@@ -42,7 +65,7 @@ impl OriginAddr {
         if hostport.is_empty() {
             return Err(format!("origin address '{text}' has no host"));
         }
-        let (host, port) = split_host_port(hostport)
+        let (host, port) = split_host_port(hostport, default_port)
             .ok_or_else(|| format!("origin address '{text}': bad port"))?;
         if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '@') {
             return Err(format!("origin address '{text}': bad host"));
@@ -63,38 +86,45 @@ impl OriginAddr {
                 .ok_or_else(|| format!("origin address '{text}': {host} has no address"))?,
         };
         let base = if ip.is_some() { vhost_name } else { host };
-        let host_header = if port == 80 {
+        let host_header = if port == default_port {
             base.to_string()
         } else {
             format!("{base}:{port}")
+        };
+        let tls_name = match https {
+            false => None,
+            true => Some(ServerName::try_from(base.to_string()).map_err(|_| {
+                format!("origin address '{text}': '{base}' cannot be a TLS server name")
+            })?),
         };
         Ok(OriginAddr {
             addr,
             host_header,
             path_prefix: path.to_string(),
             text: text.trim().to_string(),
+            tls_name,
         })
     }
 }
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port`, bare v6.
-fn split_host_port(s: &str) -> Option<(&str, u16)> {
+fn split_host_port(s: &str, default_port: u16) -> Option<(&str, u16)> {
     if let Some(rest) = s.strip_prefix('[') {
         let end = rest.find(']')?;
         let host = &rest[..end];
         let after = &rest[end + 1..];
         return match after.strip_prefix(':') {
             Some(p) => Some((host, p.parse().ok()?)),
-            None if after.is_empty() => Some((host, 80)),
+            None if after.is_empty() => Some((host, default_port)),
             None => None,
         };
     }
     if s.parse::<std::net::Ipv6Addr>().is_ok() {
-        return Some((s, 80));
+        return Some((s, default_port));
     }
     match s.rsplit_once(':') {
         Some((h, p)) => Some((h, p.parse().ok().filter(|&p: &u16| p != 0)?)),
-        None => Some((s, 80)),
+        None => Some((s, default_port)),
     }
 }
 
@@ -124,11 +154,10 @@ mod tests {
             ("10.0.0.1:x", Err(())),
             ("", Err(())),
             ("/path", Err(())),
-            ("https://a", Err(())),
             ("user@host", Err(())),
         ];
         for (text, want) in cases {
-            let got = OriginAddr::parse(text, "www.test");
+            let got = OriginAddr::parse(text, "www.test", OriginProtocol::Http);
             match (got, want) {
                 (Ok(o), Ok((addr, host, path))) => {
                     if !addr.is_empty() {
@@ -140,6 +169,60 @@ mod tests {
                 (Err(_), Err(())) => {}
                 (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn tls_forms() {
+        use OriginProtocol::*;
+        // (address, <Origin Protocol>, socket address, Host, SNI name or none)
+        let cases: &[(&str, OriginProtocol, &str, &str, Option<&str>)] = &[
+            (
+                "https://10.0.0.1",
+                Http,
+                "10.0.0.1:443",
+                "www.test",
+                Some("www.test"),
+            ),
+            (
+                "HTTPS://10.0.0.1:8443/b",
+                Http,
+                "10.0.0.1:8443",
+                "www.test:8443",
+                Some("www.test"),
+            ),
+            (
+                "10.0.0.1",
+                Https,
+                "10.0.0.1:443",
+                "www.test",
+                Some("www.test"),
+            ),
+            (
+                "10.0.0.1:80",
+                Https,
+                "10.0.0.1:80",
+                "www.test:80",
+                Some("www.test"),
+            ),
+            ("http://10.0.0.1", Https, "10.0.0.1:80", "www.test", None),
+            (
+                "https://localhost:9443",
+                Http,
+                "",
+                "localhost:9443",
+                Some("localhost"),
+            ),
+            ("[::1]", Https, "[::1]:443", "www.test", Some("www.test")),
+        ];
+        for &(text, proto, addr, host, sni) in cases {
+            let o = OriginAddr::parse(text, "www.test", proto).unwrap();
+            if !addr.is_empty() {
+                assert_eq!(o.addr.to_string(), addr, "{text}");
+            }
+            assert_eq!(o.host_header, host, "{text}");
+            let name = o.tls_name.as_ref().map(|n| n.to_str().into_owned());
+            assert_eq!(name.as_deref(), sni, "{text}");
         }
     }
 }

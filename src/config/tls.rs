@@ -237,6 +237,71 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// TLS to one vhost's origins: whom they are trusted to be.
+#[derive(Debug)]
+pub struct OriginTls {
+    pub client: Arc<rustls::ClientConfig>,
+    /// Identifies the roots: a pooled origin connection is only handed to a
+    /// vhost that trusts the same ones (the PEM's bytes, or the system's).
+    pub trust: u64,
+    /// `<Origin><CA>`; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The client configuration for HTTPS origins: TLS 1.2 and 1.3, ALPN
+/// `http/1.1`, certificates verified against `ca` alone when given (like
+/// nginx's `proxy_ssl_trusted_certificate`), else against the system's roots.
+pub fn origin_tls(ca: Option<&std::path::Path>) -> Result<OriginTls, TlsFileError> {
+    use std::hash::{Hash, Hasher};
+    let mut roots = rustls::RootCertStore::empty();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match ca {
+        Some(p) => {
+            let pem = std::fs::read(p).map_err(|e| file_err(p, e))?;
+            pem.hash(&mut h);
+            for c in CertificateDer::pem_slice_iter(&pem) {
+                let c = c.map_err(|e| file_err(p, format!("not a PEM certificate file: {e}")))?;
+                roots
+                    .add(c)
+                    .map_err(|e| file_err(p, format!("a certificate cannot be a root: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(file_err(p, "no CERTIFICATE block in the file"));
+            }
+        }
+        // Fuzzing builds do not read the system's store once per input.
+        None if cfg!(fuzzing) => "system".hash(&mut h),
+        None => {
+            "system".hash(&mut h);
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map_or("none found".to_string(), |e| e.to_string());
+                return Err(TlsFileError::File {
+                    path: PathBuf::from("(system certificate store)"),
+                    reason: format!("no usable root certificate ({why}); set <Origin><CA>"),
+                });
+            }
+        }
+    }
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(|e| file_err(ca.unwrap_or("(origin TLS)".as_ref()), e))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(OriginTls {
+        client: Arc::new(client),
+        trust: h.finish(),
+        ca_file: ca.map(std::path::Path::to_path_buf),
+    })
+}
+
 /// One ticket encrypter for the process (it rotates its own keys).
 fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
     static TICKETER: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> =

@@ -2,8 +2,8 @@
 
 use super::{
     expand_star, CacheSettings, Config, ConfigError, Diag, ListenGroup, Loaded, LogFileSettings,
-    LogForm, LogSettings, LogTarget, Options, OriginAddr, OriginOptions, Roll, ServerSettings,
-    Vhost, XffLog,
+    LogForm, LogSettings, LogTarget, Options, OriginAddr, OriginOptions, OriginProtocol, Roll,
+    ServerSettings, Vhost, XffLog,
 };
 use roxmltree::{Document, Node};
 use std::net::{IpAddr, SocketAddr};
@@ -495,6 +495,63 @@ struct Defaults<'a> {
     base: Option<&'a Path>,
 }
 
+/// `<Origin Protocol="HTTP|HTTPS"><Address/>…<CA/></Origin>`.
+fn parse_origin(
+    s: &Src,
+    node: Node,
+    vh: &mut Vhost,
+    base: Option<&Path>,
+    warnings: &mut Vec<Diag>,
+) -> Result<(), ConfigError> {
+    let protocol = match node.attribute("Protocol").map(str::trim) {
+        None => OriginProtocol::Http,
+        Some(p) if p.eq_ignore_ascii_case("http") => OriginProtocol::Http,
+        Some(p) if p.eq_ignore_ascii_case("https") => OriginProtocol::Https,
+        Some(p) => {
+            return Err(s.err(
+                node,
+                format!("<Origin Protocol=\"{p}\">: expected HTTP or HTTPS"),
+            ))
+        }
+    };
+    let mut ca = None;
+    for a in elements(node) {
+        match a.tag_name().name() {
+            "Address" => vh
+                .origins
+                .push(OriginAddr::parse(text(a), &vh.name, protocol).map_err(|r| s.err(a, r))?),
+            "CA" if !text(a).is_empty() => {
+                let p = PathBuf::from(text(a));
+                ca = Some((
+                    a,
+                    match base {
+                        Some(b) if p.is_relative() => b.join(p),
+                        _ => p,
+                    },
+                ));
+            }
+            "CA" => {}
+            other => warnings.push(s.diag(
+                a,
+                format!("<Origin><{other}> is not supported yet; ignored"),
+            )),
+        }
+    }
+    let https = vh.origins.iter().any(|o| o.tls_name.is_some());
+    if https && (vh.origin_tls.is_none() || ca.is_some()) {
+        let at = ca.as_ref().map_or(node, |(n, _)| *n);
+        let t = super::tls::origin_tls(ca.as_ref().map(|(_, p)| p.as_path()))
+            .map_err(|e| s.err(at, format!("<Origin>: {e}")))?;
+        vh.origin_tls = Some(std::sync::Arc::new(t));
+    } else if let Some((n, _)) = ca.filter(|_| !https) {
+        warnings.push(s.diag(
+            n,
+            "<Origin><CA> is used only for HTTPS origins; no origin here is HTTPS",
+        ));
+    }
+    Ok(())
+}
+
 fn parse_vhost(
     s: &Src,
     node: Node,
@@ -532,6 +589,7 @@ fn parse_vhost(
         aliases: Vec::new(),
         listen: Vec::new(),
         origins: Vec::new(),
+        origin_tls: None,
         options: defaults.options.clone(),
         origin_options: defaults.origin.clone(),
         expires_rules: std::sync::Arc::new([]),
@@ -543,19 +601,7 @@ fn parse_vhost(
     let mut listen_set = false;
     for e in elements(node) {
         match e.tag_name().name() {
-            "Origin" => {
-                for a in elements(e) {
-                    match a.tag_name().name() {
-                        "Address" => vh
-                            .origins
-                            .push(OriginAddr::parse(text(a), &vh.name).map_err(|r| s.err(a, r))?),
-                        other => warnings.push(s.diag(
-                            a,
-                            format!("<Origin><{other}> is not supported yet; ignored"),
-                        )),
-                    }
-                }
-            }
+            "Origin" => parse_origin(s, e, &mut vh, defaults.base, warnings)?,
             "Listen" => {
                 listen_set = true;
                 let t = text(e);

@@ -80,9 +80,29 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Conn, IoError> {
         let server = rustls::ServerConnection::new(config).map_err(tls::tls_error)?;
+        self.handshake(server.into(), timeout).await
+    }
+
+    /// The client side (an origin over TLS): `name` is sent as SNI and is the
+    /// name the origin's certificate must carry.
+    pub async fn connect_tls(
+        &self,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+        timeout: Duration,
+    ) -> Result<Conn, IoError> {
+        let client = rustls::ClientConnection::new(config, name).map_err(tls::tls_error)?;
+        self.handshake(client.into(), timeout).await
+    }
+
+    async fn handshake(
+        &self,
+        session: rustls::Connection,
+        timeout: Duration,
+    ) -> Result<Conn, IoError> {
         let conn = Conn {
             inner: self.inner.clone(),
-            tls: Some(Rc::new(tls::TlsSession::new(server.into()))),
+            tls: Some(Rc::new(tls::TlsSession::new(session))),
         };
         let deadline = tokio::time::Instant::now() + timeout;
         // Not shared with any other task until it is returned: its records need
@@ -91,7 +111,8 @@ impl Conn {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if let Err(e) = t.advance_handshake() {
-                // The alert rustls queued tells the client why (protocol version, …).
+                // The alert rustls queued tells the peer why (protocol version,
+                // unknown CA, …).
                 let _ = conn.flush_records(left.min(Duration::from_secs(1))).await;
                 self.shutdown();
                 return Err(IoError::Io(e));
@@ -223,6 +244,15 @@ impl Conn {
             let r = self.raw_read_or_stop(&mut inb, left, stop.as_mut()).await;
             *t.inbuf.borrow_mut() = inb;
             match r? {
+                // An origin's end of stream without close_notify may be a
+                // truncation (RFC 8446 §6.1): a body that ends at close must
+                // not be taken as complete. Clients often close without it.
+                0 if t.is_client() => {
+                    return Err(IoError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed without TLS close_notify",
+                    )))
+                }
                 0 => return Ok(0),
                 _ => continue,
             }

@@ -150,6 +150,10 @@ impl TlsSession {
         self.conn.borrow().is_handshaking()
     }
 
+    pub(super) fn is_client(&self) -> bool {
+        matches!(&*self.conn.borrow(), rustls::Connection::Client(_))
+    }
+
     pub(super) fn wants_write(&self) -> bool {
         self.conn.borrow().wants_write()
     }

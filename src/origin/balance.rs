@@ -81,12 +81,12 @@ mod tests {
     #[test]
     fn each_vhost_has_its_own_cursor() {
         let a = [
-            OriginAddr::parse("10.0.0.1:80", "a").unwrap(),
-            OriginAddr::parse("10.0.0.2:80", "a").unwrap(),
+            OriginAddr::parse("10.0.0.1:80", "a", crate::config::OriginProtocol::Http).unwrap(),
+            OriginAddr::parse("10.0.0.2:80", "a", crate::config::OriginProtocol::Http).unwrap(),
         ];
         let b = [
-            OriginAddr::parse("10.0.1.1:80", "b").unwrap(),
-            OriginAddr::parse("10.0.1.2:80", "b").unwrap(),
+            OriginAddr::parse("10.0.1.1:80", "b", crate::config::OriginProtocol::Http).unwrap(),
+            OriginAddr::parse("10.0.1.2:80", "b", crate::config::OriginProtocol::Http).unwrap(),
         ];
         let bal = Balancers::new(0);
         let mut seen = Vec::new();

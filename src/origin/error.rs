@@ -10,6 +10,8 @@ pub enum OriginError {
     ConnectTimeout(u64),
     #[error("connect failed: {0}")]
     Connect(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("sending the request failed: {0}")]
     Send(String),
     #[error("no response within ReceiveTimeout ({0}s)")]

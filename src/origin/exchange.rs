@@ -3,7 +3,7 @@
 //! chunks as they arrive. The connection goes back to the shard's pool when the
 //! body ended cleanly.
 
-use super::{OriginError, Upstreams};
+use super::{OriginError, PoolKey, Upstreams};
 use crate::config::{OriginAddr, Vhost};
 use crate::http1::{response, BodyDecoder, Decoded, ResponseHead};
 use crate::net::{Conn, IoError};
@@ -40,6 +40,7 @@ pub struct OriginReply {
     decoder: Option<BodyDecoder>,
     upstreams: Rc<Upstreams>,
     pub addr: SocketAddr,
+    key: PoolKey,
     reuse: Duration,
     receive: Duration,
     label: String,
@@ -135,7 +136,7 @@ impl OriginReply {
             self.upstreams
                 .pool
                 .borrow_mut()
-                .put(self.addr, c, self.reuse, Instant::now());
+                .put(self.key.clone(), c, self.reuse, Instant::now());
         } else {
             c.shutdown();
         }
@@ -178,6 +179,20 @@ async fn attempt(
 ) -> Result<OriginReply, OriginError> {
     let oo = &vhost.origin_options;
     let label = format!("vhost {}: origin {}", vhost.name, origin.addr);
+    let tls = match (&origin.tls_name, &vhost.origin_tls) {
+        (None, _) => None,
+        (Some(name), Some(t)) => Some((name, t)),
+        // The loader sets origin_tls whenever an address is HTTPS.
+        (Some(_), None) => {
+            let e = OriginError::Tls("no TLS client configuration".into());
+            log::error!("{label}: {e} -> 502");
+            return Err(e);
+        }
+    };
+    let key = PoolKey {
+        addr: origin.addr,
+        tls: tls.map(|(name, t)| (name.clone(), t.trust)),
+    };
     let mut retried = false;
     loop {
         // The retry always uses a fresh connection: a second pooled one may be stale too.
@@ -186,29 +201,35 @@ async fn attempt(
         } else {
             up.pool
                 .borrow_mut()
-                .take(origin.addr, oo.reuse_timeout, Instant::now())
+                .take(&key, oo.reuse_timeout, Instant::now())
         };
         let reused = pooled.is_some();
         let conn = match pooled {
             Some(c) => c,
-            None => match Conn::connect(origin.addr, oo.connect_timeout).await {
+            None => match connect(origin.addr, tls, oo.connect_timeout).await {
                 Ok(c) => {
                     up.stats.connects.fetch_add(1, Relaxed);
                     c
                 }
-                Err(IoError::TimedOut) => {
-                    let e = OriginError::ConnectTimeout(oo.connect_timeout.as_secs());
-                    log::warn!("{label}: {e} -> {}", e.status());
-                    return Err(e);
-                }
-                Err(IoError::Io(e)) => {
-                    let e = OriginError::Connect(e);
+                Err(Connect::Tls(e)) => {
                     log::warn!("{label}: {e} -> 502");
                     return Err(e);
                 }
-                Err(IoError::Stopped) => {
-                    return Err(OriginError::Connect(std::io::ErrorKind::Interrupted.into()));
-                }
+                Err(Connect::Io(e)) => match e {
+                    IoError::TimedOut => {
+                        let e = OriginError::ConnectTimeout(oo.connect_timeout.as_secs());
+                        log::warn!("{label}: {e} -> {}", e.status());
+                        return Err(e);
+                    }
+                    IoError::Io(e) => {
+                        let e = OriginError::Connect(e);
+                        log::warn!("{label}: {e} -> 502");
+                        return Err(e);
+                    }
+                    IoError::Stopped => {
+                        return Err(OriginError::Connect(std::io::ErrorKind::Interrupted.into()));
+                    }
+                },
             },
         };
         let may_retry = reused && !retried && req.idempotent;
@@ -232,6 +253,7 @@ async fn attempt(
                     decoder,
                     upstreams: up.clone(),
                     addr: origin.addr,
+                    key: key.clone(),
                     reuse: oo.reuse_timeout,
                     receive: oo.receive_timeout,
                     label,
@@ -252,6 +274,37 @@ async fn attempt(
                 return Err(e);
             }
         }
+    }
+}
+
+enum Connect {
+    Io(IoError),
+    /// The TLS handshake failed (certificate, protocol): the origin's fault.
+    Tls(OriginError),
+}
+
+/// A fresh connection, with a TLS handshake for an HTTPS origin; the connect
+/// timeout covers both (as nginx's `proxy_connect_timeout` does).
+async fn connect(
+    addr: SocketAddr,
+    tls: Option<(
+        &rustls::pki_types::ServerName<'static>,
+        &std::sync::Arc<crate::config::tls::OriginTls>,
+    )>,
+    timeout: Duration,
+) -> Result<Conn, Connect> {
+    let start = tokio::time::Instant::now();
+    let conn = Conn::connect(addr, timeout).await.map_err(Connect::Io)?;
+    let Some((name, t)) = tls else {
+        return Ok(conn);
+    };
+    let left = timeout.saturating_sub(start.elapsed());
+    match conn.connect_tls(t.client.clone(), name.clone(), left).await {
+        Ok(c) => Ok(c),
+        Err(IoError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(Connect::Tls(OriginError::Tls(e.to_string())))
+        }
+        Err(e) => Err(Connect::Io(e)),
     }
 }
 

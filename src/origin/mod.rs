@@ -9,7 +9,7 @@ pub mod pool;
 
 pub use balance::Balancers;
 pub use error::OriginError;
-pub use pool::Pool;
+pub use pool::{Pool, PoolKey};
 
 use std::cell::RefCell;
 use std::sync::atomic::AtomicU64;

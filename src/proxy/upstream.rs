@@ -216,7 +216,12 @@ mod tests {
 
     #[test]
     fn origin_request_rewrites_hop_by_hop() {
-        let o = OriginAddr::parse("10.0.0.1:8080/base", "www.test").unwrap();
+        let o = OriginAddr::parse(
+            "10.0.0.1:8080/base",
+            "www.test",
+            crate::config::OriginProtocol::Http,
+        )
+        .unwrap();
         let r = req("POST /p?q=1 HTTP/1.1\r\nHost: www.test\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 1.1.1.1\r\nAccept: */*\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n");
         let out = String::from_utf8(origin_request(
             &r,
@@ -247,7 +252,8 @@ mod tests {
 
     #[test]
     fn cacheable_requests_drop_unkeyed_headers_and_carry_our_own() {
-        let o = OriginAddr::parse("10.0.0.1", "www.test").unwrap();
+        let o =
+            OriginAddr::parse("10.0.0.1", "www.test", crate::config::OriginProtocol::Http).unwrap();
         let r = req("GET /p HTTP/1.1\r\nHost: www.test\r\nX-Forwarded-Host: evil.example\r\nx-http-method-override: DELETE\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n");
         let unkeyed = crate::config::Options::default().unkeyed;
         let ip = "10.9.9.9".parse().unwrap();

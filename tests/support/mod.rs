@@ -95,6 +95,38 @@ pub struct Origin {
 
 impl Origin {
     pub fn start(handler: impl Fn(&SeenRequest) -> Reply + Send + Sync + 'static) -> Origin {
+        Origin::start_over(Some, handler)
+    }
+
+    /// An HTTPS origin: each connection is a rustls server session under
+    /// `config`; the SNI names clients sent are kept in `sni`.
+    pub fn start_tls(
+        config: Arc<rustls::ServerConfig>,
+        sni: Arc<Mutex<Vec<Option<String>>>>,
+        handler: impl Fn(&SeenRequest) -> Reply + Send + Sync + 'static,
+    ) -> Origin {
+        Origin::start_over(
+            move |tcp| {
+                let conn = rustls::ServerConnection::new(config.clone()).ok()?;
+                let mut s = rustls::StreamOwned::new(conn, tcp);
+                while s.conn.is_handshaking() {
+                    s.conn.complete_io(&mut s.sock).ok()?;
+                }
+                sni.lock()
+                    .unwrap()
+                    .push(s.conn.server_name().map(str::to_owned));
+                Some(s)
+            },
+            handler,
+        )
+    }
+
+    /// An origin whose connections are `wrap`ped (a TLS session) before the
+    /// HTTP exchange; `None` drops the connection.
+    pub fn start_over<S: Read + Write + 'static>(
+        wrap: impl Fn(TcpStream) -> Option<S> + Send + Sync + 'static,
+        handler: impl Fn(&SeenRequest) -> Reply + Send + Sync + 'static,
+    ) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
@@ -102,11 +134,16 @@ impl Origin {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
         let (r, c, s) = (requests.clone(), connections.clone(), seen.clone());
+        let wrap = Arc::new(wrap);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 c.fetch_add(1, Ordering::SeqCst);
-                let (h, r, s) = (handler.clone(), r.clone(), s.clone());
-                std::thread::spawn(move || origin_conn(stream, &*h, &r, &s));
+                let (h, r, s, w) = (handler.clone(), r.clone(), s.clone(), wrap.clone());
+                std::thread::spawn(move || {
+                    if let Some(stream) = w(stream) {
+                        origin_conn(stream, &*h, &r, &s)
+                    }
+                });
             }
         });
         Origin {
@@ -131,7 +168,7 @@ impl Origin {
 }
 
 fn origin_conn(
-    mut s: TcpStream,
+    mut s: impl Read + Write,
     handler: &Handler,
     count: &AtomicUsize,
     seen: &Mutex<Vec<SeenRequest>>,
