@@ -39,6 +39,10 @@ pub struct ShardStats {
     /// HTTP/2 connections ended by a protocol error or a flood (Rapid Reset,
     /// CONTINUATION, too many errors): h2 sent GOAWAY.
     pub h2_goaways: AtomicU64,
+    /// HTTP/2 streams reset as malformed (RFC 9113 §8.1.1), and streams the
+    /// client reset while cairn was serving them.
+    pub h2_stream_errors: AtomicU64,
+    pub h2_client_resets: AtomicU64,
     /// Cache fills running on this shard, misses passed through because of
     /// `MaxFillsPerShard`, and fills given up when every client had left.
     pub fills_active: AtomicU64,

@@ -298,12 +298,14 @@ fn reload(args: &Args, shared: &Shared) {
 fn log_stats(shared: &Shared) {
     for (i, s) in shared.stats.iter().enumerate() {
         log::info!(
-            "shard {i}: {} connections ({} refused), {} TLS handshakes ({} failed), {} HTTP/2 connections ended by GOAWAY for errors or floods, {} live sessions, {} requests, {} origin connects ({} failures), {} restarts, {} log lines ({} dropped)",
+            "shard {i}: {} connections ({} refused), {} TLS handshakes ({} failed), {} HTTP/2 connections ended by GOAWAY for errors or floods ({} streams reset as malformed, {} reset by clients while served), {} live sessions, {} requests, {} origin connects ({} failures), {} restarts, {} log lines ({} dropped)",
             s.connections.load(Relaxed),
             s.refused.load(Relaxed),
             s.tls_handshakes.load(Relaxed),
             s.tls_failures.load(Relaxed),
             s.h2_goaways.load(Relaxed),
+            s.h2_stream_errors.load(Relaxed),
+            s.h2_client_resets.load(Relaxed),
             s.active.load(Relaxed),
             s.requests.load(Relaxed),
             s.origin.connects.load(Relaxed),

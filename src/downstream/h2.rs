@@ -199,50 +199,63 @@ pub async fn serve(
             return;
         }
     };
-    let open = Rc::new(Cell::new(0usize));
-    // When the last stream ended (or the connection began): idleness counts from it.
-    let quiet_since = Rc::new(Cell::new(tokio::time::Instant::now()));
+    let ctl = Rc::new(ConnCtl::new());
     let idle = Duration::from_secs(u64::from(settings.keepalive_secs.max(1)));
     let mut closing: Option<tokio::time::Instant> = None;
     let mut idle_goaway = false;
-    // Streams refused for the handler bound: a client that keeps opening them
-    // past it is flooding.
-    let mut refusals = 0u32;
+    // Streams refused for the handler bound, and streams the client reset while
+    // they were being served, per window: past the budget it is a flood (Rapid
+    // Reset, CVE-2023-44487, is the second).
+    let budget = 2 * settings.max_streams + 100;
+    let mut window = (tokio::time::Instant::now(), 0u32, 0u32);
     loop {
         let deadline = match closing {
             Some(d) => d,
-            None => quiet_since.get() + idle,
+            None => ctl.quiet_since.get() + idle,
         };
         tokio::select! {
             next = h2.accept() => match next {
                 Some(Ok((req, respond))) => {
-                    // h2 bounds open streams; handlers of streams the client reset
-                    // run on until they notice, so they are bounded too.
-                    if open.get() >= 2 * settings.max_streams as usize {
+                    let now = tokio::time::Instant::now();
+                    if now.duration_since(window.0) >= RESET_WINDOW {
+                        window = (now, 0, ctl.client_resets.get());
+                    }
+                    let resets = ctl.client_resets.get() - window.2;
+                    if window.1 > budget || resets > budget {
+                        shard.stats().h2_goaways.fetch_add(1, Relaxed);
+                        log::info!(
+                            "{}: HTTP/2 flood ({} refused, {resets} reset while served in {}s): GOAWAY ENHANCE_YOUR_CALM",
+                            facts.peer,
+                            window.1,
+                            RESET_WINDOW.as_secs()
+                        );
+                        h2.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                        break;
+                    }
+                    // h2 bounds open streams; handlers of streams the client
+                    // reset end when they notice, and are bounded too meanwhile.
+                    if ctl.open.get() >= 2 * settings.max_streams as usize {
                         let mut respond = respond;
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
-                        refusals += 1;
-                        if refusals > 4 * settings.max_streams {
-                            shard.stats().h2_goaways.fetch_add(1, Relaxed);
-                            h2.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
-                            break;
-                        }
+                        window.1 += 1;
                         continue;
                     }
                     shard.stats().requests.fetch_add(1, Relaxed);
-                    open.set(open.get() + 1);
-                    let (s, o, c, q) = (shard.clone(), open.clone(), certs.clone(), quiet_since.clone());
+                    ctl.open.set(ctl.open.get() + 1);
+                    let (s, c, k) = (shard.clone(), certs.clone(), ctl.clone());
                     tokio_uring::spawn(async move {
-                        Box::pin(stream(&s, facts, c, req, respond)).await;
-                        o.set(o.get() - 1);
-                        if o.get() == 0 {
-                            q.set(tokio::time::Instant::now());
+                        Box::pin(stream(&s, facts, c, req, respond, &k)).await;
+                        k.open.set(k.open.get() - 1);
+                        if k.open.get() == 0 {
+                            k.quiet_since.set(tokio::time::Instant::now());
+                            k.done.notify_waiters();
                         }
                     });
                 }
                 Some(Err(e)) => {
-                    // Ours (a flood, a protocol error h2 caught), not the client's GOAWAY.
-                    if e.is_library() || e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                    // h2 found a protocol error or a flood and sent GOAWAY (not
+                    // the client's own GOAWAY, nor a broken socket).
+                    if e.is_library() {
                         shard.stats().h2_goaways.fetch_add(1, Relaxed);
                     }
                     log::debug!("{}: HTTP/2 connection error: {e}", facts.peer);
@@ -257,9 +270,9 @@ pub async fn serve(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 if closing.is_some() {
-                    if idle_goaway && (open.get() > 0 || h2.has_streams()) {
-                        // A stream that raced the idle GOAWAY finishes, within
-                        // the drain bound.
+                    if idle_goaway && (ctl.open.get() > 0 || h2.has_streams()) {
+                        // A stream that raced the idle GOAWAY, or data h2 still
+                        // holds for a slow reader, gets the drain bound once.
                         idle_goaway = false;
                         closing = Some(tokio::time::Instant::now() + shard.shared.drain_timeout);
                         continue;
@@ -267,44 +280,133 @@ pub async fn serve(
                     h2.abrupt_shutdown(h2::Reason::NO_ERROR);
                     break;
                 }
-                if open.get() == 0 && !h2.has_streams() {
+                if ctl.open.get() == 0 {
+                    // No handler for `idle`: GOAWAY, whatever streams the client
+                    // keeps half open.
                     h2.graceful_shutdown();
                     idle_goaway = true;
                     // A client that never answers the shutdown PING is cut off.
                     closing = Some(tokio::time::Instant::now() + Duration::from_secs(5));
-                } else if open.get() > 0 {
-                    quiet_since.set(tokio::time::Instant::now());
+                } else {
+                    ctl.quiet_since.set(tokio::time::Instant::now());
                 }
             }
         }
     }
-    // Lets h2 write what it has queued (a GOAWAY) for a moment, then closes,
-    // which completes the read it left in flight.
+    // Handlers cannot progress without the connection being polled: they are
+    // told to stop, and the connection waits for them (its admission slot
+    // bounds them too).
+    ctl.closed.set(true);
+    ctl.gone.notify_waiters();
+    let handlers = async {
+        while ctl.open.get() > 0 {
+            let done = ctl.done.notified();
+            if ctl.open.get() == 0 {
+                break;
+            }
+            done.await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), handlers).await;
+    // Lets h2 write what it has queued (a GOAWAY) for a moment. Dropping it
+    // then drops a bridge write still in flight, with the TLS writer it holds.
     let closed = std::future::poll_fn(|cx| h2.poll_closed(cx));
     let _ = tokio::time::timeout(Duration::from_secs(1), closed).await;
+    drop(h2);
     Box::pin(conn.close_idle()).await;
 }
 
+/// Client resets are counted over this window.
+const RESET_WINDOW: Duration = Duration::from_secs(10);
+
+/// What a connection and its stream handlers share (one shard, one thread).
+struct ConnCtl {
+    /// Handlers running.
+    open: Cell<usize>,
+    /// When the last handler ended (or the connection began).
+    quiet_since: Cell<tokio::time::Instant>,
+    /// Streams the client reset while they were being served.
+    client_resets: Cell<u32>,
+    /// The connection loop ended: handlers stop.
+    closed: Cell<bool>,
+    gone: tokio::sync::Notify,
+    /// The last handler ended.
+    done: tokio::sync::Notify,
+}
+
+impl ConnCtl {
+    fn new() -> ConnCtl {
+        ConnCtl {
+            open: Cell::new(0),
+            quiet_since: Cell::new(tokio::time::Instant::now()),
+            client_resets: Cell::new(0),
+            closed: Cell::new(false),
+            gone: tokio::sync::Notify::new(),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    async fn gone(&self) {
+        let n = self.gone.notified();
+        if self.closed.get() {
+            return;
+        }
+        n.await
+    }
+}
+
 /// The HTTP/1.1 head a stream's pseudo-headers and fields make, parsed by the
-/// same parser and limits as HTTP/1 requests (so every check applies). `None`:
-/// malformed (no authority, a field HTTP/1 cannot carry).
-fn synthesize(parts: &http::request::Parts, body_len: Option<u64>) -> Option<BytesMut> {
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })?;
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .filter(|p| !p.is_empty())?;
+/// same parser and limits as HTTP/1 requests (so every check applies).
+/// `Err`: malformed (RFC 9113 §8.1.1), answered with RST_STREAM(PROTOCOL_ERROR).
+fn synthesize(
+    parts: &http::request::Parts,
+    body_len: Option<u64>,
+) -> Result<BytesMut, &'static str> {
+    let mut hosts = parts
+        .headers
+        .get_all(http::header::HOST)
+        .iter()
+        .map(|h| h.to_str().map_err(|_| "a Host that is not text"));
+    let authority = match parts.uri.authority() {
+        Some(a) => {
+            let a = a.as_str();
+            if a.contains('@') {
+                return Err(":authority with userinfo");
+            }
+            // §8.3.1: a Host naming another entity makes the request malformed.
+            for h in hosts {
+                if !h?.eq_ignore_ascii_case(a) {
+                    return Err("Host differs from :authority");
+                }
+            }
+            a.to_owned()
+        }
+        None => {
+            let h = hosts.next().ok_or("no :authority and no Host")??;
+            if hosts.next().is_some() {
+                return Err("more than one Host");
+            }
+            h.to_owned()
+        }
+    };
+    let path = if parts.method == http::Method::CONNECT {
+        // Authority-form, for the HTTP/1 path to answer as it answers CONNECT.
+        authority.clone()
+    } else {
+        // HTTP/2 allows only origin-form (or `*` for OPTIONS), so an absolute
+        // URI cannot route around :authority (http's PathAndQuery refuses one
+        // too; this does not rest on it).
+        let p = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .ok_or("no :path")?;
+        let asterisk = p == "*" && parts.method == http::Method::OPTIONS;
+        if !p.starts_with('/') && !asterisk {
+            return Err(":path is not origin-form");
+        }
+        p.to_owned()
+    };
     let mut raw = BytesMut::with_capacity(256);
     raw.extend_from_slice(parts.method.as_str().as_bytes());
     raw.extend_from_slice(b" ");
@@ -316,7 +418,7 @@ fn synthesize(parts: &http::request::Parts, body_len: Option<u64>) -> Option<Byt
     for (name, value) in &parts.headers {
         let v = value.as_bytes();
         if v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
-            return None;
+            return Err("CR, LF or NUL in a field value");
         }
         match name.as_str() {
             "host" | "content-length" | "transfer-encoding" | "connection" | "te" => continue,
@@ -341,27 +443,67 @@ fn synthesize(parts: &http::request::Parts, body_len: Option<u64>) -> Option<Byt
         raw.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
     }
     raw.extend_from_slice(b"\r\n");
-    Some(raw)
+    Ok(raw)
 }
 
 /// Request bodies over HTTP/2 are held in memory (not spooled yet): at most
 /// this much per stream, past it 413.
 pub const MAX_H2_BODY: u64 = 1 << 20;
 
-/// One stream: its head checked as HTTP/1's is (route, 421) before any body is
-/// read; the body read whole (within the budget) or dropped; then served.
+/// One stream, raced against the client resetting it and the connection
+/// ending: a stream nobody waits for stops (an origin fetch for a reset stream
+/// is not made), and resets while served are counted for the flood bound.
 async fn stream(
     shard: &ShardCtx,
     facts: ConnFacts,
     certs: Option<Arc<CertSet>>,
     req: http::Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
+    ctl: &ConnCtl,
+) {
+    let slot = Rc::new(std::cell::RefCell::new(Slot {
+        respond,
+        send: None,
+    }));
+    let work = serve_stream(shard, facts, certs, req, slot.clone());
+    let reset = std::future::poll_fn(|cx| {
+        let mut sl = slot.borrow_mut();
+        let sl = &mut *sl;
+        let r = match sl.send.as_mut() {
+            Some(s) => s.poll_reset(cx),
+            None => sl.respond.poll_reset(cx),
+        };
+        match r {
+            Poll::Ready(Ok(_)) => Poll::Ready(()),
+            // Not a reset (the connection failed): the work ends by itself.
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+        }
+    });
+    tokio::select! {
+        biased;
+        _ = work => {}
+        _ = reset => {
+            ctl.client_resets.set(ctl.client_resets.get() + 1);
+            shard.stats().h2_client_resets.fetch_add(1, Relaxed);
+        }
+        _ = ctl.gone() => {}
+    }
+}
+
+/// Its head checked as HTTP/1's is (route, 421) before any body is read; the
+/// body read whole (within the budget) or dropped; then served.
+async fn serve_stream(
+    shard: &ShardCtx,
+    facts: ConnFacts,
+    certs: Option<Arc<CertSet>>,
+    req: http::Request<h2::RecvStream>,
+    slot: Rc<std::cell::RefCell<Slot>>,
 ) {
     let received = std::time::Instant::now();
     let live = shard.shared.live.load_full();
     let limits = shard.shared.limits;
     let (parts, mut recv) = req.into_parts();
-    let mut ex = H2Exchange::new(respond, parts.method == http::Method::HEAD);
+    let mut ex = H2Exchange::new(slot, parts.method == http::Method::HEAD);
     fn refused<'a>(
         facts: &'a ConnFacts,
         head: Option<&'a RequestHead>,
@@ -382,9 +524,7 @@ async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let parse = |len: Option<u64>| -> Result<RequestHead, ExchangeError> {
-        let mut raw = synthesize(&parts, len).ok_or(ExchangeError::RequestBody(
-            "malformed HTTP/2 request (no :authority or Host, or a bad field)",
-        ))?;
+        let mut raw = synthesize(&parts, len).map_err(ExchangeError::RequestBody)?;
         match crate::http1::request::parse(&mut raw, &limits) {
             Ok(Some(h)) => Ok(h),
             Ok(None) => Err(ExchangeError::Internal(
@@ -393,6 +533,12 @@ async fn stream(
             Err(e) => Err(e.into()),
         }
     };
+    if let Err(why) = synthesize(&parts, None) {
+        log::debug!("{}: malformed HTTP/2 request: {why}", facts.peer);
+        shard.stats().h2_stream_errors.fetch_add(1, Relaxed);
+        ex.reset(h2::Reason::PROTOCOL_ERROR);
+        return;
+    }
     let first = parse(if has_body {
         Some(declared.unwrap_or(0))
     } else {
@@ -436,15 +582,7 @@ async fn stream(
             Err(_) => Err(ExchangeError::ClientTimeout),
         };
         match got {
-            Ok(Some((b, c))) => {
-                let Ok(h) = parse(Some(b.len() as u64)) else {
-                    let e = ExchangeError::Internal("an HTTP/2 head did not parse twice");
-                    let r = refused(&facts, Some(&head), received);
-                    Box::pin(proxy::refuse(shard, &live, &r, &mut ex, e)).await;
-                    return;
-                };
-                body = Some((h, Rc::new(RequestBody::in_memory(b, c))));
-            }
+            Ok(Some((b, c))) => body = Some((b, c)),
             Ok(None) => {}
             Err(e) => {
                 let r = refused(&facts, Some(&head), received);
@@ -453,14 +591,30 @@ async fn stream(
             }
         }
     }
+    // The head the origin sees declares the body it gets: the bytes read, or
+    // none when the body was dropped (a cache answer needs none).
     let (head, body) = match body {
-        Some((h, b)) => (h, Some(b)),
-        // A body the cache answers without (drained) is not declared to anyone.
-        None if has_body => match parse(None) {
-            Ok(h) => (h, None),
-            Err(_) => (head, None),
-        },
-        None => (head, None),
+        Some((b, c)) => (
+            parse(Some(b.len() as u64)),
+            Some(Rc::new(RequestBody::in_memory(b, c))),
+        ),
+        None if has_body => (parse(None), None),
+        None => (Ok(head), None),
+    };
+    let head = match head {
+        Ok(h) => h,
+        Err(_) => {
+            let e = ExchangeError::Internal("an HTTP/2 head did not parse twice");
+            Box::pin(proxy::refuse(
+                shard,
+                &live,
+                &refused(&facts, None, received),
+                &mut ex,
+                e,
+            ))
+            .await;
+            return;
+        }
     };
     let req = Request {
         head,
@@ -483,12 +637,18 @@ async fn read_body(
     max_body: u64,
 ) -> Result<Option<(Bytes, Charge)>, ExchangeError> {
     let cap = MAX_H2_BODY.min(max_body);
-    let mut got = BytesMut::with_capacity(declared.unwrap_or(0).min(cap) as usize);
-    let mut charge = if keep {
-        Some(Charge::memory(&shard.shared.bodies, 0).ok_or(crate::spool::SpoolError::Budget)?)
-    } else {
-        None
-    };
+    // Memory is charged before it is allocated: a declared length that never
+    // arrives costs the budget, not unaccounted heap. A dropped body costs none.
+    let mut charge = None;
+    let mut got = BytesMut::new();
+    if keep {
+        let mut c =
+            Charge::memory(&shard.shared.bodies, 0).ok_or(crate::spool::SpoolError::Budget)?;
+        let want = declared.unwrap_or(0).min(cap);
+        c.grow_to(want)?;
+        got.reserve(want as usize);
+        charge = Some(c);
+    }
     let mut seen = 0u64;
     while let Some(d) = recv.data().await {
         let d = d.map_err(|_| ExchangeError::ClientGone)?;
@@ -528,10 +688,16 @@ enum State {
     Aborted,
 }
 
-/// One stream's response side of the seam.
-struct H2Exchange {
+/// A stream's sending halves, shared by its exchange and the task that
+/// watches for the client's reset (never borrowed across an await).
+struct Slot {
     respond: h2::server::SendResponse<Bytes>,
     send: Option<h2::SendStream<Bytes>>,
+}
+
+/// One stream's response side of the seam.
+struct H2Exchange {
+    slot: Rc<std::cell::RefCell<Slot>>,
     head_request: bool,
     state: State,
     sent: u64,
@@ -539,15 +705,23 @@ struct H2Exchange {
 }
 
 impl H2Exchange {
-    fn new(respond: h2::server::SendResponse<Bytes>, head_request: bool) -> H2Exchange {
+    fn new(slot: Rc<std::cell::RefCell<Slot>>, head_request: bool) -> H2Exchange {
         H2Exchange {
-            respond,
-            send: None,
+            slot,
             head_request,
             state: State::Fresh,
             sent: 0,
             head_len: 0,
         }
+    }
+
+    fn reset(&mut self, reason: h2::Reason) {
+        let mut sl = self.slot.borrow_mut();
+        match sl.send.as_mut() {
+            Some(s) => s.send_reset(reason),
+            None => sl.respond.send_reset(reason),
+        }
+        self.state = State::Aborted;
     }
 }
 
@@ -585,9 +759,10 @@ impl Downstream for H2Exchange {
         };
         let end =
             self.head_request || head.body == BodyLen::Empty || head.body == BodyLen::Known(0);
-        match self.respond.send_response(resp, end) {
+        let sent = self.slot.borrow_mut().respond.send_response(resp, end);
+        match sent {
             Ok(s) => {
-                self.send = Some(s);
+                self.slot.borrow_mut().send = Some(s);
                 self.head_len = len;
                 self.sent = len;
                 self.state = if end { State::Done } else { State::Streaming };
@@ -611,19 +786,28 @@ impl Downstream for H2Exchange {
         if self.state != State::Streaming {
             return Err(ClientGone);
         }
-        let Some(s) = self.send.as_mut() else {
-            return Err(ClientGone);
-        };
         // Only what the client's window lets out is handed to h2, so a slow
         // reader costs at most the stream's send buffer (StreamMaxMemSize).
         while !piece.is_empty() {
-            s.reserve_capacity(piece.len());
-            let cap = std::future::poll_fn(|cx| s.poll_capacity(cx));
+            if let Some(s) = self.slot.borrow_mut().send.as_mut() {
+                s.reserve_capacity(piece.len());
+            }
+            let cap = std::future::poll_fn(|cx| match self.slot.borrow_mut().send.as_mut() {
+                Some(s) => s.poll_capacity(cx),
+                None => Poll::Ready(None),
+            });
             match tokio::time::timeout(SEND_TIMEOUT, cap).await {
                 Ok(Some(Ok(n))) if n > 0 => {
-                    let chunk = piece.split_to(n.min(piece.len()));
+                    // A copy: what h2 holds for a slow reader must not lease a
+                    // cache segment past the hit's send bound.
+                    let chunk = Bytes::copy_from_slice(&piece.split_to(n.min(piece.len())));
                     let k = chunk.len() as u64;
+                    let mut sl = self.slot.borrow_mut();
+                    let Some(s) = sl.send.as_mut() else {
+                        return Err(ClientGone);
+                    };
                     if s.send_data(chunk, false).is_err() {
+                        drop(sl);
                         self.state = State::Aborted;
                         return Err(ClientGone);
                     }
@@ -651,8 +835,10 @@ impl Downstream for H2Exchange {
         match self.state {
             State::Done => Ok(()),
             State::Streaming => {
-                let s = self.send.as_mut().ok_or(ClientGone)?;
+                let mut sl = self.slot.borrow_mut();
+                let s = sl.send.as_mut().ok_or(ClientGone)?;
                 s.send_data(Bytes::new(), true).map_err(|_| ClientGone)?;
+                drop(sl);
                 self.state = State::Done;
                 Ok(())
             }
@@ -661,11 +847,7 @@ impl Downstream for H2Exchange {
     }
 
     fn abort(&mut self) {
-        match self.send.as_mut() {
-            Some(s) => s.send_reset(h2::Reason::INTERNAL_ERROR),
-            None => self.respond.send_reset(h2::Reason::INTERNAL_ERROR),
-        }
-        self.state = State::Aborted;
+        self.reset(h2::Reason::INTERNAL_ERROR);
     }
 
     fn head_sent(&self) -> bool {
@@ -712,7 +894,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        assert!(synthesize(&parts, None).is_none());
+        assert!(synthesize(&parts, None).is_err());
         // A body's length is declared for the origin.
         let (parts, _) = http::Request::builder()
             .method("POST")
@@ -724,5 +906,42 @@ mod tests {
         let raw = synthesize(&parts, Some(3)).unwrap();
         assert!(raw.ends_with(b"Content-Length: 3\r\n\r\n"), "{raw:?}");
         assert!(!raw.windows(2).any(|w| w == b"99"));
+    }
+
+    #[test]
+    fn malformed_requests_are_refused_before_any_http1_head_is_made() {
+        // (method, uri, Host fields, malformed?)
+        let cases: &[(&str, &str, &[&str], bool)] = &[
+            ("GET", "https://a.example/x", &[], false),
+            ("GET", "https://a.example/x", &["a.example"], false),
+            ("GET", "https://a.example/x", &["A.EXAMPLE"], false),
+            ("GET", "https://a.example/x", &["b.example"], true),
+            (
+                "GET",
+                "https://a.example/x",
+                &["a.example", "b.example"],
+                true,
+            ),
+            ("GET", "https://u@a.example/x", &[], true),
+            ("GET", "/x", &["a.example"], false),
+            ("GET", "/x", &["a.example", "a.example"], true),
+            ("GET", "/x", &[], true),
+            ("OPTIONS", "*", &["a.example"], false),
+            ("GET", "*", &["a.example"], true),
+        ];
+        for &(method, uri, hosts, bad) in cases {
+            let mut b = http::Request::builder().method(method).uri(uri);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            let (parts, _) = b.body(()).unwrap().into_parts();
+            assert_eq!(
+                synthesize(&parts, None).is_err(),
+                bad,
+                "{method} {uri} {hosts:?}"
+            );
+        }
+        // (An absolute URI in :path never gets here: http's PathAndQuery
+        // refuses a path without a leading `/`, and h2 resets the stream.)
     }
 }
