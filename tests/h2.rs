@@ -3,15 +3,16 @@
 
 mod support;
 
+use rustls_pki_types::pem::PemObject;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use support::*;
 
-/// A config with HTTP/2 `status`, a plain listener and, where openssl can make
-/// a self-signed certificate, a TLS one (`None` without it: h2c only).
-fn h2_dir(origin: &Origin, status: &str) -> (std::path::PathBuf, bool) {
+/// A config with HTTP/2 `status`, a plain listener and a TLS one whose
+/// self-signed certificate (also `ca.pem`) covers test.local.
+fn h2_dir(origin: &Origin, status: &str) -> std::path::PathBuf {
     let dir = config_dir(&origin.addr.to_string(), "", "");
     edit_server_xml(
         &dir,
@@ -20,88 +21,120 @@ fn h2_dir(origin: &Origin, status: &str) -> (std::path::PathBuf, bool) {
             r#"<Cache><Http2 Status="{status}"><MaxConcurrentStream>100</MaxConcurrentStream></Http2>"#
         ),
     );
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test.local",
-            "-addext",
-            "subjectAltName=DNS:test.local",
-            "-keyout",
-        ])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("openssl missing: HTTP/2 over TLS not tested");
-        return (dir, false);
-    }
+    let cert = rcgen::generate_simple_self_signed(vec!["test.local".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("ca.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     edit_server_xml(
         &dir,
         "</Server>",
         r#"<Https Listen="127.0.0.1:0"><Cert>cert.pem</Cert><Key>key.pem</Key></Https></Server>"#,
     );
-    (dir, true)
+    dir
 }
 
-/// GET `path` over h2c (prior knowledge) with the h2 crate: (status, body).
-fn h2c_get(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, Vec<u8>)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A rustls client trusting `ca_pem`, offering `alpn`.
+fn tls_client(ca_pem: &[u8], alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(c)
+}
+
+/// TLS to `addr` with SNI `name`, offering h2 only; checks ALPN chose h2.
+async fn tls_h2(
+    addr: SocketAddr,
+    name: &str,
+    ca_pem: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls_client(ca_pem, &[b"h2"]));
+    let name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls
+}
+
+/// An h2 client session over `io`, its connection driven by a task.
+async fn h2_session<T>(io: T) -> h2::client::SendRequest<bytes::Bytes>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, conn) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// GETs `paths` at once on one session: (status, headers, body) each, every
+/// body read by its own task (so no unread stream holds the connection window).
+async fn get_all(
+    client: h2::client::SendRequest<bytes::Bytes>,
+    authority: &str,
+    paths: &[&str],
+) -> Vec<(u16, http::HeaderMap, Vec<u8>)> {
+    let mut pending = Vec::new();
+    for p in paths {
+        let mut c = client.clone().ready().await.unwrap();
+        let req = http::Request::builder()
+            .uri(format!("https://{authority}{p}"))
+            .body(())
+            .unwrap();
+        let (resp, _) = c.send_request(req, true).unwrap();
+        pending.push(resp);
+    }
+    let tasks: Vec<_> = pending
+        .into_iter()
+        .map(|resp| {
+            tokio::spawn(async move {
+                let resp = resp.await.unwrap();
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                let mut body = resp.into_body();
+                let mut got = Vec::new();
+                while let Some(d) = body.data().await {
+                    let d = d.unwrap();
+                    let _ = body.flow_control().release_capacity(d.len());
+                    got.extend_from_slice(&d);
+                }
+                (status, headers, got)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
+        .unwrap()
+        .block_on(f)
+}
+
+/// GETs `paths` over h2c (prior knowledge), concurrently on one connection.
+fn h2c_get(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, Vec<u8>)> {
+    block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut out = Vec::new();
-        // All at once, on one connection: concurrent streams.
-        let mut pending = Vec::new();
-        for p in paths {
-            let mut c = client.clone().ready().await.unwrap();
-            let req = http::Request::builder()
-                .uri(format!("http://test.local{p}"))
-                .body(())
-                .unwrap();
-            let (resp, _) = c.send_request(req, true).unwrap();
-            pending.push(resp);
-        }
-        // Each body read at once by its own task: the client releases every
-        // stream's window as it goes (read one after another, the unread ones
-        // would hold the connection window).
-        let tasks: Vec<_> = pending
+        let client = h2_session(tcp).await;
+        get_all(client, "test.local", paths)
+            .await
             .into_iter()
-            .map(|resp| {
-                tokio::spawn(async move {
-                    let resp = resp.await.unwrap();
-                    let status = resp.status().as_u16();
-                    let mut body = resp.into_body();
-                    let mut got = Vec::new();
-                    while let Some(d) = body.data().await {
-                        let d = d.unwrap();
-                        let _ = body.flow_control().release_capacity(d.len());
-                        got.extend_from_slice(&d);
-                    }
-                    (status, got)
-                })
-            })
-            .collect();
-        for t in tasks {
-            out.push(t.await.unwrap());
-        }
-        out
+            .map(|(s, _, b)| (s, b))
+            .collect()
     })
 }
 
@@ -121,7 +154,7 @@ fn cached_bodies_are_byte_identical_over_h2_h2c_https_and_plain_http() {
     let body: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 253) as u8).collect();
     let served = body.clone();
     let origin = Origin::start(move |_| ok(&served));
-    let (dir, tls) = h2_dir(&origin, "Active");
+    let dir = h2_dir(&origin, "Active");
     let cairn = Cairn::start(dir.clone(), 1);
     // Filled over plain HTTP/1.1 ...
     assert_eq!(cairn.connect().get("/obj").body, body);
@@ -133,8 +166,16 @@ fn cached_bodies_are_byte_identical_over_h2_h2c_https_and_plain_http() {
         assert!(got == body, "h2c body differs");
     }
     assert_eq!(origin.count(), 1, "every h2c stream was a hit");
-    if !tls {
-        return;
+    // h2 over TLS (ALPN), the Rust client: 20 concurrent streams.
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let https = cairn.https[0];
+    let got = block_on(async {
+        let client = h2_session(tls_h2(https, "test.local", &ca).await).await;
+        get_all(client, "test.local", &paths).await
+    });
+    for (status, _, got) in got {
+        assert_eq!(status, 200);
+        assert!(got == body, "h2 body differs");
     }
     // curl where present: h2 over TLS, h2c, HTTP/1.1 over TLS.
     let https = format!("https://test.local:{}/obj", cairn.https[0].port());
@@ -166,10 +207,7 @@ fn cached_bodies_are_byte_identical_over_h2_h2c_https_and_plain_http() {
 #[test]
 fn h2load_with_100_streams_per_connection_has_no_errors() {
     let origin = Origin::start(|_| ok(&[b'x'; 1024]));
-    let (dir, tls) = h2_dir(&origin, "Active");
-    if !tls {
-        return;
-    }
+    let dir = h2_dir(&origin, "Active");
     let cairn = Cairn::start(dir, 1);
     let url = format!("https://127.0.0.1:{}/1k", cairn.https[0].port());
     let Ok(o) = Command::new("h2load")
@@ -190,16 +228,23 @@ fn h2load_with_100_streams_per_connection_has_no_errors() {
 #[test]
 fn http2_is_off_unless_status_is_active_as_in_ston() {
     let origin = Origin::start(|_| ok(b"x"));
-    let (dir, tls) = h2_dir(&origin, "Inactive");
+    let dir = h2_dir(&origin, "Inactive");
     let cairn = Cairn::start(dir.clone(), 1);
-    // ALPN does not offer h2: curl --http2 falls back to HTTP/1.1.
-    if tls {
-        let https = format!("https://test.local:{}/", cairn.https[0].port());
-        let resolve = format!("test.local:{}:127.0.0.1", cairn.https[0].port());
-        if let Some(got) = curl(&["--http2", "--resolve", &resolve, &https], &dir.join("o")) {
-            assert_eq!(got, "1.1 200");
-        }
-    }
+    // ALPN does not offer h2: a client offering h2 and http/1.1 gets HTTP/1.1.
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let cfg = tls_client(&ca, &[b"h2", b"http/1.1"]);
+    let name = rustls_pki_types::ServerName::try_from("test.local").unwrap();
+    let conn = rustls::ClientConnection::new(cfg, name).unwrap();
+    let tcp = std::net::TcpStream::connect(cairn.https[0]).unwrap();
+    let mut tls = Client::over(rustls::StreamOwned::new(conn, tcp));
+    tls.send(b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    let r = tls.response(false).expect("an HTTP/1.1 answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        tls.stream.conn.alpn_protocol(),
+        Some(&b"http/1.1"[..]),
+        "h2 not chosen"
+    );
     // And the h2c preface is not an HTTP/2 connection: refused as HTTP/1.
     let mut c = cairn.connect();
     c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
@@ -214,7 +259,7 @@ fn a_drain_sends_goaway_and_the_stream_in_flight_finishes() {
         std::thread::sleep(Duration::from_millis(800));
         ok(b"finished")
     });
-    let (dir, _) = h2_dir(&origin, "Active");
+    let dir = h2_dir(&origin, "Active");
     let cairn = Cairn::start(dir, 1);
     let addr = cairn.addr;
     let pid = cairn.pid();
@@ -273,7 +318,7 @@ fn empty_bodies_heads_and_request_bodies_over_h2c() {
             ok(format!("{} {} bytes", r.method, r.body.len()).as_bytes())
         }
     });
-    let (dir, _) = h2_dir(&origin, "Active");
+    let dir = h2_dir(&origin, "Active");
     let cairn = Cairn::start(dir, 1);
     // A cached empty body: a miss, then a hit, both complete (not reset).
     for _ in 0..2 {
@@ -346,7 +391,7 @@ fn h2c_request(
 #[test]
 fn a_rapid_reset_flood_gets_goaway_and_is_counted_while_others_are_served() {
     let origin = Origin::start(|_| ok(b"hit me"));
-    let (dir, _) = h2_dir(&origin, "Active");
+    let dir = h2_dir(&origin, "Active");
     let cairn = Cairn::start(dir, 1);
     let addr = cairn.addr;
     let _ = h2c_request(addr, "GET", "/r", b"");
@@ -456,7 +501,7 @@ fn first_error(addr: SocketAddr, frames: &[Vec<u8>]) -> Option<(u8, u32)> {
 #[test]
 fn malformed_http2_requests_get_the_rfc_9113_error_and_the_shard_serves_on() {
     let origin = Origin::start(|_| ok(b"fine"));
-    let (dir, _) = h2_dir(&origin, "Active");
+    let dir = h2_dir(&origin, "Active");
     let cairn = Cairn::start(dir, 1);
     let base = [
         (":method", "GET"),
@@ -509,6 +554,31 @@ fn malformed_http2_requests_get_the_rfc_9113_error_and_the_shard_serves_on() {
             vec![headers(with(&[("connection", "close")], true))],
             vec![(3, PROTOCOL_ERROR), (7, PROTOCOL_ERROR)],
         ),
+        (
+            "Host differs from :authority",
+            vec![headers(with(&[("host", "evil.example")], true))],
+            vec![(3, PROTOCOL_ERROR)],
+        ),
+        (
+            "userinfo in :authority",
+            vec![headers(hpack(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "user@test.local"),
+                (":path", "/"),
+            ]))],
+            vec![(3, PROTOCOL_ERROR)],
+        ),
+        (
+            "path not in origin form",
+            vec![headers(hpack(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "test.local"),
+                (":path", "x/../../etc"),
+            ]))],
+            vec![(3, PROTOCOL_ERROR)],
+        ),
         ("CONTINUATION flood", flood, vec![(7, ENHANCE_YOUR_CALM)]),
         (
             "connection window overflow",
@@ -534,4 +604,333 @@ fn malformed_http2_requests_get_the_rfc_9113_error_and_the_shard_serves_on() {
         let (status, _, body) = h2c_request(cairn.addr, "GET", "/ok", b"");
         assert_eq!((status, &body[..]), (200, &b"fine"[..]), "after {case}");
     }
+    // The Host and userinfo streams are cairn's refusals, and counted (the h2
+    // crate itself refuses a missing or relative :path); none reached the origin.
+    cairn.signal("USR1");
+    let stats = cairn.wait_log("streams reset as malformed");
+    assert!(stats.contains("(2 streams reset as malformed"), "{stats}");
+    assert_eq!(origin.count(), 1, "only the /ok stream's miss");
+}
+
+#[test]
+fn a_hundred_concurrent_streams_on_one_connection_are_each_answered_with_their_own_body() {
+    let origin = Origin::start(|r| ok(format!("body of {}", r.path).as_bytes()));
+    let dir = h2_dir(&origin, "Active");
+    let cairn = Cairn::start(dir.clone(), 1);
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    // Half of them one shared (coalesced) key, half distinct.
+    let paths: Vec<String> = (0..100)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("/p{i}")
+            } else {
+                "/shared".into()
+            }
+        })
+        .collect();
+    let paths: Vec<&str> = paths.iter().map(|p| p.as_str()).collect();
+    let https = cairn.https[0];
+    let plain = cairn.addr;
+    for tls in [true, false] {
+        let got = block_on(async {
+            let client = if tls {
+                h2_session(tls_h2(https, "test.local", &ca).await).await
+            } else {
+                h2_session(tokio::net::TcpStream::connect(plain).await.unwrap()).await
+            };
+            get_all(client, "test.local", &paths).await
+        });
+        assert_eq!(got.len(), 100);
+        for ((status, _, body), path) in got.iter().zip(&paths) {
+            assert_eq!(*status, 200, "tls {tls}: {path}");
+            assert_eq!(body, format!("body of {path}").as_bytes(), "tls {tls}");
+        }
+    }
+    assert_eq!(
+        origin.count(),
+        51,
+        "50 distinct keys and one shared, once each"
+    );
+}
+
+#[test]
+fn over_h2_a_site_the_connections_certificate_does_not_cover_gets_421() {
+    let origin = Origin::start(|r| ok(format!("page {}", r.path).as_bytes()));
+    let dir = h2_dir(&origin, "Active");
+    // A second certificate, for b.example, on the same address; SNI chooses.
+    let b = rcgen::generate_simple_self_signed(vec!["b.example".to_string()]).unwrap();
+    std::fs::write(dir.join("b.pem"), b.cert.pem()).unwrap();
+    std::fs::write(dir.join("b.key"), b.signing_key.serialize_pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    edit_server_xml(&dir, "<Cache>", "<Cache><HttpsSNI>ON</HttpsSNI>");
+    edit_server_xml(
+        &dir,
+        r#"<Https Listen="127.0.0.1:0"><Cert>cert.pem</Cert><Key>key.pem</Key></Https>"#,
+        &format!(
+            r#"<Https Listen="127.0.0.1:{port}"><Cert>cert.pem</Cert><Key>key.pem</Key></Https><Https Listen="127.0.0.1:{port}"><Cert>b.pem</Cert><Key>b.key</Key></Https>"#
+        ),
+    );
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        format!(
+            "<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{0}</Address></Origin></Vhost><Vhost Name=\"b.example\"><Listen>127.0.0.1:0</Listen><Origin><Address>{0}</Address></Origin></Vhost><Default>test.local</Default></Vhosts>",
+            origin.addr
+        ),
+    )
+    .unwrap();
+    let cairn = Cairn::start(dir, 1);
+    let addr = cairn.https[0];
+    let ca = b.cert.pem().into_bytes();
+    let got = block_on(async {
+        let client = h2_session(tls_h2(addr, "b.example", &ca).await).await;
+        let mut out = get_all(client.clone(), "b.example", &["/x"]).await;
+        // The same connection asked for the other site (as a coalescing
+        // client might): 421, and nothing reaches the origin.
+        out.extend(get_all(client, "test.local", &["/y"]).await);
+        out
+    });
+    assert_eq!((got[0].0, &got[0].2[..]), (200, &b"page /x"[..]));
+    assert_eq!(got[1].0, 421, "{:?}", String::from_utf8_lossy(&got[1].2));
+    assert_eq!(origin.count(), 1);
+}
+
+#[test]
+fn hop_by_hop_fields_from_the_origin_never_reach_an_h2_client() {
+    let origin = Origin::start(|_| {
+        Reply::Bytes(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\nETag: \"kept\"\r\nX-Kept: yes\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        )
+    });
+    let dir = h2_dir(&origin, "Active");
+    // Every origin field kept, so only the hop-by-hop rules can drop X-Hop.
+    edit_server_xml(
+        &dir,
+        "<Options>",
+        "<Options><OriginalHeader>ON</OriginalHeader>",
+    );
+    let cairn = Cairn::start(dir, 1);
+    // A miss (relayed as it arrives) and a hit: the h2 client, which refuses
+    // connection-specific fields as malformed, gets both whole.
+    for round in ["miss", "hit"] {
+        let got = block_on(async {
+            let tcp = tokio::net::TcpStream::connect(cairn.addr).await.unwrap();
+            get_all(h2_session(tcp).await, "test.local", &["/hop"]).await
+        });
+        let (status, headers, body) = &got[0];
+        assert_eq!((*status, &body[..]), (200, &b"hello"[..]), "{round}");
+        for name in [
+            "connection",
+            "x-hop",
+            "keep-alive",
+            "proxy-connection",
+            "upgrade",
+            "transfer-encoding",
+        ] {
+            assert!(
+                headers.get(name).is_none(),
+                "{round}: {name} in {headers:?}"
+            );
+        }
+        assert_eq!(
+            headers.get("etag").map(|v| v.as_bytes()),
+            Some(&b"\"kept\""[..]),
+            "{round}: {headers:?}"
+        );
+        assert!(headers.get("x-kept").is_some(), "{round}: {headers:?}");
+    }
+    assert_eq!(origin.count(), 1);
+}
+
+#[test]
+fn streams_a_client_resets_while_they_are_served_are_counted_and_stop() {
+    let origin = Origin::start(|r| {
+        if r.path.starts_with("/slow") {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        ok(b"late")
+    });
+    let dir = h2_dir(&origin, "Active");
+    let cairn = Cairn::start(dir, 1);
+    let addr = cairn.addr;
+    block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let client = h2_session(tcp).await;
+        for i in 0..3 {
+            let mut c = client.clone().ready().await.unwrap();
+            let req = http::Request::builder()
+                .uri(format!("http://test.local/slow?{i}"))
+                .body(())
+                .unwrap();
+            let (_resp, mut send) = c.send_request(req, true).unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            send.send_reset(h2::Reason::CANCEL);
+        }
+        // The connection serves on.
+        let got = get_all(client, "test.local", &["/fast"]).await;
+        assert_eq!((got[0].0, &got[0].2[..]), (200, &b"late"[..]));
+    });
+    cairn.signal("USR1");
+    let stats = cairn.wait_log("reset by clients while served");
+    assert!(stats.contains("3 reset by clients while served"), "{stats}");
+}
+
+/// The preface, SETTINGS (`settings`: id, value) and `frames`, on a new h2c
+/// connection left open.
+fn raw_h2c(addr: SocketAddr, settings: &[(u16, u32)], frames: &[Vec<u8>]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(&raw_h2_start(settings, frames)).unwrap();
+    s
+}
+
+fn raw_h2_start(settings: &[(u16, u32)], frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let mut payload = Vec::new();
+    for (id, v) in settings {
+        payload.extend_from_slice(&id.to_be_bytes());
+        payload.extend_from_slice(&v.to_be_bytes());
+    }
+    out.extend(frame(4, 0, 0, &payload));
+    for f in frames {
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+/// GET `path` on each of `streams` (odd ids from 1), a HEADERS frame each.
+fn gets(path: &str, streams: u32) -> Vec<Vec<u8>> {
+    (0..streams)
+        .map(|i| {
+            let block = hpack(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "test.local"),
+                (":path", path),
+            ]);
+            frame(1, 0x5, 2 * i + 1, &block)
+        })
+        .collect()
+}
+
+/// Huge windows (stream and connection): only the server's own bounds limit
+/// what it queues for a reader that does not read.
+fn open_windows() -> (Vec<(u16, u32)>, Vec<u8>) {
+    const INITIAL_WINDOW_SIZE: u16 = 4;
+    (
+        vec![(INITIAL_WINDOW_SIZE, 0x7fff_ffff)],
+        frame(8, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()),
+    )
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A 12 MiB object (one fits a test segment of 16 MiB).
+fn big_object_origin() -> (Origin, Vec<u8>) {
+    let body: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8).collect();
+    let served = body.clone();
+    (Origin::start(move |_| ok(&served)), body)
+}
+
+#[test]
+fn readers_that_stop_reading_a_big_cached_object_cost_only_their_send_buffers() {
+    let (origin, body) = big_object_origin();
+    let dir = h2_dir(&origin, "Active");
+    let cairn = Cairn::start(dir, 1);
+    assert!(cairn.connect().get("/big").body == body);
+    let before = status_kb(cairn.pid(), "RssAnon");
+    // Four connections, eight streams each, windows wide open, never read:
+    // 384 MiB asked for, held back only by StreamMaxMemSize (64 KiB).
+    let (settings, window) = open_windows();
+    let mut frames = vec![window];
+    frames.extend(gets("/big", 8));
+    let stalled: Vec<_> = (0..4)
+        .map(|_| raw_h2c(cairn.addr, &settings, &frames))
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = status_kb(cairn.pid(), "RssAnon");
+    eprintln!("RssAnon {before} -> {after} kB with 32 stalled streams");
+    // 32 streams x 2 x 64 KiB is 4 MiB; the bridge's write buffers come on top.
+    assert!(after < before + 12 * 1024, "{before} -> {after} kB");
+    // And the shard serves others meanwhile.
+    let got = h2c_get(cairn.addr, &["/other"]);
+    assert_eq!(got[0].0, 200);
+    drop(stalled);
+}
+
+#[test]
+fn an_idle_h2_connection_gets_goaway_after_client_keep_alive() {
+    let origin = Origin::start(|_| ok(b"x"));
+    let dir = h2_dir(&origin, "Active");
+    edit_server_xml(
+        &dir,
+        "<MaxConcurrentStream>100</MaxConcurrentStream>",
+        "<MaxConcurrentStream>100</MaxConcurrentStream><ClientKeepAlive>2</ClientKeepAlive>",
+    );
+    let cairn = Cairn::start(dir, 1);
+    let start = std::time::Instant::now();
+    // One request, answered; then silence: GOAWAY NO_ERROR and the close.
+    let got = first_error(cairn.addr, &gets("/", 1));
+    let took = start.elapsed();
+    assert_eq!(got, Some((7, 0)), "GOAWAY with NO_ERROR");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_tls_h2_connection_whose_reader_stalled_is_closed_by_the_send_and_idle_deadlines() {
+    use std::io::Write;
+    let (origin, body) = big_object_origin();
+    let dir = h2_dir(&origin, "Active");
+    edit_server_xml(
+        &dir,
+        "<MaxConcurrentStream>100</MaxConcurrentStream>",
+        "<MaxConcurrentStream>100</MaxConcurrentStream><ClientKeepAlive>1</ClientKeepAlive>",
+    );
+    add_cairn_settings(
+        &dir,
+        "<HitSendTimeoutSec>1</HitSendTimeoutSec><MinSendRate>1GB</MinSendRate><DrainTimeoutSec>1</DrainTimeoutSec>",
+    );
+    let cairn = Cairn::start(dir.clone(), 1);
+    assert!(cairn.connect().get("/big").body == body);
+    std::thread::sleep(Duration::from_millis(300));
+    let baseline = open_fds(cairn.pid());
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("test.local").unwrap();
+    let conn = rustls::ClientConnection::new(tls_client(&ca, &[b"h2"]), name).unwrap();
+    let tcp = std::net::TcpStream::connect(cairn.https[0]).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let (settings, window) = open_windows();
+    let mut frames = vec![window];
+    frames.extend(gets("/big", 4));
+    tls.write_all(&raw_h2_start(&settings, &frames)).unwrap();
+    tls.flush().unwrap();
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    // The server's writes fill the socket and stall: nobody reads. h2 reads
+    // no frames while its writes are blocked, so only cairn's deadlines can
+    // end this: the sends' (1 s), then idle (1 s), the GOAWAY's wait and the
+    // drain bound; then the teardown must not wait on the stalled writer.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(open_fds(cairn.pid()), baseline + 1);
+    let start = std::time::Instant::now();
+    while open_fds(cairn.pid()) > baseline && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("closed after {:?} more", start.elapsed());
+    assert_eq!(
+        open_fds(cairn.pid()),
+        baseline,
+        "the stalled connection was closed"
+    );
+    drop(tls);
 }

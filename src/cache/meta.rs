@@ -2,7 +2,7 @@
 //! response header lines kept by policy (ORIG-1). Pure encode/decode.
 
 use super::freshness::Times;
-use crate::http1::headers::is_hop_by_hop;
+use crate::http1::headers::{connection_names, is_hop_by_hop};
 use crate::http1::ResponseHead;
 
 const VERSION: u8 = 1;
@@ -74,8 +74,14 @@ impl HeaderPolicy {
 /// The header lines (`Name: value\r\n`…) of `resp` that the policy keeps.
 pub fn kept_headers(resp: &ResponseHead, policy: HeaderPolicy) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
+    // Fields the origin's `Connection` names describe its hop only (RFC 9110
+    // §7.6.1): never stored, so never served.
+    let listed = |n: &[u8]| {
+        resp.headers()
+            .any(|(c, v)| c.eq_ignore_ascii_case(b"connection") && connection_names(v, n))
+    };
     for (n, v) in resp.headers() {
-        if policy.keeps(n) {
+        if policy.keeps(n) && !listed(n) {
             out.extend_from_slice(n);
             out.extend_from_slice(b": ");
             out.extend_from_slice(v);
@@ -220,6 +226,22 @@ mod tests {
         assert_eq!(
             on,
             "Content-Type: a\r\nX-Custom: 1\r\nETag: \"e\"\r\nWarning: 110\r\n"
+        );
+    }
+
+    #[test]
+    fn fields_the_origins_connection_names_are_not_stored() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nconnection: ETag\r\nETag: \"e\"\r\nX-Kept: 2\r\n\r\n";
+        let resp = crate::http1::response::parse(&mut BytesMut::from(&raw[..]), 4096)
+            .unwrap()
+            .unwrap();
+        let on = HeaderPolicy {
+            original: true,
+            standard_extra: false,
+        };
+        assert_eq!(
+            String::from_utf8(kept_headers(&resp, on)).unwrap(),
+            "X-Kept: 2\r\n"
         );
     }
 }

@@ -24,6 +24,8 @@ use std::time::Duration;
 const READ_CHUNK: usize = 16 * 1024;
 /// Below this much free space, a read first grows the buffer by `READ_CHUNK`.
 const MIN_SPARE: usize = 512;
+/// Bound on writing the records a TLS read produced (a key update's answer).
+const READ_SIDE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
@@ -144,9 +146,14 @@ impl Conn {
     /// short try), so it sees an orderly close rather than a truncation.
     pub async fn close_idle(&self) {
         if let Some(t) = &self.tls {
-            let _writer = t.writer.lock().await;
-            t.close_notify();
-            let _ = self.flush_records(Duration::from_millis(200)).await;
+            // A write stalled on a peer that does not read holds the writer:
+            // then no close_notify, just the close.
+            if let Ok(_writer) =
+                tokio::time::timeout(Duration::from_millis(200), t.writer.lock()).await
+            {
+                t.close_notify();
+                let _ = self.flush_records(Duration::from_millis(200)).await;
+            }
         }
         self.shutdown();
     }
@@ -237,7 +244,10 @@ impl Conn {
             // written here unless a write is under way, which takes them along.
             if t.wants_write() {
                 if let Ok(_writer) = t.writer.try_lock() {
-                    self.flush_records(left).await?;
+                    // The read's own timeout may be an idle one of hours; a
+                    // peer that sends but never reads gets a write's bound.
+                    self.flush_records(left.min(READ_SIDE_WRITE_TIMEOUT))
+                        .await?;
                 }
             }
             let mut inb = std::mem::take(&mut *t.inbuf.borrow_mut());
@@ -418,9 +428,11 @@ impl Conn {
     /// destroys the response in flight, then close.
     pub async fn close_gracefully(&self) {
         if let Some(t) = &self.tls {
-            let _writer = t.writer.lock().await;
-            t.close_notify();
-            let _ = self.flush_records(Duration::from_secs(1)).await;
+            if let Ok(_writer) = tokio::time::timeout(Duration::from_secs(1), t.writer.lock()).await
+            {
+                t.close_notify();
+                let _ = self.flush_records(Duration::from_secs(1)).await;
+            }
         }
         let _ = self.inner.shutdown(Shutdown::Write);
         // Nothing unread: no reset can destroy the response, close at once (the
