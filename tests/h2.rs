@@ -942,3 +942,147 @@ fn a_tls_h2_connection_whose_reader_stalled_is_closed_by_the_send_and_idle_deadl
     );
     drop(tls);
 }
+
+/// Reads frames from `s` until every stream in `want` has ended: per stream,
+/// (first byte of its header block, body).
+fn read_streams(
+    s: &mut impl std::io::Read,
+    mut buf: Vec<u8>,
+    want: &[u32],
+) -> std::collections::HashMap<u32, (u8, Vec<u8>)> {
+    let mut got: std::collections::HashMap<u32, (u8, Vec<u8>)> = Default::default();
+    let mut ended = std::collections::HashSet::new();
+    let mut tmp = vec![0u8; 65536];
+    while !want.iter().all(|id| ended.contains(id)) {
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let id = u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            let payload = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            match kind {
+                0 => got.entry(id).or_default().1.extend_from_slice(&payload),
+                1 => got.entry(id).or_default().0 = payload[0],
+                3 | 7 => panic!("stream error or GOAWAY: {kind} {payload:?}"),
+                _ => {}
+            }
+            if (kind == 0 || kind == 1) && flags & 0x1 != 0 {
+                ended.insert(id);
+            }
+        }
+        if want.iter().all(|id| ended.contains(id)) {
+            break;
+        }
+        let n = s.read(&mut tmp).expect("frames before the timeout");
+        assert!(n > 0, "closed before every stream ended: {got:?}");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    got
+}
+
+const UPGRADE: &str = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n";
+
+#[test]
+fn an_h2c_upgrade_answers_the_request_as_stream_1_and_the_connection_goes_on_as_http2() {
+    use std::io::{Read, Write};
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let served = body.clone();
+    let origin = Origin::start(move |r| {
+        if r.path == "/obj" {
+            ok(&served)
+        } else {
+            ok(format!("{} {} bytes", r.method, r.body.len()).as_bytes())
+        }
+    });
+    let dir = h2_dir(&origin, "Active");
+    let cairn = Cairn::start(dir.clone(), 1);
+    assert!(
+        cairn.connect().get("/obj").body == body,
+        "cached over HTTP/1.1"
+    );
+    let mut s = std::net::TcpStream::connect(cairn.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /obj HTTP/1.1\r\nHost: test.local\r\nAccept: */*\r\n{UPGRADE}\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut tmp).unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: h2c"), "{head}");
+    // The client's preface, then a second request on stream 3.
+    let (settings, window) = open_windows();
+    let mut frames = vec![window];
+    frames.push(gets("/obj", 2).pop().unwrap()); // stream 3
+    s.write_all(&raw_h2_start(&settings, &frames)).unwrap();
+    let got = read_streams(&mut s, buf[head_end..].to_vec(), &[1, 3]);
+    for id in [1, 3] {
+        let (status, b) = &got[&id];
+        assert_eq!(
+            *status, 0x88,
+            "stream {id}: :status 200 (HPACK static index 8)"
+        );
+        assert!(
+            *b == body,
+            "stream {id}: the body differs ({} bytes)",
+            b.len()
+        );
+    }
+    assert_eq!(origin.count(), 1, "both streams were hits");
+    // (Closed, so the drain at the end does not wait for its GOAWAY ping.)
+    drop(s);
+    // curl's h2c Upgrade, where curl is present.
+    let out = dir.join("curl.out");
+    let url = format!("http://{}/obj", cairn.addr);
+    if let Some(got) = curl(&["--http2", "-H", "Host: test.local", &url], &out) {
+        assert_eq!(got, "2 200");
+        assert!(std::fs::read(&out).unwrap() == body, "curl's body differs");
+    }
+}
+
+#[test]
+fn requests_with_bodies_over_tls_or_with_http2_off_do_not_upgrade() {
+    let origin = Origin::start(|r| ok(format!("{} {} bytes", r.method, r.body.len()).as_bytes()));
+    let dir = h2_dir(&origin, "Active");
+    let cairn = Cairn::start(dir.clone(), 1);
+    // A body: answered over HTTP/1.1, the body forwarded, and the connection
+    // stays HTTP/1.1.
+    let mut c = cairn.connect();
+    c.send(
+        format!("POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 5\r\n{UPGRADE}\r\nhello")
+            .as_bytes(),
+    );
+    let r = c.response(false).expect("an HTTP/1.1 answer");
+    assert_eq!((r.status, r.text()), (200, "POST 5 bytes".to_string()));
+    assert_eq!(c.get("/next").status, 200);
+    // TLS: h2 only by ALPN, never by Upgrade.
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("test.local").unwrap();
+    let conn = rustls::ClientConnection::new(tls_client(&ca, &[b"http/1.1"]), name).unwrap();
+    let tcp = std::net::TcpStream::connect(cairn.https[0]).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = Client::over(rustls::StreamOwned::new(conn, tcp));
+    tls.send(format!("GET /t HTTP/1.1\r\nHost: test.local\r\n{UPGRADE}\r\n").as_bytes());
+    let r = tls.response(false).expect("an HTTP/1.1 answer");
+    assert_eq!((r.status, r.text()), (200, "GET 0 bytes".to_string()));
+    // HTTP/2 off: the Upgrade is ignored.
+    let off = h2_dir(&origin, "Inactive");
+    let cairn_off = Cairn::start(off, 1);
+    let mut c = cairn_off.connect();
+    c.send(format!("GET /o HTTP/1.1\r\nHost: test.local\r\n{UPGRADE}\r\n").as_bytes());
+    let r = c.response(false).expect("an HTTP/1.1 answer");
+    assert_eq!(r.status, 200);
+}

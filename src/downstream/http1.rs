@@ -350,6 +350,15 @@ pub async fn serve(
                 return;
             }
         };
+        // h2c by Upgrade: plaintext only, with HTTP/2 on, for a request
+        // without a body; it is then answered as stream 1.
+        if facts.tls.is_none() && shard.shared.live.load().config.server.http2.enabled {
+            if let Some(stream1) = crate::downstream::h2c::upgrade_frame(&head) {
+                let rbuf = std::mem::take(&mut rbuf);
+                Box::pin(upgrade_h2c(shard, conn, facts, certs, rbuf, stream1)).await;
+                return;
+            }
+        }
         nth = nth.saturating_add(1);
         shard.stats().requests.fetch_add(1, Relaxed);
         let protocol = match head.version {
@@ -425,6 +434,62 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// Sends the 101, reads the client's preface and first SETTINGS (bounded by
+/// the request timeout and one frame's size), splices the upgrading request in
+/// after them as stream 1, and serves the connection as HTTP/2.
+async fn upgrade_h2c(
+    shard: Rc<ShardCtx>,
+    conn: Conn,
+    facts: ConnFacts,
+    certs: Option<Arc<crate::config::tls::CertSet>>,
+    mut rbuf: BytesMut,
+    stream1: Vec<u8>,
+) {
+    use crate::downstream::h2c;
+    let timeout = shard.shared.live.load().config.server.request_timeout;
+    let switching = Bytes::from_static(h2c::SWITCHING);
+    if conn.write_all(switching, timeout).await.is_err() {
+        conn.shutdown();
+        return;
+    }
+    let preface = crate::downstream::h2::PREFACE;
+    let deadline = Instant::now() + timeout;
+    let settings_end = loop {
+        let have = rbuf.len().min(preface.len());
+        if rbuf[..have] != preface[..have] {
+            log::debug!("{}: no HTTP/2 preface after the h2c 101", facts.peer);
+            conn.shutdown();
+            return;
+        }
+        if rbuf.len() >= preface.len() {
+            match h2c::first_frame(&rbuf[preface.len()..]) {
+                h2c::FirstFrame::Wrong => {
+                    log::debug!("{}: no SETTINGS after the h2c preface", facts.peer);
+                    conn.shutdown();
+                    return;
+                }
+                h2c::FirstFrame::Settings(n) => break preface.len() + n,
+                h2c::FirstFrame::Incomplete => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match conn.read(&mut rbuf, left).await {
+            Ok(0) | Err(_) => {
+                conn.shutdown();
+                return;
+            }
+            Ok(_) => {}
+        }
+    };
+    let rest = rbuf.split_off(settings_end);
+    rbuf.extend_from_slice(&stream1);
+    rbuf.extend_from_slice(&rest);
+    Box::pin(crate::downstream::h2::serve(
+        shard, conn, facts, certs, rbuf,
+    ))
+    .await;
 }
 
 /// Answers a request that cannot be served (refused head, unknown vhost with a

@@ -3,6 +3,7 @@
 //! HTTP/1.1 and HTTP/2.
 
 pub mod h2;
+pub mod h2c;
 pub mod http1;
 #[cfg(test)]
 pub mod memory;
