@@ -92,6 +92,8 @@ CONNS=64
 CLOSE_CONNS=32
 IDLE_CONNS=10000
 IDLE_ACTIVE=16
+H2_CONNS=16
+H2_STREAMS=10
 VERIFY_N=20
 HTTPD_THREADS=
 BASE_PORT=18080
@@ -147,7 +149,7 @@ fi
 # are those the scenario list below builds for this mode.
 KNOWN_SCENARIOS=()
 for s in "${SIZES[@]}"; do KNOWN_SCENARIOS+=("ka-$s"); done
-KNOWN_SCENARIOS+=(close-1k idle-1k gzip-32k tls-1k tls-256k tls-close-1k)
+KNOWN_SCENARIOS+=(close-1k idle-1k gzip-32k h2-1k h2-256k tls-1k tls-256k tls-close-1k)
 if [[ -n $SCENARIO_FILTER ]]; then
 	IFS=, read -r -a _want <<<"$SCENARIO_FILTER"
 	for q in "${_want[@]}"; do
@@ -197,7 +199,7 @@ for _p in "${!PORT[@]}"; do TLS_PORT[$_p]=$((PORT[$_p] + 10)); done
 # port_for PROXY KIND: the port a scenario of KIND uses on PROXY.
 port_for() {
 	case $2 in
-	tls*) echo "${TLS_PORT[$1]}" ;;
+	tls* | h2) echo "${TLS_PORT[$1]}" ;;
 	*) echo "${PORT[$1]}" ;;
 	esac
 }
@@ -863,8 +865,9 @@ verify_hits() {
 	close) hdr=(-H 'Connection: close') ;;
 	tls) hdr=(-k) ;;
 	tls-close) hdr=(-k -H 'Connection: close') ;;
+	h2) hdr=(-k --http2) ;;
 	esac
-	case $kind in tls*) url="https://127.0.0.1:${TLS_PORT[$p]}$path" ;; esac
+	case $kind in tls* | h2) url="https://127.0.0.1:${TLS_PORT[$p]}$path" ;; esac
 	# curl applies -o to one URL only: one "-o /dev/null URL" per request.
 	for ((i = 0; i < VERIFY_N; i++)); do urls+=(-o /dev/null "$url"); done
 	local hfile="$RAW/verify.$p.${path#/}.$kind.headers" log0=0 log1=0
@@ -874,6 +877,10 @@ verify_hits() {
 	if [[ $p == cairn-log ]]; then log0=$(access_log_settled); fi
 	before=$(origin_count)
 	codes=$(curl -sS --max-time 60 -D "$hfile" -w '%{http_code}\n' "${hdr[@]}" "${urls[@]}" 2>>"$RAW/verify.log" || true)
+	if [[ $kind == h2 ]] && ! grep -q '^HTTP/2 ' "$hfile"; then
+		VERIFY_NOTE="curl --http2 did not get HTTP/2 (no h2 in ALPN?)"
+		return 1
+	fi
 	sleep 0.2
 	after=$(origin_count)
 	bad=$(grep -cv '^200$' <<<"$codes" || true)
@@ -943,6 +950,12 @@ wrk_args() {
 	local threads=$WRK_THREADS
 	((threads <= conns)) || threads=$conns
 	local scheme=http
+	if [[ $kind == h2 ]]; then
+		# h2load: CONNS connections, H2_STREAMS concurrent streams on each.
+		printf '%s\n' taskset -c "$CLIENT_CORES" h2load -t"$threads" -c"$conns" -m"$H2_STREAMS" -D"$secs" \
+			"https://127.0.0.1:$port$path"
+		return
+	fi
 	printf '%s\n' taskset -c "$CLIENT_CORES" wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 10s --latency -s "$WRK_SCRIPT"
 	case $kind in
 	close | tls-close) printf '%s\n' -H 'Connection: close' ;;
@@ -1034,7 +1047,11 @@ measure() {
 	fi
 	if [[ $p == cairn-log ]]; then log_lines=$(access_log_settled); fi
 	local js
-	js=$(sed -n 's/^CAIRN_BENCH //p' "$raw" | tail -n 1)
+	if [[ $kind == h2 ]]; then
+		js=$("$PY" "$BENCH_DIR/lib/h2load_summary.py" "$raw" "$DURATION" || true)
+	else
+		js=$(sed -n 's/^CAIRN_BENCH //p' "$raw" | tail -n 1)
+	fi
 	if [[ -z $js ]]; then
 		warn "$id/$p rep $rep: no wrk summary (see $raw)"
 		js=null
@@ -1072,14 +1089,14 @@ SCENARIOS+=("close-1k|close|/1k.bin|$CLOSE_CONNS|Connection: close (new connecti
 SCENARIOS+=("idle-1k|idle|/1k.bin|$IDLE_ACTIVE|$IDLE_CONNS idle keep-alive connections held open + $IDLE_ACTIVE active, 1 KiB object")
 SCENARIOS+=("gzip-32k|gzip|/text-32k.txt|$CONNS|HTTP/1.1 keep-alive, Accept-Encoding: gzip, 32 KiB compressible text")
 
-# HOOK: HTTP/2 scenarios. To be added with cairn's HTTP/2 support: h2load
-# (nghttp2-client, installed above) against h2c or TLS listeners, e.g.
-#   taskset -c CLIENT h2load -t T -c 64 -m 16 -D DURATION https://127.0.0.1:PORT/1k.bin
-# with `listen ... http2` on nginx and mod_http2 (Protocols h2 http/1.1) on httpd.
-# Append "h2-1k|h2|/1k.bin|64|HTTP/2 ..." to SCENARIOS and teach wrk_args and
-# measure the "h2" kind (h2load's output is parsed differently from wrk's).
+# HTTP/2 over TLS (ALPN h2): h2load with 16 connections x 10 streams, against
+# nginx's `listen ... ssl http2` and httpd's mod_http2 (Protocols h2 http/1.1)
+# on the same TLS ports as the tls-* scenarios.
 scenario_h2() {
-	:
+	local s
+	for s in 1k 256k; do
+		SCENARIOS+=("h2-$s|h2|/$s.bin|$H2_CONNS|HTTP/2 over TLS (h2load, $H2_CONNS connections x $H2_STREAMS streams), ${SIZE_LABEL[$s]} object")
+	done
 }
 
 # HOOK: TLS scenarios. To be added with cairn's TLS support: a self-signed

@@ -1086,3 +1086,79 @@ fn requests_with_bodies_over_tls_or_with_http2_off_do_not_upgrade() {
     let r = c.response(false).expect("an HTTP/1.1 answer");
     assert_eq!(r.status, 200);
 }
+
+/// GET `path` over h2c: (the 1xx responses' statuses and Link values, the
+/// final status, its Link values, its body).
+type Hinted = (Vec<(u16, Vec<String>)>, u16, Vec<String>, Vec<u8>);
+fn h2c_get_with_hints(addr: SocketAddr, path: &str) -> Hinted {
+    let links = |h: &http::HeaderMap| -> Vec<String> {
+        h.get_all("link")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    };
+    block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = h2_session(tcp).await.ready().await.unwrap();
+        let req = http::Request::builder()
+            .uri(format!("http://test.local{path}"))
+            .body(())
+            .unwrap();
+        let (mut resp, _) = c.send_request(req, true).unwrap();
+        let mut hints = Vec::new();
+        while let Some(r) = std::future::poll_fn(|cx| resp.poll_informational(cx)).await {
+            let r = r.unwrap();
+            hints.push((r.status().as_u16(), links(r.headers())));
+        }
+        let resp = resp.await.unwrap();
+        let (status, final_links) = (resp.status().as_u16(), links(resp.headers()));
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(d) = body.data().await {
+            got.extend_from_slice(&d.unwrap());
+        }
+        (hints, status, final_links, got)
+    })
+}
+
+#[test]
+fn early_hints_carry_the_preload_links_before_the_response_when_on() {
+    let origin = Origin::start(|_| {
+        Reply::Bytes(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nLink: </style.css>; rel=preload; as=style, </next>; rel=next\r\n\r\npage"
+                .to_vec(),
+        )
+    });
+    for on in [true, false] {
+        let dir = h2_dir(&origin, "Active");
+        edit_server_xml(
+            &dir,
+            "<Options>",
+            "<Options><OriginalHeader>ON</OriginalHeader>",
+        );
+        if on {
+            edit_server_xml(
+                &dir,
+                "<MaxConcurrentStream>100</MaxConcurrentStream>",
+                "<MaxConcurrentStream>100</MaxConcurrentStream><EarlyHints>ON</EarlyHints>",
+            );
+        }
+        let cairn = Cairn::start(dir, 1);
+        // A miss, then a hit: both hinted.
+        for round in ["miss", "hit"] {
+            let (hints, status, links, body) = h2c_get_with_hints(cairn.addr, "/page");
+            assert_eq!((status, &body[..]), (200, &b"page"[..]), "{round}");
+            assert_eq!(
+                links,
+                vec!["</style.css>; rel=preload; as=style, </next>; rel=next".to_string()],
+                "{round}: the final response keeps every link"
+            );
+            let want = if on {
+                vec![(103, vec!["</style.css>; rel=preload; as=style".to_string()])]
+            } else {
+                vec![]
+            };
+            assert_eq!(hints, want, "{round}, EarlyHints {on}");
+        }
+    }
+}

@@ -479,6 +479,8 @@ pub struct Http2Settings {
     pub stream_mem: u32,
     /// A connection with no open stream is closed after this (GOAWAY).
     pub keepalive_secs: u32,
+    /// 103 Early Hints with a response's `rel=preload` links (H2EarlyHints).
+    pub early_hints: bool,
 }
 
 impl Default for Http2Settings {
@@ -489,6 +491,7 @@ impl Default for Http2Settings {
             window: 65_535,
             stream_mem: 65_536,
             keepalive_secs: 10,
+            early_hints: false,
         }
     }
 }

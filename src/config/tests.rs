@@ -87,6 +87,7 @@ fn errors_name_file_and_line() {
         ("<Server/>".into(), "<Vhosts>\n<Vhost Name=\"a\"><Origin><Address>1.2.3.4</Address></Origin></Vhost>\n<Vhost Name=\"A\"><Origin><Address>1.2.3.4</Address></Origin></Vhost></Vhosts>".into(), "vhosts.xml", 3, "already used"),
         ("<Server/>".into(), "<Vhosts/>".into(), "vhosts.xml", 1, "no active"),
         ("<Config/>".into(), ok_vhost(""), "server.xml", 1, "expected <Server>"),
+        ("<Server><Cache><Http2 Status=\"Active\">\n<EarlyHints>yes</EarlyHints></Http2></Cache></Server>".into(), ok_vhost("<Origin><Address>1.2.3.4</Address></Origin>"), "server.xml", 2, "ON or OFF"),
         ("<Server/>".into(), ok_vhost("<Origin Protocol=\"FTP\"><Address>1.2.3.4</Address></Origin>"), "vhosts.xml", 3, "HTTP or HTTPS"),
         ("<Server/>".into(), ok_vhost("<Origin Protocol=\"HTTPS\"><Address>1.2.3.4</Address>\n<CA>/nonexistent/ca.pem</CA></Origin>"), "vhosts.xml", 4, "/nonexistent/ca.pem"),
         ("<Server/>".into(), ok_vhost("<Origin><Address>https://1.2.3.4</Address>\n<CA>/etc/passwd</CA></Origin>"), "vhosts.xml", 4, "no CERTIFICATE"),

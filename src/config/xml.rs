@@ -385,6 +385,15 @@ fn parse_http2(
             "ClientKeepAlive" => h.keepalive_secs = number(s, e, text(e), 1, 3600)?,
             "WindowSize" => h.window = number(s, e, text(e), 1024, 16 << 20)?,
             "StreamMaxMemSize" => h.stream_mem = number(s, e, text(e), 1024, 16 << 20)?,
+            "EarlyHints" => {
+                h.early_hints = match text(e).trim().to_ascii_uppercase().as_str() {
+                    "ON" => true,
+                    "OFF" => false,
+                    other => {
+                        return Err(s.err(e, format!("<EarlyHints> '{other}': expected ON or OFF")))
+                    }
+                }
+            }
             other => {
                 warnings.push(s.diag(e, format!("<Http2><{other}> is not supported; ignored")))
             }

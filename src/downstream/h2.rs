@@ -504,6 +504,7 @@ async fn serve_stream(
     let limits = shard.shared.limits;
     let (parts, mut recv) = req.into_parts();
     let mut ex = H2Exchange::new(slot, parts.method == http::Method::HEAD);
+    ex.early_hints = live.config.server.http2.early_hints;
     fn refused<'a>(
         facts: &'a ConnFacts,
         head: Option<&'a RequestHead>,
@@ -665,6 +666,73 @@ async fn read_body(
     Ok(charge.map(|c| (got.freeze(), c)))
 }
 
+/// The `rel=preload` links (RFC 8288) among a response's `Link` values, as one
+/// `Link` value for a 103 Early Hints (RFC 8297); `None` when there are none.
+/// Elements are split at commas outside `<…>` and quoted strings.
+fn preload_links<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for v in values {
+        let (mut start, mut angle, mut quoted) = (0, false, false);
+        for i in 0..=v.len() {
+            let split = match v.get(i) {
+                None => true,
+                Some(b'<') if !quoted => {
+                    angle = true;
+                    false
+                }
+                Some(b'>') if !quoted => {
+                    angle = false;
+                    false
+                }
+                Some(b'"') if !angle => {
+                    quoted = !quoted;
+                    false
+                }
+                Some(b',') => !angle && !quoted,
+                Some(_) => false,
+            };
+            if !split {
+                continue;
+            }
+            let link = crate::http1::headers::trim(&v[start..i]);
+            start = i + 1;
+            if is_preload(link) {
+                if !out.is_empty() {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(link);
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// `<uri>; …; rel="preload …"`: a `rel` parameter naming `preload`.
+fn is_preload(link: &[u8]) -> bool {
+    if !link.starts_with(b"<") {
+        return false;
+    }
+    let Some(end) = link.iter().position(|&b| b == b'>') else {
+        return false;
+    };
+    link[end + 1..].split(|&b| b == b';').any(|param| {
+        let param = crate::http1::headers::trim(param);
+        let Some(eq) = param.iter().position(|&b| b == b'=') else {
+            return false;
+        };
+        let (name, value) = (crate::http1::headers::trim(&param[..eq]), &param[eq + 1..]);
+        let value = crate::http1::headers::trim(value);
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        name.eq_ignore_ascii_case(b"rel")
+            && value
+                .split(|&b| b == b' ')
+                .any(|t| t.eq_ignore_ascii_case(b"preload"))
+    })
+}
+
 /// Fields HTTP/2 must not carry (RFC 9113 §8.2.2).
 fn connection_specific(name: &[u8]) -> bool {
     [
@@ -699,6 +767,8 @@ struct Slot {
 struct H2Exchange {
     slot: Rc<std::cell::RefCell<Slot>>,
     head_request: bool,
+    /// `<Http2><EarlyHints>`: a 103 with the preload links before the head.
+    early_hints: bool,
     state: State,
     sent: u64,
     head_len: u64,
@@ -709,6 +779,7 @@ impl H2Exchange {
         H2Exchange {
             slot,
             head_request,
+            early_hints: false,
             state: State::Fresh,
             sent: 0,
             head_len: 0,
@@ -757,6 +828,25 @@ impl Downstream for H2Exchange {
             self.abort();
             return Err(ClientGone);
         };
+        if self.early_hints && head.status >= 200 {
+            let links = head
+                .fields()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(b"link"))
+                .map(|(_, v)| v);
+            if let Some(links) = preload_links(links) {
+                let hints = http::HeaderValue::from_bytes(&links).ok().and_then(|v| {
+                    http::Response::builder()
+                        .status(103)
+                        .header(http::header::LINK, v)
+                        .body(())
+                        .ok()
+                });
+                if let Some(hints) = hints {
+                    // A refusal here leaves the final response to fail or not.
+                    let _ = self.slot.borrow_mut().respond.send_informational(hints);
+                }
+            }
+        }
         let end =
             self.head_request || head.body == BodyLen::Empty || head.body == BodyLen::Known(0);
         let sent = self.slot.borrow_mut().respond.send_response(resp, end);
@@ -866,6 +956,37 @@ impl Downstream for H2Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preload_links_for_early_hints() {
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (
+                &["</a.css>; rel=preload; as=style"],
+                Some("</a.css>; rel=preload; as=style"),
+            ),
+            (
+                &["</a.css>; rel=\"preload\"", "</n>; rel=next"],
+                Some("</a.css>; rel=\"preload\""),
+            ),
+            (
+                &["</a.css>; rel=preload, </n>; rel=next, </b.js>; rel=\"prefetch PRELOAD\""],
+                Some("</a.css>; rel=preload, </b.js>; rel=\"prefetch PRELOAD\""),
+            ),
+            // Commas inside the URI or a quoted string do not split.
+            (
+                &["</a,b.css>; rel=preload; title=\"x, y\""],
+                Some("</a,b.css>; rel=preload; title=\"x, y\""),
+            ),
+            (&["</n>; rel=next", "</p>; rel=preloaded"], None),
+            (&["rel=preload"], None),
+            (&["<unclosed; rel=preload"], None),
+            (&[""], None),
+        ];
+        for (values, want) in cases {
+            let got = preload_links(values.iter().map(|v| v.as_bytes()));
+            assert_eq!(got.as_deref(), want.map(str::as_bytes), "{values:?}");
+        }
+    }
 
     #[test]
     fn a_stream_becomes_an_http1_head_the_same_parser_checks() {
