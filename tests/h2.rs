@@ -747,7 +747,7 @@ fn hop_by_hop_fields_from_the_origin_never_reach_an_h2_client() {
 }
 
 #[test]
-fn streams_a_client_resets_while_they_are_served_are_counted_and_stop() {
+fn streams_a_client_resets_while_they_are_served_are_counted() {
     let origin = Origin::start(|r| {
         if r.path.starts_with("/slow") {
             std::thread::sleep(Duration::from_millis(1500));
@@ -1078,6 +1078,13 @@ fn requests_with_bodies_over_tls_or_with_http2_off_do_not_upgrade() {
     tls.send(format!("GET /t HTTP/1.1\r\nHost: test.local\r\n{UPGRADE}\r\n").as_bytes());
     let r = tls.response(false).expect("an HTTP/1.1 answer");
     assert_eq!((r.status, r.text()), (200, "GET 0 bytes".to_string()));
+    // HTTP/1 requests pipelined behind it: no switch, both answered.
+    let mut c = cairn.connect();
+    c.send(format!("GET /a HTTP/1.1\r\nHost: test.local\r\n{UPGRADE}\r\nGET /b HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes());
+    for want in ["GET 0 bytes", "GET 0 bytes"] {
+        let r = c.response(false).expect("an HTTP/1.1 answer");
+        assert_eq!((r.status, r.text()), (200, want.to_string()));
+    }
     // HTTP/2 off: the Upgrade is ignored.
     let off = h2_dir(&origin, "Inactive");
     let cairn_off = Cairn::start(off, 1);
@@ -1161,4 +1168,36 @@ fn early_hints_carry_the_preload_links_before_the_response_when_on() {
             assert_eq!(hints, want, "{round}, EarlyHints {on}");
         }
     }
+}
+
+#[test]
+fn declared_lengths_that_never_arrive_hold_one_window_of_the_body_budget_not_their_size() {
+    let origin = Origin::start(|r| ok(format!("{} {} bytes", r.method, r.body.len()).as_bytes()));
+    let dir = h2_dir(&origin, "Active");
+    add_cairn_settings(&dir, "<RequestBodyMemory>8MB</RequestBodyMemory>");
+    let cairn = Cairn::start(dir, 1);
+    // 16 streams declare 1 MiB each and send nothing: 16 MiB declared, twice
+    // the budget; they may hold 16 windows (1 MiB).
+    let posts: Vec<Vec<u8>> = (0..16u32)
+        .map(|i| {
+            let block = hpack(&[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "test.local"),
+                (":path", "/up"),
+                ("content-length", "1048576"),
+            ]);
+            frame(1, 0x4, 2 * i + 1, &block) // END_HEADERS, no END_STREAM
+        })
+        .collect();
+    let hog = raw_h2c(cairn.addr, &[], &posts);
+    std::thread::sleep(Duration::from_millis(500));
+    // Another client's upload is still taken.
+    let upload = vec![b'u'; 300_000];
+    let (status, _, body) = h2c_request(cairn.addr, "POST", "/up", &upload);
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).into_owned()),
+        (200, "POST 300000 bytes".to_string())
+    );
+    drop(hog);
 }

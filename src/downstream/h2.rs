@@ -464,11 +464,15 @@ async fn stream(
     let slot = Rc::new(std::cell::RefCell::new(Slot {
         respond,
         send: None,
+        local_reset: false,
     }));
     let work = serve_stream(shard, facts, certs, req, slot.clone());
     let reset = std::future::poll_fn(|cx| {
         let mut sl = slot.borrow_mut();
         let sl = &mut *sl;
+        if sl.local_reset {
+            return Poll::Pending; // the work ends by itself
+        }
         let r = match sl.send.as_mut() {
             Some(s) => s.poll_reset(cx),
             None => sl.respond.poll_reset(cx),
@@ -577,7 +581,8 @@ async fn serve_stream(
         }
         let keep = using == proxy::BodyUse::Forward;
         let timeout = live.config.server.request_timeout;
-        let read = read_body(shard, &mut recv, keep, declared, limits.max_body);
+        let window = u64::from(live.config.server.http2.window);
+        let read = read_body(shard, &mut recv, keep, declared, limits.max_body, window);
         let got = match tokio::time::timeout(timeout, read).await {
             Ok(r) => r,
             Err(_) => Err(ExchangeError::ClientTimeout),
@@ -636,32 +641,36 @@ async fn read_body(
     keep: bool,
     declared: Option<u64>,
     max_body: u64,
+    window: u64,
 ) -> Result<Option<(Bytes, Charge)>, ExchangeError> {
     let cap = MAX_H2_BODY.min(max_body);
-    // Memory is charged before it is allocated: a declared length that never
-    // arrives costs the budget, not unaccounted heap. A dropped body costs none.
+    // What the client may have in flight is charged before it can arrive: the
+    // received bytes plus one stream window (h2 buffers at most that before
+    // capacity is released), never more than the declared length. So a
+    // declared length that never arrives costs one window, not its size, and
+    // a dropped body costs nothing.
+    let limit = declared.unwrap_or(cap).min(cap);
     let mut charge = None;
-    let mut got = BytesMut::new();
     if keep {
         let mut c =
             Charge::memory(&shard.shared.bodies, 0).ok_or(crate::spool::SpoolError::Budget)?;
-        let want = declared.unwrap_or(0).min(cap);
-        c.grow_to(want)?;
-        got.reserve(want as usize);
+        c.grow_to(window.min(limit))?;
         charge = Some(c);
     }
+    let mut got = BytesMut::new();
     let mut seen = 0u64;
     while let Some(d) = recv.data().await {
         let d = d.map_err(|_| ExchangeError::ClientGone)?;
-        let _ = recv.flow_control().release_capacity(d.len());
         seen += d.len() as u64;
         if seen > max_body || (keep && seen > cap) {
             return Err(ExchangeError::RequestBodyTooLarge);
         }
         if let Some(c) = charge.as_mut() {
-            c.grow_to(seen)?;
+            // Charged before the window reopens for the next DATA.
+            c.grow_to((seen + window).min(limit).max(seen))?;
             got.extend_from_slice(&d);
         }
+        let _ = recv.flow_control().release_capacity(d.len());
     }
     Ok(charge.map(|c| (got.freeze(), c)))
 }
@@ -761,6 +770,9 @@ enum State {
 struct Slot {
     respond: h2::server::SendResponse<Bytes>,
     send: Option<h2::SendStream<Bytes>>,
+    /// cairn reset the stream itself: h2 reports that reset too, and it is
+    /// not the client's.
+    local_reset: bool,
 }
 
 /// One stream's response side of the seam.
@@ -788,6 +800,7 @@ impl H2Exchange {
 
     fn reset(&mut self, reason: h2::Reason) {
         let mut sl = self.slot.borrow_mut();
+        sl.local_reset = true;
         match sl.send.as_mut() {
             Some(s) => s.send_reset(reason),
             None => sl.respond.send_reset(reason),

@@ -118,6 +118,12 @@ pub fn upgrade_frame(head: &RequestHead) -> Option<Vec<u8>> {
         _ => return None,
     }
     let host = head.host()?;
+    // What HTTP/1 accepts but h2 would refuse (an empty Host, `a]b`) is
+    // answered over HTTP/1.1, not reset after the 101.
+    let path_ok = head.path() == b"*" || http::uri::PathAndQuery::try_from(head.path()).is_ok();
+    if http::uri::Authority::try_from(host).is_err() || !path_ok {
+        return None;
+    }
     let mut block = Vec::with_capacity(256);
     literal(&mut block, b":method", head.method());
     literal(&mut block, b":scheme", b"http");
@@ -203,6 +209,8 @@ mod tests {
             // Empty settings are valid (no entries).
             ("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: \r\n\r\n", true),
             ("OPTIONS * HTTP/1.1\r\nHost: a\r\n{UP}\r\n", true),
+            ("GET / HTTP/1.1\r\nHost: \r\n{UP}\r\n", false),
+            ("GET http://a/p HTTP/1.1\r\nHost: a\r\n{UP}\r\n", true),
         ];
         for (raw, want) in cases {
             let raw = raw.replace("{UP}", UP);

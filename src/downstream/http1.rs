@@ -352,7 +352,14 @@ pub async fn serve(
         };
         // h2c by Upgrade: plaintext only, with HTTP/2 on, for a request
         // without a body; it is then answered as stream 1.
-        if facts.tls.is_none() && shard.shared.live.load().config.server.http2.enabled {
+        // Pipelined HTTP/1 bytes after it would be lost to the switch: then
+        // no upgrade (only the start of the client's preface may follow).
+        let preface = crate::downstream::h2::PREFACE;
+        let only_preface = preface.starts_with(&rbuf[..rbuf.len().min(preface.len())]);
+        if facts.tls.is_none()
+            && only_preface
+            && shard.shared.live.load().config.server.http2.enabled
+        {
             if let Some(stream1) = crate::downstream::h2c::upgrade_frame(&head) {
                 let rbuf = std::mem::take(&mut rbuf);
                 Box::pin(upgrade_h2c(shard, conn, facts, certs, rbuf, stream1)).await;
