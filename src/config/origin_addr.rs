@@ -54,6 +54,12 @@ impl OriginAddr {
         };
         let (t, https) = match (scheme("https://"), scheme("http://")) {
             (Some(rest), _) => (rest, true),
+            // Plaintext where the vhost asks for TLS is refused, not quietly taken.
+            (_, Some(_)) if protocol == OriginProtocol::Https => {
+                return Err(format!(
+                    "origin address '{text}' is http:// under <Origin Protocol=\"HTTPS\">"
+                ))
+            }
             (_, Some(rest)) => (rest, false),
             _ => (t, protocol == OriginProtocol::Https),
         };
@@ -205,7 +211,7 @@ mod tests {
                 "www.test:80",
                 Some("www.test"),
             ),
-            ("http://10.0.0.1", Https, "10.0.0.1:80", "www.test", None),
+            ("http://10.0.0.1", Http, "10.0.0.1:80", "www.test", None),
             (
                 "https://localhost:9443",
                 Http,
@@ -215,6 +221,8 @@ mod tests {
             ),
             ("[::1]", Https, "[::1]:443", "www.test", Some("www.test")),
         ];
+        let refused = OriginAddr::parse("http://10.0.0.1", "www.test", Https).unwrap_err();
+        assert!(refused.contains("http:// under"), "{refused}");
         for &(text, proto, addr, host, sni) in cases {
             let o = OriginAddr::parse(text, "www.test", proto).unwrap();
             if !addr.is_empty() {

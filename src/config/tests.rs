@@ -88,6 +88,8 @@ fn errors_name_file_and_line() {
         ("<Server/>".into(), "<Vhosts/>".into(), "vhosts.xml", 1, "no active"),
         ("<Config/>".into(), ok_vhost(""), "server.xml", 1, "expected <Server>"),
         ("<Server><Cache><Http2 Status=\"Active\">\n<EarlyHints>yes</EarlyHints></Http2></Cache></Server>".into(), ok_vhost("<Origin><Address>1.2.3.4</Address></Origin>"), "server.xml", 2, "ON or OFF"),
+        ("<Server/>".into(), ok_vhost("<Origin Protocol=\"HTTPS\">\n<Address>http://1.2.3.4</Address></Origin>"), "vhosts.xml", 4, "http:// under"),
+        ("<Server/>".into(), ok_vhost("<Origin><Address>https://1.2.3.4</Address></Origin>\n<Origin><Address>https://1.2.3.5</Address><CA>/etc/ssl/certs/ca-certificates.crt</CA></Origin>"), "vhosts.xml", 4, "same <CA>"),
         ("<Server/>".into(), ok_vhost("<Origin Protocol=\"FTP\"><Address>1.2.3.4</Address></Origin>"), "vhosts.xml", 3, "HTTP or HTTPS"),
         ("<Server/>".into(), ok_vhost("<Origin Protocol=\"HTTPS\"><Address>1.2.3.4</Address>\n<CA>/nonexistent/ca.pem</CA></Origin>"), "vhosts.xml", 4, "/nonexistent/ca.pem"),
         ("<Server/>".into(), ok_vhost("<Origin><Address>https://1.2.3.4</Address>\n<CA>/etc/passwd</CA></Origin>"), "vhosts.xml", 4, "no CERTIFICATE"),
@@ -208,14 +210,17 @@ fn segments_are_sized_for_the_shard_count_unless_the_size_is_explicit() {
 #[test]
 fn https_origins_get_a_client_configuration_and_plain_ones_none() {
     let vhosts = r#"<Vhosts>
-  <Vhost Name="a.example"><Origin Protocol="HTTPS"><Address>10.0.0.1</Address><Address>http://10.0.0.2</Address></Origin></Vhost>
+  <Vhost Name="a.example"><Origin Protocol="HTTPS"><Address>10.0.0.1</Address></Origin><Origin><Address>http://10.0.0.2</Address></Origin></Vhost>
   <Vhost Name="b.example"><Origin><Address>10.0.0.3</Address></Origin></Vhost>
 </Vhosts>"#;
     let l = load("<Server/>", vhosts).unwrap();
     let a = &l.config.vhosts[0];
     assert_eq!(a.origins[0].addr.port(), 443);
     assert!(a.origins[0].tls_name.is_some());
-    assert!(a.origins[1].tls_name.is_none(), "http:// stays plain");
+    assert!(
+        a.origins[1].tls_name.is_none(),
+        "http:// in a plain <Origin> stays plain"
+    );
     let t = a.origin_tls.as_ref().expect("a client configuration");
     assert!(t.ca_file.is_none(), "the system's roots");
     assert!(l.config.vhosts[1].origin_tls.is_none());

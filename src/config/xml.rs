@@ -524,6 +524,7 @@ fn parse_origin(
         }
     };
     let mut ca = None;
+    let first = vh.origins.len();
     for a in elements(node) {
         match a.tag_name().name() {
             "Address" => vh
@@ -546,13 +547,27 @@ fn parse_origin(
             )),
         }
     }
-    let https = vh.origins.iter().any(|o| o.tls_name.is_some());
-    if https && (vh.origin_tls.is_none() || ca.is_some()) {
-        let at = ca.as_ref().map_or(node, |(n, _)| *n);
-        let t = super::tls::origin_tls(ca.as_ref().map(|(_, p)| p.as_path()))
-            .map_err(|e| s.err(at, format!("<Origin>: {e}")))?;
-        vh.origin_tls = Some(std::sync::Arc::new(t));
-    } else if let Some((n, _)) = ca.filter(|_| !https) {
+    let https = vh.origins[first..].iter().any(|o| o.tls_name.is_some());
+    let at = ca.as_ref().map_or(node, |(n, _)| *n);
+    let want = ca.as_ref().map(|(_, p)| p.clone());
+    match &vh.origin_tls {
+        // One trust per vhost: its pooled origin connections are keyed by it,
+        // so a second <Origin> may not trust others than the first.
+        Some(t) if https && t.ca_file != want => {
+            return Err(s.err(
+                at,
+                "<Origin>: every HTTPS <Origin> of a vhost must name the same <CA> (or none)",
+            ))
+        }
+        Some(_) => {}
+        None if https => {
+            let t = super::tls::origin_tls(want.as_deref())
+                .map_err(|e| s.err(at, format!("<Origin>: {e}")))?;
+            vh.origin_tls = Some(std::sync::Arc::new(t));
+        }
+        None => {}
+    }
+    if let Some((n, _)) = ca.filter(|_| !https) {
         warnings.push(s.diag(
             n,
             "<Origin><CA> is used only for HTTPS origins; no origin here is HTTPS",
