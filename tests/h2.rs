@@ -1201,3 +1201,71 @@ fn declared_lengths_that_never_arrive_hold_one_window_of_the_body_budget_not_the
     );
     drop(hog);
 }
+
+#[test]
+fn a_flood_of_resets_of_accepted_streams_gets_goaway_from_cairns_own_budget() {
+    let origin = Origin::start(|_| {
+        std::thread::sleep(Duration::from_secs(2));
+        ok(b"slow")
+    });
+    let dir = h2_dir(&origin, "Active");
+    let cairn = Cairn::start(dir, 1);
+    let addr = cairn.addr;
+    let ended = block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        // Batches of 100 streams for one URL, each accepted (one fill, 99
+        // followers waiting on the slow origin) before it is reset: h2's own
+        // guard, which counts resets of streams not yet accepted, never fires;
+        // cairn's budget (2 x 100 + 100 per 10 s) must, although the followers
+        // end when their reset leader fails the fill, before they see their
+        // own reset.
+        'batches: for _ in 0..6 {
+            let mut sends = Vec::new();
+            for _ in 0..100 {
+                let Ok(mut c) = client.clone().ready().await else {
+                    break 'batches;
+                };
+                let req = http::Request::builder()
+                    .uri("http://test.local/slow")
+                    .body(())
+                    .unwrap();
+                let Ok((resp, send)) = c.send_request(req, true) else {
+                    break 'batches;
+                };
+                sends.push((resp, send));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for (_, mut send) in sends {
+                send.send_reset(h2::Reason::CANCEL);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if conn.is_finished() {
+                break;
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .expect("the flooding connection is ended")
+            .unwrap()
+    });
+    let e = ended.expect_err("ended by the server");
+    assert!(
+        e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
+        "{e:?}"
+    );
+    cairn.signal("USR1");
+    let stats = cairn.wait_log("reset by clients while served");
+    let resets: u64 = stats
+        .split(" reset by clients while served")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(resets > 300, "{stats}");
+    assert!(
+        stats.contains("1 HTTP/2 connections ended by GOAWAY"),
+        "{stats}"
+    );
+}

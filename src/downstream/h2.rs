@@ -465,6 +465,7 @@ async fn stream(
         respond,
         send: None,
         local_reset: false,
+        client_reset: false,
     }));
     let work = serve_stream(shard, facts, certs, req, slot.clone());
     let reset = std::future::poll_fn(|cx| {
@@ -483,14 +484,20 @@ async fn stream(
             Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
         }
     });
-    tokio::select! {
+    let reset_seen = tokio::select! {
         biased;
-        _ = work => {}
-        _ = reset => {
-            ctl.client_resets.set(ctl.client_resets.get() + 1);
-            shard.stats().h2_client_resets.fetch_add(1, Relaxed);
+        // The work may end because of the reset (a follower whose reset
+        // leader failed the fill): still the client's reset, and counted.
+        _ = work => {
+            let mut sl = slot.borrow_mut();
+            sl.client_reset || sl.peer_reset()
         }
-        _ = ctl.gone() => {}
+        _ = reset => true,
+        _ = ctl.gone() => false,
+    };
+    if reset_seen {
+        ctl.client_resets.set(ctl.client_resets.get() + 1);
+        shard.stats().h2_client_resets.fetch_add(1, Relaxed);
     }
 }
 
@@ -773,6 +780,24 @@ struct Slot {
     /// cairn reset the stream itself: h2 reports that reset too, and it is
     /// not the client's.
     local_reset: bool,
+    /// The client had reset it when cairn gave up on it.
+    client_reset: bool,
+}
+
+impl Slot {
+    /// Whether the client has reset the stream, without waiting (and without
+    /// leaving a waker behind that anything relies on).
+    fn peer_reset(&mut self) -> bool {
+        if self.local_reset {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let r = match self.send.as_mut() {
+            Some(s) => s.poll_reset(&mut cx),
+            None => self.respond.poll_reset(&mut cx),
+        };
+        matches!(r, Poll::Ready(Ok(_)))
+    }
 }
 
 /// One stream's response side of the seam.
@@ -800,6 +825,9 @@ impl H2Exchange {
 
     fn reset(&mut self, reason: h2::Reason) {
         let mut sl = self.slot.borrow_mut();
+        if sl.peer_reset() {
+            sl.client_reset = true;
+        }
         sl.local_reset = true;
         match sl.send.as_mut() {
             Some(s) => s.send_reset(reason),
