@@ -1269,3 +1269,45 @@ fn a_flood_of_resets_of_accepted_streams_gets_goaway_from_cairns_own_budget() {
         "{stats}"
     );
 }
+
+#[test]
+fn the_http2_settings_of_an_upgrade_apply_to_stream_1() {
+    use std::io::{Read, Write};
+    let body = vec![b'w'; 200_000];
+    let served = body.clone();
+    let origin = Origin::start(move |_| ok(&served));
+    let dir = h2_dir(&origin, "Active");
+    let cairn = Cairn::start(dir, 1);
+    assert!(cairn.connect().get("/w").body == body);
+    let mut s = std::net::TcpStream::connect(cairn.addr).unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 100 in the header only; the client's own
+    // SETTINGS frame is empty.
+    s.write_all(b"GET /w HTTP/1.1\r\nHost: test.local\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAQAAABk\r\n\r\n").unwrap();
+    s.write_all(&raw_h2_start(&[], &[])).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 65536];
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        match s.read(&mut tmp) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(_) if !buf.is_empty() => break, // quiet: the window is used up
+            Err(_) => {}
+        }
+    }
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(buf.starts_with(b"HTTP/1.1 101 "));
+    let mut frames = &buf[head_end..];
+    let mut data = 0;
+    while frames.len() >= 9 {
+        let len = u32::from_be_bytes([0, frames[0], frames[1], frames[2]]) as usize;
+        let id = u32::from_be_bytes(frames[5..9].try_into().unwrap());
+        if frames[3] == 0 && id == 1 {
+            data += len;
+        }
+        frames = &frames[(9 + len).min(frames.len())..];
+    }
+    assert_eq!(data, 100, "stream 1 held to the header's 100-byte window");
+}

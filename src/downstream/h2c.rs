@@ -8,9 +8,10 @@
 //! body), spliced in right after the client's preface and first SETTINGS.
 //! Its fields are HPACK literals "without indexing", which leave the decoder's
 //! dynamic table as the client's encoder expects it (untouched). The
-//! `HTTP2-Settings` values are checked but not applied: the client's own
-//! SETTINGS frame, which must come first after the preface, carries them and
-//! is read before stream 1.
+//! `HTTP2-Settings` values (RFC 7540 §3.2.1) are put in front of the entries of
+//! the client's first SETTINGS frame: h2 applies them before stream 1, the
+//! client's own entries override them, and the client gets the one ACK it
+//! waits for (the 101 acknowledges the header's values).
 
 use crate::http1::headers::{connection_names, tokens};
 use crate::http1::request::{Framing, RequestHead, Version};
@@ -70,29 +71,70 @@ pub fn first_frame(after_preface: &[u8]) -> FirstFrame {
     FirstFrame::Settings(9 + len)
 }
 
-/// True for one well-formed `HTTP2-Settings` value: base64url (token68) of a
-/// SETTINGS payload, whole 6-byte entries.
-fn settings_value_ok(v: &[u8]) -> bool {
+/// The SETTINGS payload in one `HTTP2-Settings` value: base64url (token68),
+/// padding optional, whole 6-byte entries, at most 64 of them.
+fn decode_settings(v: &[u8]) -> Option<Vec<u8>> {
     let v = v
         .strip_suffix(b"==")
         .or_else(|| v.strip_suffix(b"="))
         .unwrap_or(v);
-    let chars = v
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    // Unpadded base64: 4 characters per 3 bytes; a remainder of 1 is impossible.
-    if !chars || v.len() % 4 == 1 {
-        return false;
+    if v.len() % 4 == 1 || v.len() > 4 * 6 * 64 / 3 + 3 {
+        return None;
     }
-    let bytes = v.len() / 4 * 3 + [0, 0, 1, 2][v.len() % 4];
-    bytes.is_multiple_of(6) && bytes <= 6 * 64
+    let digit = |b: u8| -> Option<u32> {
+        Some(match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(v.len() * 3 / 4);
+    for chunk in v.chunks(4) {
+        let mut n = 0u32;
+        for (i, &b) in chunk.iter().enumerate() {
+            n |= digit(b)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    (out.len().is_multiple_of(6) && out.len() <= 6 * 64).then_some(out)
+}
+
+/// An upgrade's HTTP/2 side: the header's settings and the replayed request.
+#[derive(Debug)]
+pub struct Upgrade {
+    /// The decoded `HTTP2-Settings` entries (a SETTINGS payload).
+    pub settings: Vec<u8>,
+    /// The HEADERS frame for stream 1.
+    pub stream1: Vec<u8>,
+}
+
+impl Upgrade {
+    /// The client's first SETTINGS frame (`client`, whole) with the header's
+    /// entries in front; the client's alone if both would not fit one frame.
+    pub fn merged_settings(&self, client: &[u8]) -> Vec<u8> {
+        let payload = &client[9..];
+        if self.settings.len() + payload.len() > MAX_FRAME {
+            return client.to_vec();
+        }
+        let len = (self.settings.len() + payload.len()) as u32;
+        let mut f = Vec::with_capacity(9 + len as usize);
+        f.extend_from_slice(&len.to_be_bytes()[1..]);
+        f.extend_from_slice(&[4, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(&self.settings);
+        f.extend_from_slice(payload);
+        f
+    }
 }
 
 /// The HEADERS frame (stream 1, END_STREAM | END_HEADERS) that replays `head`,
 /// when `head` asks to upgrade to h2c and may: HTTP/1.1, `Upgrade: h2c`,
 /// `Connection` naming `Upgrade` and `HTTP2-Settings`, exactly one valid
 /// `HTTP2-Settings`, no body and no `Expect`. `None` serves it as HTTP/1.1.
-pub fn upgrade_frame(head: &RequestHead) -> Option<Vec<u8>> {
+pub fn upgrade_frame(head: &RequestHead) -> Option<Upgrade> {
     if head.version != Version::Http11
         || !matches!(head.framing, Framing::None | Framing::Length(0))
         || head.expect_continue
@@ -112,11 +154,11 @@ pub fn upgrade_frame(head: &RequestHead) -> Option<Vec<u8>> {
     if !conn(b"upgrade") || !conn(b"http2-settings") {
         return None;
     }
-    let mut settings = all(b"http2-settings");
-    match (settings.next(), settings.next()) {
-        (Some(v), None) if settings_value_ok(v) => {}
+    let mut values = all(b"http2-settings");
+    let settings = match (values.next(), values.next()) {
+        (Some(v), None) => decode_settings(v)?,
         _ => return None,
-    }
+    };
     let host = head.host()?;
     // What HTTP/1 accepts but h2 would refuse (an empty Host, `a]b`) is
     // answered over HTTP/1.1, not reset after the 101.
@@ -144,7 +186,10 @@ pub fn upgrade_frame(head: &RequestHead) -> Option<Vec<u8>> {
     // HEADERS, END_STREAM | END_HEADERS, stream 1.
     frame.extend_from_slice(&[1, 0x5, 0, 0, 0, 1]);
     frame.extend_from_slice(&block);
-    Some(frame)
+    Some(Upgrade {
+        settings,
+        stream1: frame,
+    })
 }
 
 /// An HPACK "literal header field without indexing — new name" (RFC 7541
@@ -227,7 +272,7 @@ mod tests {
         let h = head(
             "GET /p?q=1 HTTP/1.1\r\nHost: test.local:8080\r\nX-Secret: s\r\nConnection: Upgrade, HTTP2-Settings, X-Secret\r\nAccept: */*\r\nKeep-Alive: 5\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n\r\n",
         );
-        let f = upgrade_frame(&h).unwrap();
+        let f = upgrade_frame(&h).unwrap().stream1;
         assert_eq!(&f[3..9], &[1, 0x5, 0, 0, 0, 1]);
         assert_eq!(
             f.len() - 9,
@@ -255,6 +300,49 @@ mod tests {
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
         assert_eq!(fields, want);
+    }
+
+    #[test]
+    fn http2_settings_values_decode_as_base64url() {
+        // SETTINGS_MAX_CONCURRENT_STREAMS = 100, SETTINGS_INITIAL_WINDOW_SIZE = 10485760.
+        let want = [0, 3, 0, 0, 0, 100, 0, 4, 0, 0xa0, 0, 0];
+        assert_eq!(
+            decode_settings(b"AAMAAABkAAQAoAAA").as_deref(),
+            Some(&want[..])
+        );
+        assert_eq!(decode_settings(b"").as_deref(), Some(&[][..]));
+        assert_eq!(decode_settings(b"AAMAAABk").as_deref(), Some(&want[..6]));
+        for bad in [
+            &b"AAMAAAB"[..],
+            b"AA+AAABk",
+            b"AAMAAABkA",
+            b"AAMA",
+            b"AA/AAABk",
+        ] {
+            assert_eq!(
+                decode_settings(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let too_many = "AAMAAABk".repeat(65);
+        assert_eq!(decode_settings(too_many.as_bytes()), None);
+    }
+
+    #[test]
+    fn the_header_settings_go_in_front_of_the_clients_own() {
+        let up = Upgrade {
+            settings: vec![0, 1, 0, 0, 0, 0],
+            stream1: Vec::new(),
+        };
+        let client = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let merged = up.merged_settings(&client);
+        assert_eq!(
+            merged,
+            [0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]
+        );
+        assert_eq!(first_frame(&merged), FirstFrame::Settings(21));
     }
 
     #[test]

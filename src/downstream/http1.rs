@@ -360,9 +360,9 @@ pub async fn serve(
             && only_preface
             && shard.shared.live.load().config.server.http2.enabled
         {
-            if let Some(stream1) = crate::downstream::h2c::upgrade_frame(&head) {
+            if let Some(up) = crate::downstream::h2c::upgrade_frame(&head) {
                 let rbuf = std::mem::take(&mut rbuf);
-                Box::pin(upgrade_h2c(shard, conn, facts, certs, rbuf, stream1)).await;
+                Box::pin(upgrade_h2c(shard, conn, facts, certs, rbuf, up)).await;
                 return;
             }
         }
@@ -444,15 +444,16 @@ pub async fn serve(
 }
 
 /// Sends the 101, reads the client's preface and first SETTINGS (bounded by
-/// the request timeout and one frame's size), splices the upgrading request in
-/// after them as stream 1, and serves the connection as HTTP/2.
+/// the request timeout and one frame's size), puts the `HTTP2-Settings` entries
+/// in front of that frame's, splices the upgrading request in after it as
+/// stream 1, and serves the connection as HTTP/2.
 async fn upgrade_h2c(
     shard: Rc<ShardCtx>,
     conn: Conn,
     facts: ConnFacts,
     certs: Option<Arc<crate::config::tls::CertSet>>,
     mut rbuf: BytesMut,
-    stream1: Vec<u8>,
+    up: crate::downstream::h2c::Upgrade,
 ) {
     use crate::downstream::h2c;
     let timeout = shard.shared.live.load().config.server.request_timeout;
@@ -491,7 +492,10 @@ async fn upgrade_h2c(
         }
     };
     let rest = rbuf.split_off(settings_end);
-    rbuf.extend_from_slice(&stream1);
+    let settings = up.merged_settings(&rbuf[preface.len()..]);
+    rbuf.truncate(preface.len());
+    rbuf.extend_from_slice(&settings);
+    rbuf.extend_from_slice(&up.stream1);
     rbuf.extend_from_slice(&rest);
     Box::pin(crate::downstream::h2::serve(
         shard, conn, facts, certs, rbuf,
