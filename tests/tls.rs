@@ -578,8 +578,11 @@ fn a_tls_origin_that_closes_without_close_notify_has_its_body_relayed_as_truncat
     let config = origin_tls_config(&pki, &["test.local"]);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
     std::thread::spawn(move || {
         for tcp in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let conn = rustls::ServerConnection::new(config.clone()).unwrap();
             let mut s = rustls::StreamOwned::new(conn, tcp);
             let mut buf = [0u8; 4096];
@@ -595,16 +598,21 @@ fn a_tls_origin_that_closes_without_close_notify_has_its_body_relayed_as_truncat
         }
     });
     let cairn = Cairn::start(https_origin_dir(&format!("https://{addr}"), "", &pki), 1);
-    let mut tcp = TcpStream::connect(cairn.addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    tcp.write_all(b"GET /t HTTP/1.1\r\nHost: test.local\r\n\r\n")
-        .unwrap();
-    let mut got = Vec::new();
-    let _ = tcp.read_to_end(&mut got);
-    let got = String::from_utf8_lossy(&got);
-    assert!(got.contains("part of a bo"), "{got}");
-    // Relayed chunked: a complete body would end with the last chunk.
-    assert!(got.contains("Transfer-Encoding: chunked"), "{got}");
-    assert!(!got.ends_with("0\r\n\r\n"), "relayed as complete: {got}");
+    // Twice: the truncated body was not stored, so the second request goes to
+    // the origin again.
+    for round in 1..=2 {
+        let mut tcp = TcpStream::connect(cairn.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tcp.write_all(b"GET /t HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tcp.read_to_end(&mut got);
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.contains("part of a bo"), "{got}");
+        // Relayed chunked: a complete body would end with the last chunk.
+        assert!(got.contains("Transfer-Encoding: chunked"), "{got}");
+        assert!(!got.ends_with("0\r\n\r\n"), "relayed as complete: {got}");
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), round);
+    }
     cairn.wait_log("close_notify");
 }
