@@ -1,6 +1,6 @@
 //! The response head as the request path builds it: status, fields and body
 //! length, with no protocol's bytes in it. Header policy and rules edit it; the
-//! downstream renders it (HTTP/1 status line and lines, later an HTTP/2 HEADERS
+//! downstream renders it (HTTP/1 status line and lines, or an HTTP/2 HEADERS
 //! frame) only when it is sent.
 //!
 //! Fields stored with a cached object arrive as the block of `Name: value\r\n`

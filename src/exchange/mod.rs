@@ -1,7 +1,7 @@
 //! One exchange, whatever the protocol: the request's facts ([`Request`]), the
 //! structured response head ([`Head`]), the client side as a seam
-//! ([`Downstream`]), and why an exchange failed ([`ExchangeError`]). HTTP/1.1
-//! implements the seam today (`downstream::http1`); HTTP/2 plugs in beside it.
+//! ([`Downstream`]), and why an exchange failed ([`ExchangeError`]). HTTP/1.x
+//! (`downstream::http1`) and HTTP/2 (`downstream::h2`) implement the seam.
 
 pub mod error;
 pub mod head;
