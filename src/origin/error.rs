@@ -11,7 +11,7 @@ pub enum OriginError {
     #[error("connect failed: {0}")]
     Connect(std::io::Error),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(TlsFailure),
     #[error("sending the request failed: {0}")]
     Send(String),
     #[error("no response within ReceiveTimeout ({0}s)")]
@@ -22,6 +22,18 @@ pub enum OriginError {
     BadHead(ResponseError),
     #[error("the body broke off: {0}")]
     BodyBroken(String),
+}
+
+/// Why TLS to an HTTPS origin failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFailure {
+    /// A loader bug: an HTTPS address without the vhost's client configuration.
+    #[error("no TLS client configuration")]
+    NoClientConfig,
+    /// The handshake failed after the TCP connect: untrusted or wrong-name
+    /// certificate, an alert, or the origin closing mid-handshake.
+    #[error("handshake failed: {0}")]
+    Handshake(std::io::Error),
 }
 
 impl OriginError {

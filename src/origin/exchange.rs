@@ -3,6 +3,7 @@
 //! chunks as they arrive. The connection goes back to the shard's pool when the
 //! body ended cleanly.
 
+use super::error::TlsFailure;
 use super::{OriginError, PoolKey, Upstreams};
 use crate::config::{OriginAddr, Vhost};
 use crate::http1::{response, BodyDecoder, Decoded, ResponseHead};
@@ -184,7 +185,7 @@ async fn attempt(
         (Some(name), Some(t)) => Some((name, t)),
         // The loader sets origin_tls whenever an address is HTTPS.
         (Some(_), None) => {
-            let e = OriginError::Tls("no TLS client configuration".into());
+            let e = OriginError::Tls(TlsFailure::NoClientConfig);
             log::error!("{label}: {e} -> 502");
             return Err(e);
         }
@@ -301,9 +302,8 @@ async fn connect(
     let left = timeout.saturating_sub(start.elapsed());
     match conn.connect_tls(t.client.clone(), name.clone(), left).await {
         Ok(c) => Ok(c),
-        Err(IoError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-            Err(Connect::Tls(OriginError::Tls(e.to_string())))
-        }
+        // Past the TCP connect, any failure but the deadline is the handshake's.
+        Err(IoError::Io(e)) => Err(Connect::Tls(OriginError::Tls(TlsFailure::Handshake(e)))),
         Err(e) => Err(Connect::Io(e)),
     }
 }
