@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("timespec", timespec),
     ("config", config),
     ("record", record),
+    ("h2c", h2c),
 ];
 
 /// Upper bound on loop iterations per input (pipelined requests, body steps).
@@ -504,6 +505,42 @@ fn scan(seg: &[u8]) {
         if let Some(m) = Meta::decode(&rec[h.meta_range()]) {
             let _ = (m.status, m.times.is_fresh(0), m.etag.len(), m.head.len());
         }
+    }
+}
+
+/// h2c by Upgrade and the HTTP/2 bits parsed from the network beside it: an
+/// HTTP/1 head (which may ask to upgrade), then, after a blank line, bytes taken
+/// as the client's first frame and as `Link` values (one per line).
+pub fn h2c(data: &[u8]) {
+    use crate::downstream::h2c::{first_frame, upgrade_frame, FirstFrame};
+    let split = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(data.len(), |i| i + 4);
+    let (head, rest) = data.split_at(split);
+    if let Ok(Some(h)) = request::parse(&mut BytesMut::from(head), &Limits::default()) {
+        if let Some(up) = upgrade_frame(&h) {
+            let f = &up.stream1;
+            assert_eq!(
+                f.len() - 9,
+                u32::from_be_bytes([0, f[0], f[1], f[2]]) as usize
+            );
+            assert!(f.len() - 9 <= 16_384, "one frame");
+            assert!(up.settings.len() % 6 == 0);
+            if let FirstFrame::Settings(n) = first_frame(rest) {
+                let merged = up.merged_settings(&rest[..n]);
+                assert!(
+                    matches!(first_frame(&merged), FirstFrame::Settings(m) if m == merged.len())
+                );
+            }
+        }
+    }
+    if let FirstFrame::Settings(n) = first_frame(rest) {
+        assert!(n >= 9 && n <= rest.len());
+    }
+    let links = crate::downstream::h2::preload_links(rest.split(|&b| b == b'\n'));
+    if let Some(l) = links {
+        assert!(!l.is_empty());
     }
 }
 

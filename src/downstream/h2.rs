@@ -685,7 +685,7 @@ async fn read_body(
 /// The `rel=preload` links (RFC 8288) among a response's `Link` values, as one
 /// `Link` value for a 103 Early Hints (RFC 8297); `None` when there are none.
 /// Elements are split at commas outside `<…>` and quoted strings.
-fn preload_links<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+pub(crate) fn preload_links<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     for v in values {
         let (mut start, mut angle, mut quoted) = (0, false, false);
