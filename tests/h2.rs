@@ -425,19 +425,23 @@ fn a_rapid_reset_flood_gets_goaway_and_is_counted_while_others_are_served() {
             .expect("the flooding connection is ended")
             .unwrap()
     });
-    // The server ends it: GOAWAY ENHANCE_YOUR_CALM, which the flooding client
-    // may only see as the closed socket under its next write.
-    let e = ended.expect_err("ended by the server");
-    assert!(
-        e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
-        "{e:?}"
-    );
+    assert_calmed(ended);
     // The shard serves everyone else.
     let (status, _, body) = h2c_request(addr, "GET", "/r", b"");
     assert_eq!((status, &body[..]), (200, &b"hit me"[..]));
     cairn.signal("USR1");
     let stats = cairn.wait_log("ended by GOAWAY");
     assert!(!stats.contains(" 0 HTTP/2 connections ended"), "{stats}");
+}
+
+/// The server ended the flooding connection: GOAWAY ENHANCE_YOUR_CALM, which
+/// the flooding client may only see as the closed socket under its next write.
+fn assert_calmed(ended: Result<(), h2::Error>) {
+    let e = ended.expect_err("ended by the server");
+    assert!(
+        e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
+        "{e:?}"
+    );
 }
 
 /// A raw HTTP/2 frame.
@@ -1250,11 +1254,7 @@ fn a_flood_of_resets_of_accepted_streams_gets_goaway_from_cairns_own_budget() {
             .expect("the flooding connection is ended")
             .unwrap()
     });
-    let e = ended.expect_err("ended by the server");
-    assert!(
-        e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
-        "{e:?}"
-    );
+    assert_calmed(ended);
     cairn.signal("USR1");
     let stats = cairn.wait_log("reset by clients while served");
     let resets: u64 = stats

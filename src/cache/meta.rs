@@ -76,10 +76,12 @@ pub fn kept_headers(resp: &ResponseHead, policy: HeaderPolicy) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     // Fields the origin's `Connection` names describe its hop only (RFC 9110
     // §7.6.1): never stored, so never served.
-    let listed = |n: &[u8]| {
-        resp.headers()
-            .any(|(c, v)| c.eq_ignore_ascii_case(b"connection") && connection_names(v, n))
-    };
+    let connection: Vec<&[u8]> = resp
+        .headers()
+        .filter(|(c, _)| c.eq_ignore_ascii_case(b"connection"))
+        .map(|(_, v)| v)
+        .collect();
+    let listed = |n: &[u8]| connection.iter().any(|v| connection_names(v, n));
     for (n, v) in resp.headers() {
         if policy.keeps(n) && !listed(n) {
             out.extend_from_slice(n);

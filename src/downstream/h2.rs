@@ -8,7 +8,7 @@
 //! that drops them never progresses: tokio-uring issue 318).
 
 use crate::config::tls::CertSet;
-use crate::context::ShardCtx;
+use crate::context::{Live, ShardCtx};
 use crate::exchange::{
     BodyLen, ClientGone, ConnFacts, Downstream, ExchangeError, Head, Protocol, Request,
 };
@@ -501,6 +501,25 @@ async fn stream(
     }
 }
 
+/// Answers a stream cairn will not serve (its log line included).
+async fn refuse(
+    shard: &ShardCtx,
+    live: &Live,
+    facts: &ConnFacts,
+    head: Option<&RequestHead>,
+    received: std::time::Instant,
+    ex: &mut H2Exchange,
+    e: ExchangeError,
+) {
+    let r = Refused {
+        conn: facts,
+        head,
+        protocol: Protocol::H2,
+        received,
+    };
+    Box::pin(proxy::refuse(shard, live, &r, ex, e)).await;
+}
+
 /// Its head checked as HTTP/1's is (route, 421) before any body is read; the
 /// body read whole (within the budget) or dropped; then served.
 async fn serve_stream(
@@ -516,18 +535,6 @@ async fn serve_stream(
     let (parts, mut recv) = req.into_parts();
     let mut ex = H2Exchange::new(slot, parts.method == http::Method::HEAD);
     ex.early_hints = live.config.server.http2.early_hints;
-    fn refused<'a>(
-        facts: &'a ConnFacts,
-        head: Option<&'a RequestHead>,
-        received: std::time::Instant,
-    ) -> Refused<'a> {
-        Refused {
-            conn: facts,
-            head,
-            protocol: Protocol::H2,
-            received,
-        }
-    }
     let has_body = !recv.is_end_stream();
     // The declared length (h2 holds DATA to it), for the first look at the head.
     let declared: Option<u64> = parts
@@ -559,14 +566,7 @@ async fn serve_stream(
     let head = match first {
         Ok(h) => h,
         Err(e) => {
-            Box::pin(proxy::refuse(
-                shard,
-                &live,
-                &refused(&facts, None, received),
-                &mut ex,
-                e,
-            ))
-            .await;
+            refuse(shard, &live, &facts, None, received, &mut ex, e).await;
             return;
         }
     };
@@ -582,8 +582,7 @@ async fn serve_stream(
             _ => None,
         };
         if let Some(e) = refusal {
-            let r = refused(&facts, Some(&head), received);
-            Box::pin(proxy::refuse(shard, &live, &r, &mut ex, e)).await;
+            refuse(shard, &live, &facts, Some(&head), received, &mut ex, e).await;
             return;
         }
         let keep = using == proxy::BodyUse::Forward;
@@ -598,8 +597,7 @@ async fn serve_stream(
             Ok(Some((b, c))) => body = Some((b, c)),
             Ok(None) => {}
             Err(e) => {
-                let r = refused(&facts, Some(&head), received);
-                Box::pin(proxy::refuse(shard, &live, &r, &mut ex, e)).await;
+                refuse(shard, &live, &facts, Some(&head), received, &mut ex, e).await;
                 return;
             }
         }
@@ -618,14 +616,7 @@ async fn serve_stream(
         Ok(h) => h,
         Err(_) => {
             let e = ExchangeError::Internal("an HTTP/2 head did not parse twice");
-            Box::pin(proxy::refuse(
-                shard,
-                &live,
-                &refused(&facts, None, received),
-                &mut ex,
-                e,
-            ))
-            .await;
+            refuse(shard, &live, &facts, None, received, &mut ex, e).await;
             return;
         }
     };
