@@ -36,6 +36,8 @@ pub struct ShardStats {
     /// version, no common suite) or ran past their deadline.
     pub tls_handshakes: AtomicU64,
     pub tls_failures: AtomicU64,
+    /// Handshakes whose session went to the kernel's TLS (kTLS).
+    pub tls_kernel: AtomicU64,
     /// HTTP/2 connections ended by a protocol error or a flood (Rapid Reset,
     /// CONTINUATION, too many errors): h2 sent GOAWAY.
     pub h2_goaways: AtomicU64,

@@ -224,7 +224,7 @@ fn run(args: &Args) -> Result<()> {
     let tls: Vec<bool> = config.listeners.iter().map(|g| g.tls.is_some()).collect();
     if tls.contains(&true) {
         if cairn::net::tls::ktls_available() {
-            log::info!("TLS: the kernel has kTLS (tls ULP), but cairn does not hand sessions to it yet: rustls builds the records");
+            log::info!("TLS: the kernel has kTLS (tls ULP): AES-GCM and ChaCha20 sessions go to it after the handshake (KTLS=\"OFF\" on <Https> keeps rustls)");
         } else {
             log::info!("TLS: no kernel TLS (tls ULP) here: rustls builds the records");
         }
@@ -298,11 +298,12 @@ fn reload(args: &Args, shared: &Shared) {
 fn log_stats(shared: &Shared) {
     for (i, s) in shared.stats.iter().enumerate() {
         log::info!(
-            "shard {i}: {} connections ({} refused), {} TLS handshakes ({} failed), {} HTTP/2 connections ended by GOAWAY for errors or floods ({} streams reset as malformed, {} reset by clients while served), {} live sessions, {} requests, {} origin connects ({} failures), {} restarts, {} log lines ({} dropped)",
+            "shard {i}: {} connections ({} refused), {} TLS handshakes ({} failed, {} handed to kTLS), {} HTTP/2 connections ended by GOAWAY for errors or floods ({} streams reset as malformed, {} reset by clients while served), {} live sessions, {} requests, {} origin connects ({} failures), {} restarts, {} log lines ({} dropped)",
             s.connections.load(Relaxed),
             s.refused.load(Relaxed),
             s.tls_handshakes.load(Relaxed),
             s.tls_failures.load(Relaxed),
+            s.tls_kernel.load(Relaxed),
             s.h2_goaways.load(Relaxed),
             s.h2_stream_errors.load(Relaxed),
             s.h2_client_resets.load(Relaxed),

@@ -616,3 +616,57 @@ fn a_tls_origin_that_closes_without_close_notify_has_its_body_relayed_as_truncat
     }
     cairn.wait_log("close_notify");
 }
+
+/// Does this kernel have the `tls` ULP (kTLS)? The build machine does not.
+fn kernel_has_tls_ulp() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
+        .is_ok_and(|s| s.split_whitespace().any(|u| u == "tls"))
+}
+
+#[test]
+fn without_the_kernels_tls_rustls_serves_and_ktls_off_or_on_is_checked() {
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let served = body.clone();
+    let origin = Origin::start(move |_| ok(&served));
+    let pki = Pki::new();
+    // A value that is neither ON nor OFF is a config error naming the line.
+    let bad = tls_dir(&origin, &https_block("site", r#"KTLS="maybe""#), false, "");
+    pki.leaf(&bad, "site", &["test.local"], None);
+    let out = check(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("server.xml:") && err.contains(r#"KTLS="maybe""#),
+        "{err}"
+    );
+    for attrs in ["", r#"KTLS="OFF""#] {
+        let dir = tls_dir(&origin, &https_block("site", attrs), false, "");
+        pki.leaf(&dir, "site", &["test.local"], None);
+        let cairn = Cairn::start(dir, 1);
+        // The start log says which records are used.
+        let said = match kernel_has_tls_ulp() {
+            true => cairn.wait_log("the kernel has kTLS"),
+            false => cairn.wait_log("no kernel TLS (tls ULP) here: rustls builds the records"),
+        };
+        assert!(!said.is_empty());
+        for versions in [tls13(), vec![&rustls::version::TLS12]] {
+            let mut c = tls_connect(
+                cairn.https[0],
+                client_config(pki.roots(), &versions, true),
+                "test.local",
+            );
+            // A miss, then a hit from the mapping, on one connection.
+            assert_eq!(get(&mut c, "test.local", "/k").body, body, "{attrs}");
+            assert_eq!(get(&mut c, "test.local", "/k").body, body, "{attrs}");
+        }
+        cairn.signal("USR1");
+        let stats = cairn.wait_log("handed to kTLS");
+        // Sessions go to the kernel only where it has the ULP and KTLS is ON.
+        let handed = kernel_has_tls_ulp() && attrs.is_empty();
+        assert_eq!(
+            stats.contains("(0 failed, 0 handed to kTLS)"),
+            !handed,
+            "{attrs}: {stats}"
+        );
+    }
+}

@@ -26,6 +26,8 @@ pub struct HttpsBlock {
     pub tls13: bool,
     /// TLS 1.2 suites from `CipherSuite`; `None`: rustls's defaults.
     pub suites: Option<Vec<SupportedCipherSuite>>,
+    /// `KTLS="ON"` (the default): sessions go to the kernel's TLS where it has it.
+    pub ktls: bool,
     /// Where the block is, for messages (`server.xml:12`).
     pub place: String,
 }
@@ -44,6 +46,7 @@ impl PartialEq for HttpsBlock {
             && self.ca_file == o.ca_file
             && self.tls12 == o.tls12
             && self.tls13 == o.tls13
+            && self.ktls == o.ktls
             && names(&self.suites) == names(&o.suites)
     }
 }
@@ -234,6 +237,8 @@ pub fn server_config(
     // Stateless resumption tickets, with one key set for the process: resumption
     // needs no shared session cache and survives a reload.
     cfg.ticketer = ticketer()?;
+    // Only where the keys can go somewhere: the kernel's TLS (net::ktls).
+    cfg.enable_secret_extraction = first.ktls && crate::net::tls::ktls_available();
     Ok(Arc::new(cfg))
 }
 

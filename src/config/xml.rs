@@ -323,11 +323,13 @@ fn tls_groups(
         }
         for &b in &blocks[1..] {
             let o = &server.https[b];
-            if (o.tls12, o.tls13) != (first.tls12, first.tls13) || o.suites != first.suites {
+            if (o.tls12, o.tls13, o.ktls) != (first.tls12, first.tls13, first.ktls)
+                || o.suites != first.suites
+            {
                 warnings.push(diag(
                     &o.place,
                     format!(
-                        "<Https> on {addr}: its protocol and CipherSuite settings are not applied; \
+                        "<Https> on {addr}: its protocol, CipherSuite and KTLS settings are not applied; \
                          the address uses those of the first block ({})",
                         first.place
                     ),
@@ -440,8 +442,10 @@ fn parse_https(
     let loaded = super::tls::load_key(&cert, &key, ca.as_deref())
         .map_err(|e| s.err(node, format!("<Https>: {e}")))?;
     let switch = |name: &str, default: bool| -> Result<bool, ConfigError> {
-        node.attribute(name)
-            .map_or(Ok(default), |v| on_off_str(s, node, v))
+        node.attribute(name).map_or(Ok(default), |v| {
+            on_off_str(s, node, v)
+                .map_err(|_| s.err(node, format!("<Https {name}=\"{v}\">: expected ON or OFF")))
+        })
     };
     let tls13 = switch("TLS1.3", true)?;
     let tls12 = switch("TLS1.2", true)?;
@@ -465,6 +469,7 @@ fn parse_https(
             "<Https FS=\"OFF\">: every suite cairn offers has forward secrecy; kept",
         ));
     }
+    let ktls = switch("KTLS", true)?;
     let suites = match node.attribute("CipherSuite").map(str::trim) {
         Some(spec) if !spec.is_empty() => {
             let (suites, notes) = super::tls::map_ciphers(spec);
@@ -492,6 +497,7 @@ fn parse_https(
         tls12,
         tls13,
         suites,
+        ktls,
         place: format!("{}:{}", s.file, s.line(node)),
     })
 }

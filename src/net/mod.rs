@@ -10,6 +10,7 @@
 //! down, which completes the operation at once and releases both.
 
 pub mod admission;
+pub mod ktls;
 pub mod listen;
 pub mod tls;
 
@@ -63,6 +64,9 @@ fn consume(bufs: &mut [Bytes], mut n: usize) -> usize {
 pub struct Conn {
     inner: Rc<tokio_uring::net::TcpStream>,
     tls: Option<Rc<tls::TlsSession>>,
+    /// A TLS session whose records the kernel makes (kTLS): the socket then
+    /// carries plaintext for us, and `tls` is `None`.
+    kernel: Option<Rc<tls::KernelSession>>,
 }
 
 impl Conn {
@@ -71,18 +75,83 @@ impl Conn {
         Ok(Conn {
             inner: Rc::new(stream),
             tls: None,
+            kernel: None,
         })
     }
 
     /// The server side of a TLS handshake on this (plain) connection, within
-    /// `timeout`; the returned `Conn` speaks plaintext over TLS.
+    /// `timeout`; the returned `Conn` speaks plaintext over TLS. With `kernel`
+    /// (the config allows secret extraction) and a kernel that has kTLS, the
+    /// session then goes to the kernel where its state and cipher allow.
     pub async fn accept_tls(
         &self,
         config: std::sync::Arc<rustls::ServerConfig>,
         timeout: Duration,
     ) -> Result<Conn, IoError> {
+        let kernel = config.enable_secret_extraction && tls::ktls_available();
         let server = rustls::ServerConnection::new(config).map_err(tls::tls_error)?;
-        self.handshake(server.into(), timeout).await
+        let conn = self.handshake(server.into(), timeout).await?;
+        match kernel {
+            true => conn.into_kernel(),
+            false => Ok(conn),
+        }
+    }
+
+    /// kTLS hand-over (see [`ktls`]): the `tls` ULP is attached first, so
+    /// that any refusal before the keys leave rustls keeps a working session.
+    fn into_kernel(self) -> Result<Conn, IoError> {
+        use std::os::fd::AsRawFd;
+        let Some(t) = self.tls.clone() else {
+            return Ok(self);
+        };
+        let inner = self.inner.clone();
+        drop(self);
+        let t = match Rc::try_unwrap(t) {
+            Ok(t) => t,
+            Err(t) => {
+                return Ok(Conn {
+                    inner,
+                    tls: Some(t),
+                    kernel: None,
+                })
+            }
+        };
+        let keep = |t: tls::TlsSession| Conn {
+            inner: inner.clone(),
+            tls: Some(Rc::new(t)),
+            kernel: None,
+        };
+        let fd = inner.as_raw_fd();
+        if let Err(e) = ktls::attach(fd) {
+            ktls::attach_failed(&e);
+            return Ok(keep(t));
+        }
+        match t.into_kernel() {
+            Err(tls::Refused::Kept(t)) => Ok(keep(*t)),
+            Err(tls::Refused::Lost) => {
+                let _ = inner.shutdown(Shutdown::Both);
+                Err(IoError::Io(io::Error::other(
+                    "TLS session lost in the kTLS hand-over",
+                )))
+            }
+            Ok(h) => match ktls::install(fd, &h.send, &h.receive) {
+                Ok(()) => Ok(Conn {
+                    inner: inner.clone(),
+                    tls: None,
+                    kernel: Some(Rc::new(h.session)),
+                }),
+                Err(e) => {
+                    log::warn!("kTLS: the kernel refused {:?} session keys ({e}); sessions of that kind keep rustls records from now on", h.send);
+                    let _ = inner.shutdown(Shutdown::Both);
+                    Err(IoError::Io(e))
+                }
+            },
+        }
+    }
+
+    /// Is the kernel making this connection's TLS records?
+    pub fn is_kernel_tls(&self) -> bool {
+        self.kernel.is_some()
     }
 
     /// The client side (an origin over TLS): `name` is sent as SNI and is the
@@ -105,6 +174,7 @@ impl Conn {
         let conn = Conn {
             inner: self.inner.clone(),
             tls: Some(Rc::new(tls::TlsSession::new(session))),
+            kernel: None,
         };
         let deadline = tokio::time::Instant::now() + timeout;
         // Not shared with any other task until it is returned: its records need
@@ -145,6 +215,7 @@ impl Conn {
     /// Ends an idle connection at once; a TLS peer first gets close_notify (a
     /// short try), so it sees an orderly close rather than a truncation.
     pub async fn close_idle(&self) {
+        self.kernel_close_notify();
         if let Some(t) = &self.tls {
             // A write stalled on a peer that does not read holds the writer:
             // then no close_notify, just the close.
@@ -158,18 +229,32 @@ impl Conn {
         self.shutdown();
     }
 
+    /// A kTLS session's close_notify: its own alert record, never blocking.
+    fn kernel_close_notify(&self) {
+        use std::os::fd::AsRawFd;
+        if self.kernel.is_some() {
+            let _ = ktls::send_close_notify(self.inner.as_raw_fd());
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
+        self.tls.is_some() || self.kernel.is_some()
     }
 
     /// What the TLS handshake settled, for a TLS connection.
     pub fn tls_facts(&self) -> Option<tls::TlsFacts> {
-        self.tls.as_ref().and_then(|t| t.facts())
+        match &self.kernel {
+            Some(k) => Some(k.facts),
+            None => self.tls.as_ref().and_then(|t| t.facts()),
+        }
     }
 
     /// The SNI name a TLS client sent.
     pub fn tls_server_name(&self) -> Option<String> {
-        self.tls.as_ref().and_then(|t| t.server_name())
+        match &self.kernel {
+            Some(k) => k.server_name.clone(),
+            None => self.tls.as_ref().and_then(|t| t.server_name()),
+        }
     }
 
     /// Writes the records rustls has queued; the caller holds the session's writer.
@@ -212,9 +297,44 @@ impl Conn {
         timeout: Duration,
         stop: impl Future<Output = ()>,
     ) -> Result<usize, IoError> {
-        match &self.tls {
-            None => self.raw_read_or_stop(buf, timeout, stop).await,
-            Some(t) => self.tls_read_or_stop(t, buf, timeout, stop).await,
+        match (&self.tls, &self.kernel) {
+            (Some(t), _) => self.tls_read_or_stop(t, buf, timeout, stop).await,
+            (None, Some(k)) => self.kernel_read_or_stop(k, buf, timeout, stop).await,
+            (None, None) => self.raw_read_or_stop(buf, timeout, stop).await,
+        }
+    }
+
+    /// A kTLS read: what rustls decrypted before the hand-over first, then the
+    /// socket. A control record fails the read with `EIO`; it is taken off the
+    /// socket here, and a close_notify is the end of the stream.
+    async fn kernel_read_or_stop(
+        &self,
+        k: &tls::KernelSession,
+        buf: &mut BytesMut,
+        timeout: Duration,
+        stop: impl Future<Output = ()>,
+    ) -> Result<usize, IoError> {
+        use std::os::fd::AsRawFd;
+        {
+            let mut pending = k.pending.borrow_mut();
+            if !pending.is_empty() {
+                let n = pending.len();
+                buf.extend_from_slice(&pending.split());
+                return Ok(n);
+            }
+        }
+        match self.raw_read_or_stop(buf, timeout, stop).await {
+            Err(IoError::Io(e)) if e.raw_os_error() == Some(libc::EIO) => {
+                match ktls::read_control(self.inner.as_raw_fd()) {
+                    Ok(ktls::Control::CloseNotify) => Ok(0),
+                    Ok(other) => Err(IoError::Io(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("kTLS: a {other:?} record, which cairn does not answer under kTLS"),
+                    ))),
+                    Err(e) => Err(IoError::Io(e)),
+                }
+            }
+            r => r,
         }
     }
 
@@ -388,7 +508,12 @@ impl Conn {
     #[allow(unsafe_code)]
     pub fn is_idle_and_open(&self) -> bool {
         use std::os::fd::AsRawFd;
-        if self.tls.as_ref().is_some_and(|t| !t.holds_nothing()) {
+        if self.tls.as_ref().is_some_and(|t| !t.holds_nothing())
+            || self
+                .kernel
+                .as_ref()
+                .is_some_and(|k| !k.pending.borrow().is_empty())
+        {
             return false;
         }
         let mut byte = 0u8;
@@ -427,6 +552,7 @@ impl Conn {
     /// for a short while so that its pipelined bytes do not turn into a reset that
     /// destroys the response in flight, then close.
     pub async fn close_gracefully(&self) {
+        self.kernel_close_notify();
         if let Some(t) = &self.tls {
             if let Ok(_writer) = tokio::time::timeout(Duration::from_secs(1), t.writer.lock()).await
             {

@@ -9,7 +9,7 @@
 //! [`ktls_available`]) removes both; rustls's unbuffered API would remove one.
 
 use bytes::{Buf, Bytes, BytesMut};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 
 /// Plaintext rustls may hold encrypted and unsent per connection before a write
@@ -26,6 +26,10 @@ pub struct TlsSession {
     /// never interleave them. The read side only tries it: when a write holds
     /// it, the records the read side queued go out with that write.
     pub(super) writer: tokio::sync::Mutex<()>,
+    /// Bytes of the record rustls has been given part of that it has not been
+    /// given yet. The handshake feeds rustls record by record, so that a
+    /// hand-over to the kernel never leaves half a record inside rustls.
+    rec_left: Cell<usize>,
 }
 
 /// What a finished handshake says about the connection.
@@ -63,7 +67,30 @@ impl TlsSession {
             conn: RefCell::new(conn),
             inbuf: RefCell::new(BytesMut::new()),
             writer: tokio::sync::Mutex::new(()),
+            rec_left: Cell::new(0),
         }
+    }
+
+    /// How much of `inb` may go to rustls now without crossing a record
+    /// boundary: the rest of a record already begun, else one whole record
+    /// (0 until it has all arrived; rustls could not use part of it anyway).
+    fn feedable(&self, inb: &[u8]) -> usize {
+        match self.rec_left.get() {
+            0 => match record_len(inb) {
+                Some(n) if n <= inb.len() => n,
+                _ => 0,
+            },
+            left => left.min(inb.len()),
+        }
+    }
+
+    /// Records that rustls took `n` of the bytes [`feedable`](Self::feedable) allowed.
+    fn fed(&self, inb: &[u8], n: usize) {
+        let left = match self.rec_left.get() {
+            0 => record_len(inb).unwrap_or(0),
+            left => left,
+        };
+        self.rec_left.set(left.saturating_sub(n));
     }
 
     /// Feeds buffered ciphertext to rustls and moves out what plaintext it has
@@ -118,13 +145,112 @@ impl TlsSession {
         let mut inb = self.inbuf.borrow_mut();
         loop {
             c.process_new_packets().map_err(tls_error)?;
-            if !c.is_handshaking() || inb.is_empty() {
+            if !c.is_handshaking() {
                 return Ok(());
             }
-            match c.read_tls(&mut &inb[..])? {
-                0 => return Ok(()),
-                n => inb.advance(n),
+            let n = self.feedable(&inb);
+            if n == 0 {
+                return Ok(());
             }
+            match c.read_tls(&mut &inb[..n])? {
+                0 => return Ok(()),
+                n => {
+                    self.fed(&inb, n);
+                    inb.advance(n);
+                }
+            }
+        }
+    }
+
+    /// Hands the session to the kernel, right after the handshake and before
+    /// any plaintext was taken: complete records already read are decrypted
+    /// here (their plaintext is returned, for the first reads), and the keys
+    /// with the next sequence numbers come out. `Kept` when the state does not
+    /// allow it (half a record read, records still to send, a cipher the kernel
+    /// lacks or refused before): the caller keeps rustls.
+    pub(super) fn into_kernel(self) -> Result<Handover, Refused> {
+        use super::ktls::{crypto_info, Direction, Kind};
+        let Some(facts) = self.facts() else {
+            return Err(Refused::Kept(Box::new(self)));
+        };
+        {
+            let mut c = self.conn.borrow_mut();
+            let mut inb = self.inbuf.borrow_mut();
+            let mut clean = true;
+            loop {
+                match c.process_new_packets() {
+                    Ok(s) if !s.peer_has_closed() => {}
+                    _ => {
+                        clean = false;
+                        break;
+                    }
+                }
+                let n = self.feedable(&inb);
+                if n == 0 {
+                    break;
+                }
+                match c.read_tls(&mut &inb[..n]) {
+                    Ok(m) if m > 0 => {
+                        self.fed(&inb, m);
+                        inb.advance(m);
+                    }
+                    _ => break,
+                }
+            }
+            // Half a record in rustls or in our buffer, or records rustls still
+            // has to send: the kernel would start at the wrong place.
+            let kind = c
+                .negotiated_cipher_suite()
+                .and_then(|s| Kind::of(facts.version, s.suite()));
+            match kind {
+                Some(k)
+                    if clean
+                        && inb.is_empty()
+                        && self.rec_left.get() == 0
+                        && !c.wants_write()
+                        && !k.refused_before() => {}
+                _ => {
+                    drop((c, inb));
+                    return Err(Refused::Kept(Box::new(self)));
+                }
+            }
+        }
+        let server_name = self.server_name();
+        let mut conn = self.conn.into_inner();
+        // What the client sent with its Finished: rustls decrypted it under the
+        // keys it is about to give away, so it is handed over as plaintext.
+        let mut pending = BytesMut::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match conn.reader().read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return Err(Refused::Lost),
+            }
+        }
+        // Extraction is enabled with kTLS and the checks above are its own
+        // (handshake done, nothing left to send): an error here is a rustls
+        // change, and the session's keys are gone either way.
+        let Ok(secrets) = conn.dangerous_extract_secrets() else {
+            return Err(Refused::Lost);
+        };
+        let (tx_seq, tx) = secrets.tx;
+        let (rx_seq, rx) = secrets.rx;
+        match (
+            crypto_info(facts.version, Direction::Send, tx_seq, &tx),
+            crypto_info(facts.version, Direction::Receive, rx_seq, &rx),
+        ) {
+            (Ok(send), Ok(receive)) => Ok(Handover {
+                session: KernelSession {
+                    facts,
+                    server_name,
+                    pending: RefCell::new(pending),
+                },
+                send,
+                receive,
+            }),
+            _ => Err(Refused::Lost),
         }
     }
 
@@ -194,9 +320,44 @@ impl TlsSession {
     }
 }
 
-/// Is the kernel's `tls` ULP there (kTLS)? Read once at start.
+/// The length of the TLS record that `b` starts with, header included, once
+/// its 5-byte header is there.
+fn record_len(b: &[u8]) -> Option<usize> {
+    (b.len() >= 5).then(|| 5 + usize::from(u16::from_be_bytes([b[3], b[4]])))
+}
+
+/// Why a session stayed with rustls, or was lost in the hand-over.
+pub(super) enum Refused {
+    /// Not handed over: rustls goes on.
+    Kept(Box<TlsSession>),
+    /// The keys left rustls but the kernel cannot have them: close.
+    Lost,
+}
+
+/// A session whose records the kernel builds: what is left of it in
+/// userspace.
+pub struct KernelSession {
+    pub facts: TlsFacts,
+    pub server_name: Option<String>,
+    /// Plaintext rustls had decrypted before the hand-over; the first reads get it.
+    pub pending: RefCell<BytesMut>,
+}
+
+/// What [`TlsSession::into_kernel`] gives: the session, and its keys for the
+/// socket (wiped when dropped).
+pub(super) struct Handover {
+    pub session: KernelSession,
+    pub send: super::ktls::CryptoInfo,
+    pub receive: super::ktls::CryptoInfo,
+}
+
+/// Is the kernel's `tls` ULP there (kTLS)? Read once, at the first call.
 pub fn ktls_available() -> bool {
-    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").is_ok_and(|s| ulp_listed(&s))
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
+            .is_ok_and(|s| ulp_listed(&s))
+    })
 }
 
 /// `tcp_available_ulp` lists names separated by spaces.

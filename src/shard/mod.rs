@@ -249,6 +249,9 @@ async fn handshake(
     match conn.accept_tls(server, timeout).await {
         Ok(tls) => {
             shard.stats().tls_handshakes.fetch_add(1, Relaxed);
+            if tls.is_kernel_tls() {
+                shard.stats().tls_kernel.fetch_add(1, Relaxed);
+            }
             // rustls negotiates only the versions it was given (1.2, 1.3).
             let (version, h2) = tls
                 .tls_facts()
