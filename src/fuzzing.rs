@@ -511,6 +511,62 @@ fn scan(seg: &[u8]) {
 /// h2c by Upgrade and the HTTP/2 bits parsed from the network beside it: an
 /// HTTP/1 head (which may ask to upgrade), then, after a blank line, bytes taken
 /// as the client's first frame and as `Link` values (one per line).
+/// What `h2c::upgrade_frame` writes, read back: HPACK literals without
+/// indexing, new name, no Huffman (RFC 7541 §6.2.2, §5.1). Panics on anything
+/// else, which would be a bug in the writer.
+fn hpack_literals(mut b: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn int(b: &mut &[u8]) -> usize {
+        assert_eq!(b[0] & 0x80, 0, "no Huffman coding");
+        let first = usize::from(b[0] & 0x7f);
+        *b = &b[1..];
+        if first < 127 {
+            return first;
+        }
+        let (mut n, mut shift) = (127usize, 0);
+        loop {
+            let c = b[0];
+            *b = &b[1..];
+            n += usize::from(c & 0x7f) << shift;
+            shift += 7;
+            if c & 0x80 == 0 {
+                return n;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        assert_eq!(b[0], 0, "a literal without indexing, new name");
+        b = &b[1..];
+        let n = int(&mut b);
+        let name = b[..n].to_vec();
+        b = &b[n..];
+        let v = int(&mut b);
+        out.push((name, b[..v].to_vec()));
+        b = &b[v..];
+    }
+    out
+}
+
+/// base64url without padding (RFC 4648 §5), by bit accumulation: a second
+/// decoder to check `h2c`'s against.
+fn base64url(v: &[u8]) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let v = v.strip_suffix(b"=").unwrap_or(v);
+    let v = v.strip_suffix(b"=").unwrap_or(v);
+    let (mut acc, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for &c in v {
+        let d = ALPHABET.iter().position(|&a| a == c)? as u32;
+        acc = (acc << 6) | d;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 pub fn h2c(data: &[u8]) {
     use crate::downstream::h2c::{first_frame, upgrade_frame, FirstFrame};
     let split = data
@@ -526,6 +582,59 @@ pub fn h2c(data: &[u8]) {
                 u32::from_be_bytes([0, f[0], f[1], f[2]]) as usize
             );
             assert!(f.len() - 9 <= 16_384, "one frame");
+            assert_eq!(
+                &f[3..9],
+                &[1, 0x5, 0, 0, 0, 1],
+                "HEADERS, END_STREAM|END_HEADERS, stream 1"
+            );
+            // The replayed request, read back by an independent decoder, is the
+            // HTTP/1 request: its pseudo-headers, then its other fields in order,
+            // lower-cased, less the connection-specific ones.
+            let fields = hpack_literals(&f[9..]);
+            let host = h.host().expect("upgraded with a Host");
+            let pseudo: [(&[u8], &[u8]); 4] = [
+                (b":method", h.method()),
+                (b":scheme", b"http"),
+                (b":authority", host),
+                (b":path", h.path()),
+            ];
+            for (i, (n, v)) in pseudo.iter().enumerate() {
+                assert_eq!((&fields[i].0[..], &fields[i].1[..]), (*n, *v));
+            }
+            let hop = [
+                &b"host"[..],
+                b"connection",
+                b"upgrade",
+                b"http2-settings",
+                b"keep-alive",
+                b"proxy-connection",
+                b"transfer-encoding",
+                b"te",
+            ];
+            let mut rest_fields = fields[4..].iter();
+            for (n, v) in h.headers() {
+                let lower = n.to_ascii_lowercase();
+                if hop.contains(&&lower[..]) {
+                    continue;
+                }
+                if let Some((fname, fvalue)) = rest_fields.clone().next() {
+                    if fname == &lower && fvalue == v {
+                        rest_fields.next();
+                    }
+                }
+            }
+            // Every replayed field is one of the request's own, lower-cased and
+            // in order; no connection-specific one is among them.
+            if let Some((n, _)) = rest_fields.next() {
+                panic!("replayed a field the request does not have, in order: {n:?}");
+            }
+            // And the settings are the header's, by a second base64url decoder.
+            let value = h
+                .headers()
+                .find(|(n, _)| n.eq_ignore_ascii_case(b"http2-settings"))
+                .map(|(_, v)| v)
+                .expect("upgraded with HTTP2-Settings");
+            assert_eq!(Some(&up.settings[..]), base64url(value).as_deref());
             assert!(up.settings.len() % 6 == 0);
             if let FirstFrame::Settings(n) = first_frame(rest) {
                 let merged = up.merged_settings(&rest[..n]);

@@ -1175,23 +1175,26 @@ fn early_hints_carry_the_preload_links_before_the_response_when_on() {
 }
 
 #[test]
-fn declared_lengths_that_never_arrive_hold_one_window_of_the_body_budget_not_their_size() {
+fn streams_that_send_no_body_hold_none_of_the_body_budget() {
     let origin = Origin::start(|r| ok(format!("{} {} bytes", r.method, r.body.len()).as_bytes()));
     let dir = h2_dir(&origin, "Active");
-    add_cairn_settings(&dir, "<RequestBodyMemory>8MB</RequestBodyMemory>");
+    add_cairn_settings(&dir, "<RequestBodyMemory>1MB</RequestBodyMemory>");
     let cairn = Cairn::start(dir, 1);
-    // 16 streams declare 1 MiB each and send nothing: 16 MiB declared, twice
-    // the budget; they may hold 16 windows (1 MiB).
+    // 16 streams open a body and send nothing: half declare 1 MiB each, half
+    // declare nothing. Charged a window each (64 KiB), they would hold the
+    // whole 1 MB budget; charged as received, they hold none.
     let posts: Vec<Vec<u8>> = (0..16u32)
         .map(|i| {
-            let block = hpack(&[
+            let mut fields = vec![
                 (":method", "POST"),
                 (":scheme", "http"),
                 (":authority", "test.local"),
                 (":path", "/up"),
-                ("content-length", "1048576"),
-            ]);
-            frame(1, 0x4, 2 * i + 1, &block) // END_HEADERS, no END_STREAM
+            ];
+            if i % 2 == 0 {
+                fields.push(("content-length", "1048576"));
+            }
+            frame(1, 0x4, 2 * i + 1, &hpack(&fields)) // END_HEADERS, no END_STREAM
         })
         .collect();
     let hog = raw_h2c(cairn.addr, &[], &posts);
@@ -1310,4 +1313,92 @@ fn the_http2_settings_of_an_upgrade_apply_to_stream_1() {
         frames = &frames[(9 + len).min(frames.len())..];
     }
     assert_eq!(data, 100, "stream 1 held to the header's 100-byte window");
+}
+
+#[test]
+fn a_flood_of_malformed_requests_gets_goaway_from_cairns_budget() {
+    use std::io::{Read, Write};
+    let origin = Origin::start(|_| ok(b"fine"));
+    let dir = h2_dir(&origin, "Active");
+    let cairn = Cairn::start(dir, 1);
+    // Host disagrees with :authority: h2 accepts the stream, cairn resets it
+    // (PROTOCOL_ERROR). Each is cheap for the client; past 2 x 100 + 100 in
+    // 10 s the connection is a flood.
+    let bad = |id: u32| {
+        frame(
+            1,
+            0x5,
+            id,
+            &hpack(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "test.local"),
+                (":path", "/"),
+                ("host", "other.test"),
+            ]),
+        )
+    };
+    let mut s = raw_h2c(cairn.addr, &[], &[]);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut id = 1u32;
+    let mut goaway = None;
+    let mut buf = Vec::new();
+    let mut tmp = vec![0u8; 65536];
+    'flood: for _ in 0..10 {
+        let batch: Vec<u8> = (0..50)
+            .flat_map(|_| {
+                let f = bad(id);
+                id += 2;
+                f
+            })
+            .collect();
+        if s.write_all(&batch).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        // Read what came back so far: RST_STREAMs, maybe the GOAWAY.
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut closed = false;
+        loop {
+            match s.read(&mut tmp) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                Err(_) => break,
+            }
+        }
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            if buf[3] == 7 {
+                goaway = Some(u32::from_be_bytes(buf[13..17].try_into().unwrap()));
+                break 'flood;
+            }
+            buf.drain(..9 + len);
+        }
+        if closed {
+            break;
+        }
+    }
+    assert_eq!(
+        goaway,
+        Some(0xb),
+        "GOAWAY ENHANCE_YOUR_CALM after {} streams",
+        id / 2
+    );
+    assert!(id / 2 > 300, "not before the budget: {} streams", id / 2);
+    // The shard serves other clients.
+    let (status, _, body) = h2c_request(cairn.addr, "GET", "/x", b"");
+    assert_eq!((status, body), (200, b"fine".to_vec()));
+    cairn.signal("USR1");
+    let stats = cairn.wait_log("streams reset as malformed");
+    assert!(
+        stats.contains("1 HTTP/2 connections ended by GOAWAY"),
+        "{stats}"
+    );
 }

@@ -203,11 +203,12 @@ pub async fn serve(
     let idle = Duration::from_secs(u64::from(settings.keepalive_secs.max(1)));
     let mut closing: Option<tokio::time::Instant> = None;
     let mut idle_goaway = false;
-    // Streams refused for the handler bound, and streams the client reset while
-    // they were being served, per window: past the budget it is a flood (Rapid
-    // Reset, CVE-2023-44487, is the second).
+    // Streams refused for the handler bound or reset as malformed, and streams
+    // the client reset while they were being served, per window: past the
+    // budget it is a flood (Rapid Reset, CVE-2023-44487, is the second).
     let budget = 2 * settings.max_streams + 100;
-    let mut window = (tokio::time::Instant::now(), 0u32, 0u32);
+    // (since, refused, client resets and malformed streams at `since`)
+    let mut window = (tokio::time::Instant::now(), 0u32, 0u32, 0u32);
     loop {
         let deadline = match closing {
             Some(d) => d,
@@ -218,15 +219,15 @@ pub async fn serve(
                 Some(Ok((req, respond))) => {
                     let now = tokio::time::Instant::now();
                     if now.duration_since(window.0) >= RESET_WINDOW {
-                        window = (now, 0, ctl.client_resets.get());
+                        window = (now, 0, ctl.client_resets.get(), ctl.malformed.get());
                     }
                     let resets = ctl.client_resets.get() - window.2;
-                    if window.1 > budget || resets > budget {
+                    let refused = window.1 + (ctl.malformed.get() - window.3);
+                    if refused > budget || resets > budget {
                         shard.stats().h2_goaways.fetch_add(1, Relaxed);
                         log::info!(
-                            "{}: HTTP/2 flood ({} refused, {resets} reset while served in {}s): GOAWAY ENHANCE_YOUR_CALM",
+                            "{}: HTTP/2 flood ({refused} refused or malformed, {resets} reset while served in {}s): GOAWAY ENHANCE_YOUR_CALM",
                             facts.peer,
-                            window.1,
                             RESET_WINDOW.as_secs()
                         );
                         h2.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
@@ -327,6 +328,9 @@ struct ConnCtl {
     quiet_since: Cell<tokio::time::Instant>,
     /// Streams the client reset while they were being served.
     client_resets: Cell<u32>,
+    /// Streams cairn reset as malformed: a client may not draw resets
+    /// without bound either.
+    malformed: Cell<u32>,
     /// The connection loop ended: handlers stop.
     closed: Cell<bool>,
     gone: tokio::sync::Notify,
@@ -340,6 +344,7 @@ impl ConnCtl {
             open: Cell::new(0),
             quiet_since: Cell::new(tokio::time::Instant::now()),
             client_resets: Cell::new(0),
+            malformed: Cell::new(0),
             closed: Cell::new(false),
             gone: tokio::sync::Notify::new(),
             done: tokio::sync::Notify::new(),
@@ -467,7 +472,7 @@ async fn stream(
         local_reset: false,
         client_reset: false,
     }));
-    let work = serve_stream(shard, facts, certs, req, slot.clone());
+    let work = serve_stream(shard, facts, certs, req, slot.clone(), ctl);
     let reset = std::future::poll_fn(|cx| {
         let mut sl = slot.borrow_mut();
         let sl = &mut *sl;
@@ -528,6 +533,7 @@ async fn serve_stream(
     certs: Option<Arc<CertSet>>,
     req: http::Request<h2::RecvStream>,
     slot: Rc<std::cell::RefCell<Slot>>,
+    ctl: &ConnCtl,
 ) {
     let received = std::time::Instant::now();
     let live = shard.shared.live.load_full();
@@ -555,6 +561,7 @@ async fn serve_stream(
     if let Err(why) = synthesize(&parts, None) {
         log::debug!("{}: malformed HTTP/2 request: {why}", facts.peer);
         shard.stats().h2_stream_errors.fetch_add(1, Relaxed);
+        ctl.malformed.set(ctl.malformed.get().saturating_add(1));
         ex.reset(h2::Reason::PROTOCOL_ERROR);
         return;
     }
@@ -587,8 +594,7 @@ async fn serve_stream(
         }
         let keep = using == proxy::BodyUse::Forward;
         let timeout = live.config.server.request_timeout;
-        let window = u64::from(live.config.server.http2.window);
-        let read = read_body(shard, &mut recv, keep, declared, limits.max_body, window);
+        let read = read_body(shard, &mut recv, keep, limits.max_body);
         let got = match tokio::time::timeout(timeout, read).await {
             Ok(r) => r,
             Err(_) => Err(ExchangeError::ClientTimeout),
@@ -637,23 +643,17 @@ async fn read_body(
     shard: &ShardCtx,
     recv: &mut h2::RecvStream,
     keep: bool,
-    declared: Option<u64>,
     max_body: u64,
-    window: u64,
 ) -> Result<Option<(Bytes, Charge)>, ExchangeError> {
     let cap = MAX_H2_BODY.min(max_body);
-    // What the client may have in flight is charged before it can arrive: the
-    // received bytes plus one stream window (h2 buffers at most that before
-    // capacity is released), never more than the declared length. So a
-    // declared length that never arrives costs one window, not its size, and
-    // a dropped body costs nothing.
-    let limit = declared.unwrap_or(cap).min(cap);
+    // Charged as it arrives, before it is kept (as HTTP/1 bodies are): a
+    // stream that declares a length, or opens a window, and sends nothing
+    // holds none of the budget. What h2 buffers unread is bounded apart, by
+    // the connection window.
     let mut charge = None;
     if keep {
-        let mut c =
-            Charge::memory(&shard.shared.bodies, 0).ok_or(crate::spool::SpoolError::Budget)?;
-        c.grow_to(window.min(limit))?;
-        charge = Some(c);
+        charge =
+            Some(Charge::memory(&shard.shared.bodies, 0).ok_or(crate::spool::SpoolError::Budget)?);
     }
     let mut got = BytesMut::new();
     let mut seen = 0u64;
@@ -665,7 +665,7 @@ async fn read_body(
         }
         if let Some(c) = charge.as_mut() {
             // Charged before the window reopens for the next DATA.
-            c.grow_to((seen + window).min(limit).max(seen))?;
+            c.grow_to(seen)?;
             got.extend_from_slice(&d);
         }
         let _ = recv.flow_control().release_capacity(d.len());

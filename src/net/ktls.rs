@@ -19,20 +19,29 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 // linux/tcp.h, linux/tls.h.
-const TCP_ULP: libc::c_int = 31;
-const SOL_TLS: libc::c_int = 282;
-const TLS_TX: libc::c_int = 1;
-const TLS_RX: libc::c_int = 2;
-const TLS_SET_RECORD_TYPE: libc::c_int = 1;
-const TLS_GET_RECORD_TYPE: libc::c_int = 2;
-const TLS_1_2_VERSION: u16 = 0x0303;
-const TLS_1_3_VERSION: u16 = 0x0304;
-const CIPHER_AES_GCM_128: u16 = 51;
-const CIPHER_AES_GCM_256: u16 = 52;
-const CIPHER_CHACHA20_POLY1305: u16 = 54;
+use libc::{
+    SOL_TLS, TCP_ULP, TLS_1_2_VERSION, TLS_1_3_VERSION,
+    TLS_CIPHER_AES_GCM_128 as CIPHER_AES_GCM_128, TLS_CIPHER_AES_GCM_256 as CIPHER_AES_GCM_256,
+    TLS_CIPHER_CHACHA20_POLY1305 as CIPHER_CHACHA20_POLY1305, TLS_GET_RECORD_TYPE, TLS_RX,
+    TLS_SET_RECORD_TYPE, TLS_TX,
+};
+
+/// Records a kernel session may send before cairn ends it: the kernel neither
+/// rekeys nor counts (rustls's kernel API leaves the AES-GCM confidentiality
+/// limit, about 2^24.5 records under TLS 1.3, to the caller). Counted from
+/// above: one record per write plus one per 16 KiB.
+pub const RECORD_LIMIT: u64 = 1 << 23;
 
 const RECORD_ALERT: u8 = 21;
 const RECORD_HANDSHAKE: u8 = 22;
+
+/// An upper bound on the records one write of `bufs` makes: the kernel
+/// closes a record at 16 KiB and at the end of each write (a short write
+/// included, which the caller's retry counts as another write).
+pub fn records_for(bufs: &[bytes::Bytes]) -> u64 {
+    let n: usize = bufs.iter().map(|b| b.len()).sum();
+    1 + (n as u64).div_ceil(16384)
+}
 
 /// Which way a key goes: the kernel builds TLS 1.2 AES-GCM nonces for sending
 /// differently from rustls (see [`tls12_gcm_send_nonce`]).
@@ -89,7 +98,7 @@ pub fn crypto_info(
     direction: Direction,
     seq: u64,
     secrets: &ConnectionTrafficSecrets,
-) -> Result<CryptoInfo, Unsupported> {
+) -> Result<Box<CryptoInfo>, Unsupported> {
     let v = match version {
         TlsVersion::Tls12 => TLS_1_2_VERSION,
         TlsVersion::Tls13 => TLS_1_3_VERSION,
@@ -110,11 +119,12 @@ pub fn crypto_info(
     if key.len() != want_key || iv.len() != 12 {
         return Err(Unsupported);
     }
-    let mut out = CryptoInfo {
+    // Built where it stays (boxed): no copy of the key is left behind by a move.
+    let mut out = Box::new(CryptoInfo {
         bytes: [0; 56],
         len: 0,
         kind: Kind { version: v, cipher },
-    };
+    });
     let mut put = |b: &[u8]| {
         out.bytes[out.len..out.len + b.len()].copy_from_slice(b);
         out.len += b.len();
@@ -217,6 +227,8 @@ impl Kind {
 pub enum Control {
     /// The peer's close_notify: the end of the stream.
     CloseNotify,
+    /// A warning that a close_notify follows: read on.
+    UserCanceled,
     /// Any other alert (level, description): the peer ended the session.
     Alert(u8, u8),
     /// A post-handshake message (a KeyUpdate); cairn ends the connection.
@@ -228,6 +240,9 @@ pub enum Control {
 pub fn control(record_type: u8, body: &[u8]) -> Control {
     match (record_type, body) {
         (RECORD_ALERT, [_, 0, ..]) => Control::CloseNotify,
+        // user_canceled is a warning that precedes a close_notify (RFC 8446
+        // §6.1): not an abort.
+        (RECORD_ALERT, [1, 90, ..]) => Control::UserCanceled,
         (RECORD_ALERT, [level, desc, ..]) => Control::Alert(*level, *desc),
         (RECORD_HANDSHAKE, _) => Control::Handshake,
         (t, _) => Control::Other(t),
@@ -273,24 +288,31 @@ pub(super) fn attach(fd: RawFd) -> io::Result<()> {
 /// After [`attach`] failed: a kernel that lacks the ULP is told once and not
 /// asked again; a failure of one socket (the peer already gone) is its own.
 pub(super) fn attach_failed(e: &io::Error) {
-    let missing = matches!(
-        e.raw_os_error(),
-        Some(libc::ENOENT | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
-    );
-    if missing && !NO_ULP.swap(true, Relaxed) {
+    if lacks_support(e) && !NO_ULP.swap(true, Relaxed) {
         log::warn!("kTLS: the kernel lists the tls ULP but will not attach it ({e}); rustls builds the records from now on");
     }
 }
 
 /// Installs both directions' keys. An error here leaves the session unusable
-/// (rustls gave its keys away), and marks the kind refused for later ones.
+/// (rustls gave its keys away); an error that says the kernel lacks this kind
+/// of session marks the kind refused for later ones (a transient one does not).
 pub(super) fn install(fd: RawFd, send: &CryptoInfo, receive: &CryptoInfo) -> io::Result<()> {
     let r = setsockopt(fd, SOL_TLS, TLS_TX, send.as_bytes())
         .and_then(|()| setsockopt(fd, SOL_TLS, TLS_RX, receive.as_bytes()));
-    if r.is_err() {
-        send.kind.refuse();
+    if let Err(e) = &r {
+        if lacks_support(e) {
+            send.kind.refuse();
+        }
     }
     r
+}
+
+/// Errors by which a kernel says it cannot do this at all.
+fn lacks_support(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOENT | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+    )
 }
 
 /// Sends a close_notify alert as its own record (without blocking the shard).

@@ -315,6 +315,9 @@ impl Conn {
         stop: impl Future<Output = ()>,
     ) -> Result<usize, IoError> {
         use std::os::fd::AsRawFd;
+        if k.closed.get() {
+            return Ok(0);
+        }
         {
             let mut pending = k.pending.borrow_mut();
             if !pending.is_empty() {
@@ -323,18 +326,37 @@ impl Conn {
                 return Ok(n);
             }
         }
-        match self.raw_read_or_stop(buf, timeout, stop).await {
-            Err(IoError::Io(e)) if e.raw_os_error() == Some(libc::EIO) => {
-                match ktls::read_control(self.inner.as_raw_fd()) {
-                    Ok(ktls::Control::CloseNotify) => Ok(0),
-                    Ok(other) => Err(IoError::Io(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        format!("kTLS: a {other:?} record, which cairn does not answer under kTLS"),
-                    ))),
-                    Err(e) => Err(IoError::Io(e)),
+        // Near the cipher's confidentiality limit, which the kernel does not
+        // watch: the connection ends as if the client had closed it, after the
+        // response in flight.
+        if k.records.get() >= ktls::RECORD_LIMIT {
+            k.closed.set(true);
+            return Ok(0);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.raw_read_or_stop(buf, left, stop.as_mut()).await {
+                Err(IoError::Io(e)) if e.raw_os_error() == Some(libc::EIO) => {
+                    match ktls::read_control(self.inner.as_raw_fd())? {
+                        ktls::Control::CloseNotify => {
+                            k.closed.set(true);
+                            return Ok(0);
+                        }
+                        ktls::Control::UserCanceled => continue,
+                        other => {
+                            return Err(IoError::Io(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                format!(
+                                "kTLS: a {other:?} record, which cairn does not answer under kTLS"
+                            ),
+                            )))
+                        }
+                    }
                 }
+                r => return r,
             }
-            r => r,
         }
     }
 
@@ -426,7 +448,12 @@ impl Conn {
     /// short writes. No byte of any buffer is copied.
     pub async fn writev_all(&self, bufs: Vec<Bytes>, timeout: Duration) -> Result<(), IoError> {
         match &self.tls {
-            None => self.raw_writev_all(bufs, timeout).await,
+            None => {
+                if let Some(k) = &self.kernel {
+                    k.records.set(k.records.get() + ktls::records_for(&bufs));
+                }
+                self.raw_writev_all(bufs, timeout).await
+            }
             Some(t) => {
                 let _writer = t.writer.lock().await;
                 self.tls_writev_all(t, bufs, timeout).await
@@ -562,8 +589,11 @@ impl Conn {
         }
         let _ = self.inner.shutdown(Shutdown::Write);
         // Nothing unread: no reset can destroy the response, close at once (the
-        // common `Connection: close` case). Otherwise linger and drain.
-        if self.is_idle_and_open() {
+        // common `Connection: close` case). Otherwise linger and drain. A kTLS
+        // socket's peek cannot tell: it says nothing while half a record is
+        // queued, and closing on that would reset the connection. So it lingers
+        // (until the client's end of stream, at most as below).
+        if self.kernel.is_none() && self.is_idle_and_open() {
             self.shutdown();
             return;
         }

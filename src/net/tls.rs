@@ -76,6 +76,9 @@ impl TlsSession {
     /// (0 until it has all arrived; rustls could not use part of it anyway).
     fn feedable(&self, inb: &[u8]) -> usize {
         match self.rec_left.get() {
+            // Not a TLS record header (plain HTTP on the TLS port, a length past
+            // what TLS allows): rustls is given the header, to fail at once.
+            0 if inb.len() >= 5 && !plausible_header(inb) => 5,
             0 => match record_len(inb) {
                 Some(n) if n <= inb.len() => n,
                 _ => 0,
@@ -246,6 +249,8 @@ impl TlsSession {
                     facts,
                     server_name,
                     pending: RefCell::new(pending),
+                    closed: Cell::new(false),
+                    records: Cell::new(0),
                 },
                 send,
                 receive,
@@ -326,6 +331,12 @@ fn record_len(b: &[u8]) -> Option<usize> {
     (b.len() >= 5).then(|| 5 + usize::from(u16::from_be_bytes([b[3], b[4]])))
 }
 
+/// A content type TLS defines (20..=24) and a length it allows (2^14 plus
+/// the expansion a record may have).
+fn plausible_header(b: &[u8]) -> bool {
+    (20..=24).contains(&b[0]) && u16::from_be_bytes([b[3], b[4]]) <= 16384 + 2048
+}
+
 /// Why a session stayed with rustls, or was lost in the hand-over.
 pub(super) enum Refused {
     /// Not handed over: rustls goes on.
@@ -341,14 +352,19 @@ pub struct KernelSession {
     pub server_name: Option<String>,
     /// Plaintext rustls had decrypted before the hand-over; the first reads get it.
     pub pending: RefCell<BytesMut>,
+    /// The peer's close_notify was read (or the record limit reached): every
+    /// later read is the end of the stream, as with rustls.
+    pub closed: Cell<bool>,
+    /// Records sent, counted from above (see [`super::ktls::RECORD_LIMIT`]).
+    pub records: Cell<u64>,
 }
 
 /// What [`TlsSession::into_kernel`] gives: the session, and its keys for the
 /// socket (wiped when dropped).
 pub(super) struct Handover {
     pub session: KernelSession,
-    pub send: super::ktls::CryptoInfo,
-    pub receive: super::ktls::CryptoInfo,
+    pub send: Box<super::ktls::CryptoInfo>,
+    pub receive: Box<super::ktls::CryptoInfo>,
 }
 
 /// Is the kernel's `tls` ULP there (kTLS)? Read once, at the first call.
@@ -368,6 +384,31 @@ fn ulp_listed(list: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_that_are_no_tls_record_fail_the_handshake_at_once() {
+        let cert = rcgen::generate_simple_self_signed(vec!["x.test".to_string()]).unwrap();
+        let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![der], key)
+            .unwrap();
+        for junk in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            // A handshake record that declares 64 KiB.
+            &[22, 3, 1, 0xff, 0xff, 1, 2, 3][..],
+        ] {
+            let s = TlsSession::new(
+                rustls::ServerConnection::new(cfg.clone().into())
+                    .unwrap()
+                    .into(),
+            );
+            s.inbuf.borrow_mut().extend_from_slice(junk);
+            assert!(s.advance_handshake().is_err(), "{junk:?}");
+        }
+    }
 
     #[test]
     fn the_ulp_probe_reads_the_kernels_list() {

@@ -51,11 +51,77 @@ fn control_records_are_read_for_what_they_are() {
         (21u8, &[1u8, 0][..], Control::CloseNotify),
         (21, &[2, 0], Control::CloseNotify),
         (21, &[2, 40], Control::Alert(2, 40)),
+        (21, &[1, 90], Control::UserCanceled),
         (21, &[1], Control::Other(21)),
         (22, &[24, 0, 0, 1, 0], Control::Handshake),
         (20, &[1], Control::Other(20)),
     ] {
         assert_eq!(control(t, body), want, "type {t} body {body:?}");
+    }
+}
+
+#[test]
+fn the_byte_layout_is_the_kernels_struct_layout() {
+    use std::mem::{offset_of, size_of};
+    // (struct size, iv, key, salt, rec_seq offsets) from libc's linux/tls.h
+    // bindings, against where `crypto_info` puts each field.
+    macro_rules! layout {
+        ($t:ty) => {
+            (
+                size_of::<$t>(),
+                offset_of!($t, iv),
+                offset_of!($t, key),
+                offset_of!($t, salt),
+                offset_of!($t, rec_seq),
+            )
+        };
+    }
+    let key16 = rustls::crypto::cipher::AeadKey::from([7u8; 32]);
+    let iv = rustls::crypto::cipher::Iv::new([9u8; 12]);
+    for (secrets, want) in [
+        (
+            ConnectionTrafficSecrets::Aes256Gcm { key: key16, iv },
+            layout!(libc::tls12_crypto_info_aes_gcm_256),
+        ),
+        (
+            ConnectionTrafficSecrets::Chacha20Poly1305 {
+                key: rustls::crypto::cipher::AeadKey::from([7u8; 32]),
+                iv: rustls::crypto::cipher::Iv::new([9u8; 12]),
+            },
+            layout!(libc::tls12_crypto_info_chacha20_poly1305),
+        ),
+    ] {
+        let info = crypto_info(TlsVersion::Tls13, Direction::Send, 0x0102, &secrets).unwrap();
+        let b = info.as_bytes();
+        let (size, iv_at, key_at, salt_at, seq_at) = want;
+        assert_eq!(b.len(), size);
+        assert_eq!(&b[key_at..key_at + 32], &[7u8; 32]);
+        assert_eq!(b[iv_at], 9);
+        assert!(salt_at <= seq_at);
+        assert_eq!(&b[seq_at..seq_at + 8], &0x0102u64.to_be_bytes());
+        assert_eq!(
+            u16::from_ne_bytes([b[0], b[1]]),
+            libc::TLS_1_3_VERSION,
+            "host order"
+        );
+    }
+    assert_eq!(size_of::<libc::tls12_crypto_info_aes_gcm_128>(), 40);
+    assert_eq!(offset_of!(libc::tls12_crypto_info_aes_gcm_128, salt), 28);
+    assert_eq!(offset_of!(libc::tls12_crypto_info_aes_gcm_128, rec_seq), 32);
+}
+
+#[test]
+fn records_are_counted_from_above() {
+    use bytes::Bytes;
+    for (sizes, want) in [
+        (&[][..], 1u64),
+        (&[1][..], 2),
+        (&[16384][..], 2),
+        (&[16385][..], 3),
+        (&[100, 16384, 100][..], 3),
+    ] {
+        let bufs: Vec<Bytes> = sizes.iter().map(|&n| Bytes::from(vec![0u8; n])).collect();
+        assert_eq!(records_for(&bufs), want, "{sizes:?}");
     }
 }
 
@@ -410,8 +476,8 @@ fn keys_handed_to_the_kernel_carry_the_session_on_both_ways() {
 
 #[test]
 fn a_first_request_of_several_reads_is_decrypted_before_the_hand_over() {
-    // 12 KiB with the Finished: rustls reads 4 KiB at a time, so the handshake
-    // stops inside the data record; the hand-over must finish it.
+    // 12 KiB with the Finished: the handshake stops at the Finished, and
+    // rustls takes the data record 4 KiB at a time inside the hand-over.
     let early = vec![b'x'; 12 * 1024];
     let mut p = handshake(CipherSuite::TLS13_AES_128_GCM_SHA256, &early);
     let h = match p.server.into_kernel() {
