@@ -56,6 +56,12 @@ pub struct ShardStats {
     /// `abandon_since_ms`, bounded so disconnects cannot churn the cache for free.
     pub abandon_since_ms: AtomicU64,
     pub abandoned_bytes: AtomicU64,
+    /// Gzip variants this shard compressed (GZ-3), the identity and gzip bytes
+    /// of those bodies, and the CPU time spent compressing them.
+    pub gz_objects: AtomicU64,
+    pub gz_bytes_in: AtomicU64,
+    pub gz_bytes_out: AtomicU64,
+    pub gz_nanos: AtomicU64,
 }
 
 /// The configuration in force and what is derived from it. Swapped whole on
@@ -164,6 +170,8 @@ pub struct ShardCtx {
     /// Live client connections, so a drain past its deadline can release them.
     pub sessions: RefCell<AHashMap<u64, Conn>>,
     pub next_session: Cell<u64>,
+    /// This shard's gzip compressors (GZ-3): no lock, no other shard's.
+    pub gzip: crate::transform::gzip::Gzipper,
 }
 
 impl ShardCtx {
@@ -177,6 +185,7 @@ impl ShardCtx {
             log,
             sessions: RefCell::new(AHashMap::default()),
             next_session: Cell::new(0),
+            gzip: Default::default(),
         }
     }
     pub fn stats(&self) -> &ShardStats {

@@ -508,9 +508,6 @@ fn scan(seg: &[u8]) {
     }
 }
 
-/// h2c by Upgrade and the HTTP/2 bits parsed from the network beside it: an
-/// HTTP/1 head (which may ask to upgrade), then, after a blank line, bytes taken
-/// as the client's first frame and as `Link` values (one per line).
 /// What `h2c::upgrade_frame` writes, read back: HPACK literals without
 /// indexing, new name, no Huffman (RFC 7541 §6.2.2, §5.1). Panics on anything
 /// else, which would be a bug in the writer.
@@ -567,6 +564,9 @@ fn base64url(v: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// h2c by Upgrade and the HTTP/2 bits parsed from the network beside it: an
+/// HTTP/1 head (which may ask to upgrade), then, after a blank line, bytes taken
+/// as the client's first frame and as `Link` values (one per line).
 pub fn h2c(data: &[u8]) {
     use crate::downstream::h2c::{first_frame, upgrade_frame, FirstFrame};
     let split = data
@@ -601,6 +601,9 @@ pub fn h2c(data: &[u8]) {
             for (i, (n, v)) in pseudo.iter().enumerate() {
                 assert_eq!((&fields[i].0[..], &fields[i].1[..]), (*n, *v));
             }
+            // The rest is exactly the request's other fields, in order,
+            // lower-cased, less those h2 forbids or that describe HTTP/1's hop
+            // (and any the Connection header names).
             let hop = [
                 &b"host"[..],
                 b"connection",
@@ -610,24 +613,20 @@ pub fn h2c(data: &[u8]) {
                 b"proxy-connection",
                 b"transfer-encoding",
                 b"te",
+                b"content-length",
+                b"expect",
             ];
-            let mut rest_fields = fields[4..].iter();
-            for (n, v) in h.headers() {
-                let lower = n.to_ascii_lowercase();
-                if hop.contains(&&lower[..]) {
-                    continue;
-                }
-                if let Some((fname, fvalue)) = rest_fields.clone().next() {
-                    if fname == &lower && fvalue == v {
-                        rest_fields.next();
-                    }
-                }
-            }
-            // Every replayed field is one of the request's own, lower-cased and
-            // in order; no connection-specific one is among them.
-            if let Some((n, _)) = rest_fields.next() {
-                panic!("replayed a field the request does not have, in order: {n:?}");
-            }
+            let named = |n: &[u8]| {
+                h.headers()
+                    .filter(|(c, _)| c.eq_ignore_ascii_case(b"connection"))
+                    .any(|(_, v)| crate::http1::headers::connection_names(v, n))
+            };
+            let want: Vec<(Vec<u8>, Vec<u8>)> = h
+                .headers()
+                .filter(|(n, _)| !hop.iter().any(|d| n.eq_ignore_ascii_case(d)) && !named(n))
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
+                .collect();
+            assert_eq!(&fields[4..], &want[..], "the replayed fields");
             // And the settings are the header's, by a second base64url decoder.
             let value = h
                 .headers()

@@ -81,6 +81,28 @@ pub struct Options {
     /// `<ForwardedHeaders>` (cairn), default OFF: cairn sets `X-Forwarded-Host`
     /// (the vhost name) and `X-Forwarded-Proto` itself, replacing the client's.
     pub forwarded_headers: bool,
+    /// `<Compression Method Level SourceSize>` (GZ-1): `Some` when ON.
+    pub compression: Option<CompressionSettings>,
+}
+
+/// `<Compression>` ON: gzip at `level` for objects whose identity size is
+/// within `min_bytes..=max_bytes` (`SourceSize`, KiB, inclusive), for URLs
+/// compression.txt names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressionSettings {
+    pub level: u8,
+    pub min_bytes: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for CompressionSettings {
+    fn default() -> Self {
+        CompressionSettings {
+            level: 6,
+            min_bytes: 2 * 1024,
+            max_bytes: 2048 * 1024,
+        }
+    }
 }
 
 /// Which freshness rules a vhost's cache follows (TTL-5).
@@ -174,6 +196,7 @@ impl Default for Options {
                 .map(|n| n.as_bytes().into())
                 .collect(),
             forwarded_headers: false,
+            compression: None,
         }
     }
 }
@@ -213,6 +236,8 @@ pub struct Vhost {
     pub expires_rules: std::sync::Arc<[crate::policy::ExpiresRule]>,
     /// `svc/<vhost>/headers.txt` (MOD-*), applied when `<ModifyHeader>` is ON.
     pub header_rules: std::sync::Arc<[crate::policy::HeaderRule]>,
+    /// `svc/<vhost>/compression.txt` (GZ-2), applied when `<Compression>` is ON.
+    pub compression_rules: std::sync::Arc<[crate::policy::compression::CompressionRule]>,
     /// `<Log>` as inherited from `<VHostDefault>` and set here.
     pub log: LogSettings,
     /// The access log this vhost writes (LOG-1), when `<Log><Access>` is ON.

@@ -624,6 +624,7 @@ fn parse_vhost(
         origin_options: defaults.origin.clone(),
         expires_rules: std::sync::Arc::new([]),
         header_rules: std::sync::Arc::new([]),
+        compression_rules: std::sync::Arc::new([]),
         log: defaults.log.clone(),
         access_log: None,
         origin_log: None,
@@ -797,6 +798,7 @@ fn apply_options(
             }
             "AgeHeader" => o.age_header = on_off(s, e)?,
             "AcceptEncoding" => o.accept_encoding = on_off(s, e)?,
+            "Compression" => o.compression = parse_compression(s, e)?,
             "ETagHeader" => o.etag_header = on_off(s, e)?,
             "ViaHeader" => o.via_header = on_off(s, e)?,
             "ServerHeader" => o.server_header = on_off(s, e)?,
@@ -984,6 +986,59 @@ fn parse_storage(
     Ok(())
 }
 
+/// `<Compression Method="gzip" Level="6" SourceSize="2-2048">ON|OFF</Compression>`
+/// (GZ-1); `GzipLevel` is the later manual's name for `Level`.
+fn parse_compression(s: &Src, e: Node) -> Result<Option<super::CompressionSettings>, ConfigError> {
+    let mut c = super::CompressionSettings::default();
+    if let Some(m) = e.attribute("Method").map(str::trim) {
+        if !m.eq_ignore_ascii_case("gzip") {
+            return Err(s.err(
+                e,
+                format!("<Compression Method=\"{m}\">: only gzip is supported (GZ-1)"),
+            ));
+        }
+    }
+    let level = match (e.attribute("Level"), e.attribute("GzipLevel")) {
+        (Some(a), Some(b)) if a.trim() != b.trim() => {
+            return Err(s.err(
+                e,
+                "<Compression> has both Level and GzipLevel, with different values",
+            ))
+        }
+        (Some(l), _) | (None, Some(l)) => Some(l),
+        (None, None) => None,
+    };
+    if let Some(l) = level {
+        c.level = match l.trim().parse::<u8>() {
+            Ok(n @ 1..=9) => n,
+            _ => {
+                return Err(s.err(
+                    e,
+                    format!("<Compression Level=\"{l}\">: gzip levels are 1 to 9 (GZ-1)"),
+                ))
+            }
+        };
+    }
+    if let Some(r) = e.attribute("SourceSize") {
+        let bad = || {
+            s.err(
+                e,
+                format!("<Compression SourceSize=\"{r}\">: expected MIN-MAX in KB, MIN <= MAX"),
+            )
+        };
+        let (lo, hi) = r.split_once('-').ok_or_else(bad)?;
+        let kib = |v: &str| v.trim().parse::<u64>().ok().filter(|&n| n <= 1 << 30);
+        match (kib(lo), kib(hi)) {
+            (Some(lo), Some(hi)) if lo <= hi => {
+                c.min_bytes = lo * 1024;
+                c.max_bytes = hi * 1024;
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(on_off(s, e)?.then_some(c))
+}
+
 /// Reads `svc/<vhost>/expires.txt` and `headers.txt` when present. A malformed line
 /// is an error naming the file and line; a refused rule is a warning.
 fn load_rule_files(
@@ -1061,6 +1116,19 @@ fn load_rule_files(
             file: dir.join("headers.txt").display().to_string(),
             line: 0,
             reason: "ModifyHeader is ON but there is no headers.txt".into(),
+        });
+    }
+    if let Some((file, text)) = read("compression.txt")? {
+        let parsed = crate::policy::compression::parse(&text).map_err(|e| first_error(&file, e))?;
+        warnings.extend(parsed.warnings.into_iter().map(|d| to_diag(&file, d)));
+        vh.compression_rules = parsed.rules.into();
+    } else if vh.options.compression.is_some() {
+        warnings.push(Diag {
+            file: dir.join("compression.txt").display().to_string(),
+            line: 0,
+            reason:
+                "Compression is ON but there is no compression.txt: nothing is compressed (GZ-2)"
+                    .into(),
         });
     }
     Ok(())

@@ -217,6 +217,12 @@ pub async fn serve(
         tokio::select! {
             next = h2.accept() => match next {
                 Some(Ok((req, respond))) => {
+                    // A kTLS session near its record limit: GOAWAY, in-flight
+                    // streams finish (the drain's bound).
+                    if closing.is_none() && conn.near_record_limit() {
+                        h2.graceful_shutdown();
+                        closing = Some(tokio::time::Instant::now() + shard.shared.drain_timeout);
+                    }
                     let now = tokio::time::Instant::now();
                     if now.duration_since(window.0) >= RESET_WINDOW {
                         window = (now, 0, ctl.client_resets.get(), ctl.malformed.get());

@@ -185,8 +185,12 @@ impl Downstream for H1Exchange<'_> {
             return Err(ClientGone);
         }
         self.framing = framing_for(head.body, self.version);
-        // Re-decided here: a drain may have started while we waited for the origin.
-        if self.framing == ClientFraming::Close || self.shard.draining() {
+        // Re-decided here: a drain may have started while we waited for the origin,
+        // or a kTLS session neared its record limit.
+        if self.framing == ClientFraming::Close
+            || self.shard.draining()
+            || self.conn.near_record_limit()
+        {
             self.ka = Decision::Close;
         }
         let rendered = render_head(head, self.framing, self.ka);

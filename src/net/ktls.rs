@@ -26,21 +26,31 @@ use libc::{
     TLS_SET_RECORD_TYPE, TLS_TX,
 };
 
-/// Records a kernel session may send before cairn ends it: the kernel neither
-/// rekeys nor counts (rustls's kernel API leaves the AES-GCM confidentiality
-/// limit, about 2^24.5 records under TLS 1.3, to the caller). Counted from
-/// above: one record per write plus one per 16 KiB.
-pub const RECORD_LIMIT: u64 = 1 << 23;
+/// Records a kernel session may send before cairn winds it down: the kernel
+/// neither rekeys nor counts, and rustls's kernel API leaves AES-GCM's
+/// confidentiality limit (about 2^24.5 records) to the caller. Counted from
+/// above (one record per write plus one per 16 KiB). Past the soft limit a
+/// response closes the connection (HTTP/1) or GOAWAY is sent (h2); at the
+/// hard one reads end. ChaCha20-Poly1305 has no such limit at these counts.
+pub const SOFT_RECORD_LIMIT: u64 = 1 << 22;
+pub const HARD_RECORD_LIMIT: u64 = 1 << 24;
 
 const RECORD_ALERT: u8 = 21;
 const RECORD_HANDSHAKE: u8 = 22;
 
-/// An upper bound on the records one write of `bufs` makes: the kernel
-/// closes a record at 16 KiB and at the end of each write (a short write
-/// included, which the caller's retry counts as another write).
+/// An upper bound on the records one `writev` of `bufs` makes: the kernel
+/// closes a record at 16 KiB and at the end of each call (each retry of a
+/// short write is counted as its own call).
 pub fn records_for(bufs: &[bytes::Bytes]) -> u64 {
     let n: usize = bufs.iter().map(|b| b.len()).sum();
     1 + (n as u64).div_ceil(16384)
+}
+
+impl CryptoInfo {
+    /// Does the cipher wear out at record counts a connection can reach?
+    pub fn has_record_limit(&self) -> bool {
+        self.kind.cipher != CIPHER_CHACHA20_POLY1305
+    }
 }
 
 /// Which way a key goes: the kernel builds TLS 1.2 AES-GCM nonces for sending
@@ -175,9 +185,12 @@ pub struct Kind {
     cipher: u16,
 }
 
-/// Kinds a kernel refused once: later connections of that kind keep rustls
+/// Kinds a kernel refused: later connections of that kind keep rustls
 /// records instead of losing their session the same way.
 static REFUSED: [AtomicBool; 6] = [const { AtomicBool::new(false) }; 6];
+/// Install failures in a row, per kind.
+static FAILURES: [std::sync::atomic::AtomicU32; 6] =
+    [const { std::sync::atomic::AtomicU32::new(0) }; 6];
 
 impl Kind {
     /// The kind of a negotiated suite, if the kernel has its cipher.
@@ -202,14 +215,22 @@ impl Kind {
         Some(Kind { version, cipher })
     }
 
-    fn slot(self) -> &'static AtomicBool {
+    fn index(self) -> usize {
         let v = usize::from(self.version == TLS_1_3_VERSION);
         let c = match self.cipher {
             CIPHER_AES_GCM_128 => 0,
             CIPHER_AES_GCM_256 => 1,
             _ => 2,
         };
-        &REFUSED[v * 3 + c]
+        v * 3 + c
+    }
+
+    fn slot(self) -> &'static AtomicBool {
+        &REFUSED[self.index()]
+    }
+
+    fn failures(self) -> &'static std::sync::atomic::AtomicU32 {
+        &FAILURES[self.index()]
     }
 
     /// Has the kernel refused this kind of session before?
@@ -299,9 +320,15 @@ pub(super) fn attach_failed(e: &io::Error) {
 pub(super) fn install(fd: RawFd, send: &CryptoInfo, receive: &CryptoInfo) -> io::Result<()> {
     let r = setsockopt(fd, SOL_TLS, TLS_TX, send.as_bytes())
         .and_then(|()| setsockopt(fd, SOL_TLS, TLS_RX, receive.as_bytes()));
-    if let Err(e) = &r {
-        if lacks_support(e) {
-            send.kind.refuse();
+    match &r {
+        Ok(()) => send.kind.failures().store(0, Relaxed),
+        Err(e) => {
+            // A kernel that says it cannot, or one that fails three sessions
+            // of a kind in a row: that kind keeps rustls from then on.
+            let n = send.kind.failures().fetch_add(1, Relaxed) + 1;
+            if lacks_support(e) || n >= 3 {
+                send.kind.refuse();
+            }
         }
     }
     r

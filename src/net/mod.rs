@@ -141,7 +141,7 @@ impl Conn {
                     kernel: Some(Rc::new(h.session)),
                 }),
                 Err(e) => {
-                    log::warn!("kTLS: the kernel refused {:?} session keys ({e}); sessions of that kind keep rustls records from now on", h.send);
+                    log::warn!("kTLS: the kernel refused {:?} session keys ({e}); this connection is closed (a kind refused as unsupported, or three times in a row, keeps rustls records from then on)", h.send);
                     let _ = inner.shutdown(Shutdown::Both);
                     Err(IoError::Io(e))
                 }
@@ -152,6 +152,14 @@ impl Conn {
     /// Is the kernel making this connection's TLS records?
     pub fn is_kernel_tls(&self) -> bool {
         self.kernel.is_some()
+    }
+
+    /// A kTLS session past its soft record limit: the protocol layer should
+    /// end the connection after what is in flight (see [`ktls::SOFT_RECORD_LIMIT`]).
+    pub fn near_record_limit(&self) -> bool {
+        self.kernel
+            .as_ref()
+            .is_some_and(|k| k.limited && k.records.get() >= ktls::SOFT_RECORD_LIMIT)
     }
 
     /// The client side (an origin over TLS): `name` is sent as SNI and is the
@@ -326,10 +334,10 @@ impl Conn {
                 return Ok(n);
             }
         }
-        // Near the cipher's confidentiality limit, which the kernel does not
-        // watch: the connection ends as if the client had closed it, after the
-        // response in flight.
-        if k.records.get() >= ktls::RECORD_LIMIT {
+        // At the cipher's confidentiality limit, which the kernel does not
+        // watch (past the soft limit the protocol layers already close), the
+        // connection ends as if the client had closed it.
+        if k.limited && k.records.get() >= ktls::HARD_RECORD_LIMIT {
             k.closed.set(true);
             return Ok(0);
         }
@@ -448,12 +456,7 @@ impl Conn {
     /// short writes. No byte of any buffer is copied.
     pub async fn writev_all(&self, bufs: Vec<Bytes>, timeout: Duration) -> Result<(), IoError> {
         match &self.tls {
-            None => {
-                if let Some(k) = &self.kernel {
-                    k.records.set(k.records.get() + ktls::records_for(&bufs));
-                }
-                self.raw_writev_all(bufs, timeout).await
-            }
+            None => self.raw_writev_all(bufs, timeout).await,
             Some(t) => {
                 let _writer = t.writer.lock().await;
                 self.tls_writev_all(t, bufs, timeout).await
@@ -503,6 +506,9 @@ impl Conn {
             } else {
                 Vec::new()
             };
+            if let Some(k) = &self.kernel {
+                k.records.set(k.records.get() + ktls::records_for(&bufs));
+            }
             // The timeout is per write that makes progress (like nginx's send_timeout),
             // so a large body to a slow but live peer is not cut off.
             let (res, mut sent) = match tokio::time::timeout(timeout, self.inner.writev(bufs)).await

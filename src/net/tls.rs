@@ -246,6 +246,7 @@ impl TlsSession {
         ) {
             (Ok(send), Ok(receive)) => Ok(Handover {
                 session: KernelSession {
+                    limited: send.has_record_limit(),
                     facts,
                     server_name,
                     pending: RefCell::new(pending),
@@ -334,7 +335,7 @@ fn record_len(b: &[u8]) -> Option<usize> {
 /// A content type TLS defines (20..=24) and a length it allows (2^14 plus
 /// the expansion a record may have).
 fn plausible_header(b: &[u8]) -> bool {
-    (20..=24).contains(&b[0]) && u16::from_be_bytes([b[3], b[4]]) <= 16384 + 2048
+    (20..=24).contains(&b[0]) && b[1] == 3 && u16::from_be_bytes([b[3], b[4]]) < 16384 + 2048
 }
 
 /// Why a session stayed with rustls, or was lost in the hand-over.
@@ -355,8 +356,10 @@ pub struct KernelSession {
     /// The peer's close_notify was read (or the record limit reached): every
     /// later read is the end of the stream, as with rustls.
     pub closed: Cell<bool>,
-    /// Records sent, counted from above (see [`super::ktls::RECORD_LIMIT`]).
+    /// Records sent, counted from above (see [`super::ktls::SOFT_RECORD_LIMIT`]).
     pub records: Cell<u64>,
+    /// False for ChaCha20-Poly1305, which does not wear out at these counts.
+    pub limited: bool,
 }
 
 /// What [`TlsSession::into_kernel`] gives: the session, and its keys for the

@@ -5,6 +5,7 @@
 //! keystream works this way). Framing bytes (multipart part heads) never pass
 //! through it.
 
+pub mod gzip;
 pub mod xor;
 
 use bytes::Bytes;

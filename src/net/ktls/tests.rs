@@ -76,17 +76,17 @@ fn the_byte_layout_is_the_kernels_struct_layout() {
             )
         };
     }
-    let key16 = rustls::crypto::cipher::AeadKey::from([7u8; 32]);
-    let iv = rustls::crypto::cipher::Iv::new([9u8; 12]);
+    let key = rustls::crypto::cipher::AeadKey::from([7u8; 32]);
+    let iv = rustls::crypto::cipher::Iv::new([1, 2, 3, 4, 9, 9, 9, 9, 9, 9, 9, 9]);
     for (secrets, want) in [
         (
-            ConnectionTrafficSecrets::Aes256Gcm { key: key16, iv },
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv },
             layout!(libc::tls12_crypto_info_aes_gcm_256),
         ),
         (
             ConnectionTrafficSecrets::Chacha20Poly1305 {
                 key: rustls::crypto::cipher::AeadKey::from([7u8; 32]),
-                iv: rustls::crypto::cipher::Iv::new([9u8; 12]),
+                iv: rustls::crypto::cipher::Iv::new([1, 2, 3, 4, 9, 9, 9, 9, 9, 9, 9, 9]),
             },
             layout!(libc::tls12_crypto_info_chacha20_poly1305),
         ),
@@ -96,8 +96,14 @@ fn the_byte_layout_is_the_kernels_struct_layout() {
         let (size, iv_at, key_at, salt_at, seq_at) = want;
         assert_eq!(b.len(), size);
         assert_eq!(&b[key_at..key_at + 32], &[7u8; 32]);
-        assert_eq!(b[iv_at], 9);
-        assert!(salt_at <= seq_at);
+        if salt_at == seq_at {
+            // ChaCha20: no salt, the whole 12-byte nonce base is the iv.
+            assert_eq!(&b[iv_at..iv_at + 12], &[1, 2, 3, 4, 9, 9, 9, 9, 9, 9, 9, 9]);
+        } else {
+            // AES-GCM: salt = the first 4 bytes, iv = the other 8.
+            assert_eq!(&b[salt_at..salt_at + 4], &[1, 2, 3, 4]);
+            assert_eq!(&b[iv_at..iv_at + 8], &[9; 8]);
+        }
         assert_eq!(&b[seq_at..seq_at + 8], &0x0102u64.to_be_bytes());
         assert_eq!(
             u16::from_ne_bytes([b[0], b[1]]),

@@ -57,8 +57,12 @@ fn sends_cookie(cx: &RequestCtx<'_>) -> bool {
 /// variant: with `<AcceptEncoding>ON` (KEY-1) a gzip-capable client and an
 /// identity-only client use different objects.
 pub fn key_for(vhost: &Vhost, req: &RequestHead) -> CacheKey {
-    let gzip =
-        vhost.options.accept_encoding && req.header("accept-encoding").is_some_and(accepts_gzip);
+    let gzip = vhost.options.accept_encoding
+        && accepts_gzip(
+            req.headers()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(b"accept-encoding"))
+                .map(|(_, v)| v),
+        );
     let variant = if gzip {
         Variant::Gzip
     } else {
@@ -67,22 +71,50 @@ pub fn key_for(vhost: &Vhost, req: &RequestHead) -> CacheKey {
     CacheKey::new(&vhost.name, req.path(), variant)
 }
 
-/// `gzip` (or `x-gzip`, or `*`) listed with a non-zero q-value.
-pub fn accepts_gzip(v: &[u8]) -> bool {
-    crate::http1::headers::tokens(v).any(|t| {
-        let mut parts = t.split(|&b| b == b';');
-        let coding = crate::http1::headers::trim(parts.next().unwrap_or(b""));
-        let named = [b"gzip".as_slice(), b"x-gzip", b"*"]
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(coding));
-        let q_zero = parts.any(|p| {
-            let p = crate::http1::headers::trim(p);
-            p.len() >= 2
-                && p[..2].eq_ignore_ascii_case(b"q=")
-                && p[2..].iter().all(|&b| b == b'0' || b == b'.')
-        });
-        named && !q_zero
-    })
+/// Does the client take gzip (RFC 9110 §12.5.3)? `gzip` or `x-gzip` with a
+/// non-zero q-value decides; failing those, `*` does (it stands for codings not
+/// listed, so `gzip;q=0, *` is no). Every Accept-Encoding line counts; an
+/// element with a malformed q-value is not acceptable.
+pub fn accepts_gzip<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
+    use crate::http1::headers::{tokens, trim};
+    let (mut named, mut star) = (None::<bool>, None::<bool>);
+    for v in values {
+        for t in tokens(v) {
+            let mut parts = t.split(|&b| b == b';');
+            let coding = trim(parts.next().unwrap_or(b""));
+            let mut q_ok = true;
+            for p in parts {
+                let p = trim(p);
+                if p.len() >= 2 && p[..2].eq_ignore_ascii_case(b"q=") {
+                    q_ok = qvalue_nonzero(&p[2..]);
+                }
+            }
+            if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
+                // Several mentions: any acceptable one accepts.
+                named = Some(named.unwrap_or(false) || q_ok);
+            } else if coding == b"*" {
+                star = Some(star.unwrap_or(false) || q_ok);
+            }
+        }
+    }
+    named.or(star).unwrap_or(false)
+}
+
+/// `qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )`: is it
+/// well formed and above zero?
+fn qvalue_nonzero(q: &[u8]) -> bool {
+    let (int, frac) = match q.iter().position(|&b| b == b'.') {
+        Some(i) => (&q[..i], &q[i + 1..]),
+        None => (q, &b""[..]),
+    };
+    if frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    match int {
+        b"1" => frac.iter().all(|&d| d == b'0'),
+        b"0" => frac.iter().any(|&d| d != b'0'),
+        _ => false,
+    }
 }
 
 /// The hit is inline; revalidation and misses are boxed: they are rarer and
@@ -139,20 +171,43 @@ mod tests {
 
     #[test]
     fn accept_encoding_decides_the_variant() {
-        // (Accept-Encoding, gzip variant?)
-        let table: [(&[u8], bool); 9] = [
-            (b"gzip", true),
-            (b"gzip, deflate, br", true),
-            (b"br;q=1, GZIP;q=0.5", true),
-            (b"x-gzip", true),
-            (b"*", true),
-            (b"gzip;q=0", false),
-            (b"gzip;q=0.000", false),
-            (b"deflate, br", false),
-            (b"", false),
+        // (Accept-Encoding lines, gzip variant?)
+        let table: &[(&[&[u8]], bool)] = &[
+            (&[b"gzip"], true),
+            (&[b"gzip, deflate, br"], true),
+            (&[b"br;q=1, GZIP;q=0.5"], true),
+            (&[b"x-gzip"], true),
+            (&[b"*"], true),
+            (&[b"gzip;q=0"], false),
+            (&[b"gzip;q=0.000"], false),
+            (&[b"gzip;q=0.001"], true),
+            (&[b"gzip; q=1.0"], true),
+            (&[b"deflate, br"], false),
+            (&[b""], false),
+            (&[], false),
+            // `*` stands for what is not listed: gzip refused by name stays refused.
+            (&[b"gzip;q=0, *"], false),
+            (&[b"*;q=0, gzip"], true),
+            (&[b"*;q=0"], false),
+            // Malformed q-values are not acceptable.
+            (&[b"gzip;q=2"], false),
+            (&[b"gzip;q=0.5000"], false),
+            (&[b"gzip;q="], false),
+            (&[b"gzip;q=1.5"], false),
+            // Every line counts.
+            (&[b"br", b"gzip"], true),
+            (&[b"gzip;q=0", b"*"], false),
         ];
-        for (v, want) in table {
-            assert_eq!(accepts_gzip(v), want, "{:?}", String::from_utf8_lossy(v));
+        for (lines, want) in table {
+            assert_eq!(
+                accepts_gzip(lines.iter().copied()),
+                *want,
+                "{:?}",
+                lines
+                    .iter()
+                    .map(|l| String::from_utf8_lossy(l))
+                    .collect::<Vec<_>>()
+            );
         }
     }
 }

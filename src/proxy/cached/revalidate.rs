@@ -77,9 +77,28 @@ fn refreshed(
     let policy = cx.vhost.options.headers;
     let new_lines = kept_headers(r304, policy);
     let mut merged = Vec::with_capacity(hit.headers.len() + new_lines.len());
+    // cairn's own ETag (generated, or a gzip variant's) is not the origin's to
+    // replace: it names the stored bytes.
+    // Nor, on a gzip variant cairn made, the fields that describe its encoding.
+    let ours = hit.times.flags & freshness::FLAG_GENERATED_ETAG != 0;
+    let compressed = hit.times.flags & freshness::FLAG_COMPRESSED != 0;
+    let mine = |name: &[u8]| {
+        (ours && name.eq_ignore_ascii_case(b"etag"))
+            || (compressed
+                && [
+                    &b"content-length"[..],
+                    b"content-encoding",
+                    b"vary",
+                    b"content-md5",
+                ]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n)))
+    };
     let replaced = |name: &[u8]| {
-        r304.headers()
-            .any(|(n, _)| n.eq_ignore_ascii_case(name) && policy.keeps(n))
+        !mine(name)
+            && r304
+                .headers()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name) && policy.keeps(n))
     };
     for line in hit.headers.split_inclusive(|&b| b == b'\n') {
         let name = line.split(|&b| b == b':').next().unwrap_or(b"");
@@ -87,7 +106,12 @@ fn refreshed(
             merged.extend_from_slice(line);
         }
     }
-    merged.extend_from_slice(&new_lines);
+    for line in new_lines.split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+        if !mine(name) {
+            merged.extend_from_slice(line);
+        }
+    }
     let facts = response_facts(r304);
     let lifetime_ms = match freshness::storable(
         &ResponseFacts {
