@@ -316,6 +316,18 @@ fn log_stats(shared: &Shared) {
             s.log_dropped.load(Relaxed)
         );
     }
+    for (i, s) in shared.stats.iter().enumerate() {
+        let (made, inb, outb) = (
+            s.gz_objects.load(Relaxed),
+            s.gz_bytes_in.load(Relaxed),
+            s.gz_bytes_out.load(Relaxed),
+        );
+        log::info!(
+            "shard {i}: {made} gzip variants made ({inb} bytes in, {outb} out, {} saved, {:.1} ms compressing)",
+            inb.saturating_sub(outb),
+            s.gz_nanos.load(Relaxed) as f64 / 1e6
+        );
+    }
     let lost = shared.log_queues.lost.load(Relaxed);
     if lost > 0 {
         log::warn!("access log: {lost} lines could not be written (see the errors above)");

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering::Relaxed;
 pub(super) struct FillSlot(std::sync::Arc<crate::context::Shared>, usize);
 
 impl FillSlot {
-    fn take(cx: &RequestCtx<'_>, max: usize) -> Option<FillSlot> {
+    pub(super) fn take(cx: &RequestCtx<'_>, max: usize) -> Option<FillSlot> {
         let stats = cx.shard.stats();
         if stats.fills_active.load(Relaxed) as usize >= max {
             return None;
@@ -53,7 +53,7 @@ fn limits(cx: &RequestCtx<'_>) -> FillLimits {
 
 /// A miss passed through because of `MaxFillsPerShard`: counted, and logged the
 /// 1st, 2nd, 4th, 8th… time.
-fn count_refused(cx: &RequestCtx<'_>) {
+pub(super) fn count_refused(cx: &RequestCtx<'_>) {
     let n = cx.shard.stats().fills_refused.fetch_add(1, Relaxed) + 1;
     if n.is_power_of_two() {
         log::warn!(
@@ -97,6 +97,15 @@ pub(super) async fn fill_from<D: Downstream>(
     result: CacheResult,
     request_time: u64,
 ) -> Result<(), ExchangeError> {
+    // GZ-3: a gzip client's miss of a URL cairn compresses.
+    if let (Some(level), Some((_, c))) =
+        (super::compress::makes_gzip(cx), super::compress::level(cx))
+    {
+        if super::compress::compressible(&reply, &c) {
+            return super::compress::fill(cx, down, reply, leader, result, request_time, level)
+                .await;
+        }
+    }
     let cache = &cx.shard.shared.cache;
     let input = PlanInput {
         reply: &reply.head,
@@ -109,7 +118,7 @@ pub(super) async fn fill_from<D: Downstream>(
         request_time_ms: request_time,
         response_time_ms: now_ms(),
     };
-    let plan = match plan(&input) {
+    let mut plan = match plan(&input) {
         Ok(p) => p,
         Err(why) => {
             log::debug!(
@@ -124,6 +133,10 @@ pub(super) async fn fill_from<D: Downstream>(
             return pass::relay(cx, down, reply, &Extras::new(result)).await;
         }
     };
+    // With compression on for the URL, both variants say they vary (GZ-3).
+    if super::compress::level(cx).is_some() {
+        plan.headers = super::plan::with_vary(&plan.headers);
+    }
     let lim = limits(cx);
     let (leader, slot) = match leader {
         Some((l, slot)) => (Some(l), Some(slot)),

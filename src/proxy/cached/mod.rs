@@ -3,6 +3,7 @@
 //! `conditional`, `multipart`, `plan` and `cache::freshness`; the other files
 //! move bytes between them, the origin and the downstream.
 
+mod compress;
 mod conditional;
 mod fill;
 mod follow;
@@ -144,7 +145,8 @@ fn origin_opts<'a>(
     extra: &[u8],
 ) -> (Vec<u8>, Option<&'a crate::policy::HeaderList<'a>>) {
     let mut ask = Vec::with_capacity(extra.len() + 24);
-    if cx.key.variant == Variant::Gzip {
+    // GZ-4: when cairn makes the gzip variant, the origin is asked for identity.
+    if cx.key.variant == Variant::Gzip && compress::makes_gzip(cx).is_none() {
         ask.extend_from_slice(b"Accept-Encoding: gzip\r\n");
     }
     ask.extend_from_slice(extra);

@@ -119,6 +119,89 @@ fn add_generated_etag(p: &mut FillPlan, size: u64) {
     p.times.flags |= freshness::FLAG_GENERATED_ETAG;
 }
 
+/// The header lines of `headers` without those named in `drop` (any case).
+fn without(headers: &[u8], drop: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(headers.len() + 64);
+    for line in headers.split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+        if !drop.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}
+
+/// Stored headers that say the object varies on Accept-Encoding (GZ-3): with
+/// compression on, both variants carry it.
+pub fn with_vary(headers: &Bytes) -> Bytes {
+    let has = headers.split(|&b| b == b'\n').any(|line| {
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => return false,
+        };
+        name.eq_ignore_ascii_case(b"vary")
+            && crate::http1::headers::tokens(value)
+                .any(|t| t.eq_ignore_ascii_case(b"accept-encoding") || t == b"*")
+    });
+    if has {
+        return headers.clone();
+    }
+    let mut out = without(headers, &[b"vary"]);
+    out.extend_from_slice(b"Vary: Accept-Encoding\r\n");
+    Bytes::from(out)
+}
+
+/// The ETag of a gzip variant cairn made from an object whose ETag is `etag`:
+/// another representation needs another tag (RFC 9110 §8.8.3), so `-gzip` goes
+/// inside the quotes (`"v1"` → `"v1-gzip"`, `W/"v1"` → `W/"v1-gzip"`). `None`
+/// for a value that is not a quoted entity tag.
+pub fn gzip_etag(etag: &[u8]) -> Option<Vec<u8>> {
+    let inner = etag.strip_prefix(b"W/").unwrap_or(etag);
+    if inner.len() < 2 || inner[0] != b'"' || inner[inner.len() - 1] != b'"' {
+        return None;
+    }
+    let mut out = etag[..etag.len() - 1].to_vec();
+    out.extend_from_slice(b"-gzip\"");
+    Some(out)
+}
+
+/// The plan of the gzip variant cairn stores for an identity response planned
+/// as `p`, whose body compressed to `gz_len` bytes: `Content-Encoding: gzip`,
+/// `Vary: Accept-Encoding`, its own length and ETag. The ETag is cairn's
+/// (flagged generated): never sent to the origin, never replaced by a 304's.
+pub fn gzip_variant(p: &FillPlan, gz_len: u64) -> FillPlan {
+    let mut v = p.clone();
+    let own = p.times.flags & freshness::FLAG_GENERATED_ETAG == 0;
+    let mut headers = without(
+        &p.headers,
+        &[
+            b"etag",
+            b"content-length",
+            b"content-encoding",
+            b"content-md5",
+            b"vary",
+        ],
+    );
+    headers.extend_from_slice(b"Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n");
+    v.headers = Bytes::from(headers);
+    v.length = Some(gz_len);
+    v.etag = Vec::new();
+    v.times.flags |= freshness::FLAG_COMPRESSED;
+    match gzip_etag(&p.etag).filter(|_| own) {
+        Some(tag) => {
+            let mut h = v.headers.to_vec();
+            h.extend_from_slice(b"ETag: ");
+            h.extend_from_slice(&tag);
+            h.extend_from_slice(b"\r\n");
+            v.headers = Bytes::from(h);
+            v.etag = tag;
+            v.times.flags |= freshness::FLAG_GENERATED_ETAG;
+        }
+        None => add_generated_etag(&mut v, gz_len),
+    }
+    v
+}
+
 /// Decides whether a response may be stored and, if so, what to store.
 pub fn plan(i: &PlanInput<'_>) -> Result<FillPlan, &'static str> {
     let facts = response_facts(i.reply);
@@ -221,6 +304,77 @@ mod tests {
             request_time_ms: NOW - 5,
             response_time_ms: NOW,
         })
+    }
+
+    #[test]
+    fn a_gzip_variant_has_its_own_encoding_length_etag_and_vary() {
+        let p = run(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Type: text/css\r\nContent-Length: 900\r\nETag: \"v1\"\r\nVary: accept-encoding\r\n",
+            Some(900),
+            "",
+        )
+        .unwrap();
+        let v = gzip_variant(&p, 123);
+        let h = String::from_utf8(v.headers.to_vec()).unwrap();
+        assert!(h.contains("Content-Type: text/css\r\n"), "{h}");
+        assert!(h.contains("Content-Encoding: gzip\r\n"), "{h}");
+        assert_eq!(
+            h.matches("Vary:").count() + h.matches("vary:").count(),
+            1,
+            "{h}"
+        );
+        assert!(
+            h.contains("ETag: \"v1-gzip\"\r\n") && !h.contains("\"v1\"\r\n"),
+            "{h}"
+        );
+        assert!(!h.to_ascii_lowercase().contains("content-length"), "{h}");
+        assert_eq!((v.length, &v.etag[..]), (Some(123), &b"\"v1-gzip\""[..]));
+        assert_ne!(
+            v.times.flags & freshness::FLAG_GENERATED_ETAG,
+            0,
+            "not sent to the origin"
+        );
+        assert_ne!(v.times.flags & freshness::FLAG_COMPRESSED, 0);
+        // Without an origin ETag: one generated from the compressed size.
+        let bare = run(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n",
+            Some(900),
+            "",
+        )
+        .unwrap();
+        let g = gzip_variant(&bare, 123);
+        assert!(
+            g.etag.ends_with(b"-7b\""),
+            "{:?}",
+            String::from_utf8_lossy(&g.etag)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&g.headers).matches("ETag").count(),
+            1
+        );
+    }
+
+    #[test]
+    fn gzip_etags_and_vary_lines() {
+        for (tag, want) in [
+            (&b"\"a\""[..], Some(&b"\"a-gzip\""[..])),
+            (b"W/\"a\"", Some(b"W/\"a-gzip\"")),
+            (b"\"\"", Some(b"\"-gzip\"")),
+            (b"a", None),
+            (b"\"", None),
+            (b"W/a", None),
+        ] {
+            assert_eq!(
+                gzip_etag(tag).as_deref(),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(tag)
+            );
+        }
+        let h = Bytes::from_static(b"Vary: Accept-Encoding\r\nX: 1\r\n");
+        assert_eq!(with_vary(&h), h);
+        let h = Bytes::from_static(b"X: 1\r\n");
+        assert_eq!(&with_vary(&h)[..], b"X: 1\r\nVary: Accept-Encoding\r\n");
     }
 
     #[test]
