@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("range", range),
     ("cache_control", cache_control),
     ("expires_txt", expires_txt),
+    ("compression_txt", compression_txt),
     ("headers_txt", headers_txt),
     ("condition", condition),
     ("rulefile", rulefile),
@@ -309,6 +310,38 @@ fn with_ctxs(url: &[u8], mut f: impl FnMut(&MatchCtx<'_>)) {
 }
 
 /// `svc/<vhost>/expires.txt`, then the rules it gave, decided against some requests.
+/// compression.txt, then what it decides for a few URLs and for the input
+/// itself; and the input's lines as Accept-Encoding values, which must mean
+/// the same as one line with them joined by commas.
+pub fn compression_txt(data: &[u8]) {
+    use policy::compression::{decide, parse, Compress};
+    let text = String::from_utf8_lossy(data);
+    if let Ok(p) = parse(&text) {
+        for r in &p.rules {
+            assert!(r.line >= 1);
+            if let Compress::Gzip(Some(l)) = r.action {
+                assert!((1..=9).contains(&l), "level {l}");
+            }
+        }
+        for url in [&b"/a.css"[..], b"/x/y.js?v=1", b"/", data] {
+            let got = decide(&p.rules, url);
+            // First match wins: nothing before the deciding rule matches.
+            let path = url.split(|&b| b == b'?').next().unwrap_or(url);
+            let first = p
+                .rules
+                .iter()
+                .position(|r| r.url.matches(url) || r.url.matches(path));
+            assert_eq!(got, first.map_or(Compress::No, |i| p.rules[i].action));
+        }
+    }
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+    let one = lines.join(&b", "[..]);
+    assert_eq!(
+        crate::proxy::cached::accepts_gzip(lines.iter().copied()),
+        crate::proxy::cached::accepts_gzip(std::iter::once(&one[..]))
+    );
+}
+
 pub fn expires_txt(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let Ok(parsed) = policy::expires::parse(&text) else {
