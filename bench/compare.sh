@@ -41,7 +41,8 @@ Options:
   --with-log            also run proxy cairn-log: cairn's binary and configuration
                         plus the access log (<Log><Access>ON</Access></Log>)
   --scenarios LIST      scenarios to run, comma-separated, e.g. ka-1k,ka-256k
-                        (default all: ka-SIZE, close-1k, idle-1k, gzip-32k)
+                        (default all: ka-SIZE, close-1k, idle-1k, gzip-32k,
+                        gzip-css-32k)
   --server-cores LIST   cores for the proxies, e.g. 0 or 0-3 (default: first half of
                         the cores this script may use)
   --client-cores LIST   cores for the load generator (default: the second half)
@@ -149,7 +150,7 @@ fi
 # are those the scenario list below builds for this mode.
 KNOWN_SCENARIOS=()
 for s in "${SIZES[@]}"; do KNOWN_SCENARIOS+=("ka-$s"); done
-KNOWN_SCENARIOS+=(close-1k idle-1k gzip-32k h2-1k h2-256k tls-1k tls-256k tls-close-1k)
+KNOWN_SCENARIOS+=(close-1k idle-1k gzip-32k gzip-css-32k h2-1k h2-256k tls-1k tls-256k tls-close-1k)
 if [[ -n $SCENARIO_FILTER ]]; then
 	IFS=, read -r -a _want <<<"$SCENARIO_FILTER"
 	for q in "${_want[@]}"; do
@@ -711,6 +712,9 @@ awk 'BEGIN {
 	}
 }' >"$WORK/docroot/text-32k.txt"
 truncate -s 32768 "$WORK/docroot/text-32k.txt"
+# The same words as a stylesheet, which the origin sends uncompressed (its gzip
+# covers text/plain only): each proxy compresses it itself (gzip-css-32k).
+cp "$WORK/docroot/text-32k.txt" "$WORK/docroot/css-32k.css"
 
 # One self-signed ECDSA P-256 certificate for every proxy's TLS listener.
 mkdir -p "$WORK/tls"
@@ -729,6 +733,12 @@ render "$BENCH_DIR/conf/cairn/vhosts.xml" "$WORK/cairn/conf/vhosts.xml"
 cp "$WORK/origin/nginx.conf" "$OUT_DIR/conf/nginx-origin.conf"
 cp "$WORK/nginx/nginx.conf" "$OUT_DIR/conf/nginx-proxy.conf"
 cp "$WORK/httpd/httpd.conf" "$OUT_DIR/conf/httpd-proxy.conf"
+# gzip-css-32k: cairn compresses what compression.txt names (GZ-2), once per object.
+for c in cairn cairn-old cairn-log; do
+	[[ $c == cairn ]] || has_proxy "$c" || continue
+	mkdir -p "$WORK/$c/conf/svc/bench.local"
+	printf '*.css\n' >"$WORK/$c/conf/svc/bench.local/compression.txt"
+done
 cp "$WORK/cairn/conf/server.xml" "$OUT_DIR/conf/cairn-server.xml"
 cp "$WORK/cairn/conf/vhosts.xml" "$OUT_DIR/conf/cairn-vhosts.xml"
 for c in cairn-old cairn-log; do
@@ -1088,6 +1098,7 @@ done
 SCENARIOS+=("close-1k|close|/1k.bin|$CLOSE_CONNS|Connection: close (new connection per request), 1 KiB object")
 SCENARIOS+=("idle-1k|idle|/1k.bin|$IDLE_ACTIVE|$IDLE_CONNS idle keep-alive connections held open + $IDLE_ACTIVE active, 1 KiB object")
 SCENARIOS+=("gzip-32k|gzip|/text-32k.txt|$CONNS|HTTP/1.1 keep-alive, Accept-Encoding: gzip, 32 KiB compressible text")
+SCENARIOS+=("gzip-css-32k|gzip|/css-32k.css|$CONNS|HTTP/1.1 keep-alive, Accept-Encoding: gzip, 32 KiB CSS the origin sends uncompressed: each proxy compresses it")
 
 # HTTP/2 over TLS (ALPN h2): h2load with 16 connections x 10 streams, against
 # nginx's `listen ... ssl http2` and httpd's mod_http2 (Protocols h2 http/1.1)

@@ -170,8 +170,6 @@ pub struct ShardCtx {
     /// Live client connections, so a drain past its deadline can release them.
     pub sessions: RefCell<AHashMap<u64, Conn>>,
     pub next_session: Cell<u64>,
-    /// This shard's gzip compressors (GZ-3): no lock, no other shard's.
-    pub gzip: crate::transform::gzip::Gzipper,
 }
 
 impl ShardCtx {
@@ -185,7 +183,6 @@ impl ShardCtx {
             log,
             sessions: RefCell::new(AHashMap::default()),
             next_session: Cell::new(0),
-            gzip: Default::default(),
         }
     }
     pub fn stats(&self) -> &ShardStats {

@@ -35,6 +35,31 @@ fn origin() -> Origin {
                 (e.finish().unwrap(), "Content-Encoding: gzip\r\n")
             }
             "/logo.png" => (vec![7u8; 20_000], ""),
+            "/nope.css" | "/l9.css" | "/nt.css" | "/head.css" => (css(32 * 1024), ""),
+            "/slow.css" => {
+                std::thread::sleep(std::time::Duration::from_millis(400));
+                (css(32 * 1024), "")
+            }
+            "/b-min.css" => (css(2048), ""),
+            "/b-max.css" => (css(2048 * 1024), ""),
+            "/b-over.css" => (css(2048 * 1024 + 1), ""),
+            "/reval.css" => {
+                // ETag only (no Last-Modified), stale after a second: a
+                // revalidation must ask with the origin's own tag.
+                if header_in(&r.headers, "if-none-match") == Some("W/\"r1\"") {
+                    return Reply::Bytes(
+                        b"HTTP/1.1 304 Not Modified\r\nETag: \"r1\"\r\nCache-Control: max-age=1\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                    );
+                }
+                let body = css(32 * 1024);
+                let mut v = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/css\r\nCache-Control: max-age=1\r\nETag: \"r1\"\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                v.extend_from_slice(&body);
+                return Reply::Bytes(v);
+            }
             _ => {
                 return Reply::Bytes(
                     b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
@@ -43,12 +68,19 @@ fn origin() -> Origin {
         };
         // GZ-4: for a URL it compresses, cairn asks for the identity form.
         assert!(
-            !r.path.ends_with(".css") || header_in(&r.headers, "accept-encoding").is_none(),
+            !r.path.ends_with(".css")
+                || r.path == "/nope.css"
+                || header_in(&r.headers, "accept-encoding").is_none(),
             "the origin was asked with {:?}",
             r.headers
         );
+        let cc = if r.path == "/nt.css" {
+            "max-age=3600, no-transform"
+        } else {
+            "max-age=3600"
+        };
         let mut v = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/css\r\nCache-Control: max-age=3600\r\n{extra}Content-Length: {}\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/css\r\nCache-Control: {cc}\r\n{extra}Content-Length: {}\r\n\r\n",
             body.len()
         )
         .into_bytes();
@@ -58,16 +90,24 @@ fn origin() -> Origin {
 }
 
 fn gzip_dir(origin: &Origin) -> std::path::PathBuf {
+    gzip_dir_at(origin, 6)
+}
+
+/// `<Compression Level=level>`, and compression.txt: `/nope.css` never,
+/// `/l9.css` at level 9, other `.css` at the element's level.
+fn gzip_dir_at(origin: &Origin, level: u8) -> std::path::PathBuf {
     let dir = config_dir(
         &origin.addr.to_string(),
-        r#"<Compression Method="gzip" Level="6" SourceSize="2-2048">ON</Compression>"#,
+        &format!(
+            r#"<Compression Method="gzip" Level="{level}" SourceSize="2-2048">ON</Compression>"#
+        ),
         "",
     );
     let svc = dir.join("svc").join("test.local");
     std::fs::create_dir_all(&svc).unwrap();
     std::fs::write(
         svc.join("compression.txt"),
-        "# what cairn compresses\n/nope.css, no\n*.css   // the element's level\n",
+        "# what cairn compresses\n/nope.css, no\n/l9.css, gzip, 9\n*.css   // the element's level\n",
     )
     .unwrap();
     dir
@@ -118,7 +158,8 @@ fn a_css_is_compressed_once_and_every_gzip_client_gets_the_same_bytes() {
     assert_eq!(first.status, 200);
     assert_eq!(first.header("content-encoding"), Some("gzip"), "{first:?}");
     assert_eq!(first.header("vary"), Some("Accept-Encoding"));
-    assert_eq!(first.header("etag"), Some("\"css1-gzip\""));
+    // Its own tag, weak: another compression may give other bytes.
+    assert_eq!(first.header("etag"), Some("W/\"css1-gzip\""));
     assert_eq!(
         first.header("content-length"),
         Some(first.body.len().to_string().as_str())
@@ -152,9 +193,16 @@ fn a_css_is_compressed_once_and_every_gzip_client_gets_the_same_bytes() {
     let cond = get(
         &mut c,
         "/style.css",
-        "Accept-Encoding: gzip\r\nIf-None-Match: \"css1-gzip\"\r\n",
+        "Accept-Encoding: gzip\r\nIf-None-Match: W/\"css1-gzip\"\r\n",
     );
     assert_eq!(cond.status, 304, "{cond:?}");
+    // The identity tag does not validate the gzip variant.
+    let other = get(
+        &mut c,
+        "/style.css",
+        "Accept-Encoding: gzip\r\nIf-None-Match: \"css1\"\r\n",
+    );
+    assert_eq!(other.status, 200, "{other:?}");
 }
 
 #[test]
@@ -263,4 +311,110 @@ fn bad_compression_settings_are_config_errors_with_file_and_line() {
         err.contains("compression.txt") && err.contains(":2"),
         "{err}"
     );
+}
+
+#[test]
+fn levels_bounds_no_lines_no_transform_and_head_misses() {
+    let origin = origin();
+    let cairn = Cairn::start(gzip_dir_at(&origin, 1), 1);
+    let mut c = cairn.connect();
+    let gz = "Accept-Encoding: gzip\r\n";
+    // The element's level 1 and a line's level 9: libdeflate marks them in the
+    // gzip header's XFL byte (4: fastest, 2: best).
+    let fast = get(&mut c, "/style.css", gz);
+    let best = get(&mut c, "/l9.css", gz);
+    assert_eq!((fast.body[8], best.body[8]), (4, 2), "XFL");
+    assert_eq!(gunzip(&best.body), css(32 * 1024));
+    // A `no` line.
+    let no = get(&mut c, "/nope.css", gz);
+    assert_eq!(no.header("content-encoding"), None);
+    assert!(no.body == css(32 * 1024), "{} bytes", no.body.len());
+    // SourceSize is inclusive, in KiB: 2 KiB and 2048 KiB are compressed,
+    // one byte more is not.
+    for (path, n, compressed) in [
+        ("/b-min.css", 2048, true),
+        ("/b-max.css", 2048 * 1024, true),
+        ("/b-over.css", 2048 * 1024 + 1, false),
+    ] {
+        let r = get(&mut c, path, gz);
+        let body = if compressed {
+            assert_eq!(r.header("content-encoding"), Some("gzip"), "{path}");
+            gunzip(&r.body)
+        } else {
+            assert_eq!(r.header("content-encoding"), None, "{path}");
+            r.body.clone()
+        };
+        assert!(body == css(n), "{path}: {} bytes", body.len());
+    }
+    // Cache-Control: no-transform forbids it (RFC 9110 §7.7).
+    let nt = get(&mut c, "/nt.css", gz);
+    assert_eq!(nt.header("content-encoding"), None);
+    assert!(nt.body == css(32 * 1024), "{} bytes", nt.body.len());
+    // A HEAD miss fills the gzip variant; the GET after it is that object.
+    c.send(b"HEAD /head.css HTTP/1.1\r\nHost: test.local\r\nAccept-Encoding: gzip\r\n\r\n");
+    let head = c.response(true).expect("a response");
+    assert_eq!(head.header("content-encoding"), Some("gzip"), "{head:?}");
+    let after = get(&mut c, "/head.css", gz);
+    assert_eq!(
+        head.header("content-length"),
+        Some(after.body.len().to_string().as_str())
+    );
+    assert_eq!(gunzip(&after.body), css(32 * 1024));
+}
+
+#[test]
+fn a_stale_gzip_variant_is_revalidated_with_the_origins_etag() {
+    let origin = origin();
+    let cairn = Cairn::start(gzip_dir(&origin), 1);
+    let mut c = cairn.connect();
+    let gz = "Accept-Encoding: gzip\r\n";
+    let first = get(&mut c, "/reval.css", gz);
+    assert_eq!(first.header("etag"), Some("W/\"r1-gzip\""));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // Stale: cairn asks with If-None-Match W/"r1" (the origin's tag behind its
+    // own); the origin's 304 refreshes the variant, which is not recompressed
+    // and keeps its own encoding fields.
+    let again = get(&mut c, "/reval.css", gz);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.header("etag"), Some("W/\"r1-gzip\""));
+    assert_eq!(again.header("content-encoding"), Some("gzip"));
+    assert_eq!(origin.count(), 2);
+    assert_eq!(
+        header_in(&origin.last().headers, "if-none-match"),
+        Some("W/\"r1\""),
+        "revalidated with the origin's tag"
+    );
+    assert_eq!(made(&cairn, 0).0, 1, "compressed once");
+}
+
+#[test]
+fn the_leader_hanging_up_does_not_fail_the_followers() {
+    let origin = origin();
+    let cairn = Cairn::start(gzip_dir(&origin), 1);
+    let req = b"GET /slow.css HTTP/1.1\r\nHost: test.local\r\nAccept-Encoding: gzip\r\n\r\n";
+    // The leader asks, then leaves while the origin is still answering.
+    {
+        let mut leader = cairn.connect();
+        leader.send(req);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let followers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = cairn.addr;
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.send(req);
+                c.response(false).expect("a response")
+            })
+        })
+        .collect();
+    for f in followers {
+        let r = f.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        assert!(gunzip(&r.body) == css(32 * 1024));
+    }
+    assert_eq!(origin.count(), 1, "one fill, finished without its leader");
+    assert_eq!(made(&cairn, 0).0, 1);
 }

@@ -120,14 +120,23 @@ fn url_pattern(field: &str) -> Result<Pattern, CompressionError> {
 }
 
 /// What the rules decide for a URL (path and query as requested): the first
-/// line whose pattern matches the path with its query, or without it (so
-/// `*.css` covers `/a.css?v=2`), decides; no line, no compression.
+/// line whose pattern matches decides; no line, no compression. A pattern
+/// without `?` is matched against the path alone, so `*.css` covers
+/// `/a.css?v=2` but not `/big.bin?.css`; one with `?` against path and query.
 pub fn decide(rules: &[CompressionRule], url: &[u8]) -> Compress {
-    let path = url.split(|&b| b == b'?').next().unwrap_or(url);
     rules
         .iter()
-        .find(|r| r.url.matches(url) || r.url.matches(path))
+        .find(|r| r.url.matches(subject(&r.url, url)))
         .map_or(Compress::No, |r| r.action)
+}
+
+/// What a pattern is matched against (see [`decide`]).
+pub fn subject<'a>(pattern: &Pattern, url: &'a [u8]) -> &'a [u8] {
+    if pattern.as_str().contains('?') {
+        url
+    } else {
+        url.split(|&b| b == b'?').next().unwrap_or(url)
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +168,8 @@ mod tests {
             (b"/logo.png", Compress::No),
             (b"/sample.css?x", Compress::No),
             (b"/A.CSS", Compress::No), // URLs are case-sensitive (spec §0)
+            // A query does not make a URL something else.
+            (b"/big.bin?.css", Compress::No),
         ] {
             assert_eq!(
                 decide(&rules, url),
@@ -171,6 +182,13 @@ mod tests {
 
     #[test]
     fn first_match_wins_and_url_wrappers_are_accepted() {
+        let q = parse("/app?v=*, gzip, 2\n").unwrap().rules;
+        assert_eq!(
+            decide(&q, b"/app?v=3"),
+            Compress::Gzip(Some(2)),
+            "a pattern with ?"
+        );
+        assert_eq!(decide(&q, b"/app"), Compress::No);
         let rules = parse("$URL[/static/*], no\n*, gzip, 1\n").unwrap().rules;
         assert_eq!(decide(&rules, b"/static/a.css"), Compress::No);
         assert_eq!(decide(&rules, b"/a.css"), Compress::Gzip(Some(1)));

@@ -1,16 +1,23 @@
 //! Gzip variants cairn makes (GZ-1..GZ-5). With `<Compression>` ON and a
 //! compression.txt line for the URL, a gzip client's miss asks the origin for
-//! the identity form (GZ-4), and a 200 of known length within `SourceSize`
-//! and without a `Content-Encoding` is compressed once, on the filling shard,
-//! and stored as the gzip variant: every later gzip client is a plain hit of
-//! those bytes (GZ-3). Anything else is stored as it came, with `Vary`.
+//! the identity form (GZ-4), and a 200 of known length within `SourceSize`,
+//! without a `Content-Encoding` or `no-transform`, is compressed once, on the
+//! filling shard, and stored as the gzip variant: every later gzip client is a
+//! plain hit of those bytes (GZ-3). Anything else is stored as it came, with
+//! `Vary`.
+//!
+//! The read, the compression and the store run in a task of their own (as a
+//! known-length fill does), so the client that led the miss, fast or slow or
+//! gone, never holds the body, the fill's place or its followers.
 
 use super::fill::{count_refused, FillSlot};
 use super::follow::follow;
+use super::hit::send_hit;
 use super::plan::{gzip_variant, plan, with_vary, FillPlan, PlanInput};
 use crate::cache::fill::{FillEnd, FillHead, Leader};
 use crate::cache::{CacheResult, Variant};
 use crate::config::CompressionSettings;
+use crate::context::Shared;
 use crate::exchange::{Downstream, ExchangeError, Head};
 use crate::origin::exchange::OriginReply;
 use crate::policy::compression::{decide, Compress};
@@ -19,6 +26,8 @@ use crate::proxy::request::{now_ms, RequestCtx};
 use crate::proxy::response::{self, origin_body, Extras};
 use bytes::Bytes;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The gzip level compression.txt gives this URL, when `<Compression>` is ON
 /// and a line names it (either variant: both then carry `Vary`).
@@ -39,9 +48,17 @@ pub(super) fn makes_gzip(cx: &RequestCtx<'_>) -> Option<u8> {
         .map(|(l, _)| l)
 }
 
-/// GZ-4, GZ-5: a 200 with a body of known length within `SourceSize`, not
-/// already encoded (an encoded one is passed through as it is).
+/// GZ-4, GZ-5, RFC 9110 §7.7: a 200 with a body of known length within
+/// `SourceSize`, not already encoded (an encoded one is passed through as it
+/// is), and not marked `no-transform`.
 pub(super) fn compressible(reply: &OriginReply, c: &CompressionSettings) -> bool {
+    let no_transform = reply
+        .head
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"cache-control"))
+        .any(|(_, v)| {
+            crate::http1::headers::tokens(v).any(|t| t.eq_ignore_ascii_case(b"no-transform"))
+        });
     reply.head.status == 200
         && reply.has_body()
         && reply
@@ -49,30 +66,106 @@ pub(super) fn compressible(reply: &OriginReply, c: &CompressionSettings) -> bool
             .is_some_and(|n| (c.min_bytes..=c.max_bytes).contains(&n))
         && reply.head.header("content-encoding").is_none()
         && reply.head.header("content-range").is_none()
+        && !no_transform
 }
 
 /// The shard's `FillMemoryPerShard` charge for a body held whole while it is
-/// compressed; released on drop.
-struct Held<'a>(&'a std::sync::atomic::AtomicU64, u64);
+/// compressed (the body and its gzip bound); released on drop.
+pub(super) struct Held {
+    shared: Arc<Shared>,
+    shard: usize,
+    n: u64,
+}
 
-impl<'a> Held<'a> {
-    fn take(memory: &'a std::sync::atomic::AtomicU64, n: u64, budget: u64) -> Option<Held<'a>> {
-        if memory.fetch_add(n, Relaxed) + n > budget {
+impl Held {
+    /// `None` past the budget: the object is then filled as it came.
+    pub(super) fn take(cx: &RequestCtx<'_>, length: u64) -> Option<Held> {
+        let n = 2 * length + 64 * 1024;
+        let memory = &cx.shard.stats().fill_memory;
+        if memory.fetch_add(n, Relaxed) + n > cx.server.fill_memory {
             memory.fetch_sub(n, Relaxed);
             return None;
         }
-        Some(Held(memory, n))
+        Some(Held {
+            shared: cx.shard.shared.clone(),
+            shard: cx.shard.id,
+            n,
+        })
     }
 }
 
-impl Drop for Held<'_> {
+impl Drop for Held {
     fn drop(&mut self) {
-        self.0.fetch_sub(self.1, Relaxed);
+        self.shared.stats[self.shard]
+            .fill_memory
+            .fetch_sub(self.n, Relaxed);
     }
 }
 
-/// Reads the identity body whole, compresses it and stores the gzip variant;
-/// this client (and the fill's followers) are answered from what was stored.
+/// What a compression fill stores: the gzip variant, or (compression refused
+/// by the shard's budget, no gain, an error) the identity body with `Vary`.
+struct Made {
+    plan: FillPlan,
+    bytes: Vec<u8>,
+}
+
+/// Compresses `body` for `p` on this shard, within its budget.
+fn make(
+    shared: &Shared,
+    shard: usize,
+    p: &FillPlan,
+    body: Vec<u8>,
+    level: u8,
+    label: &str,
+) -> Made {
+    let stats = &shared.stats[shard];
+    let started = std::time::Instant::now();
+    match crate::transform::gzip::compress(level, &body) {
+        // Worth storing only when smaller (and storable).
+        Ok(gz) if gz.len() < body.len() => {
+            stats
+                .gz_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+            stats.gz_objects.fetch_add(1, Relaxed);
+            stats.gz_bytes_in.fetch_add(body.len() as u64, Relaxed);
+            stats.gz_bytes_out.fetch_add(gz.len() as u64, Relaxed);
+            Made {
+                plan: gzip_variant(p, gz.len() as u64),
+                bytes: gz,
+            }
+        }
+        r => {
+            if let Err(e) = r {
+                log::debug!("{label}: stored uncompressed: {e}");
+            }
+            let mut v = p.clone();
+            v.headers = with_vary(&p.headers);
+            Made {
+                plan: v,
+                bytes: body,
+            }
+        }
+    }
+}
+
+/// Reads the identity body whole (within `deadline`), bounded by its declared
+/// length.
+async fn read_body(reply: &mut OriginReply, length: u64, deadline: Duration) -> Option<Vec<u8>> {
+    let mut body = Vec::with_capacity(length as usize);
+    let read = async {
+        while let Some(b) = reply.next().await? {
+            body.extend_from_slice(&b);
+        }
+        Ok::<_, crate::origin::error::OriginError>(())
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(())) if body.len() as u64 == length => Some(body),
+        _ => None,
+    }
+}
+
+/// The compressed fill of a gzip client's miss (`leader`), or of a
+/// revalidation's 200 (`None`). `held` is its memory charge.
 pub(super) async fn fill<D: Downstream>(
     cx: &RequestCtx<'_>,
     down: &mut D,
@@ -80,7 +173,7 @@ pub(super) async fn fill<D: Downstream>(
     leader: Option<(Leader, FillSlot)>,
     result: CacheResult,
     request_time: u64,
-    level: u8,
+    (level, held): (u8, Held),
 ) -> Result<(), ExchangeError> {
     let cache = &cx.shard.shared.cache;
     let input = PlanInput {
@@ -94,121 +187,114 @@ pub(super) async fn fill<D: Downstream>(
         request_time_ms: request_time,
         response_time_ms: now_ms(),
     };
-    let refuse = |leader: Option<(Leader, FillSlot)>| {
+    let Ok(p) = plan(&input) else {
+        // Not storable: this client gets the identity response as it came.
         if let Some((l, slot)) = leader {
             drop(slot);
             l.finish(FillEnd::Pass);
         }
-    };
-    let Ok(p) = plan(&input) else {
-        // Not storable: this client gets the identity response as it came.
-        refuse(leader);
+        drop(held);
         return pass::relay(cx, down, reply, &Extras::new(result)).await;
-    };
-    let (leader, _slot) = match leader {
-        Some((l, slot)) => (Some(l), slot),
-        None => match FillSlot::take(cx, cx.server.max_fills) {
-            Some(slot) => (None, slot),
-            None => {
-                count_refused(cx);
-                return pass::relay(cx, down, reply, &Extras::new(result)).await;
-            }
-        },
     };
     let length = p.length.unwrap_or(0);
-    // The identity body and its gzip form (at most the same size, plus
-    // framing) are held at once, within the shard's fill budget.
-    let stats = cx.shard.stats();
-    let Some(_held) = Held::take(&stats.fill_memory, 2 * length + 1024, cx.server.fill_memory)
-    else {
-        refuse(leader.map(|l| (l, _slot)));
-        return pass::relay(cx, down, reply, &Extras::new(result)).await;
-    };
-    let mut body = Vec::with_capacity(length as usize);
-    while let Some(b) = reply.next().await? {
-        body.extend_from_slice(&b);
+    // Followers wait `ConnectTimeout + ReceiveTimeout` for a fill to show
+    // progress: the read must finish within the second (the first is left for
+    // the compression), or the fill gives way (they fetch for themselves).
+    let deadline = cx.vhost.origin_options.receive_timeout;
+    let label = format!(
+        "{} {}",
+        cx.vhost.name,
+        String::from_utf8_lossy(cx.head.path())
+    );
+    match leader {
+        Some((l, slot)) => {
+            let watch = l.watch();
+            let shared = cx.shard.shared.clone();
+            let (shard, key) = (cx.shard.id, cx.key.stored().to_vec());
+            tokio_uring::spawn(async move {
+                let _slot = slot;
+                let Some(body) = read_body(&mut reply, length, deadline).await else {
+                    log::debug!("{label}: the body for compression did not come in time");
+                    return l.finish(FillEnd::Pass);
+                };
+                let made = make(&shared, shard, &p, body, level, &label);
+                drop(held);
+                publish(&shared, shard, &key, made, l);
+            });
+            follow(cx, down, watch, result).await
+        }
+        None => {
+            let Some(_slot) = FillSlot::take(cx, cx.server.max_fills) else {
+                count_refused(cx);
+                drop(held);
+                return pass::relay(cx, down, reply, &Extras::new(result)).await;
+            };
+            let Some(body) = read_body(&mut reply, length, deadline).await else {
+                return Err(ExchangeError::FillFailed);
+            };
+            let made = make(&cx.shard.shared, cx.shard.id, &p, body, level, &label);
+            drop(held);
+            answer_stored(cx, down, made, result).await
+        }
     }
-    // Dropping the leader on an error above failed the fill for its followers.
-    let started = std::time::Instant::now();
-    let (planned, bytes) = match cx.shard.gzip.compress(level, &body) {
-        Ok(gz) => {
-            stats
-                .gz_nanos
-                .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
-            stats.gz_objects.fetch_add(1, Relaxed);
-            stats.gz_bytes_in.fetch_add(body.len() as u64, Relaxed);
-            stats.gz_bytes_out.fetch_add(gz.len() as u64, Relaxed);
-            (gzip_variant(&p, gz.len() as u64), gz)
-        }
-        Err(e) => {
-            log::warn!(
-                "{} {}: stored uncompressed: {e}",
-                cx.vhost.name,
-                String::from_utf8_lossy(cx.head.path())
-            );
-            let mut v = p.clone();
-            v.headers = with_vary(&p.headers);
-            (v, body)
-        }
-    };
-    store_and_answer(cx, down, leader, &planned, bytes, result).await
 }
 
-/// Stores `bytes` as `p` and answers from the store: as the fill's leader, its
-/// followers too. Without room (or as a revalidation's 200), this client is
-/// answered from memory and followers fetch for themselves.
-async fn store_and_answer<D: Downstream>(
+/// Stores what was made and ends the fill with it; followers (the leading
+/// client among them) are answered from the segment.
+fn publish(shared: &Shared, shard: usize, key: &[u8], made: Made, l: Leader) {
+    let p = &made.plan;
+    let n = made.bytes.len() as u64;
+    let Some(mut w) = shared.cache.writer(shard, key, &p.meta(), n) else {
+        // No room (or past MaxObjectSize): every client fetches for itself.
+        return l.finish(FillEnd::Pass);
+    };
+    l.start(
+        FillHead {
+            status: p.status,
+            headers: p.headers.clone(),
+            length: Some(n),
+            has_body: p.has_body,
+            times: p.times,
+        },
+        Some(w.body_cursor()),
+    );
+    if !w.push(&made.bytes) {
+        return l.finish(FillEnd::Failed);
+    }
+    l.advance(n);
+    let end = if w.commit() {
+        FillEnd::Complete
+    } else {
+        FillEnd::Failed
+    };
+    l.finish(end);
+}
+
+/// A revalidation's 200: stored, then answered as a hit of what was stored
+/// (no body held while the client reads); from memory only without room.
+async fn answer_stored<D: Downstream>(
     cx: &RequestCtx<'_>,
     down: &mut D,
-    leader: Option<Leader>,
-    p: &FillPlan,
-    bytes: Vec<u8>,
+    made: Made,
     result: CacheResult,
 ) -> Result<(), ExchangeError> {
     let cache = &cx.shard.shared.cache;
-    let n = bytes.len() as u64;
-    let writer = cache.writer(cx.shard.id, cx.key.stored(), &p.meta(), n);
-    match (leader, writer) {
-        (Some(l), Some(mut w)) => {
-            let watch = l.watch();
-            l.start(
-                FillHead {
-                    status: p.status,
-                    headers: p.headers.clone(),
-                    length: Some(n),
-                    has_body: p.has_body,
-                    times: p.times,
-                },
-                Some(w.body_cursor()),
-            );
-            let pushed = w.push(&bytes);
-            drop(bytes);
-            l.advance(n);
-            let end = if pushed && w.commit() {
-                FillEnd::Complete
-            } else {
-                FillEnd::Failed
-            };
-            l.finish(end);
-            follow(cx, down, watch, result).await
-        }
-        (leader, writer) => {
-            if let Some(l) = leader {
-                l.finish(FillEnd::Pass);
+    let p = &made.plan;
+    let n = made.bytes.len() as u64;
+    if let Some(mut w) = cache.writer(cx.shard.id, cx.key.stored(), &p.meta(), n) {
+        if w.push(&made.bytes) && w.commit() {
+            if let Some(hit) = cache.lookup(cx.key.stored()) {
+                drop(made);
+                return send_hit(cx, down, &hit, result, now_ms()).await;
             }
-            if let Some(mut w) = writer {
-                if w.push(&bytes) {
-                    w.commit();
-                }
-            }
-            let head = Head::from_lines(p.status, &p.headers, origin_body(true, Some(n)));
-            response::send_head(cx, down, head, &Extras::new(result)).await?;
-            if !cx.head.is_head() && n > 0 {
-                response::send_piece(cx, down, Some(0), Bytes::from(bytes))
-                    .await
-                    .map_err(|_| ExchangeError::ClientGone)?;
-            }
-            down.finish().await.map_err(|_| ExchangeError::ClientGone)
         }
     }
+    let head = Head::from_lines(p.status, &p.headers, origin_body(true, Some(n)));
+    response::send_head(cx, down, head, &Extras::new(result)).await?;
+    if n > 0 {
+        response::send_piece(cx, down, Some(0), Bytes::from(made.bytes))
+            .await
+            .map_err(|_| ExchangeError::ClientGone)?;
+    }
+    down.finish().await.map_err(|_| ExchangeError::ClientGone)
 }

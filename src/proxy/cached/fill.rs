@@ -101,9 +101,13 @@ pub(super) async fn fill_from<D: Downstream>(
     if let (Some(level), Some((_, c))) =
         (super::compress::makes_gzip(cx), super::compress::level(cx))
     {
+        // Past the shard's fill memory it is filled as it came (identity, with Vary).
         if super::compress::compressible(&reply, &c) {
-            return super::compress::fill(cx, down, reply, leader, result, request_time, level)
-                .await;
+            if let Some(held) = super::compress::Held::take(cx, reply.length().unwrap_or(0)) {
+                let lvl = (level, held);
+                return super::compress::fill(cx, down, reply, leader, result, request_time, lvl)
+                    .await;
+            }
         }
     }
     let cache = &cx.shard.shared.cache;

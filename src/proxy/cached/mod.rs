@@ -86,8 +86,10 @@ pub fn accepts_gzip<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
             let mut q_ok = true;
             for p in parts {
                 let p = trim(p);
-                if p.len() >= 2 && p[..2].eq_ignore_ascii_case(b"q=") {
-                    q_ok = qvalue_nonzero(&p[2..]);
+                let name = p.split(|&b| b == b'=').next().map(trim).unwrap_or(b"");
+                if name.eq_ignore_ascii_case(b"q") {
+                    // `q=` exactly: `q = 0.5` is malformed, so not acceptable.
+                    q_ok = p.len() >= 2 && p[1] == b'=' && qvalue_nonzero(&p[2..]);
                 }
             }
             if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
@@ -196,6 +198,8 @@ mod tests {
             (&[b"gzip;q=0.5000"], false),
             (&[b"gzip;q="], false),
             (&[b"gzip;q=1.5"], false),
+            (&[b"gzip; q = 0.5"], false),
+            (&[b"gzip;q"], false),
             // Every line counts.
             (&[b"br", b"gzip"], true),
             (&[b"gzip;q=0", b"*"], false),

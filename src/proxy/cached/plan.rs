@@ -135,6 +135,7 @@ fn without(headers: &[u8], drop: &[&[u8]]) -> Vec<u8> {
 /// compression on, both variants carry it.
 pub fn with_vary(headers: &Bytes) -> Bytes {
     let has = headers.split(|&b| b == b'\n').any(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         let (name, value) = match line.iter().position(|&b| b == b':') {
             Some(i) => (&line[..i], &line[i + 1..]),
             None => return false,
@@ -153,39 +154,63 @@ pub fn with_vary(headers: &Bytes) -> Bytes {
 
 /// The ETag of a gzip variant cairn made from an object whose ETag is `etag`:
 /// another representation needs another tag (RFC 9110 §8.8.3), so `-gzip` goes
-/// inside the quotes (`"v1"` → `"v1-gzip"`, `W/"v1"` → `W/"v1-gzip"`). `None`
-/// for a value that is not a quoted entity tag.
+/// inside the quotes; and the tag is weak, as nginx makes it, since another
+/// compression of the same object (a new level, an eviction and refill) may
+/// give other bytes: `"v1"` and `W/"v1"` → `W/"v1-gzip"`. So If-Range never
+/// matches it and a Range is never spliced from two compressions. `None` for a
+/// value that is not a quoted entity tag.
 pub fn gzip_etag(etag: &[u8]) -> Option<Vec<u8>> {
     let inner = etag.strip_prefix(b"W/").unwrap_or(etag);
     if inner.len() < 2 || inner[0] != b'"' || inner[inner.len() - 1] != b'"' {
         return None;
     }
-    let mut out = etag[..etag.len() - 1].to_vec();
+    let mut out = b"W/".to_vec();
+    out.extend_from_slice(&inner[..inner.len() - 1]);
     out.extend_from_slice(b"-gzip\"");
     Some(out)
 }
 
+/// The origin's tag behind a gzip variant's (`W/"v1-gzip"` → `W/"v1"`), for
+/// revalidation: If-None-Match compares weakly, so the weak form matches the
+/// origin's strong or weak tag.
+pub fn origin_etag_of_gzip(etag: &[u8]) -> Option<Vec<u8>> {
+    let inner = etag.strip_prefix(b"W/")?;
+    let tag = inner.strip_suffix(b"-gzip\"")?;
+    (tag.first() == Some(&b'"')).then(|| [&b"W/"[..], tag, b"\""].concat())
+}
+
+/// Fields that describe the identity bytes and would be false of a gzip
+/// variant (its encoding, length, digests), and the Vary it is given anew.
+const IDENTITY_FIELDS: [&[u8]; 8] = [
+    b"etag",
+    b"content-length",
+    b"content-encoding",
+    b"content-md5",
+    b"content-digest",
+    b"repr-digest",
+    b"digest",
+    b"vary",
+];
+
+/// Is `name` one of the fields a gzip variant cairn made keeps as its own
+/// (never replaced by a 304's)?
+pub fn gzip_variant_field(name: &[u8]) -> bool {
+    IDENTITY_FIELDS.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
 /// The plan of the gzip variant cairn stores for an identity response planned
 /// as `p`, whose body compressed to `gz_len` bytes: `Content-Encoding: gzip`,
-/// `Vary: Accept-Encoding`, its own length and ETag. The ETag is cairn's
-/// (flagged generated): never sent to the origin, never replaced by a 304's.
+/// `Vary: Accept-Encoding`, its own length and a weak ETag derived from the
+/// origin's (or generated from the compressed size without one).
 pub fn gzip_variant(p: &FillPlan, gz_len: u64) -> FillPlan {
     let mut v = p.clone();
     let own = p.times.flags & freshness::FLAG_GENERATED_ETAG == 0;
-    let mut headers = without(
-        &p.headers,
-        &[
-            b"etag",
-            b"content-length",
-            b"content-encoding",
-            b"content-md5",
-            b"vary",
-        ],
-    );
+    let mut headers = without(&p.headers, &IDENTITY_FIELDS);
     headers.extend_from_slice(b"Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n");
     v.headers = Bytes::from(headers);
     v.length = Some(gz_len);
     v.etag = Vec::new();
+    v.times.flags &= !freshness::FLAG_GENERATED_ETAG;
     v.times.flags |= freshness::FLAG_COMPRESSED;
     match gzip_etag(&p.etag).filter(|_| own) {
         Some(tag) => {
@@ -195,7 +220,6 @@ pub fn gzip_variant(p: &FillPlan, gz_len: u64) -> FillPlan {
             h.extend_from_slice(b"\r\n");
             v.headers = Bytes::from(h);
             v.etag = tag;
-            v.times.flags |= freshness::FLAG_GENERATED_ETAG;
         }
         None => add_generated_etag(&mut v, gz_len),
     }
@@ -324,17 +348,18 @@ mod tests {
             "{h}"
         );
         assert!(
-            h.contains("ETag: \"v1-gzip\"\r\n") && !h.contains("\"v1\"\r\n"),
+            h.contains("ETag: W/\"v1-gzip\"\r\n") && !h.contains("\"v1\"\r\n"),
             "{h}"
         );
         assert!(!h.to_ascii_lowercase().contains("content-length"), "{h}");
-        assert_eq!((v.length, &v.etag[..]), (Some(123), &b"\"v1-gzip\""[..]));
-        assert_ne!(
-            v.times.flags & freshness::FLAG_GENERATED_ETAG,
-            0,
-            "not sent to the origin"
-        );
+        assert_eq!((v.length, &v.etag[..]), (Some(123), &b"W/\"v1-gzip\""[..]));
+        // Derived from the origin's: revalidated with it, so not "generated".
+        assert_eq!(v.times.flags & freshness::FLAG_GENERATED_ETAG, 0);
         assert_ne!(v.times.flags & freshness::FLAG_COMPRESSED, 0);
+        assert_eq!(
+            origin_etag_of_gzip(&v.etag).as_deref(),
+            Some(&b"W/\"v1\""[..])
+        );
         // Without an origin ETag: one generated from the compressed size.
         let bare = run(
             "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n",
@@ -357,9 +382,9 @@ mod tests {
     #[test]
     fn gzip_etags_and_vary_lines() {
         for (tag, want) in [
-            (&b"\"a\""[..], Some(&b"\"a-gzip\""[..])),
+            (&b"\"a\""[..], Some(&b"W/\"a-gzip\""[..])),
             (b"W/\"a\"", Some(b"W/\"a-gzip\"")),
-            (b"\"\"", Some(b"\"-gzip\"")),
+            (b"\"\"", Some(b"W/\"-gzip\"")),
             (b"a", None),
             (b"\"", None),
             (b"W/a", None),

@@ -21,10 +21,16 @@ pub async fn revalidate<D: Downstream>(
     hit: Hit,
 ) -> Result<(), ExchangeError> {
     let mut extra = Vec::new();
-    // A generated ETag means nothing to the origin: ask with the date only.
-    if !hit.etag.is_empty() && hit.times.flags & freshness::FLAG_GENERATED_ETAG == 0 {
+    // A generated ETag means nothing to the origin: ask with the date only. A
+    // gzip variant cairn made asks with the origin's tag behind its own.
+    let generated = hit.times.flags & freshness::FLAG_GENERATED_ETAG != 0;
+    let tag = match hit.times.flags & freshness::FLAG_COMPRESSED != 0 {
+        true => super::plan::origin_etag_of_gzip(&hit.etag),
+        false => Some(hit.etag.to_vec()),
+    };
+    if let Some(tag) = tag.filter(|t| !t.is_empty() && !generated) {
         extra.extend_from_slice(b"If-None-Match: ");
-        extra.extend_from_slice(&hit.etag);
+        extra.extend_from_slice(&tag);
         extra.extend_from_slice(b"\r\n");
     }
     if hit.last_modified_s != 0 {
@@ -84,15 +90,7 @@ fn refreshed(
     let compressed = hit.times.flags & freshness::FLAG_COMPRESSED != 0;
     let mine = |name: &[u8]| {
         (ours && name.eq_ignore_ascii_case(b"etag"))
-            || (compressed
-                && [
-                    &b"content-length"[..],
-                    b"content-encoding",
-                    b"vary",
-                    b"content-md5",
-                ]
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n)))
+            || (compressed && super::plan::gzip_variant_field(name))
     };
     let replaced = |name: &[u8]| {
         !mine(name)
