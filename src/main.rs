@@ -16,6 +16,7 @@ cairn: a caching reverse proxy
 USAGE:
     cairn [run] [--config DIR] [--shards N] [--site DIR] [--log-level LEVEL]
     cairn check --config DIR
+    cairn drm-decrypt --config DIR --vhost NAME --url PATH [--in FILE] [--out FILE]
     cairn version
 
 With no --config, cairn runs its embedded configuration (conf/ in the source tree):
@@ -26,6 +27,11 @@ OPTIONS:
     --shards N         number of shards (default: one per online core)
     --site DIR         directory the embedded sample origin serves (default: examples/site)
     --log-level LEVEL  error, warn, info (default), debug, trace
+
+drm-decrypt reads a body served under <url>/<Keyword> (stdin, or --in) and writes
+the source's bytes (stdout, or --out), with the vhost's <Drm> key for --url (the
+DRM URL or its source: /music/iu.mp3/drm or /music/iu.mp3). RC4 is its own
+inverse, so it encrypts too.
 ";
 
 #[derive(Default)]
@@ -35,6 +41,10 @@ struct Args {
     shards: Option<usize>,
     site: Option<PathBuf>,
     log_level: Option<String>,
+    vhost: Option<String>,
+    url: Option<String>,
+    input: Option<PathBuf>,
+    output: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -47,7 +57,13 @@ fn parse_args() -> Result<Args> {
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
         match arg.as_str() {
-            "run" | "check" | "version" | "help" if first => a.command = arg.clone(),
+            "run" | "check" | "version" | "help" | "drm-decrypt" if first => {
+                a.command = arg.clone()
+            }
+            "--vhost" => a.vhost = Some(value("--vhost")?),
+            "--url" => a.url = Some(value("--url")?),
+            "--in" => a.input = Some(value("--in")?.into()),
+            "--out" => a.output = Some(value("--out")?.into()),
             "--version" | "-V" => a.command = "version".into(),
             "--help" | "-h" => a.command = "help".into(),
             "--config" | "-c" => a.config = Some(value("--config")?.into()),
@@ -97,6 +113,7 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         "check" => check(&args),
+        "drm-decrypt" => drm_decrypt(&args),
         _ => run(&args),
     }
 }
@@ -123,6 +140,45 @@ fn check(args: &Args) -> Result<()> {
         loaded.config.vhosts.len(),
         loaded.warnings.len()
     );
+    Ok(())
+}
+
+/// `cairn drm-decrypt`: the same key as the server's, for operators and tests.
+fn drm_decrypt(args: &Args) -> Result<()> {
+    use std::io::{Read, Write};
+    if args.config.is_none() {
+        bail!("drm-decrypt needs --config DIR");
+    }
+    let (Some(name), Some(url)) = (&args.vhost, &args.url) else {
+        bail!("drm-decrypt needs --vhost NAME and --url PATH");
+    };
+    let loaded = load(args)?;
+    let vhost = loaded
+        .config
+        .vhosts
+        .iter()
+        .find(|v| &v.name == name)
+        .with_context(|| format!("no vhost '{name}'"))?;
+    let drm = vhost
+        .options
+        .drm
+        .as_deref()
+        .with_context(|| format!("vhost '{name}' has no <Drm Status=\"Active\">"))?;
+    let source = cairn::policy::drm::source_of(url.as_bytes(), &drm.keyword)
+        .unwrap_or_else(|| url.as_bytes().to_vec());
+    let key = cairn::policy::drm::key_for(drm, &source)?;
+    let mut data = Vec::new();
+    match &args.input {
+        Some(p) => std::fs::File::open(p)
+            .with_context(|| format!("{}", p.display()))?
+            .read_to_end(&mut data)?,
+        None => std::io::stdin().read_to_end(&mut data)?,
+    };
+    cairn::transform::rc4::Rc4::new(&key).apply_at(0, &mut data);
+    match &args.output {
+        Some(p) => std::fs::write(p, &data).with_context(|| format!("{}", p.display()))?,
+        None => std::io::stdout().write_all(&data)?,
+    }
     Ok(())
 }
 

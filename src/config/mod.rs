@@ -83,6 +83,8 @@ pub struct Options {
     pub forwarded_headers: bool,
     /// `<Compression Method Level SourceSize>` (GZ-1): `Some` when ON.
     pub compression: Option<CompressionSettings>,
+    /// `<Drm Status="Active">` (DRM-1..DRM-7).
+    pub drm: Option<std::sync::Arc<crate::policy::drm::DrmSettings>>,
 }
 
 /// `<Compression>` ON: gzip at `level` for objects whose identity size is
@@ -197,6 +199,7 @@ impl Default for Options {
                 .collect(),
             forwarded_headers: false,
             compression: None,
+            drm: None,
         }
     }
 }

@@ -799,6 +799,7 @@ fn apply_options(
             "AgeHeader" => o.age_header = on_off(s, e)?,
             "AcceptEncoding" => o.accept_encoding = on_off(s, e)?,
             "Compression" => o.compression = parse_compression(s, e)?,
+            "Drm" => o.drm = parse_drm(s, e, warnings)?.map(std::sync::Arc::new),
             "ETagHeader" => o.etag_header = on_off(s, e)?,
             "ViaHeader" => o.via_header = on_off(s, e)?,
             "ServerHeader" => o.server_header = on_off(s, e)?,
@@ -1037,6 +1038,101 @@ fn parse_compression(s: &Src, e: Node) -> Result<Option<super::CompressionSettin
         }
     }
     Ok(on_off(s, e)?.then_some(c))
+}
+
+/// `<Drm Status Keyword MaxSourceSize><Algorithm/><IV/><Token/><Key Hash/></Drm>`
+/// (DRM-1..DRM-6); `Some` when Active.
+fn parse_drm(
+    s: &Src,
+    e: Node,
+    warnings: &mut Vec<Diag>,
+) -> Result<Option<crate::policy::drm::DrmSettings>, ConfigError> {
+    use crate::policy::drm::{fixed_key_len, parse_key, DrmSettings, Hash, KeyVar, KEY_BYTES};
+    let active = match e.attribute("Status").map(str::trim) {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("active") => true,
+        Some(v) if v.eq_ignore_ascii_case("inactive") => false,
+        Some(v) => {
+            return Err(s.err(
+                e,
+                format!("<Drm Status=\"{v}\">: expected Active or Inactive"),
+            ))
+        }
+    };
+    let keyword = e.attribute("Keyword").map(str::trim).unwrap_or("drm");
+    if keyword.is_empty() || keyword.contains(['/', '?', '#']) {
+        return Err(s.err(e, format!("<Drm Keyword=\"{keyword}\">: one path segment")));
+    }
+    let max_mb = match e.attribute("MaxSourceSize") {
+        None => 500,
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n <= 1 << 20)
+            .ok_or_else(|| s.err(e, format!("<Drm MaxSourceSize=\"{v}\">: expected MB")))?,
+    };
+    let (mut iv, mut token, mut key, mut hash) =
+        (Vec::new(), Vec::new(), vec![KeyVar::Token], Hash::None);
+    for c in elements(e) {
+        let secret = |c: Node| -> Result<Vec<u8>, ConfigError> {
+            match c.attribute("Type").map(str::trim) {
+                None | Some("") | Some("plain") => Ok(text(c).as_bytes().to_vec()),
+                Some(t) if t.eq_ignore_ascii_case("enc") => Err(s.err(
+                    c,
+                    format!(
+                        "<{} Type=\"enc\">: encrypted secrets are not supported yet; give the plain value",
+                        c.tag_name().name()
+                    ),
+                )),
+                Some(t) => Err(s.err(c, format!("Type=\"{t}\": expected enc or plain"))),
+            }
+        };
+        match c.tag_name().name() {
+            "Algorithm" => {
+                if !text(c).eq_ignore_ascii_case("rc4") {
+                    return Err(s.err(
+                        c,
+                        format!("<Drm><Algorithm> '{}': only RC4 (DRM-3)", text(c)),
+                    ));
+                }
+            }
+            "IV" => iv = secret(c)?,
+            "Token" => token = secret(c)?,
+            "Key" => {
+                key = parse_key(text(c)).map_err(|r| s.err(c, format!("<Drm><Key>: {r}")))?;
+                hash = match c.attribute("Hash") {
+                    None => Hash::None,
+                    Some(h) => Hash::parse(h).ok_or_else(|| {
+                        s.err(
+                            c,
+                            format!("<Key Hash=\"{h}\">: expected none, MD5, SHA-1 or SHA-256"),
+                        )
+                    })?,
+                };
+            }
+            other => warnings.push(s.diag(c, format!("<Drm><{other}> is not supported; ignored"))),
+        }
+    }
+    let d = DrmSettings {
+        keyword: keyword.to_string(),
+        max_source_bytes: max_mb << 20,
+        iv,
+        token,
+        key,
+        hash,
+    };
+    // DRM-3, DRM-6: a key whose length does not depend on the URL is checked
+    // here; one that does is checked per request (500 when it is out of range).
+    if let Some(n) = fixed_key_len(&d) {
+        if !KEY_BYTES.contains(&n) {
+            return Err(s.err(
+                e,
+                format!("<Drm>: the RC4 key (IV included) would be {n} bytes; it must be 5 to 256 (DRM-3)"),
+            ));
+        }
+    }
+    Ok(active.then_some(d))
 }
 
 /// Reads `svc/<vhost>/expires.txt` and `headers.txt` when present. A malformed line

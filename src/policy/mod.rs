@@ -16,6 +16,7 @@
 
 pub mod compression;
 pub mod cond;
+pub mod drm;
 pub mod expires;
 pub mod modify;
 pub mod pattern;

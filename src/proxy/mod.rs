@@ -87,30 +87,70 @@ pub async fn serve_with<D: Downstream>(
         Some(f) if vhost.request_rules_active() => Some(rules::request_headers(f)),
         _ => None,
     };
+    // DRM-1: `<url>/<Keyword>` is `<url>` (fetched and cached as usual)
+    // encrypted on the way out; a key out of range is a 500.
+    let drm_source = vhost.options.drm.as_deref().and_then(|d| {
+        crate::policy::drm::source_of(req.head.path(), &d.keyword).map(|src| (d, src))
+    });
+    let (drm_head, drm_cipher, drm_error) = match &drm_source {
+        Some((d, src)) => match crate::policy::drm::key_for(d, src) {
+            Ok(key) => (
+                Some(req.head.with_path(src)),
+                Some(crate::transform::rc4::Rc4::new(&key)),
+                None,
+            ),
+            Err(e) => {
+                ::log::warn!("vhost {}: DRM: {e}", vhost.name);
+                (
+                    None,
+                    None,
+                    Some(ExchangeError::Internal("DRM key out of range")),
+                )
+            }
+        },
+        None => (None, None, None),
+    };
+    let head = drm_head.as_ref().unwrap_or(&req.head);
+    let transform = match &drm_cipher {
+        Some(c) => Some(c as &dyn SendTransform),
+        None => transform,
+    };
     let cx = RequestCtx {
         shard,
         vhost,
         server: &config.server,
         req,
-        head: &req.head,
-        key: cached::key_for(vhost, &req.head),
+        head,
+        // A DRM response is the identity source encrypted: never a gzip
+        // variant, whose encoded bytes the client could not decode after RC4.
+        key: match drm_source {
+            Some(_) => crate::cache::CacheKey::new(
+                &vhost.name,
+                head.path(),
+                crate::cache::Variant::Identity,
+            ),
+            None => cached::key_for(vhost, head),
+        },
         now_ms: now,
         rules,
         req_headers,
         transform,
+        drm: drm_source.as_ref().map(|(d, _)| *d),
         result: Cell::new(CacheResult::Miss),
         origin: Cell::new(None),
         bypass: Cell::new(false),
         sent: Cell::new(Sent::default()),
         error: RefCell::new(None),
     };
-    let r = if let Some(code) = vhost
+    let r = if let Some(e) = drm_error {
+        Err(e)
+    } else if let Some(code) = vhost
         .options
         .redirect_https
         .filter(|_| req.conn.tls.is_none())
     {
         Box::pin(redirect_https(&cx, down, code)).await
-    } else if cached::eligible(&req.head) {
+    } else if cached::eligible(head) {
         cached::serve(&cx, down).await
     } else {
         Box::pin(pass::forward(&cx, down, CacheResult::ClientRefreshMiss)).await

@@ -37,6 +37,9 @@ pub struct RequestCtx<'a> {
     pub req_headers: Option<HeaderList<'a>>,
     /// The send-side transform for this response, if one applies.
     pub transform: Option<&'a dyn SendTransform>,
+    /// A DRM request (`<url>/<Keyword>`): its settings; `head` is then the
+    /// source's request and `transform` its RC4 keystream.
+    pub drm: Option<&'a crate::policy::drm::DrmSettings>,
     pub result: Cell<CacheResult>,
     /// The origin address asked, if any.
     pub origin: Cell<Option<SocketAddr>>,

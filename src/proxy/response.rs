@@ -159,6 +159,23 @@ pub async fn send_head<D: Downstream>(
     mut head: Head<'_>,
     x: &Extras,
 ) -> Result<(), ExchangeError> {
+    if let Some(d) = cx.drm {
+        // DRM-2: a source over MaxSourceSize is refused (500) before any byte.
+        // A Range response's size is the whole source's (`Content-Range: …/N`).
+        let total = head
+            .get(b"content-range")
+            .and_then(|v| v.rsplit(|&b| b == b'/').next())
+            .and_then(crate::http1::headers::parse_content_length)
+            .or_else(|| head.content_length());
+        if total.is_some_and(|n| n > d.max_source_bytes) {
+            return Err(ExchangeError::Internal("DRM source over MaxSourceSize"));
+        }
+        // DRM-7: another representation, another tag.
+        if let Some(tag) = head.get(b"etag").map(crate::policy::drm::drm_etag) {
+            head.remove(b"etag");
+            head.push(b"ETag", tag);
+        }
+    }
     apply_policy(cx, &mut head, x);
     cx.result.set(x.result);
     cx.sent.set(sent_facts(cx, &head));

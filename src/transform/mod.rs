@@ -6,6 +6,7 @@
 //! through it.
 
 pub mod gzip;
+pub mod rc4;
 pub mod xor;
 
 use bytes::Bytes;
