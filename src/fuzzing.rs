@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cache_control", cache_control),
     ("expires_txt", expires_txt),
     ("compression_txt", compression_txt),
+    ("drm", drm),
     ("headers_txt", headers_txt),
     ("condition", condition),
     ("rulefile", rulefile),
@@ -339,6 +340,50 @@ pub fn compression_txt(data: &[u8]) {
         crate::proxy::cached::accepts_gzip(lines.iter().copied()),
         crate::proxy::cached::accepts_gzip(std::iter::once(&one[..]))
     );
+}
+
+/// DRM routing and keys on a request target: the first line is the target,
+/// the second the `<Key>` text; the source must be a prefix-free rewrite
+/// (`<source path>/<keyword><query>` is the target again), a key is 5..=256
+/// bytes, and the RC4 keystream at any offset agrees with the whole.
+pub fn drm(data: &[u8]) {
+    use policy::drm::{key_for, parse_key, source_of, DrmSettings, Hash};
+    let mut lines = data.splitn(3, |&b| b == b'\n');
+    let target = lines.next().unwrap_or(b"");
+    let key_text = String::from_utf8_lossy(lines.next().unwrap_or(b"$url"));
+    let rest = lines.next().unwrap_or(b"");
+    if let Some(src) = source_of(target, "drm") {
+        let (path, query) = match src.iter().position(|&b| b == b'?') {
+            Some(i) => (&src[..i], &src[i..]),
+            None => (&src[..], &b""[..]),
+        };
+        assert_eq!([path, b"/drm", query].concat(), target);
+        let Ok(key) = parse_key(&key_text) else {
+            return;
+        };
+        for hash in [Hash::None, Hash::Md5, Hash::Sha1, Hash::Sha256] {
+            let d = DrmSettings {
+                keyword: "drm".into(),
+                max_source_bytes: 1 << 20,
+                iv: rest.iter().take(8).copied().collect(),
+                token: b"token".to_vec(),
+                key: key.clone(),
+                hash,
+            };
+            if let Ok(k) = key_for(&d, &src) {
+                assert!((5..=256).contains(&k.len()));
+                let rc4 = crate::transform::rc4::Rc4::new(&k);
+                let mut whole = rest.to_vec();
+                rc4.apply_at(0, &mut whole);
+                let cut = rest.len() / 2;
+                let mut tail = rest[cut..].to_vec();
+                crate::transform::rc4::Rc4::new(&k).apply_at(cut as u64, &mut tail);
+                assert_eq!(tail, whole[cut..]);
+            }
+        }
+    }
+    let tag = policy::drm::drm_etag(target);
+    assert!(tag.len() == target.len() + 4);
 }
 
 pub fn expires_txt(data: &[u8]) {
