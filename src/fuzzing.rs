@@ -369,6 +369,7 @@ pub fn drm(data: &[u8]) {
                 token: b"token".to_vec(),
                 key: key.clone(),
                 hash,
+                enc: Vec::new(),
             };
             if let Ok(k) = key_for(&d, &src) {
                 assert!((5..=256).contains(&k.len()));

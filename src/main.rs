@@ -17,6 +17,7 @@ USAGE:
     cairn [run] [--config DIR] [--shards N] [--site DIR] [--log-level LEVEL]
     cairn check --config DIR
     cairn drm-decrypt --config DIR --vhost NAME --url PATH [--in FILE] [--out FILE]
+    cairn encrypt-password --config DIR [PLAIN]
     cairn version
 
 With no --config, cairn runs its embedded configuration (conf/ in the source tree):
@@ -32,6 +33,10 @@ drm-decrypt reads a body served under <url>/<Keyword> (stdin, or --in) and write
 the source's bytes (stdout, or --out), with the vhost's <Drm> key for --url (the
 DRM URL or its source: /music/iu.mp3/drm or /music/iu.mp3). RC4 is its own
 inverse, so it encrypts too.
+
+encrypt-password prints PLAIN (or stdin, less a final newline) encrypted for
+<Token Type=\"enc\"> and <IV Type=\"enc\">, under the key from the configuration's
+first <Https><Key>, else DIR/secret.key (made, mode 0600, on first use).
 ";
 
 #[derive(Default)]
@@ -45,6 +50,7 @@ struct Args {
     url: Option<String>,
     input: Option<PathBuf>,
     output: Option<PathBuf>,
+    plain: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -57,7 +63,7 @@ fn parse_args() -> Result<Args> {
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
         match arg.as_str() {
-            "run" | "check" | "version" | "help" | "drm-decrypt" if first => {
+            "run" | "check" | "version" | "help" | "drm-decrypt" | "encrypt-password" if first => {
                 a.command = arg.clone()
             }
             "--vhost" => a.vhost = Some(value("--vhost")?),
@@ -77,6 +83,13 @@ fn parse_args() -> Result<Args> {
                     .filter(|&n| n > 0 && n <= 1024)
                     .with_context(|| format!("--shards '{v}': expected a number from 1 to 1024"))?;
                 a.shards = Some(n);
+            }
+            other
+                if a.command == "encrypt-password"
+                    && a.plain.is_none()
+                    && !other.starts_with('-') =>
+            {
+                a.plain = Some(other.to_string())
             }
             other => bail!("unknown argument '{other}'\n\n{USAGE}"),
         }
@@ -114,6 +127,7 @@ fn real_main() -> Result<()> {
         }
         "check" => check(&args),
         "drm-decrypt" => drm_decrypt(&args),
+        "encrypt-password" => encrypt_password(&args),
         _ => run(&args),
     }
 }
@@ -179,6 +193,26 @@ fn drm_decrypt(args: &Args) -> Result<()> {
         Some(p) => std::fs::write(p, &data).with_context(|| format!("{}", p.display()))?,
         None => std::io::stdout().write_all(&data)?,
     }
+    Ok(())
+}
+
+/// `cairn encrypt-password`: a value for `Type="enc"` (DRM-8).
+fn encrypt_password(args: &Args) -> Result<()> {
+    let Some(dir) = &args.config else {
+        bail!("encrypt-password needs --config DIR");
+    };
+    let plain = match &args.plain {
+        Some(p) => p.clone(),
+        None => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+            s.strip_suffix('\n').unwrap_or(&s).to_string()
+        }
+    };
+    println!(
+        "{}",
+        cairn::config::encrypt_password(dir, plain.as_bytes())?
+    );
     Ok(())
 }
 

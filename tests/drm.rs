@@ -228,8 +228,9 @@ fn bad_drm_settings_are_config_errors_with_file_and_line() {
             "$filename2",
         ),
         (
+            // No key material yet (no <Https>, no secret.key).
             r#"<Drm Status="Active"><Token Type="enc">xyz</Token></Drm>"#,
-            "not supported yet",
+            "no key material",
         ),
         (r#"<Drm Status="Maybe"/>"#, "Active or Inactive"),
     ] {
@@ -242,4 +243,58 @@ fn bad_drm_settings_are_config_errors_with_file_and_line() {
             "{xml}: {err}"
         );
     }
+}
+
+#[test]
+fn an_encrypted_token_gives_the_same_keystream_as_the_plain_one() {
+    let origin = origin();
+    // The plain token's response.
+    let plain_dir = drm_dir(&origin, "Active", "", "$url,$Token", "MD5", "");
+    let plain = {
+        let cairn = Cairn::start(plain_dir, 1);
+        let mut c = cairn.connect();
+        get(&mut c, "/music/iu.mp3/drm", "").body
+    };
+    // The same token, encrypted with `cairn encrypt-password` for this directory.
+    let dir = drm_dir(&origin, "Active", "", "$url,$Token", "MD5", "");
+    let out = Command::new(BIN)
+        .args(["encrypt-password", "--config"])
+        .arg(&dir)
+        .arg("ABCDEFGH")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let enc = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(!enc.contains("ABCDEFGH"));
+    let key_file = std::fs::read(dir.join("secret.key")).expect("key material made on first use");
+    edit_server_xml(
+        &dir,
+        "<Token>ABCDEFGH</Token>",
+        &format!(r#"<Token Type="enc">{enc}</Token>"#),
+    );
+    {
+        let cairn = Cairn::start(dir.clone(), 1);
+        let mut c = cairn.connect();
+        let r = get(&mut c, "/music/iu.mp3/drm", "");
+        assert!(r.body == plain, "the decrypted token makes the same key");
+    }
+    // A value that does not decrypt is an error with its file and line.
+    let bad = drm_dir(&origin, "Active", "", "$Token", "none", "");
+    std::fs::write(bad.join("secret.key"), key_file).unwrap();
+    edit_server_xml(
+        &bad,
+        "<Token>ABCDEFGH</Token>",
+        &format!(r#"<Token Type="enc">{}x</Token>"#, &enc[..enc.len() - 2]),
+    );
+    let out = check(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("server.xml:1") && err.contains("encrypt-password"),
+        "{err}"
+    );
 }

@@ -3,6 +3,7 @@
 //! yet supported elements become warnings, never silent.
 
 mod origin_addr;
+pub mod secret;
 pub mod tls;
 mod xml;
 
@@ -38,6 +39,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// Making an encrypted secret (`cairn encrypt-password`).
+    #[error("{0}")]
+    Secret(secret::SecretError),
 }
 
 /// Per-vhost client-facing options (`<Options>`), inherited from `<VHostDefault>`.
@@ -682,6 +686,33 @@ pub(crate) fn expand_star(cache_listen: &[IpAddr], port: u16) -> Vec<SocketAddr>
 mod tests;
 
 /// Loads from strings; for tests and tools.
+/// DRM-8: `plain` encrypted for `Type="enc"` under `dir`'s key material (the
+/// first `<Https><Key>` of `dir/server.xml`, else `dir/secret.key`, made on
+/// first use). The management API's `/command/encryptpassword` is to call this.
+pub fn encrypt_password(dir: &Path, plain: &[u8]) -> Result<String, ConfigError> {
+    let tls_key = std::fs::read_to_string(dir.join("server.xml"))
+        .ok()
+        .and_then(|xml| first_https_key(&xml))
+        .map(|k| match Path::new(&k).is_relative() {
+            true => dir.join(k),
+            false => PathBuf::from(k),
+        });
+    let key = secret::key(dir, tls_key.as_deref(), true).map_err(ConfigError::Secret)?;
+    key.encrypt(plain).map_err(ConfigError::Secret)
+}
+
+/// The first `<Https><Key>` path in a server.xml (without loading the rest,
+/// so a configuration that does not load yet can still get its secrets).
+fn first_https_key(xml: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let https = doc
+        .root_element()
+        .children()
+        .find(|n| n.has_tag_name("Https"))?;
+    let key = https.children().find(|n| n.has_tag_name("Key"))?;
+    Some(key.text()?.trim().to_string())
+}
+
 pub fn load_str(server: &str, vhosts: &str) -> Result<Loaded, ConfigError> {
     xml::load("server.xml", server, "vhosts.xml", vhosts, "<string>")
 }

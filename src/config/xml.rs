@@ -234,6 +234,7 @@ pub(super) fn load(
             load_rule_files(base, vh, server.geoip.is_some(), &mut warnings)?;
         }
     }
+    decrypt_secrets(base, &server, &mut vhosts)?;
     let default_vhost = match default_name {
         Some((name, node)) => Some(vhosts.iter().position(|vh| vh.name == name).ok_or_else(
             || {
@@ -1047,7 +1048,7 @@ fn parse_drm(
     e: Node,
     warnings: &mut Vec<Diag>,
 ) -> Result<Option<crate::policy::drm::DrmSettings>, ConfigError> {
-    use crate::policy::drm::{fixed_key_len, parse_key, DrmSettings, Hash, KeyVar, KEY_BYTES};
+    use crate::policy::drm::{parse_key, DrmSettings, Hash, KeyVar};
     let active = match e.attribute("Status").map(str::trim) {
         None => false,
         Some(v) if v.eq_ignore_ascii_case("active") => true,
@@ -1074,17 +1075,22 @@ fn parse_drm(
     };
     let (mut iv, mut token, mut key, mut hash) =
         (Vec::new(), Vec::new(), vec![KeyVar::Token], Hash::None);
+    let mut enc = Vec::new();
     for c in elements(e) {
-        let secret = |c: Node| -> Result<Vec<u8>, ConfigError> {
+        // `Type="enc"`: decrypted once the whole configuration (and so its
+        // key material) is known, in `decrypt_secrets`.
+        let mut secret = |c: Node, is_iv: bool| -> Result<Vec<u8>, ConfigError> {
             match c.attribute("Type").map(str::trim) {
                 None | Some("") | Some("plain") => Ok(text(c).as_bytes().to_vec()),
-                Some(t) if t.eq_ignore_ascii_case("enc") => Err(s.err(
-                    c,
-                    format!(
-                        "<{} Type=\"enc\">: encrypted secrets are not supported yet; give the plain value",
-                        c.tag_name().name()
-                    ),
-                )),
+                Some(t) if t.eq_ignore_ascii_case("enc") => {
+                    enc.push(crate::policy::drm::EncSecret {
+                        iv: is_iv,
+                        text: text(c).to_string(),
+                        file: s.file.to_string(),
+                        line: s.line(c),
+                    });
+                    Ok(Vec::new())
+                }
                 Some(t) => Err(s.err(c, format!("Type=\"{t}\": expected enc or plain"))),
             }
         };
@@ -1097,8 +1103,8 @@ fn parse_drm(
                     ));
                 }
             }
-            "IV" => iv = secret(c)?,
-            "Token" => token = secret(c)?,
+            "IV" => iv = secret(c, true)?,
+            "Token" => token = secret(c, false)?,
             "Key" => {
                 key = parse_key(text(c)).map_err(|r| s.err(c, format!("<Drm><Key>: {r}")))?;
                 hash = match c.attribute("Hash") {
@@ -1121,18 +1127,79 @@ fn parse_drm(
         token,
         key,
         hash,
+        enc,
     };
     // DRM-3, DRM-6: a key whose length does not depend on the URL is checked
-    // here; one that does is checked per request (500 when it is out of range).
-    if let Some(n) = fixed_key_len(&d) {
-        if !KEY_BYTES.contains(&n) {
-            return Err(s.err(
-                e,
-                format!("<Drm>: the RC4 key (IV included) would be {n} bytes; it must be 5 to 256 (DRM-3)"),
-            ));
-        }
+    // here (after decryption for encrypted values); one that does is checked
+    // per request (500 when it is out of range).
+    if d.enc.is_empty() {
+        check_key_len(&d).map_err(|r| s.err(e, r))?;
     }
     Ok(active.then_some(d))
+}
+
+/// The fixed-length key check of DRM-3 (see `parse_drm`).
+fn check_key_len(d: &crate::policy::drm::DrmSettings) -> Result<(), String> {
+    match crate::policy::drm::fixed_key_len(d) {
+        Some(n) if !crate::policy::drm::KEY_BYTES.contains(&n) => Err(format!(
+            "<Drm>: the RC4 key (IV included) would be {n} bytes; it must be 5 to 256 (DRM-3)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// DRM-8: decrypts every vhost's `Type="enc"` values, under the key from the
+/// first `<Https><Key>` or `secret.key` (`config::secret`). A value that does
+/// not decrypt is an error naming its file and line.
+fn decrypt_secrets(
+    base: Option<&Path>,
+    server: &super::ServerSettings,
+    vhosts: &mut [Vhost],
+) -> Result<(), ConfigError> {
+    let mut key = None;
+    for vh in vhosts {
+        let Some(d) = vh.options.drm.as_mut().filter(|d| !d.enc.is_empty()) else {
+            continue;
+        };
+        let d = std::sync::Arc::make_mut(d);
+        let mut last = (String::new(), 0);
+        for e in std::mem::take(&mut d.enc) {
+            last = (e.file.clone(), e.line);
+            let place = |reason: String| {
+                ConfigError::Invalid(Diag {
+                    file: e.file.clone(),
+                    line: e.line,
+                    reason,
+                })
+            };
+            if key.is_none() {
+                let tls = server.https.first().map(|b| b.key_file.as_path());
+                let dir = base.unwrap_or(Path::new("."));
+                key = Some(
+                    super::secret::key(dir, tls, false)
+                        .map_err(|err| place(format!("Type=\"enc\": {err}")))?,
+                );
+            }
+            let plain = key
+                .as_ref()
+                .expect("set above")
+                .decrypt(&e.text)
+                .map_err(|err| place(format!("Type=\"enc\": {err}")))?;
+            if e.iv {
+                d.iv = plain;
+            } else {
+                d.token = plain;
+            }
+        }
+        check_key_len(d).map_err(|reason| {
+            ConfigError::Invalid(Diag {
+                file: last.0.clone(),
+                line: last.1,
+                reason,
+            })
+        })?;
+    }
+    Ok(())
 }
 
 /// Reads `svc/<vhost>/expires.txt` and `headers.txt` when present. A malformed line

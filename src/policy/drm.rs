@@ -71,6 +71,18 @@ pub struct DrmSettings {
     pub token: Vec<u8>,
     pub key: Vec<KeyVar>,
     pub hash: Hash,
+    /// `Type="enc"` values not yet decrypted (the config loader does it once
+    /// the key material is known, then empties this).
+    pub enc: Vec<EncSecret>,
+}
+
+/// An encrypted `<IV>` or `<Token>` (DRM-8), with its place for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncSecret {
+    pub iv: bool,
+    pub text: String,
+    pub file: String,
+    pub line: u32,
 }
 
 /// RC4 takes keys of 40 to 2048 bits (DRM-3).
@@ -175,6 +187,7 @@ mod tests {
             token: b"ABC".to_vec(),
             key: parse_key(key).unwrap(),
             hash,
+            enc: Vec::new(),
         }
     }
 
