@@ -62,6 +62,10 @@ pub struct ShardStats {
     pub gz_bytes_in: AtomicU64,
     pub gz_bytes_out: AtomicU64,
     pub gz_nanos: AtomicU64,
+    /// DRM responses (heads sent under `<url>/<Keyword>`), and those refused
+    /// (a key out of range, a source over MaxSourceSize).
+    pub drm_responses: AtomicU64,
+    pub drm_refused: AtomicU64,
 }
 
 /// The configuration in force and what is derived from it. Swapped whole on

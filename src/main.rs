@@ -413,9 +413,11 @@ fn log_stats(shared: &Shared) {
             s.gz_bytes_out.load(Relaxed),
         );
         log::info!(
-            "shard {i}: {made} gzip variants made ({inb} bytes in, {outb} out, {} saved, {:.1} ms compressing)",
+            "shard {i}: {made} gzip variants made ({inb} bytes in, {outb} out, {} saved, {:.1} ms compressing), {} DRM responses ({} refused)",
             inb.saturating_sub(outb),
-            s.gz_nanos.load(Relaxed) as f64 / 1e6
+            s.gz_nanos.load(Relaxed) as f64 / 1e6,
+            s.drm_responses.load(Relaxed),
+            s.drm_refused.load(Relaxed)
         );
     }
     let lost = shared.log_queues.lost.load(Relaxed);

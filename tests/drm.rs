@@ -195,6 +195,9 @@ fn ranges_queries_oversize_sources_and_drm_off() {
     // A source over MaxSourceSize (1 MB) gets 500.
     let big = get(&mut c, "/big.mp3/drm", "");
     assert_eq!(big.status, 500);
+    cairn.signal("USR1");
+    let stats = cairn.wait_log("DRM responses");
+    assert!(stats.contains("(1 refused)"), "{stats}");
     let n = origin.count();
     // With DRM inactive, /music/iu.mp3/drm is an ordinary URL.
     let origin2 = self::origin();

@@ -101,6 +101,10 @@ pub async fn serve_with<D: Downstream>(
             ),
             Err(e) => {
                 ::log::warn!("vhost {}: DRM: {e}", vhost.name);
+                shard
+                    .stats()
+                    .drm_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 (
                     None,
                     None,

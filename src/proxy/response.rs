@@ -12,6 +12,7 @@ use crate::http1::ResponseHead;
 use bytes::Bytes;
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `cairn/<version>` (VIA-1; STON writes `STON/<version>`).
@@ -168,8 +169,10 @@ pub async fn send_head<D: Downstream>(
             .and_then(crate::http1::headers::parse_content_length)
             .or_else(|| head.content_length());
         if total.is_some_and(|n| n > d.max_source_bytes) {
+            cx.shard.stats().drm_refused.fetch_add(1, Relaxed);
             return Err(ExchangeError::Internal("DRM source over MaxSourceSize"));
         }
+        cx.shard.stats().drm_responses.fetch_add(1, Relaxed);
         // DRM-7: another representation, another tag.
         if let Some(tag) = head.get(b"etag").map(crate::policy::drm::drm_etag) {
             head.remove(b"etag");
