@@ -1400,3 +1400,47 @@ fn a_flood_of_malformed_requests_gets_goaway_from_cairns_budget() {
         "{stats}"
     );
 }
+
+#[test]
+fn http2_requests_are_logged_with_httpds_http2_and_stream_id() {
+    let origin = Origin::start(|_| ok(b"logged"));
+    let dir = h2_dir(&origin, "Active");
+    edit_server_xml(
+        &dir,
+        "</VHostDefault>",
+        r#"<Log Dir="logs"><Access Local="ON">ON</Access></Log></VHostDefault>"#,
+    );
+    let cairn = Cairn::start(dir.clone(), 1);
+    let (status, _, _) = h2c_request(cairn.addr, "GET", "/over-h2", b"");
+    assert_eq!(status, 200);
+    assert_eq!(cairn.connect().get("/over-h1").status, 200);
+    let log = dir.join("logs/test.local");
+    let read = || -> String {
+        std::fs::read_dir(&log)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(read().contains("/over-h2") && read().contains("/over-h1"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = read();
+    let line = |p: &str| {
+        text.lines()
+            .find(|l| l.contains(p))
+            .unwrap_or("")
+            .to_string()
+    };
+    // sc-resinfo: HTTP2 and the stream the request came on (h2c: stream 1).
+    assert!(
+        line("/over-h2").contains(" HTTP2+H2_STREAM_ID=1 "),
+        "{text}"
+    );
+    assert!(!line("/over-h1").contains("HTTP2"), "{text}");
+}

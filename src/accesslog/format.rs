@@ -41,6 +41,9 @@ pub struct Entry<'a> {
     pub bypass: bool,
     /// And the TLS version of an HTTPS request (`TLSv1.3`).
     pub tls: Option<&'static str>,
+    /// The HTTP/2 stream id of an HTTP/2 request: `sc-resinfo` then says
+    /// `HTTP2` and `H2_STREAM_ID=<id>` (httpd's names for the same facts).
+    pub h2_stream: Option<u32>,
     pub result: &'a str,
     pub session_id: u64,
     pub content_length: Option<u64>,
@@ -190,10 +193,13 @@ fn write_w3c(e: &Entry, out: &mut Vec<u8>) {
     out.push(b' ');
     field(out, e.referer);
     out.push(b' ');
+    let stream = e.h2_stream.map(|id| format!("H2_STREAM_ID={id}"));
     let info = [
         e.bypass.then_some("Bypass"),
         e.gzip.then_some("gzip"),
         e.tls,
+        e.h2_stream.map(|_| "HTTP2"),
+        stream.as_deref(),
     ];
     let mut any = false;
     for i in info.into_iter().flatten() {
@@ -290,6 +296,7 @@ mod tests {
 
     fn entry() -> Entry<'static> {
         Entry {
+            h2_stream: None,
             end_ms: 1_340_815_944_000, // 2012-06-27 16:52:24 UTC
             server_ip: Some("220.134.10.5".parse().unwrap()),
             server_port: 80,
@@ -354,6 +361,12 @@ mod tests {
         assert!(line(LogForm::Ston, &e).contains(" - Bypass+TLSv1.3 0-99 "));
         e.bypass = false;
         assert!(line(LogForm::Ston, &e).contains(" - TLSv1.3 0-99 "));
+        // An HTTP/2 request: httpd's HTTP2 and H2_STREAM_ID, one field still.
+        e.h2_stream = Some(5);
+        let l = line(LogForm::Ston, &e);
+        assert!(l.contains(" - TLSv1.3+HTTP2+H2_STREAM_ID=5 0-99 "), "{l}");
+        assert_eq!(l.trim_end().split(' ').count(), names);
+        e.h2_stream = None;
         // An unparsed request: every request field is `-`, still the same count.
         let bare = Entry {
             end_ms: 0,

@@ -636,6 +636,7 @@ async fn serve_stream(
         head,
         body: std::cell::RefCell::new(body),
         protocol: Protocol::H2,
+        stream: Some(recv.stream_id().as_u32()),
         conn: facts,
         received,
         certs,

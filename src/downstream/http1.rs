@@ -424,6 +424,7 @@ pub async fn serve(
             head,
             body: std::cell::RefCell::new(body),
             protocol,
+            stream: None,
             conn: facts,
             received,
             certs: certs.clone(),

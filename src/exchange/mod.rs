@@ -65,6 +65,8 @@ pub struct Request {
     /// origin has it, not when a slow client has the response.
     pub body: std::cell::RefCell<Option<std::rc::Rc<crate::spool::RequestBody>>>,
     pub protocol: Protocol,
+    /// The HTTP/2 stream it came on (httpd's `H2_STREAM_ID`), for the log.
+    pub stream: Option<u32>,
     pub conn: ConnFacts,
     /// When the request's head was complete, for `time-taken`.
     pub received: std::time::Instant,

@@ -17,6 +17,8 @@ pub struct Exchanged<'a> {
     pub conn: &'a ConnFacts,
     pub head: Option<&'a RequestHead>,
     pub protocol: Protocol,
+    /// The HTTP/2 stream, if any.
+    pub stream: Option<u32>,
     pub received: Instant,
     pub now_ms: u64,
     pub sent: Sent,
@@ -69,6 +71,7 @@ pub fn write(shard: &ShardCtx, x: &Exchanged<'_>) {
         time_taken_ms: taken.as_millis() as u64,
         gzip: x.sent.gzip,
         tls: x.conn.tls.map(|t| t.version.as_str()),
+        h2_stream: x.stream,
         bypass: x.bypass,
         result: x.result.code(),
         session_id: x.conn.session_id,

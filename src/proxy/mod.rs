@@ -169,6 +169,7 @@ pub async fn serve_with<D: Downstream>(
             conn: &req.conn,
             head: Some(&req.head),
             protocol: req.protocol,
+            stream: req.stream,
             received: req.received,
             now_ms: now,
             sent: cx.sent.get(),
@@ -371,6 +372,7 @@ pub async fn refuse<D: Downstream>(
             conn: r.conn,
             head: r.head,
             protocol: r.protocol,
+            stream: None,
             received: r.received,
             // The request's clock reading, as for every other line.
             now_ms: now_ms().saturating_sub(r.received.elapsed().as_millis() as u64),

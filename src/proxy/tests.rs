@@ -87,6 +87,7 @@ fn request(raw: &str, body: Option<&[u8]>) -> Request {
             ))
         })),
         protocol: Protocol::Http11,
+        stream: None,
         conn: ConnFacts {
             peer: "127.0.0.1:40000".parse().unwrap(),
             local: "127.0.0.1:8080".parse().unwrap(),
