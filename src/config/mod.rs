@@ -686,31 +686,54 @@ pub(crate) fn expand_star(cache_listen: &[IpAddr], port: u16) -> Vec<SocketAddr>
 mod tests;
 
 /// Loads from strings; for tests and tools.
-/// DRM-8: `plain` encrypted for `Type="enc"` under `dir`'s key material (the
-/// first `<Https><Key>` of `dir/server.xml`, else `dir/secret.key`, made on
-/// first use). The management API's `/command/encryptpassword` is to call this.
+/// DRM-8: `plain` encrypted for `Type="enc"` under `dir`'s key material
+/// (`dir/secret.key`, else the first `<Https><Key>` of `dir/server.xml`, else a
+/// new `dir/secret.key`). The management API's `/command/encryptpassword` is
+/// to call this. A server.xml that does not parse is refused: the key it
+/// names could not be known.
 pub fn encrypt_password(dir: &Path, plain: &[u8]) -> Result<String, ConfigError> {
-    let tls_key = std::fs::read_to_string(dir.join("server.xml"))
-        .ok()
-        .and_then(|xml| first_https_key(&xml))
-        .map(|k| match Path::new(&k).is_relative() {
-            true => dir.join(k),
-            false => PathBuf::from(k),
-        });
+    let server = dir.join("server.xml");
+    let tls_key = match std::fs::read_to_string(&server) {
+        Ok(xml) => first_https_key(&xml)
+            .map_err(|reason| {
+                ConfigError::Invalid(Diag {
+                    file: server.display().to_string(),
+                    line: 0,
+                    reason,
+                })
+            })?
+            .map(|k| match Path::new(&k).is_relative() {
+                true => dir.join(k),
+                false => PathBuf::from(k),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(ConfigError::Io {
+                path: server,
+                source,
+            })
+        }
+    };
     let key = secret::key(dir, tls_key.as_deref(), true).map_err(ConfigError::Secret)?;
     key.encrypt(plain).map_err(ConfigError::Secret)
 }
 
-/// The first `<Https><Key>` path in a server.xml (without loading the rest,
-/// so a configuration that does not load yet can still get its secrets).
-fn first_https_key(xml: &str) -> Option<String> {
-    let doc = roxmltree::Document::parse(xml).ok()?;
-    let https = doc
+/// The first `<Https>` block's `<Key>` (its last, as the loader reads it).
+fn first_https_key(xml: &str) -> Result<Option<String>, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
+    let Some(https) = doc
         .root_element()
         .children()
-        .find(|n| n.has_tag_name("Https"))?;
-    let key = https.children().find(|n| n.has_tag_name("Key"))?;
-    Some(key.text()?.trim().to_string())
+        .find(|n| n.has_tag_name("Https"))
+    else {
+        return Ok(None);
+    };
+    Ok(https
+        .children()
+        .filter(|n| n.has_tag_name("Key"))
+        .next_back()
+        .and_then(|k| k.text())
+        .map(|t| t.trim().to_string()))
 }
 
 pub fn load_str(server: &str, vhosts: &str) -> Result<Loaded, ConfigError> {

@@ -23,8 +23,10 @@ pub enum SecretError {
     NoKey(PathBuf),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
-    #[error("not a value `cairn encrypt-password` made with this key material (bad base64, too short, or another key)")]
+    #[error("not a value `cairn encrypt-password` made with this key material (bad base64, too short, or another key; STON's own encrypted values cannot be read: encrypt the plain value again)")]
     Undecryptable,
+    #[error("{0}: not 32 bytes (a key file `cairn encrypt-password` made)")]
+    BadKeyFile(PathBuf),
     #[error("the system random source failed")]
     Random,
 }
@@ -75,34 +77,52 @@ impl SecretKey {
     }
 }
 
-/// The key for a configuration: from `tls_key` (the first `<Https><Key>`
-/// file) when there is one, else from `dir/secret.key`; `create` makes that
-/// file (0600) when it is missing.
+/// The key for a configuration: from `dir/secret.key` when it exists, else
+/// from `tls_key` (the first `<Https><Key>` file: its key's DER, so that
+/// re-encoding the same key changes nothing), else a new `secret.key` when
+/// `create` (0600, written whole before it appears).
 pub fn key(dir: &Path, tls_key: Option<&Path>, create: bool) -> Result<SecretKey, SecretError> {
-    if let Some(k) = tls_key {
-        let pem = std::fs::read(k).map_err(|e| SecretError::Io(k.to_path_buf(), e))?;
-        return Ok(SecretKey::from_material(&pem));
-    }
     let path = dir.join(KEY_FILE);
     match std::fs::read(&path) {
-        Ok(b) => Ok(SecretKey::from_material(&b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            let mut b = [0u8; 32];
-            SystemRandom::new()
-                .fill(&mut b)
-                .map_err(|_| SecretError::Random)?;
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .and_then(|mut f| f.write_all(&b))
-                .map_err(|e| SecretError::Io(path.clone(), e))?;
-            Ok(SecretKey::from_material(&b))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SecretError::NoKey(path)),
+        Ok(b) if b.len() == 32 => return Ok(SecretKey::from_material(&b)),
+        Ok(_) => return Err(SecretError::BadKeyFile(path)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(SecretError::Io(path, e)),
+        Err(_) => {}
+    }
+    if let Some(k) = tls_key {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::PrivateKeyDer::from_pem_file(k)
+            .map_err(|e| SecretError::Io(k.to_path_buf(), std::io::Error::other(e.to_string())))?;
+        return Ok(SecretKey::from_material(der.secret_der()));
+    }
+    if !create {
+        return Err(SecretError::NoKey(path));
+    }
+    let mut b = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| SecretError::Random)?;
+    // Written to a private temporary, then linked into place (never
+    // replacing one another process made meanwhile, which is then used).
+    let tmp = dir.join(format!(".{KEY_FILE}.{}", std::process::id()));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| SecretError::Io(tmp.clone(), e))?;
+        f.write_all(&b)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| SecretError::Io(tmp.clone(), e))?;
+    }
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(SecretKey::from_material(&b)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => key(dir, None, false),
         Err(e) => Err(SecretError::Io(path, e)),
     }
 }

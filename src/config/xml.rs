@@ -1132,7 +1132,8 @@ fn parse_drm(
     // DRM-3, DRM-6: a key whose length does not depend on the URL is checked
     // here (after decryption for encrypted values); one that does is checked
     // per request (500 when it is out of range).
-    if d.enc.is_empty() {
+    // An inactive <Drm> (STON's template, an empty Token) is not checked.
+    if active && d.enc.is_empty() {
         check_key_len(&d).map_err(|r| s.err(e, r))?;
     }
     Ok(active.then_some(d))

@@ -140,20 +140,6 @@ impl RequestHead {
     pub fn is_head(&self) -> bool {
         self.method() == b"HEAD"
     }
-    /// The same request for another target (`path`: origin-form path and
-    /// query): the URL a DRM request's source is fetched and cached under.
-    pub fn with_path(&self, path: &[u8]) -> RequestHead {
-        let mut raw = Vec::with_capacity(self.raw.len() + path.len());
-        raw.extend_from_slice(&self.raw);
-        let start = raw.len();
-        raw.extend_from_slice(path);
-        RequestHead {
-            raw: Bytes::from(raw),
-            path: start..start + path.len(),
-            // An absolute-form authority stays where it was in `raw`.
-            ..self.clone()
-        }
-    }
     /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE may be retried (RFC 9110 §9.2.2).
     pub fn is_idempotent(&self) -> bool {
         matches!(

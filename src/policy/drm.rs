@@ -60,8 +60,8 @@ impl Hash {
     }
 }
 
-/// A vhost's `<Drm Status="Active">`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A vhost's `<Drm Status="Active">`. Its `Debug` leaves the secrets out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct DrmSettings {
     /// `Keyword` (default `drm`): `<url>/<keyword>` is the DRM URL of `<url>`.
     pub keyword: String,
@@ -74,6 +74,19 @@ pub struct DrmSettings {
     /// `Type="enc"` values not yet decrypted (the config loader does it once
     /// the key material is known, then empties this).
     pub enc: Vec<EncSecret>,
+}
+
+impl std::fmt::Debug for DrmSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrmSettings")
+            .field("keyword", &self.keyword)
+            .field("max_source_bytes", &self.max_source_bytes)
+            .field("iv", &format_args!("<{} bytes>", self.iv.len()))
+            .field("token", &format_args!("<{} bytes>", self.token.len()))
+            .field("key", &self.key)
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An encrypted `<IV>` or `<Token>` (DRM-8), with its place for messages.

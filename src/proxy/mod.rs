@@ -68,25 +68,6 @@ pub async fn serve_with<D: Downstream>(
     let vhost = &config.vhosts[vi];
     down.bind_vhost(vhost);
     let now = now_ms();
-    let rules =
-        (vhost.request_rules_active() || vhost.response_rules_active()).then(|| rules::RuleFacts {
-            vhost,
-            req: &req.head,
-            client_ip: req.conn.peer.ip(),
-            local_port: req.conn.local.port(),
-            session_id: req.conn.session_id,
-            https: req.conn.tls.is_some(),
-            request_time_s: now / 1000,
-            geo: shard
-                .shared
-                .geo
-                .as_deref()
-                .map(|g| g as &dyn crate::policy::GeoLookup),
-        });
-    let req_headers = match &rules {
-        Some(f) if vhost.request_rules_active() => Some(rules::request_headers(f)),
-        _ => None,
-    };
     // DRM-1: `<url>/<Keyword>` is `<url>` (fetched and cached as usual)
     // encrypted on the way out; a key out of range is a 500.
     let drm_source = vhost.options.drm.as_deref().and_then(|d| {
@@ -94,11 +75,16 @@ pub async fn serve_with<D: Downstream>(
     });
     let (drm_head, drm_cipher, drm_error) = match &drm_source {
         Some((d, src)) => match crate::policy::drm::key_for(d, src) {
-            Ok(key) => (
-                Some(req.head.with_path(src)),
-                Some(crate::transform::rc4::Rc4::new(&key)),
-                None,
-            ),
+            Ok(key) => match drm_source_head(&req.head, src, &shard.shared.limits) {
+                Some(h) => (Some(h), Some(crate::transform::rc4::Rc4::new(&key)), None),
+                None => (
+                    None,
+                    None,
+                    Some(ExchangeError::Internal(
+                        "DRM: the source request is malformed",
+                    )),
+                ),
+            },
             Err(e) => {
                 ::log::warn!("vhost {}: DRM: {e}", vhost.name);
                 shard
@@ -118,6 +104,27 @@ pub async fn serve_with<D: Downstream>(
     let transform = match &drm_cipher {
         Some(c) => Some(c as &dyn SendTransform),
         None => transform,
+    };
+    let rules =
+        (vhost.request_rules_active() || vhost.response_rules_active()).then(|| rules::RuleFacts {
+            vhost,
+            // A DRM request's rules see its source: they shape the source's
+            // fill, which every client of the source shares.
+            req: head,
+            client_ip: req.conn.peer.ip(),
+            local_port: req.conn.local.port(),
+            session_id: req.conn.session_id,
+            https: req.conn.tls.is_some(),
+            request_time_s: now / 1000,
+            geo: shard
+                .shared
+                .geo
+                .as_deref()
+                .map(|g| g as &dyn crate::policy::GeoLookup),
+        });
+    let req_headers = match &rules {
+        Some(f) if vhost.request_rules_active() => Some(rules::request_headers(f)),
+        _ => None,
     };
     let cx = RequestCtx {
         shard,
@@ -181,6 +188,61 @@ pub async fn serve_with<D: Downstream>(
     );
 }
 
+/// A DRM request's source request: the source's target, and the client's
+/// fields less those about the encrypted representation: `Accept-Encoding`
+/// (the source is served as identity), and in `If-None-Match` / `If-Range`
+/// only tags of the DRM response (`"x-drm"`), which name the source's `"x"`.
+fn drm_source_head(
+    head: &crate::http1::RequestHead,
+    source: &[u8],
+    limits: &crate::http1::request::Limits,
+) -> Option<crate::http1::RequestHead> {
+    let mut raw = Vec::with_capacity(256);
+    raw.extend_from_slice(head.method());
+    raw.push(b' ');
+    raw.extend_from_slice(source);
+    raw.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(h) = head.host() {
+        raw.extend_from_slice(b"Host: ");
+        raw.extend_from_slice(h);
+        raw.extend_from_slice(b"\r\n");
+    }
+    for (n, v) in head.headers() {
+        let value: Vec<u8> =
+            if n.eq_ignore_ascii_case(b"host") || n.eq_ignore_ascii_case(b"accept-encoding") {
+                continue;
+            } else if n.eq_ignore_ascii_case(b"if-none-match") {
+                let tags: Vec<Vec<u8>> = crate::http1::headers::list_items(v)
+                    .filter_map(|t| t.strip_suffix(b"-drm\"").map(|s| [s, b"\""].concat()))
+                    .collect();
+                if tags.is_empty() {
+                    continue;
+                }
+                tags.join(&b", "[..])
+            } else if n.eq_ignore_ascii_case(b"if-range") && v.ends_with(b"\"") {
+                match v.strip_suffix(b"-drm\"") {
+                    Some(s) => [s, b"\""].concat(),
+                    // A tag of another representation: never this one.
+                    None => b"\"-\"".to_vec(),
+                }
+            } else {
+                v.to_vec()
+            };
+        raw.extend_from_slice(n);
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(&value);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"\r\n");
+    let mut buf = bytes::BytesMut::from(&raw[..]);
+    let mut parsed = crate::http1::request::parse(&mut buf, limits).ok()??;
+    // The client's version and connection facts stay the client's.
+    parsed.version = head.version;
+    parsed.close = head.close;
+    parsed.keep_alive = head.keep_alive;
+    Some(parsed)
+}
+
 /// On an address whose certificates SNI chooses, a request must be for a site
 /// the connection's certificate covers (RFC 9110 §15.5.20), else 421, so that
 /// one site's connection cannot reach another vhost. Judged on the vhost the
@@ -226,7 +288,8 @@ async fn redirect_https<D: Downstream>(
     let host = cx.head.host().unwrap_or(cx.vhost.name.as_bytes());
     let mut location = b"https://".to_vec();
     location.extend_from_slice(host);
-    location.extend_from_slice(cx.head.path());
+    // The client's own target (a DRM URL keeps its keyword).
+    location.extend_from_slice(cx.req.head.path());
     let mut head = Head::new(code, BodyLen::Known(0));
     head.push(b"Location", location);
     cx.result.set(CacheResult::Redirect);

@@ -37,10 +37,27 @@ pub async fn relay<D: Downstream>(
     mut reply: OriginReply,
     x: &Extras,
 ) -> Result<(), ExchangeError> {
+    // A DRM response relayed from the origin: a 206's keystream starts at its
+    // range (`Content-Range`); what cannot be encrypted byte for byte (several
+    // ranges, an encoded body) is refused.
+    let mut offset = 0u64;
+    if cx.drm.is_some() && reply.has_body() {
+        if reply.head.header("content-encoding").is_some() {
+            return Err(ExchangeError::Internal(
+                "DRM: the origin sent an encoded body",
+            ));
+        }
+        if reply.head.status == 206 {
+            offset = reply
+                .head
+                .header("content-range")
+                .and_then(range_start)
+                .ok_or(ExchangeError::Internal("DRM: a 206 without one byte range"))?;
+        }
+    }
     let body = response::origin_body(reply.has_body(), reply.length());
     let head = response::from_origin(&reply.head, body, cx.vhost.options.headers);
     response::send_head(cx, down, head, x).await?;
-    let mut offset = 0u64;
     loop {
         let item = match reply.next_buffered() {
             Ok(Some(item)) => Ok(item),
@@ -66,4 +83,12 @@ pub async fn relay<D: Downstream>(
         }
     }
     down.finish().await.map_err(|_| ExchangeError::ClientGone)
+}
+
+/// The first byte of `Content-Range: bytes a-b/n`.
+fn range_start(v: &[u8]) -> Option<u64> {
+    let v = crate::http1::headers::trim(v);
+    let rest = v.strip_prefix(b"bytes ")?;
+    let dash = rest.iter().position(|&b| b == b'-')?;
+    crate::http1::headers::parse_content_length(&rest[..dash])
 }

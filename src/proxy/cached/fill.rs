@@ -329,9 +329,13 @@ async fn stream_and_store<D: Downstream>(
     let key = cx.key.stored();
     let body = response::origin_body(plan.has_body && plan.status != 204, plan.length);
     let head = crate::exchange::Head::from_lines(plan.status, &plan.headers, body);
-    let mut client_gone = response::send_head(cx, down, head, &Extras::new(result))
-        .await
-        .is_err();
+    let mut client_gone = match response::send_head(cx, down, head, &Extras::new(result)).await {
+        Ok(()) => false,
+        // Refused before a byte was sent (a DRM source over MaxSourceSize):
+        // the client gets its error response, nothing is stored.
+        Err(e @ ExchangeError::Internal(_)) => return Err(e),
+        Err(_) => true,
+    };
     let mut offset = 0u64;
     loop {
         let item = match reply.next_buffered() {

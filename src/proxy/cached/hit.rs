@@ -8,6 +8,10 @@ use super::multipart::multipart;
 use crate::cache::{CacheResult, Hit};
 use crate::exchange::{BodyLen, Downstream, ExchangeError, Head};
 use crate::http1::range::{self, RangeReply};
+
+/// How far into a DRM object a Range may start (keystream skipped for it):
+/// about 0.1 s of one core.
+pub const DRM_MAX_SKIP: u64 = 64 << 20;
 use crate::proxy::request::RequestCtx;
 use crate::proxy::response::{self, Extras};
 
@@ -30,10 +34,18 @@ pub async fn send_hit<D: Downstream>(
     let reply = if not_modified(cx.head, hit, o) {
         None
     } else if hit.status == 200 && if_range_allows(cx.head, hit, o) {
-        Some(range::evaluate(
-            cx.head.header("range"),
-            hit.body.len() as u64,
-        ))
+        match range::evaluate(cx.head.header("range"), hit.body.len() as u64) {
+            // RC4 cannot seek: a DRM Range runs the keystream to its start, so
+            // only one range, at most `DRM_MAX_SKIP` in, is served as a 206;
+            // others get the whole 200 (RFC 9110 §14.2 allows ignoring Range),
+            // whose keystream costs what is sent, at the client's pace.
+            RangeReply::Partial(rs)
+                if cx.drm.is_some() && (rs.len() > 1 || rs[0].start > DRM_MAX_SKIP) =>
+            {
+                Some(RangeReply::Full)
+            }
+            r => Some(r),
+        }
     } else {
         Some(RangeReply::Full)
     };
