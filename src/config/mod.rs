@@ -730,8 +730,7 @@ fn first_https_key(xml: &str) -> Result<Option<String>, String> {
     };
     Ok(https
         .children()
-        .filter(|n| n.has_tag_name("Key"))
-        .next_back()
+        .rfind(|n| n.has_tag_name("Key"))
         .and_then(|k| k.text())
         .map(|t| t.trim().to_string()))
 }
