@@ -17,6 +17,7 @@ pub mod http1;
 pub mod httpdate;
 pub mod logging;
 pub mod net;
+pub mod notify;
 pub mod origin;
 pub mod policy;
 pub mod proxy;

@@ -325,14 +325,20 @@ fn run(args: &Args) -> Result<()> {
     if args.config.is_none() {
         println!("try: curl -i http://127.0.0.1:{}/", bound[0].port());
     }
+    cairn::notify::ready();
 
     loop {
         match signals::wait()? {
-            signals::Signal::Hup => reload(args, &shared),
+            signals::Signal::Hup => {
+                let _ = cairn::notify::notify("RELOADING=1");
+                reload(args, &shared);
+                let _ = cairn::notify::notify("READY=1");
+            }
             signals::Signal::Stats => log_stats(&shared),
             signals::Signal::Stop => break,
         }
     }
+    let _ = cairn::notify::notify("STOPPING=1");
     log::info!(
         "draining: no new connections; in-flight responses have {:?}",
         shared.drain_timeout
