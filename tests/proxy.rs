@@ -449,12 +449,29 @@ fn embedded_default_serves_the_sample_site() {
     let mut banner = [0u8; 256];
     let n = out.read(&mut banner).unwrap();
     assert!(String::from_utf8_lossy(&banner[..n]).contains("http://127.0.0.1:8080/"));
-    let mut s = std::net::TcpStream::connect("127.0.0.1:8080").unwrap();
-    s.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    // A query of its own: the embedded cache outlives runs, this object must not.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let get = || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:8080").unwrap();
+        s.write_all(
+            format!("GET /hello.txt?run={nonce} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    };
+    let first = get();
+    // A newcomer sees the cache work on the second curl.
+    let resp = get();
     let _ = child.kill();
+    assert!(first.contains("\r\nX-Cache: TCP_MISS\r\n"), "{first}");
+    assert!(resp.contains("\r\nX-Cache: TCP_HIT\r\n"), "{resp}");
+    assert!(resp.contains("\r\nAge: "), "{resp}");
     let _ = child.wait();
     let want = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
