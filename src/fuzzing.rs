@@ -682,18 +682,6 @@ pub fn h2c(data: &[u8]) {
             // The rest is exactly the request's other fields, in order,
             // lower-cased, less those h2 forbids or that describe HTTP/1's hop
             // (and any the Connection header names).
-            let hop = [
-                &b"host"[..],
-                b"connection",
-                b"upgrade",
-                b"http2-settings",
-                b"keep-alive",
-                b"proxy-connection",
-                b"transfer-encoding",
-                b"te",
-                b"content-length",
-                b"expect",
-            ];
             let named = |n: &[u8]| {
                 h.headers()
                     .filter(|(c, _)| c.eq_ignore_ascii_case(b"connection"))
@@ -701,7 +689,7 @@ pub fn h2c(data: &[u8]) {
             };
             let want: Vec<(Vec<u8>, Vec<u8>)> = h
                 .headers()
-                .filter(|(n, _)| !hop.iter().any(|d| n.eq_ignore_ascii_case(d)) && !named(n))
+                .filter(|(n, _)| !crate::downstream::h2c::dropped(n) && !named(n))
                 .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
                 .collect();
             assert_eq!(&fields[4..], &want[..], "the replayed fields");

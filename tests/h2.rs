@@ -1414,23 +1414,7 @@ fn http2_requests_are_logged_with_httpds_http2_and_stream_id() {
     let (status, _, _) = h2c_request(cairn.addr, "GET", "/over-h2", b"");
     assert_eq!(status, 200);
     assert_eq!(cairn.connect().get("/over-h1").status, 200);
-    let log = dir.join("logs/test.local");
-    let read = || -> String {
-        std::fs::read_dir(&log)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !(read().contains("/over-h2") && read().contains("/over-h1"))
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let text = read();
+    let text = wait_logs(&dir.join("logs/test.local"), &["/over-h2", "/over-h1"]);
     let line = |p: &str| {
         text.lines()
             .find(|l| l.contains(p))

@@ -422,21 +422,7 @@ fn tls_requests_are_logged_with_their_version() {
     assert_eq!(get(&mut c, "test.local", "/logged").status, 200);
     let plain = cairn.connect().get("/plain");
     assert_eq!(plain.status, 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let log = dir.join("logs/test.local");
-    let read = || -> String {
-        std::fs::read_dir(&log)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    while !(read().contains("/logged") && read().contains("/plain")) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let text = read();
+    let text = wait_logs(&dir.join("logs/test.local"), &["/logged", "/plain"]);
     let line = |p: &str| {
         text.lines()
             .find(|l| l.contains(p))

@@ -26,7 +26,7 @@ const MAX_FRAME: usize = 16_384;
 
 /// Fields that describe the HTTP/1.1 hop or the upgrade itself, or that HTTP/2
 /// carries as pseudo-headers: not replayed.
-fn dropped(name: &[u8]) -> bool {
+pub(crate) fn dropped(name: &[u8]) -> bool {
     [
         &b"host"[..],
         b"connection",

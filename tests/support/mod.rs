@@ -613,3 +613,26 @@ impl<S: Read + Write> Client<S> {
         Some(resp)
     }
 }
+
+/// Waits (up to 10 s) until the access logs under `dir` hold every one of
+/// `paths`, and returns their text.
+#[allow(dead_code)] // not every test binary reads logs
+pub fn wait_logs(dir: &Path, paths: &[&str]) -> String {
+    let read = || -> String {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = read();
+        if paths.iter().all(|p| text.contains(p)) || Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

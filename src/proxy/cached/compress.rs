@@ -13,7 +13,7 @@
 use super::fill::{count_refused, FillSlot};
 use super::follow::follow;
 use super::hit::send_hit;
-use super::plan::{gzip_variant, plan, with_vary, FillPlan, PlanInput};
+use super::plan::{gzip_variant, plan, with_vary, FillPlan};
 use crate::cache::fill::{FillEnd, FillHead, Leader};
 use crate::cache::{CacheResult, Variant};
 use crate::config::CompressionSettings;
@@ -175,19 +175,7 @@ pub(super) async fn fill<D: Downstream>(
     request_time: u64,
     (level, held): (u8, Held),
 ) -> Result<(), ExchangeError> {
-    let cache = &cx.shard.shared.cache;
-    let input = PlanInput {
-        reply: &reply.head,
-        length: reply.length(),
-        has_body: reply.has_body(),
-        until_close: reply.until_close(),
-        request: super::request_facts(cx),
-        options: &cx.vhost.options,
-        max_object: cache.config().max_object,
-        request_time_ms: request_time,
-        response_time_ms: now_ms(),
-    };
-    let Ok(p) = plan(&input) else {
+    let Ok(p) = plan(&super::fill::plan_input(cx, &reply, request_time)) else {
         // Not storable: this client gets the identity response as it came.
         if let Some((l, slot)) = leader {
             drop(slot);

@@ -87,6 +87,25 @@ pub async fn miss<D: Downstream>(
     }
 }
 
+/// What `plan` needs to know of an origin response to this request.
+pub(super) fn plan_input<'a>(
+    cx: &'a RequestCtx<'_>,
+    reply: &'a OriginReply,
+    request_time: u64,
+) -> PlanInput<'a> {
+    PlanInput {
+        reply: &reply.head,
+        length: reply.length(),
+        has_body: reply.has_body(),
+        until_close: reply.until_close(),
+        request: super::request_facts(cx),
+        options: &cx.vhost.options,
+        max_object: cx.shard.shared.cache.config().max_object,
+        request_time_ms: request_time,
+        response_time_ms: now_ms(),
+    }
+}
+
 /// Answers from an origin response while storing it (when it may be stored) and,
 /// as the leader, sharing it with followers.
 pub(super) async fn fill_from<D: Downstream>(
@@ -111,18 +130,7 @@ pub(super) async fn fill_from<D: Downstream>(
         }
     }
     let cache = &cx.shard.shared.cache;
-    let input = PlanInput {
-        reply: &reply.head,
-        length: reply.length(),
-        has_body: reply.has_body(),
-        until_close: reply.until_close(),
-        request: super::request_facts(cx),
-        options: &cx.vhost.options,
-        max_object: cache.config().max_object,
-        request_time_ms: request_time,
-        response_time_ms: now_ms(),
-    };
-    let mut plan = match plan(&input) {
+    let mut plan = match plan(&plan_input(cx, &reply, request_time)) {
         Ok(p) => p,
         Err(why) => {
             log::debug!(
