@@ -142,6 +142,9 @@ pub const FLAG_NO_CACHE: u16 = 2;
 pub const FLAG_GENERATED_ETAG: u16 = 4;
 /// cairn compressed the body (a gzip variant it made, GZ-3).
 pub const FLAG_COMPRESSED: u16 = 8;
+/// Purged (PRG-1): fetch again without validators; serve this copy only if the
+/// origin fails. Set in the index only, never stored.
+pub const FLAG_PURGED: u16 = 16;
 
 /// What the response facts say about storing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

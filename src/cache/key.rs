@@ -23,6 +23,14 @@ impl Variant {
     }
 }
 
+/// The primary part of a stored key (its variant suffix cut off).
+pub fn primary_of(stored: &[u8]) -> &[u8] {
+    match memchr::memchr(0, stored) {
+        Some(i) => &stored[..i],
+        None => stored,
+    }
+}
+
 /// Built once per request, in its stored form (one allocation).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {

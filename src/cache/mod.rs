@@ -9,6 +9,7 @@ pub mod fill;
 pub mod freshness;
 pub mod index;
 pub mod key;
+pub mod keys;
 pub mod meta;
 pub mod record;
 pub mod segment;
@@ -57,6 +58,27 @@ impl CacheResult {
             CacheResult::Error => "TCP_ERROR",
         }
     }
+}
+
+/// What a purge does to an object (PRG-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeOp {
+    /// The next request fetches it again, unconditionally; if the origin fails
+    /// then, this copy is served.
+    Purge,
+    /// Stale now: the next request revalidates (a 304 keeps the body).
+    Expire,
+    /// Fresh for this many seconds from now, then stale.
+    ExpireAfter(u64),
+    /// Gone for good.
+    HardPurge,
+}
+
+/// Objects a purge touched and their body bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeCount {
+    pub count: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -165,23 +187,116 @@ impl Cache {
         });
     }
 
-    /// Drops `key` from the index.
+    /// Drops `key` from the index (for this run only: a record that went bad).
     pub fn remove(&self, key: &[u8]) {
-        self.store.index.pin().remove(&record::key_hash(key));
+        let h = record::key_hash(key);
+        if self.store.index.pin().remove(&h).is_some() {
+            self.store.forget_key(h, key);
+        }
     }
 
     /// Drops every variant of `key`'s primary key (RFC 9111 §4.4 after an unsafe
-    /// method; purge). Returns how many objects were removed.
-    pub fn invalidate(&self, key: &CacheKey) -> usize {
-        let guard = self.store.index.pin();
+    /// method), for good: a tombstone written on `shard` keeps a restart from
+    /// bringing them back. Returns how many objects were removed.
+    pub fn invalidate(&self, shard: usize, key: &CacheKey) -> usize {
         Variant::ALL
             .iter()
             .filter(|&&v| {
-                guard
-                    .remove(&record::key_hash(key.with_variant(v).stored()))
+                let k = key.with_variant(v);
+                self.apply(shard, k.stored(), PurgeOp::HardPurge, 0)
                     .is_some()
             })
             .count()
+    }
+
+    /// Applies `op` to the object stored under `key`; its body size when there
+    /// was one.
+    pub fn apply(&self, shard: usize, key: &[u8], op: PurgeOp, now_ms: u64) -> Option<u64> {
+        let h = record::key_hash(key);
+        let guard = self.store.index.pin();
+        let e = guard.get(&h)?;
+        // The hash is not the key: check the record's own key (under a lease, so
+        // a reclaim cannot reuse the bytes while they are read).
+        let seg = self.store.segments.get(e.seg as usize)?;
+        let lease = Lease::acquire(seg, e.generation, e.off as usize, e.total_len as usize);
+        let same = lease.is_some_and(|l| {
+            let rec = l.into_bytes();
+            rec.get(HEADER_LEN..HEADER_LEN + e.key_len as usize) == Some(key)
+        });
+        if !same {
+            return None;
+        }
+        let (loc, size) = ((e.seg, e.generation, e.off), e.body_len);
+        let mut done = false;
+        guard.compute(h, |cur| match cur {
+            Some((_, e)) if (e.seg, e.generation, e.off) == loc => {
+                done = true;
+                let mut times = e.times;
+                match op {
+                    PurgeOp::HardPurge => return papaya::Operation::Remove,
+                    PurgeOp::Purge => {
+                        times.lifetime_ms = 0;
+                        times.flags |= freshness::FLAG_PURGED;
+                    }
+                    PurgeOp::Expire => times.lifetime_ms = 0,
+                    PurgeOp::ExpireAfter(secs) => {
+                        times.lifetime_ms = times
+                            .current_age_ms(now_ms)
+                            .saturating_add(secs.saturating_mul(1000))
+                    }
+                }
+                papaya::Operation::Insert(Entry {
+                    times,
+                    head_override: e.head_override.clone(),
+                    hit: AtomicBool::new(e.hit.load(Relaxed)),
+                    ..*e
+                })
+            }
+            _ => papaya::Operation::Abort(()),
+        });
+        if !done {
+            return None;
+        }
+        if op == PurgeOp::HardPurge {
+            self.store.forget_key(h, key);
+        }
+        // Every kind is durable: after a restart a purged or expired object is
+        // fetched again (its in-memory fallback copy does not survive).
+        self.store.write_tombstone(shard, key);
+        Some(size)
+    }
+
+    /// Applies `op` to every stored key under `prefix` whose primary part
+    /// (without the variant) `matches`.
+    pub fn apply_matching(
+        &self,
+        shard: usize,
+        prefix: &[u8],
+        matches: impl Fn(&[u8]) -> bool,
+        op: PurgeOp,
+        now_ms: u64,
+    ) -> PurgeCount {
+        let mut n = PurgeCount::default();
+        for key in self.store.keys.with_prefix(prefix) {
+            let primary = key::primary_of(&key);
+            if !matches(primary) {
+                continue;
+            }
+            match self.apply(shard, &key, op, now_ms) {
+                Some(size) => {
+                    n.count += 1;
+                    n.bytes += size;
+                }
+                // Gone from the main index meanwhile: a stale key.
+                None => self.store.forget_key(record::key_hash(&key), &key),
+            }
+        }
+        n
+    }
+
+    /// Keys in the key index (objects, plus any stale keys not yet dropped).
+    pub fn keys_indexed(&self) -> usize {
+        self.store.keys.len()
     }
 
     /// Would [`writer`](Self::writer) find room now? (It may still not, if the
@@ -228,6 +343,7 @@ impl Cache {
             cache: self,
             region,
             key_hash: record::key_hash(key),
+            key: key.into(),
             key_len: key.len() as u32,
             meta_len: meta_bytes.len() as u32,
             body_len,
@@ -245,6 +361,7 @@ pub struct Writer<'c> {
     cache: &'c Cache,
     region: Region,
     key_hash: u64,
+    key: Box<[u8]>,
     key_len: u32,
     meta_len: u32,
     body_len: u64,
@@ -305,6 +422,7 @@ impl Writer<'_> {
         seg.flush_async(self.region.off as usize, self.region.len as usize);
         self.cache.store.publish(
             self.key_hash,
+            &self.key,
             Entry {
                 seg: seg.id,
                 generation: self.region.generation,

@@ -5,8 +5,9 @@
 
 use super::freshness::Times;
 use super::index::{new_index, Entry, Index};
+use super::keys::KeyIndex;
 use super::meta::Meta;
-use super::record::{Header, HEADER_LEN};
+use super::record::{Header, FLAG_TOMBSTONE, HEADER_LEN};
 use super::segment::{Lease, Segment, SEGMENT_HEADER};
 use papaya::Operation;
 use std::collections::VecDeque;
@@ -95,6 +96,11 @@ struct Allocator {
 pub struct Store {
     pub segments: Vec<Arc<Segment>>,
     pub index: Index,
+    /// Every indexed key in order, for purges by pattern.
+    pub keys: KeyIndex,
+    /// Per segment, the lowest `seq` of a record in it (`u64::MAX` when empty):
+    /// a tombstone is kept while an older record it kills may exist anywhere.
+    min_seq: Vec<AtomicU64>,
     /// Taken on the miss path only (reserving a region), never on a hit.
     alloc: Mutex<Allocator>,
     seq: AtomicU64,
@@ -183,6 +189,11 @@ impl Store {
             }
         }
         let index = new_index();
+        let keys = KeyIndex::default();
+        let min_seq: Vec<AtomicU64> = (0..segments.len())
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect();
+        let tombs = Mutex::new(Vec::new());
         let max_seq = AtomicU64::new(0);
         let objects = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
@@ -202,6 +213,7 @@ impl Store {
             let per = segments.len().div_ceil(workers).max(1);
             for (ci, chunk) in chunks {
                 let (segments, usable, index) = (&segments, &usable, &index);
+                let (keys, min_seq, tombs) = (&keys, &min_seq, &tombs);
                 let (max_seq, objects, bytes, corrupt) = (&max_seq, &objects, &bytes, &corrupt);
                 s.spawn(move || {
                     for (j, slot) in chunk.iter_mut().enumerate() {
@@ -209,7 +221,8 @@ impl Store {
                         if !usable[i] {
                             continue;
                         }
-                        let r = scan(&segments[i], index);
+                        let r = scan(&segments[i], index, keys, tombs);
+                        min_seq[i].store(r.min_seq, Relaxed);
                         if let Some(e) = &r.failed {
                             log::error!(
                                 "cache segment {}: unreadable ({e}); excluded from the cache",
@@ -244,6 +257,22 @@ impl Store {
                 });
             }
         }
+        // Tombstones last: the segments were read in no particular order, and a
+        // tombstone kills every older record of its key wherever it was found.
+        for (hash, seq, key) in tombs.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            let guard = index.pin();
+            let mut gone = false;
+            guard.compute(hash, |cur| match cur {
+                Some((_, e)) if e.seq < seq => {
+                    gone = true;
+                    Operation::Remove
+                }
+                _ => Operation::Abort(()),
+            });
+            if gone || guard.get(&hash).is_none() {
+                keys.remove(hash, &key);
+            }
+        }
         let mut free = VecDeque::new();
         let mut sealed: Vec<u32> = Vec::new();
         for (i, seg) in segments.iter().enumerate() {
@@ -268,6 +297,8 @@ impl Store {
         let store = Store {
             segments,
             index,
+            keys,
+            min_seq,
             alloc: Mutex::new(Allocator {
                 free,
                 sealed: sealed.into(),
@@ -346,6 +377,7 @@ impl Store {
             let seg = &self.segments[id as usize];
             seg.generation.fetch_add(1, SeqCst);
             seg.set_high_water(SEGMENT_HEADER as u64);
+            self.min_seq[id as usize].store(u64::MAX, Relaxed);
             return Some((id, SEGMENT_HEADER as u64));
         }
         for pos in 0..a.sealed.len() {
@@ -378,6 +410,15 @@ impl Store {
         }
         let guard = self.index.pin();
         let hwm = seg.high_water();
+        // Reclaims run one at a time (under the allocator lock), and the other
+        // segments' minimums only rise meanwhile (new records are newer): a
+        // tombstone at or above this floor may still have an older record to kill.
+        let floor = (0..self.segments.len())
+            .filter(|&i| i != id as usize)
+            .map(|i| self.min_seq[i].load(Relaxed))
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut kept_min = u64::MAX;
         // Until compaction is done, recovery must see nothing of this segment: a crash
         // mid-way would otherwise leave half-moved records below the mark.
         seg.set_high_water(SEGMENT_HEADER as u64);
@@ -393,8 +434,19 @@ impl Store {
             let Some(end) = off.checked_add(h.total_len).filter(|&e| e <= hwm) else {
                 break;
             };
-            if !h.is_dead() {
+            if h.is_tombstone() {
+                if h.seq >= floor {
+                    seg.move_within(off as usize, write as usize, h.total_len as usize);
+                    write += h.total_len;
+                    seg.set_high_water(write);
+                    kept_min = kept_min.min(h.seq);
+                }
+            } else if !h.is_dead() {
                 let (src, dst) = (off, write);
+                // Read before any move: only earlier bytes are written below `off`.
+                let key = seg
+                    .bytes((off as usize) + HEADER_LEN, h.key_len as usize)
+                    .to_vec();
                 let hit = matches!(guard.get(&h.key_hash),
                     Some(e) if e.seg == id && e.off == src && e.generation == old_gen && e.hit.load(Relaxed));
                 if hit {
@@ -424,20 +476,62 @@ impl Store {
                     _ => Operation::Abort(()),
                 });
                 if kept {
+                    kept_min = kept_min.min(h.seq);
                     self.stats.second_chances.fetch_add(1, Relaxed);
                 } else {
                     self.stats.dropped.fetch_add(1, Relaxed);
+                    self.forget_key(h.key_hash, &key);
                 }
             }
             off = end;
         }
         seg.set_high_water(write);
+        self.min_seq[id as usize].store(kept_min, Relaxed);
         Some(write)
     }
 
     /// Publishes a committed record in the index (newest write wins).
-    pub fn publish(&self, key_hash: u64, entry: Entry) {
+    pub fn publish(&self, key_hash: u64, key: &[u8], entry: Entry) {
+        self.min_seq[entry.seg as usize].fetch_min(entry.seq, Relaxed);
         self.index.pin().insert(key_hash, entry);
+        self.keys.insert(key_hash, key);
+    }
+
+    /// Drops `key` from the key index once its object left the main index. A
+    /// fill may have published it again meanwhile: then it goes back in.
+    pub fn forget_key(&self, key_hash: u64, key: &[u8]) {
+        self.keys.remove(key_hash, key);
+        if self.index.pin().get(&key_hash).is_some() {
+            self.keys.insert(key_hash, key);
+        }
+    }
+
+    /// Writes a tombstone for `key` on `shard`'s active segment: on recovery every
+    /// older record of the key is dead. `false` when no space could be had (the
+    /// removal then holds only until a restart).
+    pub fn write_tombstone(&self, shard: usize, key: &[u8]) -> bool {
+        let total = super::record::total_len(key.len(), 0, 0);
+        let Some(region) = self.reserve(shard, total) else {
+            return false;
+        };
+        let seq = self.next_seq();
+        let h = Header {
+            flags: FLAG_TOMBSTONE,
+            total_len: total,
+            seq,
+            key_hash: super::record::key_hash(key),
+            key_len: key.len() as u32,
+            meta_len: 0,
+            body_len: 0,
+            checksum: super::record::checksum(&[key]),
+        };
+        let base = region.off as usize;
+        region.seg.write_at(base + HEADER_LEN, key);
+        region.seg.write_at(base, &h.encode());
+        region.seg.raise_high_water(region.off + region.len);
+        region.seg.flush_async(base, total as usize);
+        self.min_seq[region.seg.id as usize].fetch_min(seq, Relaxed);
+        true
     }
 }
 
@@ -446,6 +540,8 @@ pub(super) struct ScanResult {
     pub(super) bytes: u64,
     pub(super) corrupt: u64,
     pub(super) max_seq: u64,
+    /// The lowest `seq` of a record in the segment, tombstones included.
+    pub(super) min_seq: u64,
     /// The segment could not be read (a truncated file, a bad sector): it is
     /// excluded, with every entry it gave.
     pub(super) failed: Option<std::io::Error>,
@@ -461,12 +557,18 @@ const MAX_KEY_META: usize = 1 << 20;
 /// the mapping, where a bad sector would be SIGBUS). An invalid header ends the
 /// scan (the rest is given up: bodies hold arbitrary origin bytes that could
 /// imitate a header); a record whose checksum fails is skipped.
-pub(super) fn scan(seg: &Arc<Segment>, index: &Index) -> ScanResult {
+pub(super) fn scan(
+    seg: &Arc<Segment>,
+    index: &Index,
+    keys: &KeyIndex,
+    tombs: &Mutex<Vec<(u64, u64, Box<[u8]>)>>,
+) -> ScanResult {
     let mut r = ScanResult {
         objects: 0,
         bytes: 0,
         corrupt: 0,
         max_seq: 0,
+        min_seq: u64::MAX,
         failed: None,
     };
     let hwm = seg.high_water();
@@ -510,6 +612,25 @@ pub(super) fn scan(seg: &Arc<Segment>, index: &Index) -> ScanResult {
         }
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         hasher.update(&piece[..key_meta]);
+        // Copied now: the body is read through the same buffer.
+        let key: Box<[u8]> = piece[..h.key_len as usize].into();
+        if h.is_tombstone() {
+            if h.meta_len != 0
+                || h.body_len != 0
+                || hasher.digest() != h.checksum
+                || super::record::key_hash(&key) != h.key_hash
+            {
+                r.corrupt += 1;
+                continue;
+            }
+            r.max_seq = r.max_seq.max(h.seq);
+            r.min_seq = r.min_seq.min(h.seq);
+            tombs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((h.key_hash, h.seq, key));
+            continue;
+        }
         let Some(meta) = Meta::decode(&piece[h.key_len as usize..key_meta]) else {
             r.corrupt += 1;
             continue;
@@ -534,6 +655,8 @@ pub(super) fn scan(seg: &Arc<Segment>, index: &Index) -> ScanResult {
             continue;
         }
         r.max_seq = r.max_seq.max(h.seq);
+        r.min_seq = r.min_seq.min(h.seq);
+        keys.insert(h.key_hash, &key);
         r.objects += 1;
         r.bytes += h.body_len;
         guard.compute(h.key_hash, |cur| match cur {

@@ -264,7 +264,12 @@ fn recovery_reads_with_pread_and_excludes_a_segment_it_cannot_read() {
         .unwrap();
     let seg = Arc::new(seg);
     let index = index::new_index();
-    let r = store::scan(&seg, &index);
+    let r = store::scan(
+        &seg,
+        &index,
+        &keys::KeyIndex::default(),
+        &Default::default(),
+    );
     assert!(r.failed.is_some(), "the short file is an error");
     drop(seg);
     // A whole store over such a directory: starts, without the bad segment.
@@ -285,5 +290,114 @@ fn recovery_reads_with_pread_and_excludes_a_segment_it_cannot_read() {
     let (c, rec) = Cache::open(cfg(&d, 8, 2), 1).unwrap();
     assert!(c.lookup(b"h/a").is_none());
     assert!(rec.corrupt >= 1);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn purge_kinds_change_the_entry_as_specified() {
+    let (c, _) = memory_cache();
+    for k in ["h/a", "h/b", "h/c", "h/d", "h/img/x.jpg", "h/img/y.png"] {
+        assert!(put(&c, 0, k.as_bytes(), &[7; 1000]));
+    }
+    let now = 1_000;
+    assert_eq!(c.apply(0, b"h/a", PurgeOp::Purge, now), Some(1000));
+    let a = c.lookup(b"h/a").unwrap();
+    assert!(!a.times.is_fresh(now) && a.times.flags & freshness::FLAG_PURGED != 0);
+    assert_eq!(c.apply(0, b"h/b", PurgeOp::Expire, now), Some(1000));
+    let b = c.lookup(b"h/b").unwrap();
+    assert!(!b.times.is_fresh(now) && b.times.flags & freshness::FLAG_PURGED == 0);
+    assert_eq!(c.apply(0, b"h/c", PurgeOp::ExpireAfter(5), now), Some(1000));
+    let t = c.lookup(b"h/c").unwrap().times;
+    assert!(t.is_fresh(now + 4_000) && !t.is_fresh(now + 5_001));
+    assert_eq!(c.apply(0, b"h/d", PurgeOp::HardPurge, now), Some(1000));
+    assert!(c.lookup(b"h/d").is_none());
+    assert_eq!(c.apply(0, b"h/d", PurgeOp::HardPurge, now), None, "twice");
+    assert_eq!(c.apply(0, b"h/nothing", PurgeOp::Purge, now), None);
+    // By pattern: only matching primary keys under the prefix.
+    let n = c.apply_matching(
+        0,
+        b"h/img/",
+        |k| k.ends_with(b".jpg"),
+        PurgeOp::HardPurge,
+        now,
+    );
+    assert_eq!(
+        n,
+        PurgeCount {
+            count: 1,
+            bytes: 1000
+        }
+    );
+    assert!(c.lookup(b"h/img/x.jpg").is_none() && c.lookup(b"h/img/y.png").is_some());
+    assert_eq!(c.keys_indexed(), 4, "hard-purged keys leave the key index");
+}
+
+#[test]
+fn tombstones_hold_across_a_restart_and_kill_older_versions() {
+    let d = dir("tomb");
+    {
+        let (c, _) = Cache::open(cfg(&d, 8, 2), 2).unwrap();
+        assert!(put(&c, 0, b"h/a", b"old a"));
+        assert!(put(&c, 1, b"h/a", b"new a")); // an older record stays on disk
+        assert!(put(&c, 0, b"h/b", b"b"));
+        assert!(put(&c, 0, b"h/c", b"c"));
+        assert!(put(&c, 0, b"h/d", b"d"));
+        assert_eq!(c.apply(1, b"h/a", PurgeOp::HardPurge, 0), Some(5));
+        assert_eq!(c.apply(0, b"h/b", PurgeOp::Purge, 0), Some(1));
+        let key = CacheKey::new("h", b"/d", Variant::Identity);
+        assert_eq!(c.invalidate(0, &key), 1);
+        // Filled again after its tombstone: the newer record wins.
+        assert!(put(&c, 0, b"h/b", b"b again"));
+    }
+    let (c, _) = Cache::open(cfg(&d, 8, 2), 2).unwrap();
+    assert!(
+        c.lookup(b"h/a").is_none(),
+        "neither version of h/a came back"
+    );
+    assert_eq!(c.lookup(b"h/b").unwrap().body, &b"b again"[..]);
+    assert_eq!(c.lookup(b"h/c").unwrap().body, &b"c"[..]);
+    assert!(
+        c.lookup(b"h/d").is_none(),
+        "an invalidation holds across a restart"
+    );
+    assert_eq!(c.keys_indexed(), 2);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_reclaim_keeps_a_tombstone_while_an_older_record_of_its_key_exists() {
+    let d = dir("tomb-reclaim");
+    let big = vec![3u8; 400 << 10];
+    {
+        let (c, _) = Cache::open(cfg(&d, 4, 1), 1).unwrap();
+        let seg_of = |k: &[u8]| c.store.index.pin().get(&record::key_hash(k)).unwrap().seg;
+        assert!(put(&c, 0, b"h/k", &big));
+        assert!(put(&c, 0, b"h/f1", &big));
+        let s0 = seg_of(b"h/k");
+        // A reader holds h/k's segment: it cannot be reclaimed.
+        let lease = c.lookup(b"h/f1").unwrap();
+        // The next object does not fit: the tombstone goes to another segment.
+        assert!(put(&c, 0, b"h/f2", &big));
+        assert_ne!(seg_of(b"h/f2"), s0);
+        assert_eq!(
+            c.apply(0, b"h/k", PurgeOp::HardPurge, 0),
+            Some(big.len() as u64)
+        );
+        // Fill until the tombstone's segment is reclaimed (the leased one skipped).
+        let before = c.store_stats().evictions.load(Relaxed);
+        let mut i = 0;
+        while c.store_stats().evictions.load(Relaxed) == before {
+            assert!(put(&c, 0, format!("h/g{i}").as_bytes(), &big));
+            i += 1;
+            assert!(i < 20);
+        }
+        assert_eq!(seg_of(b"h/f1"), s0, "the leased segment was not reclaimed");
+        drop(lease);
+    }
+    let (c, _) = Cache::open(cfg(&d, 4, 1), 1).unwrap();
+    assert!(
+        c.lookup(b"h/k").is_none(),
+        "the old record came back: its tombstone was dropped by the reclaim"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

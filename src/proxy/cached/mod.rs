@@ -129,7 +129,10 @@ pub async fn serve<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D) -> Result<(
             cache.stats.hits.fetch_add(1, Relaxed);
             return hit::send_hit(cx, down, &hit, CacheResult::Hit, cx.now_ms).await;
         }
-        if !hit.etag.is_empty() || hit.last_modified_s != 0 {
+        // A purged object is fetched again without validators, but kept until
+        // then: it is served if the origin fails (PRG-1).
+        let purged = hit.times.flags & crate::cache::freshness::FLAG_PURGED != 0;
+        if purged || !hit.etag.is_empty() || hit.last_modified_s != 0 {
             return Box::pin(revalidate::revalidate(cx, down, hit)).await;
         }
         // Stale without validators: fetch it again (and release the old lease first).

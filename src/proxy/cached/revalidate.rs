@@ -23,7 +23,8 @@ pub async fn revalidate<D: Downstream>(
     let mut extra = Vec::new();
     // A generated ETag means nothing to the origin: ask with the date only. A
     // gzip variant cairn made asks with the origin's tag behind its own.
-    let generated = hit.times.flags & freshness::FLAG_GENERATED_ETAG != 0;
+    let purged = hit.times.flags & freshness::FLAG_PURGED != 0;
+    let generated = purged || hit.times.flags & freshness::FLAG_GENERATED_ETAG != 0;
     let tag = match hit.times.flags & freshness::FLAG_COMPRESSED != 0 {
         true => super::plan::origin_etag_of_gzip(&hit.etag),
         false => Some(hit.etag.to_vec()),
@@ -33,7 +34,7 @@ pub async fn revalidate<D: Downstream>(
         extra.extend_from_slice(&tag);
         extra.extend_from_slice(b"\r\n");
     }
-    if hit.last_modified_s != 0 {
+    if hit.last_modified_s != 0 && !purged {
         extra.extend_from_slice(b"If-Modified-Since: ");
         let lm = UNIX_EPOCH + std::time::Duration::from_secs(hit.last_modified_s);
         extra.extend_from_slice(crate::httpdate::format(lm).as_bytes());
@@ -59,7 +60,7 @@ pub async fn revalidate<D: Downstream>(
             drop(hit);
             fill_from(cx, down, reply, None, CacheResult::RefMiss, request_time).await
         }
-        Err(e) if hit.times.may_serve_stale() => {
+        Err(e) if purged || hit.times.may_serve_stale() => {
             log::info!(
                 "vhost {}: serving stale {} after origin failure ({e})",
                 cx.vhost.name,
