@@ -68,6 +68,28 @@ pub struct ShardStats {
     pub drm_refused: AtomicU64,
 }
 
+/// One vhost's counters on one shard (written by that shard only).
+#[derive(Debug, Default)]
+pub struct VhostCounters {
+    /// By [`CacheResult::index`](crate::cache::CacheResult::index).
+    pub results: [AtomicU64; crate::cache::CacheResult::ALL.len()],
+    /// Responses by status class: 1xx..5xx, and anything else at 0.
+    pub classes: [AtomicU64; 6],
+    /// Bytes sent to clients, and those of them sent for hits.
+    pub bytes_out: AtomicU64,
+    pub hit_bytes_out: AtomicU64,
+    /// Time taken, summed over requests, in microseconds.
+    pub time_us: AtomicU64,
+}
+
+/// A vhost's counters, one slot per shard, summed when read. Kept by name
+/// across reloads, so a counter never goes back.
+#[derive(Debug)]
+pub struct VhostStats {
+    pub name: String,
+    pub shards: Box<[VhostCounters]>,
+}
+
 /// The configuration in force and what is derived from it. Swapped whole on
 /// reload; a request uses the one it started with.
 pub struct Live {
@@ -107,6 +129,9 @@ pub struct Shared {
     pub admission: Arc<crate::net::admission::Admission>,
     /// What request bodies held at once may use, in memory and on disk.
     pub bodies: Arc<crate::spool::Budget>,
+    /// Every vhost's counters seen so far; a shard takes the lock only the
+    /// first time it serves a vhost (it keeps its own map after that).
+    pub vhost_stats: std::sync::Mutex<Vec<Arc<VhostStats>>>,
 }
 
 impl Shared {
@@ -135,7 +160,24 @@ impl Shared {
             cache,
             geo: None,
             log_queues: LogQueues::disconnected(shards),
+            vhost_stats: Default::default(),
         }
+    }
+
+    /// The counters of vhost `name`, made on first use.
+    pub fn vhost_stats_for(&self, name: &str) -> Arc<VhostStats> {
+        let mut all = self.vhost_stats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = all.iter().find(|v| v.name == name) {
+            return v.clone();
+        }
+        let v = Arc::new(VhostStats {
+            name: name.to_string(),
+            shards: (0..self.stats.len())
+                .map(|_| VhostCounters::default())
+                .collect(),
+        });
+        all.push(v.clone());
+        v
     }
 
     /// Replaces the running configuration. Listen addresses and the cache cannot
@@ -174,6 +216,8 @@ pub struct ShardCtx {
     /// Live client connections, so a drain past its deadline can release them.
     pub sessions: RefCell<AHashMap<u64, Conn>>,
     pub next_session: Cell<u64>,
+    /// This shard's handles on the vhost counters, by vhost name.
+    vhosts: RefCell<AHashMap<String, Arc<VhostStats>>>,
 }
 
 impl ShardCtx {
@@ -187,10 +231,21 @@ impl ShardCtx {
             log,
             sessions: RefCell::new(AHashMap::default()),
             next_session: Cell::new(0),
+            vhosts: RefCell::new(AHashMap::default()),
         }
     }
     pub fn stats(&self) -> &ShardStats {
         &self.shared.stats[self.id]
+    }
+    /// Runs `f` on this shard's counters for vhost `name`.
+    pub fn vhost_counters(&self, name: &str, f: impl FnOnce(&VhostCounters)) {
+        let mut m = self.vhosts.borrow_mut();
+        if let Some(v) = m.get(name) {
+            return f(&v.shards[self.id]);
+        }
+        let v = self.shared.vhost_stats_for(name);
+        f(&v.shards[self.id]);
+        m.insert(name.to_string(), v);
     }
     pub fn draining(&self) -> bool {
         *self.shared.drain.borrow()

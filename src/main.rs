@@ -319,6 +319,17 @@ fn run(args: &Args) -> Result<()> {
             log::info!("TLS: no kernel TLS (tls ULP) here: rustls builds the records");
         }
     }
+    if let Some(m) = &config.server.manager {
+        let (dir, s) = (args.config.clone(), shared.clone());
+        let reload_fn: cairn::manage::ReloadFn = Arc::new(move || reload(dir.as_deref(), &s));
+        let addr = cairn::manage::start(shared.clone(), m, reload_fn)
+            .with_context(|| format!("manager: cannot listen on {}", m.listen))?;
+        log::info!(
+            "manager listening on http://{addr}/ ({} <Allow> entries; PURGE methods on the service ports {})",
+            m.allow.len(),
+            if m.http_method { "ON" } else { "OFF" }
+        );
+    }
     for url in shard::urls(&bound, &tls) {
         println!("cairn listening on {url}");
     }
@@ -330,9 +341,7 @@ fn run(args: &Args) -> Result<()> {
     loop {
         match signals::wait()? {
             signals::Signal::Hup => {
-                let _ = cairn::notify::notify("RELOADING=1");
-                reload(args, &shared);
-                let _ = cairn::notify::notify("READY=1");
+                let _ = reload(args.config.as_deref(), &shared);
             }
             signals::Signal::Stats => log_stats(&shared),
             signals::Signal::Stop => break,
@@ -366,28 +375,51 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// SIGHUP: load and validate the configuration again, then swap it in. Any error
-/// (file, line, reason) leaves the running configuration in force.
-fn reload(args: &Args, shared: &Shared) {
-    let loaded = match &args.config {
+/// SIGHUP and `/conf/reload`: load and validate the configuration again, then
+/// swap it in. Any error (file, line, reason) leaves the running configuration
+/// in force. Returns what was logged.
+fn reload(dir: Option<&std::path::Path>, shared: &Shared) -> Result<String, String> {
+    let _ = cairn::notify::notify("RELOADING=1");
+    let loaded = match dir {
         Some(dir) => config::load_dir(dir),
         None => Ok(config::embedded()),
     };
-    match loaded {
-        Err(e) => log::error!("reload failed, the running configuration stays in force: {e}"),
+    let r = match loaded {
+        Err(e) => Err(format!(
+            "reload failed, the running configuration stays in force: {e}"
+        )),
         Ok(l) => {
             for w in &l.warnings {
                 log::warn!("{w}");
             }
             let n = l.config.vhosts.len();
+            let old_manager = shared
+                .live
+                .load()
+                .config
+                .server
+                .manager
+                .as_ref()
+                .map(|m| m.listen);
+            if l.config.server.manager.as_ref().map(|m| m.listen) != old_manager {
+                log::warn!("reload: the <Manager> address keeps its running value until a restart (its access list is reloaded)");
+            }
             match shared.reload(Arc::new(l.config)) {
-                Ok(()) => log::info!("configuration reloaded: {n} vhosts; new requests use it"),
-                Err(e) => {
-                    log::error!("reload refused, the running configuration stays in force: {e}")
-                }
+                Ok(()) => Ok(format!(
+                    "configuration reloaded: {n} vhosts; new requests use it"
+                )),
+                Err(e) => Err(format!(
+                    "reload refused, the running configuration stays in force: {e}"
+                )),
             }
         }
+    };
+    match &r {
+        Ok(m) => log::info!("{m}"),
+        Err(e) => log::error!("{e}"),
     }
+    let _ = cairn::notify::notify("READY=1");
+    r
 }
 
 /// Per-shard counters and the cache's, summed when read (SIGUSR1 and at exit).

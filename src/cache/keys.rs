@@ -14,8 +14,10 @@ use std::sync::Mutex;
 
 const STRIPES: usize = 16;
 
+type Stripe = Mutex<BTreeSet<Box<[u8]>>>;
+
 pub struct KeyIndex {
-    stripes: Box<[Mutex<BTreeSet<Box<[u8]>>>]>,
+    stripes: Box<[Stripe]>,
 }
 
 impl Default for KeyIndex {

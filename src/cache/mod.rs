@@ -42,9 +42,42 @@ pub enum CacheResult {
     /// A redirect cairn answers itself (HTTPS-1).
     Redirect,
     Error,
+    /// Refused by an access rule (a PURGE from an address the manager does not
+    /// trust).
+    Denied,
 }
 
 impl CacheResult {
+    /// Every result, in [`index`](Self::index) order.
+    pub const ALL: [CacheResult; 10] = [
+        CacheResult::Hit,
+        CacheResult::ImsHit,
+        CacheResult::RefreshHit,
+        CacheResult::RefFailHit,
+        CacheResult::Miss,
+        CacheResult::RefMiss,
+        CacheResult::ClientRefreshMiss,
+        CacheResult::Redirect,
+        CacheResult::Error,
+        CacheResult::Denied,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A hit of any kind, for hit ratios (spec §6).
+    pub fn is_hit(self) -> bool {
+        matches!(
+            self,
+            CacheResult::Hit
+                | CacheResult::ImsHit
+                | CacheResult::RefreshHit
+                | CacheResult::RefFailHit
+                | CacheResult::Redirect
+        )
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             CacheResult::Hit => "TCP_HIT",
@@ -56,6 +89,7 @@ impl CacheResult {
             CacheResult::ClientRefreshMiss => "TCP_CLIENT_REFRESH_MISS",
             CacheResult::Redirect => "TCP_REDIRECT_HIT",
             CacheResult::Error => "TCP_ERROR",
+            CacheResult::Denied => "TCP_DENIED",
         }
     }
 }
@@ -292,6 +326,15 @@ impl Cache {
             }
         }
         n
+    }
+
+    /// Objects in the index and their body bytes (a walk of the index: for
+    /// scrapes, not the request path).
+    pub fn usage(&self) -> (u64, u64) {
+        let guard = self.store.index.pin();
+        guard
+            .iter()
+            .fold((0, 0), |(n, b), (_, e)| (n + 1, b + e.body_len))
     }
 
     /// Keys in the key index (objects, plus any stale keys not yet dropped).

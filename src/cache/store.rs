@@ -547,6 +547,9 @@ pub(super) struct ScanResult {
     pub(super) failed: Option<std::io::Error>,
 }
 
+/// A tombstone found by recovery: key hash, seq, key.
+pub(super) type Tombstone = (u64, u64, Box<[u8]>);
+
 /// Body bytes read and hashed per `pread` while verifying a record.
 const SCAN_PIECE: usize = 1 << 20;
 /// No real key and stored head come near this (the request line and the origin
@@ -561,7 +564,7 @@ pub(super) fn scan(
     seg: &Arc<Segment>,
     index: &Index,
     keys: &KeyIndex,
-    tombs: &Mutex<Vec<(u64, u64, Box<[u8]>)>>,
+    tombs: &Mutex<Vec<Tombstone>>,
 ) -> ScanResult {
     let mut r = ScanResult {
         objects: 0,

@@ -2,6 +2,7 @@
 //! immutable, typed [`Config`]. Errors carry file, line and reason; unknown or not
 //! yet supported elements become warnings, never silent.
 
+pub mod manager;
 mod origin_addr;
 pub mod secret;
 pub mod tls;
@@ -495,6 +496,8 @@ pub struct ServerSettings {
     pub handshake_timeout: Duration,
     /// `<Cache><Http2>`: HTTP/2 (h2 over TLS, h2c by prior knowledge).
     pub http2: Http2Settings,
+    /// `<Host><Manager>`: the management listener (PRG-5); none without it.
+    pub manager: Option<manager::ManagerSettings>,
 }
 
 /// `<Http2 Status><MaxConcurrentStream><ClientKeepAlive>` and cairn's
@@ -557,6 +560,7 @@ impl Default for ServerSettings {
             https_sni: false,
             handshake_timeout: Duration::from_secs(10),
             http2: Http2Settings::default(),
+            manager: None,
         }
     }
 }

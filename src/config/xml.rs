@@ -129,6 +129,17 @@ pub(super) fn load(
                 }
             }
             "Cairn" => parse_cairn(&s, child, &mut server, &mut warnings)?,
+            "Host" => {
+                for e in elements(child) {
+                    match e.tag_name().name() {
+                        "Manager" => server.manager = Some(parse_manager(&s, e, &mut warnings)?),
+                        // STON's host name and contact: nothing to do with them.
+                        "Name" | "Admin" => {}
+                        other => warnings
+                            .push(s.diag(e, format!("<Host><{other}> is not supported; ignored"))),
+                    }
+                }
+            }
             "ServiceAccess" => {
                 if let Some(p) = child
                     .attribute("GeoIP")
@@ -1549,4 +1560,66 @@ fn number(s: &Src, e: Node, t: &str, lo: u32, hi: u32) -> Result<u32, ConfigErro
             ),
         )),
     }
+}
+
+/// `<Manager Port Listen HttpMethod Role><Allow Role>…</Allow></Manager>`.
+fn parse_manager(
+    s: &Src,
+    e: Node,
+    warnings: &mut Vec<super::Diag>,
+) -> Result<super::manager::ManagerSettings, ConfigError> {
+    use super::manager::{Allow, ManagerSettings, Role};
+    let port = match e.attribute("Port") {
+        // 0: an ephemeral port (tests, tools); the bound address is logged.
+        Some(p) => number(s, e, p.trim(), 0, 65_535)? as u16,
+        None => 10040,
+    };
+    // STON listens on every address; the access list decides who is served.
+    let ip: IpAddr = match e.attribute("Listen") {
+        Some(a) => a
+            .trim()
+            .parse()
+            .map_err(|_| s.err(e, format!("<Manager Listen> '{a}' is not an IP address")))?,
+        None => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    };
+    let http_method = match e
+        .attribute("HttpMethod")
+        .map(|v| v.trim().to_ascii_uppercase())
+    {
+        None => true,
+        Some(v) if v == "ON" => true,
+        Some(v) if v == "OFF" => false,
+        Some(v) => return Err(s.err(e, format!("<Manager HttpMethod> '{v}': expected ON or OFF"))),
+    };
+    let role_attr = |n: Node, default: Role| match n.attribute("Role") {
+        None => Ok(default),
+        Some(r) => Role::parse(r)
+            .ok_or_else(|| s.err(n, format!("Role '{r}': expected Admin, User or Looker"))),
+    };
+    let default_role = role_attr(e, Role::Admin)?;
+    let mut allow = Vec::new();
+    for a in elements(e) {
+        match a.tag_name().name() {
+            "Allow" => {
+                let role = role_attr(a, default_role)?;
+                allow.push(
+                    Allow::parse(text(a), role).map_err(|r| s.err(a, format!("<Allow> {r}")))?,
+                );
+            }
+            other => {
+                warnings.push(s.diag(a, format!("<Manager><{other}> is not supported; ignored")))
+            }
+        }
+    }
+    if allow.is_empty() {
+        warnings.push(s.diag(
+            e,
+            "<Manager> has no <Allow>: every address is refused (add <Allow>127.0.0.1</Allow> for local use)",
+        ));
+    }
+    Ok(ManagerSettings {
+        listen: SocketAddr::new(ip, port),
+        http_method,
+        allow,
+    })
 }

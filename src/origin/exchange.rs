@@ -117,7 +117,9 @@ impl OriginReply {
                     self.close();
                     return Err(OriginError::BodyBroken("closed mid-body".into()));
                 }
-                Ok(_) => {}
+                Ok(n) => {
+                    self.upstreams.stats.bytes_in.fetch_add(n as u64, Relaxed);
+                }
                 Err(e) => {
                     log::warn!(
                         "{}: reading the body failed: {e}; response aborted",
@@ -205,6 +207,9 @@ async fn attempt(
                 .take(&key, oo.reuse_timeout, Instant::now())
         };
         let reused = pooled.is_some();
+        if reused {
+            up.stats.reuses.fetch_add(1, Relaxed);
+        }
         let conn = match pooled {
             Some(c) => c,
             None => match connect(origin.addr, tls, oo.connect_timeout).await {
@@ -246,6 +251,7 @@ async fn attempt(
         }
         match read_head(&conn, oo.receive_timeout).await {
             Ok((head, buf)) => {
+                up.stats.bytes_in.fetch_add(buf.len() as u64, Relaxed);
                 let decoder = head.body(req.head_method, MAX_CHUNKED);
                 let mut reply = OriginReply {
                     head,

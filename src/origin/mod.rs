@@ -19,7 +19,12 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct OriginStats {
     pub connects: AtomicU64,
+    /// Requests sent on a pooled connection.
+    pub reuses: AtomicU64,
     pub failures: AtomicU64,
+    /// Body bytes read from origins (what follows the head in the first read
+    /// included; the head itself not).
+    pub bytes_in: AtomicU64,
 }
 
 /// One shard's side of every origin: pooled connections, balancing state, counters.

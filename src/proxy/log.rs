@@ -29,6 +29,9 @@ pub struct Exchanged<'a> {
 }
 
 pub fn write(shard: &ShardCtx, x: &Exchanged<'_>) {
+    if let Some(v) = x.vhost {
+        count(shard, &v.name, x);
+    }
     let Some(target) = x.vhost.and_then(|v| v.access_log.as_ref()) else {
         return;
     };
@@ -85,4 +88,22 @@ pub fn write(shard: &ShardCtx, x: &Exchanged<'_>) {
     if dropped > 0 {
         stats.log_dropped.fetch_add(dropped, Relaxed);
     }
+}
+
+/// The vhost's counters (the metrics): every request, whether logged or not.
+fn count(shard: &ShardCtx, vhost: &str, x: &Exchanged<'_>) {
+    let taken = x.received.elapsed().as_micros() as u64;
+    shard.vhost_counters(vhost, |c| {
+        c.results[x.result.index()].fetch_add(1, Relaxed);
+        let class = match x.sent.status {
+            100..=599 => (x.sent.status / 100) as usize,
+            _ => 0,
+        };
+        c.classes[class].fetch_add(1, Relaxed);
+        c.bytes_out.fetch_add(x.bytes_sent, Relaxed);
+        if x.result.is_hit() {
+            c.hit_bytes_out.fetch_add(x.bytes_sent, Relaxed);
+        }
+        c.time_us.fetch_add(taken, Relaxed);
+    });
 }

@@ -6,6 +6,7 @@
 pub mod cached;
 mod log;
 mod pass;
+mod purge;
 pub mod request;
 pub mod response;
 pub mod rules;
@@ -161,6 +162,8 @@ pub async fn serve_with<D: Downstream>(
         .filter(|_| req.conn.tls.is_none())
     {
         Box::pin(redirect_https(&cx, down, code)).await
+    } else if let Some(op) = purge::op_of(&config.server, head.method()) {
+        Box::pin(purge::by_method(&cx, down, op)).await
     } else if cached::eligible(head) {
         cached::serve(&cx, down).await
     } else {
