@@ -11,6 +11,8 @@ use std::time::Duration;
 use support::*;
 
 const STATUS: &str = "<CacheStatusHeader>ON</CacheStatusHeader>";
+/// RFC 9111 semantics (STON's policy caches no-store and must-revalidate responses).
+const RFC: &str = "<TTL Mode=\"rfc9111\"/>";
 
 fn body_of(size: usize, seed: u8) -> Vec<u8> {
     (0..size)
@@ -296,7 +298,7 @@ fn no_store_is_never_written_and_max_age_1_is_revalidated_with_304() {
         "/cookie" => object(b"c", "Set-Cookie: s=1\r\nCache-Control: max-age=60\r\n"),
         _ => ok(b"?"),
     });
-    let dir = config_dir(&origin.addr.to_string(), STATUS, "");
+    let dir = config_dir(&origin.addr.to_string(), &format!("{STATUS}{RFC}"), "");
     let cairn = Cairn::start(dir.clone(), 1);
     let mut c = cairn.connect();
     for _ in 0..3 {
@@ -360,7 +362,7 @@ fn stale_objects_are_served_when_the_origin_fails_unless_must_revalidate() {
     });
     let dir = config_dir(
         &origin.addr.to_string(),
-        STATUS,
+        &format!("{STATUS}{RFC}"),
         "<ConnectTimeout>1</ConnectTimeout>",
     );
     // Same cache, then the origin goes away: point the config at a dead port.
@@ -381,7 +383,7 @@ fn stale_objects_are_served_when_the_origin_fails_unless_must_revalidate() {
     let dir = config_dir_in(
         keep,
         &dead.to_string(),
-        STATUS,
+        &format!("{STATUS}{RFC}"),
         "<ConnectTimeout>1</ConnectTimeout>",
     );
     std::thread::sleep(Duration::from_millis(1100));

@@ -286,7 +286,8 @@ fn a_relay_of_an_uncacheable_response_holds_no_fill_place() {
     let addr = scripted_origin(origin);
     let dir = config_dir(
         &addr.to_string(),
-        "<CacheStatusHeader>ON</CacheStatusHeader>",
+        // RFC 9111: a Set-Cookie response is not stored (STON strips and stores).
+        "<CacheStatusHeader>ON</CacheStatusHeader><TTL Mode=\"rfc9111\"/>",
         "",
     );
     add_cairn_settings(&dir, "<MaxFillsPerShard>1</MaxFillsPerShard>");

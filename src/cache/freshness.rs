@@ -99,25 +99,9 @@ fn only_set_cookie(arg: &[u8]) -> bool {
         })
 }
 
-/// Heuristic lifetimes by status class (STON `<Options><TTL><Res2xx>` …), in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Heuristics {
-    pub res2xx: u64,
-    pub res3xx: u64,
-    pub res4xx: u64,
-    pub res5xx: u64,
-}
-
-impl Default for Heuristics {
-    fn default() -> Self {
-        Heuristics {
-            res2xx: 1800,
-            res3xx: 300,
-            res4xx: 30,
-            res5xx: 30,
-        }
-    }
-}
+/// The longest heuristic lifetime (RFC 9111 §4.2.2 leaves the cap to the
+/// cache; a day, as Traffic Server's default).
+pub const MAX_HEURISTIC_S: u64 = 86_400;
 
 /// Statuses a cache understands and may store with explicit freshness.
 fn understood(status: u16) -> bool {
@@ -145,6 +129,9 @@ pub const FLAG_COMPRESSED: u16 = 8;
 /// Purged (PRG-1): fetch again without validators; serve this copy only if the
 /// origin fails. Set in the index only, never stored.
 pub const FLAG_PURGED: u16 = 16;
+/// Bits 8..12: the STON TTL class that decided the lifetime (`policy::ttl::Class`).
+pub const CLASS_SHIFT: u16 = 8;
+pub const CLASS_MASK: u16 = 0xf << CLASS_SHIFT;
 
 /// What the response facts say about storing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +153,8 @@ pub struct ResponseFacts {
     /// `Expires` as seconds since the epoch; `Some(0)` for an invalid value (already expired).
     pub expires_s: Option<u64>,
     pub date_s: Option<u64>,
+    /// `Last-Modified` as seconds since the epoch (for heuristic freshness).
+    pub last_modified_s: Option<u64>,
     pub has_set_cookie: bool,
 }
 
@@ -181,14 +170,10 @@ pub struct RequestFacts {
     pub personal: bool,
 }
 
-/// RFC 9111 §3 (may we store) and §4.2.1 (freshness lifetime), with heuristic
-/// freshness from the STON TTL table when the origin gave no explicit freshness.
-pub fn storable(
-    f: &ResponseFacts,
-    req: &RequestFacts,
-    heur: &Heuristics,
-    response_time_ms: u64,
-) -> Storable {
+/// RFC 9111 §3 (may we store) and §4.2 (freshness lifetime): explicit
+/// freshness, else heuristic freshness of 10% of the time since Last-Modified
+/// (§4.2.2) for heuristically cacheable statuses, capped at a day.
+pub fn storable(f: &ResponseFacts, req: &RequestFacts, response_time_ms: u64) -> Storable {
     let request_cc = &req.cc;
     let cc = &f.cc;
     if request_cc.no_store || cc.no_store {
@@ -227,12 +212,15 @@ pub fn storable(
         None if req.personal && !cc.public => {
             return Storable::No("heuristic freshness on a request with Cookie or Authorization")
         }
-        None if heuristic(f.status) => match f.status {
-            200..=299 => heur.res2xx,
-            300..=399 => heur.res3xx,
-            400..=499 => heur.res4xx,
-            _ => heur.res5xx,
-        },
+        None if heuristic(f.status) => {
+            let date = f.date_s.unwrap_or(response_time_ms / 1000);
+            match f.last_modified_s.filter(|&lm| lm < date) {
+                Some(lm) => ((date - lm) / 10).min(MAX_HEURISTIC_S),
+                None => {
+                    return Storable::No("no explicit freshness and no Last-Modified to guess from")
+                }
+            }
+        }
         None => return Storable::No("no explicit freshness and not heuristically cacheable"),
     };
     Storable::Yes {
@@ -328,11 +316,12 @@ mod tests {
 
     #[test]
     fn storable_table() {
-        let h = Heuristics::default();
         let now = 1_000_000_000_000u64;
         let base = ResponseFacts {
             status: 200,
             date_s: Some(now / 1000),
+            // Modified 100,000 s before Date: heuristically fresh for 10,000 s.
+            last_modified_s: Some(now / 1000 - 100_000),
             ..Default::default()
         };
         let cases: Vec<(&str, ResponseFacts, Storable)> = vec![
@@ -340,9 +329,36 @@ mod tests {
                 "heuristic 2xx",
                 base,
                 Storable::Yes {
-                    lifetime_ms: 1_800_000,
+                    lifetime_ms: 10_000_000,
                     flags: 0,
                 },
+            ),
+            (
+                "heuristic without Last-Modified",
+                ResponseFacts {
+                    last_modified_s: None,
+                    ..base
+                },
+                Storable::No("no explicit freshness and no Last-Modified to guess from"),
+            ),
+            (
+                "heuristic capped at a day",
+                ResponseFacts {
+                    last_modified_s: Some(1),
+                    ..base
+                },
+                Storable::Yes {
+                    lifetime_ms: MAX_HEURISTIC_S * 1000,
+                    flags: 0,
+                },
+            ),
+            (
+                "Last-Modified after Date",
+                ResponseFacts {
+                    last_modified_s: Some(now / 1000 + 5),
+                    ..base
+                },
+                Storable::No("no explicit freshness and no Last-Modified to guess from"),
             ),
             (
                 "max-age",
@@ -433,7 +449,7 @@ mod tests {
                     ..base
                 },
                 Storable::Yes {
-                    lifetime_ms: 300_000,
+                    lifetime_ms: 10_000_000,
                     flags: 0,
                 },
             ),
@@ -444,7 +460,7 @@ mod tests {
                     ..base
                 },
                 Storable::Yes {
-                    lifetime_ms: 30_000,
+                    lifetime_ms: 10_000_000,
                     flags: 0,
                 },
             ),
@@ -497,11 +513,7 @@ mod tests {
             ),
         ];
         for (name, f, want) in cases {
-            assert_eq!(
-                storable(&f, &RequestFacts::default(), &h, now),
-                want,
-                "{name}"
-            );
+            assert_eq!(storable(&f, &RequestFacts::default(), now), want, "{name}");
         }
         assert_eq!(
             storable(
@@ -510,7 +522,6 @@ mod tests {
                     cc: cc("no-store"),
                     ..Default::default()
                 },
-                &h,
                 now
             ),
             Storable::No("no-store")
@@ -520,7 +531,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            storable(&base, &authorized, &h, now),
+            storable(&base, &authorized, now),
             Storable::No("request carried Authorization")
         );
         let public = ResponseFacts {
@@ -528,7 +539,7 @@ mod tests {
             ..base
         };
         assert!(matches!(
-            storable(&public, &authorized, &h, now),
+            storable(&public, &authorized, now),
             Storable::Yes { .. }
         ));
         // A request with Cookie (RFC 9111 mode): heuristic freshness is refused,
@@ -539,6 +550,7 @@ mod tests {
         };
         let heuristic = ResponseFacts {
             status: 200,
+            last_modified_s: Some(1),
             ..Default::default()
         };
         let cookie_cases = [
@@ -577,7 +589,7 @@ mod tests {
             ),
         ];
         for (name, f, stored) in cookie_cases {
-            let got = storable(&f, &personal, &h, now);
+            let got = storable(&f, &personal, now);
             assert_eq!(
                 matches!(got, Storable::Yes { .. }),
                 stored,
@@ -586,7 +598,7 @@ mod tests {
             // Without Cookie every case stores.
             assert!(
                 matches!(
-                    storable(&f, &RequestFacts::default(), &h, now),
+                    storable(&f, &RequestFacts::default(), now),
                     Storable::Yes { .. }
                 ),
                 "{name}"

@@ -49,8 +49,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub keep_alive: keepalive::Policy,
-    /// `<TTL><Res2xx>…`: heuristic freshness by status class.
-    pub ttl: crate::cache::freshness::Heuristics,
+    /// `<TTL>` and the options around it (TTL-1..9): STON's policy, used
+    /// unless `ttl_mode` is RFC 9111.
+    pub ttl: crate::policy::ttl::TtlPolicy,
     /// `<OriginalHeader Standard>` (ORIG-1).
     pub headers: crate::cache::meta::HeaderPolicy,
     /// `<CacheStatusHeader>` (cairn): add `X-Cache: TCP_HIT`… to responses. Debug aid; off.
@@ -244,6 +245,8 @@ pub struct Vhost {
     pub expires_rules: std::sync::Arc<[crate::policy::ExpiresRule]>,
     /// `svc/<vhost>/headers.txt` (MOD-*), applied when `<ModifyHeader>` is ON.
     pub header_rules: std::sync::Arc<[crate::policy::HeaderRule]>,
+    /// `svc/<vhost>/ttl.txt` (TTL-6): the `custom` TTLs of STON's policy.
+    pub ttl_rules: std::sync::Arc<[crate::policy::ttl::TtlRule]>,
     /// `svc/<vhost>/compression.txt` (GZ-2), applied when `<Compression>` is ON.
     pub compression_rules: std::sync::Arc<[crate::policy::compression::CompressionRule]>,
     /// `<Log>` as inherited from `<VHostDefault>` and set here.

@@ -8,7 +8,7 @@ const SERVER: &str = r#"<Server>
     </Options>
     <OriginOptions><ConnectTimeout>2</ConnectTimeout><ReceiveTimeout>4</ReceiveTimeout></OriginOptions>
   </VHostDefault>
-  <Host><Name>ston</Name></Host>
+  <Host><Name>ston</Name><Bogus/></Host>
 </Server>"#;
 
 fn load(server: &str, vhosts: &str) -> Result<Loaded, ConfigError> {
@@ -56,11 +56,11 @@ fn inheritance_element_by_element() {
     assert_eq!(b.listen, vec!["0.0.0.0:80".parse().unwrap()]);
     assert_eq!(c.default_vhost, Some(1));
     assert_eq!(c.listeners.len(), 2);
-    // <Host> is unknown to cairn: a warning with its line, not an error.
+    // An element cairn does not know: a warning with its line, not an error.
     assert!(
         l.warnings
             .iter()
-            .any(|w| w.line == 9 && w.reason.contains("<Host>")),
+            .any(|w| w.line == 9 && w.reason.contains("<Host><Bogus>")),
         "{:?}",
         l.warnings
     );
@@ -117,7 +117,7 @@ fn embedded_default_is_valid() {
 #[test]
 fn cache_storage_and_cairn_settings() {
     let v = r#"<Vhosts><Vhost Name="a"><Origin><Address>10.0.0.1</Address></Origin>
-<Options><TTL><Res2xx>60</Res2xx><NoCache>5</NoCache></TTL><OriginalHeader Standard="ON">OFF</OriginalHeader><CacheStatusHeader>ON</CacheStatusHeader></Options></Vhost></Vhosts>"#;
+<Options><TTL Priority="cc_maxage, rescode" Base="request"><Res2xx Ratio="50" Max="600">60</Res2xx><NoCache MaxAge="7" Expire="ON">5</NoCache><Wobble/></TTL><RefreshExpired>OFF</RefreshExpired><TTLExtensionBy4xx>ON</TTLExtensionBy4xx><OriginalHeader Standard="ON">OFF</OriginalHeader><CacheStatusHeader>ON</CacheStatusHeader></Options></Vhost></Vhosts>"#;
     let server = r#"<Server><Cache><Storage SegmentSize="16MB" MaxObjectSize="8MB"><Disk Quota="2">data/cache</Disk></Storage></Cache>
 <Cairn><RequestTimeoutSec>5</RequestTimeoutSec></Cairn></Server>"#;
     let l = xml::load("server.xml", server, "vhosts.xml", v, "/etc/cairn").unwrap();
@@ -129,13 +129,24 @@ fn cache_storage_and_cairn_settings() {
     );
     assert_eq!(l.config.server.request_timeout, Duration::from_secs(5));
     let o = &l.config.vhosts[0].options;
-    assert_eq!(o.ttl.res2xx, 60);
-    assert_eq!(o.ttl.res3xx, 300);
+    assert_eq!(o.ttl.res[0].secs, 60);
+    assert_eq!(o.ttl.res[1].secs, 300);
+    assert_eq!((o.ttl.res[0].ratio, o.ttl.res[0].max), (50, 600));
+    assert_eq!(
+        o.ttl.priority,
+        [
+            crate::policy::ttl::Token::CcMaxAge,
+            crate::policy::ttl::Token::ResCode
+        ]
+    );
+    assert!(o.ttl.base_request && o.ttl.no_cache_expire && o.ttl.extension_4xx);
+    assert!(!o.ttl.refresh_expired);
+    assert_eq!((o.ttl.no_cache.secs, o.ttl.no_cache_max_age), (5, 7));
     assert!(o.headers.standard_extra && !o.headers.original && o.cache_status_header);
     assert!(
         l.warnings
             .iter()
-            .any(|w| w.reason.contains("<TTL><NoCache>")),
+            .any(|w| w.reason.contains("<TTL><Wobble>")),
         "{:?}",
         l.warnings
     );

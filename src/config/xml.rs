@@ -220,9 +220,12 @@ pub(super) fn load(
                         warnings.push(v.diag(
                             child,
                             format!(
-                                "WARNING vhost '{}': STON TTL mode ignores cookies on cached \
-                                 content, so pages personalised from Cookie can be cached and \
-                                 served to other clients; set <TTL Mode=\"rfc9111\"> to prevent it",
+                                "WARNING vhost '{}': STON TTL mode (no <TTL Mode>) caches as STON \
+                                 does: responses marked no-store, private or no-cache are stored for \
+                                 <NoStore>/<NoCache> seconds, Set-Cookie is stripped and stored \
+                                 objects are served whatever Cookie the request carried, so \
+                                 personal pages can reach other clients; set <TTL Mode=\"rfc9111\"> \
+                                 for RFC 9111 caching",
                                 vh.name
                             ),
                         ));
@@ -637,6 +640,7 @@ fn parse_vhost(
         expires_rules: std::sync::Arc::new([]),
         header_rules: std::sync::Arc::new([]),
         compression_rules: std::sync::Arc::new([]),
+        ttl_rules: std::sync::Arc::new([]),
         log: defaults.log.clone(),
         access_log: None,
         origin_log: None,
@@ -755,22 +759,24 @@ fn apply_options(
                         }
                     };
                 }
-                for t in elements(e) {
-                    let slot = match t.tag_name().name() {
-                        "Res2xx" => &mut o.ttl.res2xx,
-                        "Res3xx" => &mut o.ttl.res3xx,
-                        "Res4xx" => &mut o.ttl.res4xx,
-                        "Res5xx" => &mut o.ttl.res5xx,
-                        other => {
-                            warnings.push(
-                                s.diag(t, format!("<TTL><{other}> is not supported yet; ignored")),
-                            );
-                            continue;
-                        }
-                    };
-                    *slot = u64::from(number(s, t, text(t), 0, 31_536_000 * 10)?);
-                }
+                parse_ttl(s, e, &mut o.ttl, warnings)?;
             }
+            "TTLExtensionBy4xx" => o.ttl.extension_4xx = on_off(s, e)?,
+            "TTLExtensionBy5xx" => o.ttl.extension_5xx = on_off(s, e)?,
+            "TTLExtensionByFail" => o.ttl.extension_fail = on_off(s, e)?,
+            "UnvalidatableObjectResCode" => {
+                let n = number(s, e, text(e), 0, 599)? as u16;
+                if n != 0 && n < 100 {
+                    return Err(s.err(
+                        e,
+                        format!("<UnvalidatableObjectResCode> {n}: 0 or a status code"),
+                    ));
+                }
+                o.ttl.unvalidatable_status = n;
+            }
+            "RefreshExpired" => o.ttl.refresh_expired = on_off(s, e)?,
+            "NoCacheRequestExpire" => o.ttl.no_cache_request_expire = on_off(s, e)?,
+            "BypassNoCacheRequest" => o.ttl.bypass_no_cache_request = on_off(s, e)?,
             "OriginalHeader" => {
                 o.headers.original = on_off(s, e)?;
                 o.headers.standard_extra = match e.attribute("Standard") {
@@ -1293,6 +1299,18 @@ fn load_rule_files(
             reason: "ModifyHeader is ON but there is no headers.txt".into(),
         });
     }
+    if let Some((file, text)) = read("ttl.txt")? {
+        let parsed = crate::policy::ttl::parse(&text).map_err(|e| first_error(&file, e))?;
+        warnings.extend(parsed.warnings.into_iter().map(|d| to_diag(&file, d)));
+        if vh.options.ttl_mode == super::TtlMode::Rfc9111 && !parsed.rules.is_empty() {
+            warnings.push(Diag {
+                file: file.clone(),
+                line: 0,
+                reason: "<TTL Mode=\"rfc9111\"> ignores ttl.txt (it is STON's policy)".into(),
+            });
+        }
+        vh.ttl_rules = parsed.rules.into();
+    }
     if let Some((file, text)) = read("compression.txt")? {
         let parsed = crate::policy::compression::parse(&text).map_err(|e| first_error(&file, e))?;
         warnings.extend(parsed.warnings.into_iter().map(|d| to_diag(&file, d)));
@@ -1622,4 +1640,85 @@ fn parse_manager(
         http_method,
         allow,
     })
+}
+
+/// `<TTL Priority Base>` with `<Res2xx Ratio Max>`…, `<NoCache Ratio Max MaxAge
+/// Expire>`, `<NoStore Ratio Max MaxAge Bypass>`, `<ConnectTimeout>`,
+/// `<ReceiveTimeout>`, `<OriginBusy>` (TTL-1..4).
+fn parse_ttl(
+    s: &Src,
+    e: Node,
+    t: &mut crate::policy::ttl::TtlPolicy,
+    warnings: &mut Vec<Diag>,
+) -> Result<(), ConfigError> {
+    use crate::policy::ttl::{ClassTtl, Token};
+    const TEN_YEARS: u32 = 315_360_000;
+    let secs = |n: Node, v: &str| number(s, n, v.trim(), 0, TEN_YEARS).map(u64::from);
+    if let Some(p) = e.attribute("Priority") {
+        let mut list = Vec::new();
+        for tok in p.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+            let tok = Token::parse(tok).ok_or_else(|| {
+                s.err(e, format!("<TTL Priority>: '{tok}' is not one of cc_nostore, cc_nocache, custom, cc_maxage, rescode, cc_smaxage"))
+            })?;
+            if !list.contains(&tok) {
+                list.push(tok);
+            }
+        }
+        t.priority = list;
+    }
+    if let Some(b) = e.attribute("Base") {
+        t.base_request = match b.trim().to_ascii_lowercase().as_str() {
+            "request" => true,
+            "response" => false,
+            other => {
+                return Err(s.err(
+                    e,
+                    format!("<TTL Base=\"{other}\">: expected request or response"),
+                ))
+            }
+        };
+    }
+    let class = |n: Node, c: &mut ClassTtl| -> Result<(), ConfigError> {
+        c.secs = secs(n, text(n))?;
+        if let Some(r) = n.attribute("Ratio") {
+            c.ratio = number(s, n, r.trim(), 0, 10_000)?;
+        }
+        // Without Max the default cap stays, raised to the TTL itself.
+        c.max = match n.attribute("Max") {
+            Some(m) => secs(n, m)?,
+            None => c.max.max(c.secs),
+        };
+        Ok(())
+    };
+    for c in elements(e) {
+        match c.tag_name().name() {
+            "Res2xx" => class(c, &mut t.res[0])?,
+            "Res3xx" => class(c, &mut t.res[1])?,
+            "Res4xx" => class(c, &mut t.res[2])?,
+            "Res5xx" => class(c, &mut t.res[3])?,
+            "NoCache" => {
+                class(c, &mut t.no_cache)?;
+                if let Some(m) = c.attribute("MaxAge") {
+                    t.no_cache_max_age = secs(c, m)?;
+                }
+                if let Some(v) = c.attribute("Expire") {
+                    t.no_cache_expire = on_off_str(s, c, v)?;
+                }
+            }
+            "NoStore" => {
+                class(c, &mut t.no_store)?;
+                if let Some(m) = c.attribute("MaxAge") {
+                    t.no_store_max_age = secs(c, m)?;
+                }
+                if let Some(v) = c.attribute("Bypass") {
+                    t.no_store_bypass = on_off_str(s, c, v)?;
+                }
+            }
+            "ConnectTimeout" => t.connect_timeout = secs(c, text(c))?,
+            "ReceiveTimeout" => t.receive_timeout = secs(c, text(c))?,
+            "OriginBusy" => t.origin_busy = secs(c, text(c))?,
+            other => warnings.push(s.diag(c, format!("<TTL><{other}> is not supported; ignored"))),
+        }
+    }
+    Ok(())
 }

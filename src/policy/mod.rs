@@ -22,6 +22,7 @@ pub mod modify;
 pub mod pattern;
 pub(crate) mod rulefile;
 pub mod timespec;
+pub mod ttl;
 
 pub use cond::{
     Cond, CondError, Condition, GeoInfo, GeoLookup, HeaderIter, HeaderLookup, HeaderTest, IpCond,

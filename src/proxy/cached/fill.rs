@@ -103,7 +103,26 @@ pub(super) fn plan_input<'a>(
         max_object: cx.shard.shared.cache.config().max_object,
         request_time_ms: request_time,
         response_time_ms: now_ms(),
+        custom_ttl: custom_ttl(cx, reply.head.status),
     }
+}
+
+/// TTL-6: the first ttl.txt rule matching this request and the origin's status.
+pub(super) fn custom_ttl(cx: &RequestCtx<'_>, status: u16) -> Option<u64> {
+    let v = cx.vhost;
+    if v.ttl_rules.is_empty() || v.options.ttl_mode != crate::config::TtlMode::Ston {
+        return None;
+    }
+    let headers = crate::policy::HeaderIter(|| cx.head.headers());
+    let ctx = crate::policy::MatchCtx {
+        client_ip: cx.req.conn.peer.ip(),
+        method: cx.head.method(),
+        url: cx.head.path(),
+        headers: &headers,
+        mime: None,
+        geo: None,
+    };
+    crate::policy::ttl::custom_ttl(&v.ttl_rules, &ctx, status, cx.now_ms / 1000)
 }
 
 /// Answers from an origin response while storing it (when it may be stored) and,

@@ -4,8 +4,9 @@
 
 use crate::cache::freshness::{self, CacheControl, RequestFacts, ResponseFacts, Storable, Times};
 use crate::cache::meta::{kept_headers, Meta};
-use crate::config::Options;
+use crate::config::{Options, TtlMode};
 use crate::http1::ResponseHead;
+use crate::policy::ttl;
 use bytes::Bytes;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -65,6 +66,8 @@ pub struct PlanInput<'a> {
     pub max_object: u64,
     pub request_time_ms: u64,
     pub response_time_ms: u64,
+    /// The TTL of the first ttl.txt rule that matches (STON mode), if any.
+    pub custom_ttl: Option<u64>,
 }
 
 pub fn response_facts(h: &ResponseHead) -> ResponseFacts {
@@ -83,6 +86,10 @@ pub fn response_facts(h: &ResponseHead) -> ResponseFacts {
             .map(|v| crate::httpdate::parse(v).map(to_secs).unwrap_or(0)),
         date_s: h
             .header("date")
+            .and_then(crate::httpdate::parse)
+            .map(to_secs),
+        last_modified_s: h
+            .header("last-modified")
             .and_then(crate::httpdate::parse)
             .map(to_secs),
         has_set_cookie: named("set-cookie").next().is_some()
@@ -226,17 +233,61 @@ pub fn gzip_variant(p: &FillPlan, gz_len: u64) -> FillPlan {
     v
 }
 
+/// STON's TTL (TTL-1..3): the lifetime and flags, the deciding class kept in
+/// the flags for the growth on each 304.
+fn ston_lifetime(i: &PlanInput<'_>, facts: &ResponseFacts) -> Result<(u64, u16), &'static str> {
+    let p = &i.options.ttl;
+    if i.request.cc.no_store {
+        return Err("the request said no-store");
+    }
+    let expires_in = facts
+        .expires_s
+        .map(|e| e.saturating_sub(facts.date_s.unwrap_or(i.response_time_ms / 1000)));
+    let (secs, class, expired) = match ttl::decide(
+        p,
+        &ttl::TtlFacts {
+            status: facts.status,
+            cc: &facts.cc,
+            expires_in,
+            now_s: i.response_time_ms / 1000,
+        },
+        i.custom_ttl,
+    ) {
+        ttl::Decision::Store {
+            secs,
+            class,
+            expired,
+        } => (secs, class, expired),
+        ttl::Decision::Pass(why) => return Err(why),
+    };
+    let mut lifetime_ms = secs.saturating_mul(1000);
+    // TTL-3: counted from the request, the time the origin took is spent.
+    if p.base_request {
+        lifetime_ms =
+            lifetime_ms.saturating_sub(i.response_time_ms.saturating_sub(i.request_time_ms));
+    }
+    let mut flags = (class as u16) << freshness::CLASS_SHIFT;
+    if expired {
+        flags |= freshness::FLAG_NO_CACHE;
+    }
+    Ok((lifetime_ms, flags))
+}
+
 /// Decides whether a response may be stored and, if so, what to store.
 pub fn plan(i: &PlanInput<'_>) -> Result<FillPlan, &'static str> {
     let facts = response_facts(i.reply);
-    if facts.has_set_cookie {
-        return Err("Set-Cookie");
-    }
-    let (lifetime_ms, flags) =
-        match freshness::storable(&facts, &i.request, &i.options.ttl, i.response_time_ms) {
+    let ston = i.options.ttl_mode == TtlMode::Ston;
+    let (lifetime_ms, flags) = if ston {
+        ston_lifetime(i, &facts)?
+    } else {
+        if facts.has_set_cookie {
+            return Err("Set-Cookie");
+        }
+        match freshness::storable(&facts, &i.request, i.response_time_ms) {
             Storable::Yes { lifetime_ms, flags } => (lifetime_ms, flags),
             Storable::No(why) => return Err(why),
-        };
+        }
+    };
     // Variants cairn keys on: Accept-Encoding only (KEY-1). Any other Vary would
     // need a variant per request header value: not stored.
     let vary_other = i
@@ -256,6 +307,10 @@ pub fn plan(i: &PlanInput<'_>) -> Result<FillPlan, &'static str> {
         return Err("larger than MaxObjectSize");
     }
     let mut headers = kept_headers(i.reply, i.options.headers);
+    if ston {
+        // KEY-5: STON stores the object and never its cookies.
+        headers = without(&headers, &[b"set-cookie", b"set-cookie2"]);
+    }
     if facts.date_s.is_none() {
         crate::proxy::response::write_date_line(&mut headers);
     }
@@ -308,8 +363,20 @@ mod tests {
     }
 
     fn run(raw: &str, length: Option<u64>, req_cc: &str) -> Result<FillPlan, &'static str> {
+        run_in(TtlMode::Rfc9111, raw, length, req_cc)
+    }
+
+    fn run_in(
+        mode: TtlMode,
+        raw: &str,
+        length: Option<u64>,
+        req_cc: &str,
+    ) -> Result<FillPlan, &'static str> {
         let reply = head(raw);
-        let o = Options::default();
+        let o = Options {
+            ttl_mode: mode,
+            ..Options::default()
+        };
         plan(&PlanInput {
             reply: &reply,
             length,
@@ -327,6 +394,7 @@ mod tests {
             max_object: 1000,
             request_time_ms: NOW - 5,
             response_time_ms: NOW,
+            custom_ttl: None,
         })
     }
 
@@ -416,6 +484,7 @@ mod tests {
             max_object: 1000,
             request_time_ms: NOW,
             response_time_ms: NOW,
+            custom_ttl: None,
         };
         assert!(plan(&input).is_err());
     }
@@ -482,6 +551,43 @@ mod tests {
         for (raw, len, cc, want) in table {
             assert_eq!(run(raw, len, cc).is_ok(), want, "{raw:?} {len:?} {cc:?}");
         }
+    }
+
+    #[test]
+    fn ston_mode_stores_what_its_ttl_policy_says_and_strips_cookies() {
+        let ston = |raw: &str| run_in(TtlMode::Ston, raw, Some(10), "");
+        // (head, lifetime in seconds, or not stored)
+        let table = [
+            ("HTTP/1.1 200 OK\r\n", Some(1800)),
+            ("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n", Some(5)),
+            (
+                "HTTP/1.1 200 OK\r\nCache-Control: private, max-age=99\r\n",
+                Some(5),
+            ),
+            ("HTTP/1.1 200 OK\r\nCache-Control: max-age=99\r\n", Some(99)),
+            ("HTTP/1.1 302 Found\r\n", Some(300)),
+            ("HTTP/1.1 500 Oops\r\n", Some(30)),
+            ("HTTP/1.1 206 Partial\r\n", None),
+        ];
+        for (raw, want) in table {
+            let got = ston(raw).ok().map(|p| p.times.lifetime_ms / 1000);
+            assert_eq!(got, want, "{raw:?}");
+        }
+        let p = ston(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nset-cookie2: b=2\r\nContent-Type: text/x\r\n",
+        )
+        .unwrap();
+        let h = String::from_utf8_lossy(&p.headers).to_ascii_lowercase();
+        assert!(
+            !h.contains("cookie") && h.contains("content-type: text/x"),
+            "{h}"
+        );
+        // The class is kept for the growth on a 304.
+        assert_eq!(
+            (p.times.flags & freshness::CLASS_MASK) >> freshness::CLASS_SHIFT,
+            ttl::Class::Res2xx as u16
+        );
+        assert!(run_in(TtlMode::Ston, "HTTP/1.1 200 OK\r\n", Some(10), "no-store").is_err());
     }
 
     #[test]

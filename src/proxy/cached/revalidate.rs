@@ -9,8 +9,11 @@ use super::{origin_opts, send_to_origin};
 use crate::cache::freshness::{self, CacheControl, RequestFacts, ResponseFacts, Storable, Times};
 use crate::cache::meta::kept_headers;
 use crate::cache::{CacheResult, Hit};
+use crate::config::TtlMode;
 use crate::exchange::{Downstream, ExchangeError};
 use crate::http1::ResponseHead;
+use crate::origin::OriginError;
+use crate::policy::ttl::Class;
 use crate::proxy::request::{now_ms, RequestCtx};
 use bytes::Bytes;
 use std::time::UNIX_EPOCH;
@@ -41,6 +44,7 @@ pub async fn revalidate<D: Downstream>(
         extra.extend_from_slice(b"\r\n");
     }
     let request_time = now_ms();
+    let ston = cx.vhost.options.ttl_mode == TtlMode::Ston;
     let ask = origin_opts(cx, &extra);
     match send_to_origin(cx, &ask).await {
         Ok(reply) if reply.head.status == 304 => {
@@ -56,9 +60,46 @@ pub async fn revalidate<D: Downstream>(
             };
             send_hit(cx, down, &fresh, CacheResult::RefreshHit, now_ms()).await
         }
+        // TTL-7: with TTLExtensionBy4xx/5xx ON such an answer counts as a 304.
+        Ok(reply) if ston && !purged && extends(&cx.vhost.options.ttl, reply.head.status) => {
+            drop(reply);
+            log::info!(
+                "vhost {}: origin answered a revalidation of {} with an error; the stale copy is kept (TTLExtensionBy{}xx)",
+                cx.vhost.name,
+                String::from_utf8_lossy(cx.head.path()),
+                hit.status / 100
+            );
+            let ttl_ms = ston_refreshed_lifetime(cx, &hit, &Default::default());
+            extend(cx, down, hit, ttl_ms, CacheResult::RefFailHit).await
+        }
         Ok(reply) => {
             drop(hit);
             fill_from(cx, down, reply, None, CacheResult::RefMiss, request_time).await
+        }
+        // TTL-4/TTL-7: a failed origin extends the stale copy by ConnectTimeout
+        // or ReceiveTimeout seconds (`<TTL>`'s), or fails the request.
+        Err(e) if ston => {
+            let p = &cx.vhost.options.ttl;
+            if !(p.extension_fail || purged) {
+                return Err(e);
+            }
+            log::info!(
+                "vhost {}: serving stale {} after origin failure ({e})",
+                cx.vhost.name,
+                String::from_utf8_lossy(cx.head.path())
+            );
+            let secs = match &e {
+                ExchangeError::Origin(OriginError::ResponseTimeout(_)) => p.receive_timeout,
+                _ => p.connect_timeout,
+            };
+            extend(
+                cx,
+                down,
+                hit,
+                secs.saturating_mul(1000),
+                CacheResult::RefFailHit,
+            )
+            .await
         }
         Err(e) if purged || hit.times.may_serve_stale() => {
             log::info!(
@@ -70,6 +111,38 @@ pub async fn revalidate<D: Downstream>(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Does `<TTLExtensionBy4xx/5xx>` keep the stale copy on this answer?
+fn extends(p: &crate::policy::ttl::TtlPolicy, status: u16) -> bool {
+    match status {
+        400..=499 => p.extension_4xx,
+        500..=599 => p.extension_5xx,
+        _ => false,
+    }
+}
+
+/// Keeps the stale object fresh for `ttl_ms` more, from now, and serves it.
+async fn extend<D: Downstream>(
+    cx: &RequestCtx<'_>,
+    down: &mut D,
+    hit: Hit,
+    ttl_ms: u64,
+    result: CacheResult,
+) -> Result<(), ExchangeError> {
+    let now = now_ms();
+    let age_ms = hit.times.current_age_ms(now);
+    let times = Times {
+        lifetime_ms: age_ms.saturating_add(ttl_ms),
+        // A purge's refetch did not happen: the copy stays purged.
+        ..hit.times
+    };
+    cx.shard
+        .shared
+        .cache
+        .refresh(cx.key.stored(), hit.loc, times, hit.headers.clone());
+    let kept = Hit { times, ..hit };
+    send_hit(cx, down, &kept, result, now).await
 }
 
 /// RFC 9111 §4.3.4: the 304's headers replace the stored ones of the same name, and
@@ -112,17 +185,20 @@ fn refreshed(
         }
     }
     let facts = response_facts(r304);
-    let lifetime_ms = match freshness::storable(
-        &ResponseFacts {
-            status: hit.status,
-            ..facts
-        },
-        &RequestFacts::default(),
-        &cx.vhost.options.ttl,
-        response_time,
-    ) {
-        Storable::Yes { lifetime_ms, .. } if has_explicit_freshness(&facts) => lifetime_ms,
-        _ => hit.times.lifetime_ms,
+    let lifetime_ms = if cx.vhost.options.ttl_mode == TtlMode::Ston {
+        ston_refreshed_lifetime(cx, hit, &facts)
+    } else {
+        match freshness::storable(
+            &ResponseFacts {
+                status: hit.status,
+                ..facts
+            },
+            &RequestFacts::default(),
+            response_time,
+        ) {
+            Storable::Yes { lifetime_ms, .. } if has_explicit_freshness(&facts) => lifetime_ms,
+            _ => hit.times.lifetime_ms,
+        }
     };
     let times = Times {
         request_time_ms: request_time,
@@ -134,6 +210,22 @@ fn refreshed(
         flags: hit.times.flags | revalidation_flags(&facts.cc, facts.pragma_no_cache),
     };
     (times, Bytes::from(merged))
+}
+
+/// TTL-2: a STON class TTL grows by its Ratio on each 304 (to its Max); a
+/// ttl.txt TTL is fixed; an origin-given one follows the 304's own max-age.
+fn ston_refreshed_lifetime(cx: &RequestCtx<'_>, hit: &Hit, facts: &ResponseFacts) -> u64 {
+    let p = &cx.vhost.options.ttl;
+    let class =
+        Class::from_bits((hit.times.flags & freshness::CLASS_MASK) >> freshness::CLASS_SHIFT);
+    match (class, p.class_ttl(class)) {
+        (_, Some(c)) => c.grown_ms(hit.times.lifetime_ms),
+        (Class::Origin, None) => facts
+            .cc
+            .max_age
+            .map_or(hit.times.lifetime_ms, |s| s.saturating_mul(1000)),
+        _ => hit.times.lifetime_ms,
+    }
 }
 
 fn revalidation_flags(cc: &CacheControl, pragma_no_cache: bool) -> u16 {
