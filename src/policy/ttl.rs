@@ -318,7 +318,7 @@ impl ClockField {
         match *self {
             ClockField::Any => true,
             ClockField::At(n) => v == n,
-            ClockField::Every(n) => v % n == 0,
+            ClockField::Every(n) => v.is_multiple_of(n),
         }
     }
 }
