@@ -68,8 +68,10 @@ pub struct ShardStats {
     pub drm_refused: AtomicU64,
 }
 
-/// One vhost's counters on one shard (written by that shard only).
+/// One vhost's counters on one shard (written by that shard only), on cache
+/// lines of their own so shards never write to a line another shard writes.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct VhostCounters {
     /// By [`CacheResult::index`](crate::cache::CacheResult::index).
     pub results: [AtomicU64; crate::cache::CacheResult::ALL.len()],

@@ -277,7 +277,8 @@ fn the_access_list_disconnects_strangers_and_roles_limit_what_is_allowed() {
     let mut c = cairn.connect();
     assert_eq!(c.get("/y").status, 200);
     let r = purge("127.0.0.1", "/y");
-    assert_eq!(r.status, 403, "a User address may not purge");
+    assert_eq!(r.status, 401, "a User address may not purge");
+    assert_eq!(purge("127.0.0.2", "/y").status, 403, "nor a stranger");
     assert_eq!(c.get("/y").header("X-Cache"), Some("TCP_HIT"));
     let r = purge("127.0.0.4", "/y");
     assert_eq!(r.status, 200);
@@ -315,6 +316,29 @@ fn conf_reload_validates_then_swaps_and_a_bad_file_changes_nothing() {
     assert!(body.contains("server.xml:1"), "{body}");
     assert_eq!(c.get("/r").status, 200);
     assert_eq!(c.get("/r").header("X-Cache"), None);
+    // HttpMethod OFF: PURGE on the service port is refused, not sent on.
+    edit_server_xml(&dir, "<CacheStatusHeader>MAYBE</CacheStatusHeader>", "");
+    edit_server_xml(
+        &dir,
+        "Listen=\"127.0.0.1\">",
+        "Listen=\"127.0.0.1\" HttpMethod=\"OFF\">",
+    );
+    assert_eq!(call(mgr, "/conf/reload").0, 200);
+    c.send(b"PURGE /r HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    assert_eq!(c.response(false).unwrap().status, 405);
+    assert!(origin
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| r.method == "GET"));
+    // A page in a browser cannot make the manager act (CSRF).
+    let mut s = connect_from("127.0.0.1", mgr);
+    s.write_all(b"GET /conf/reload HTTP/1.1\r\nHost: m\r\nOrigin: http://evil.example\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
 }
 
 /// `python3` with the `prometheus_client` package importable: installed

@@ -15,6 +15,13 @@ pub struct CacheControl {
     pub proxy_revalidate: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    /// Request directives (§5.2.1): `max-stale` without a value is `u64::MAX`.
+    pub min_fresh: Option<u64>,
+    pub max_stale: Option<u64>,
+    pub only_if_cached: bool,
+    /// RFC 5861: a stale response may be served this long past its lifetime
+    /// while one revalidation runs in the background.
+    pub stale_while_revalidate: Option<u64>,
 }
 
 impl CacheControl {
@@ -73,6 +80,19 @@ impl CacheControl {
                 self.max_age = Some(secs().unwrap_or(0));
             } else if is("s-maxage") {
                 self.s_maxage = Some(secs().unwrap_or(0));
+            } else if is("min-fresh") {
+                // Malformed: the strictest reading (never fresh enough).
+                self.min_fresh = Some(secs().unwrap_or(u64::MAX));
+            } else if is("max-stale") {
+                // Without a value any staleness is accepted; malformed accepts none.
+                self.max_stale = Some(match arg {
+                    None => u64::MAX,
+                    Some(_) => secs().unwrap_or(0),
+                });
+            } else if is("only-if-cached") {
+                self.only_if_cached = true;
+            } else if is("stale-while-revalidate") {
+                self.stale_while_revalidate = secs();
             }
         }
     }
@@ -244,16 +264,23 @@ pub struct Times {
 impl Times {
     /// `current_age` of §4.2.3.
     pub fn current_age_ms(&self, now_ms: u64) -> u64 {
-        let date_ms = if self.date_s == 0 {
-            self.response_time_ms
-        } else {
-            self.date_s.saturating_mul(1000)
+        // Date has whole seconds: compared in whole seconds, so a response
+        // in the second its Date names is not up to 999 ms old already.
+        let apparent = match self.date_s {
+            0 => 0,
+            d => (self.response_time_ms / 1000)
+                .saturating_sub(d)
+                .saturating_mul(1000),
         };
-        let apparent = self.response_time_ms.saturating_sub(date_ms);
         let delay = self.response_time_ms.saturating_sub(self.request_time_ms);
         let corrected_age = self.age_s.saturating_mul(1000).saturating_add(delay);
         let initial = apparent.max(corrected_age);
         initial.saturating_add(now_ms.saturating_sub(self.response_time_ms))
+    }
+
+    /// The age it had when it arrived (`corrected_initial_age`).
+    pub fn initial_age_ms(&self) -> u64 {
+        self.current_age_ms(self.response_time_ms)
     }
 
     pub fn is_fresh(&self, now_ms: u64) -> bool {

@@ -47,21 +47,42 @@ impl KeyIndex {
         self.stripe(key_hash).remove(key);
     }
 
-    /// Every key starting with `prefix`, copied out (no lock is held while the
-    /// caller works through them).
+    /// Calls `f` on every key starting with `prefix`, copied out in batches:
+    /// no stripe is locked for longer than one batch takes to copy, and none
+    /// while `f` runs, so fills go on during a purge of millions of keys.
+    pub fn for_prefix(&self, prefix: &[u8], mut f: impl FnMut(&[u8])) {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        const BATCH: usize = 1024;
+        for stripe in self.stripes.iter() {
+            let mut after: Option<Box<[u8]>> = None;
+            loop {
+                let batch: Vec<Box<[u8]>> = {
+                    let s = stripe.lock().unwrap_or_else(|p| p.into_inner());
+                    let from = match &after {
+                        Some(k) => Excluded(&k[..]),
+                        None => Included(prefix),
+                    };
+                    s.range::<[u8], _>((from, Unbounded))
+                        .take_while(|k| k.starts_with(prefix))
+                        .take(BATCH)
+                        .cloned()
+                        .collect()
+                };
+                for k in &batch {
+                    f(k);
+                }
+                if batch.len() < BATCH {
+                    break;
+                }
+                after = batch.into_iter().last();
+            }
+        }
+    }
+
+    /// Every key starting with `prefix` (tests and small sets).
     pub fn with_prefix(&self, prefix: &[u8]) -> Vec<Box<[u8]>> {
         let mut out = Vec::new();
-        for s in self.stripes.iter() {
-            let s = s.lock().unwrap_or_else(|p| p.into_inner());
-            out.extend(
-                s.range::<[u8], _>((
-                    std::ops::Bound::Included(prefix),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(|k| k.starts_with(prefix))
-                .cloned(),
-            );
-        }
+        self.for_prefix(prefix, |k| out.push(k.into()));
         out
     }
 
@@ -111,5 +132,18 @@ mod tests {
         assert_eq!(k.with_prefix(b"c.com/").len(), 0);
         k.remove(key_hash(b"a.com/dir/x"), b"a.com/dir/x");
         assert_eq!(k.with_prefix(b"a.com/dir/").len(), 1);
+    }
+
+    #[test]
+    fn batches_resume_where_they_stopped() {
+        let k = KeyIndex::default();
+        for i in 0..5000 {
+            let key = format!("h/p/{i}");
+            k.insert(key_hash(key.as_bytes()), key.as_bytes());
+        }
+        k.insert(key_hash(b"h/q"), b"h/q");
+        let mut seen = std::collections::HashSet::new();
+        k.for_prefix(b"h/p/", |key| assert!(seen.insert(key.to_vec()), "twice"));
+        assert_eq!(seen.len(), 5000);
     }
 }

@@ -108,6 +108,13 @@ pub enum PurgeOp {
     HardPurge,
 }
 
+enum Applied {
+    Done(u64),
+    Absent,
+    /// A reclaim is moving or dropping the record.
+    Moving,
+}
+
 /// Objects a purge touched and their body bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PurgeCount {
@@ -127,6 +134,9 @@ pub struct Cache {
     store: Store,
     pub fills: Arc<Fills>,
     pub stats: CacheStats,
+    /// Keys with a background revalidation running (TTL-8, RFC 5861): one at
+    /// a time per key. Touched on stale hits only.
+    refreshing: std::sync::Mutex<ahash::AHashSet<u64>>,
 }
 
 /// A cache hit: everything needed to answer, borrowed from the mapping.
@@ -152,6 +162,7 @@ impl Cache {
                 store,
                 fills: Arc::new(Fills::default()),
                 stats: CacheStats::default(),
+                refreshing: Default::default(),
             },
             recovery,
         ))
@@ -171,16 +182,33 @@ impl Cache {
 
     /// Looks `key` up. No lock, no copy: the returned `Bytes` lease the segment.
     pub fn lookup(&self, key: &[u8]) -> Option<Hit> {
+        self.find(key, true)
+    }
+
+    /// [`lookup`](Self::lookup) for inspection (fileinfo): the object does not
+    /// count as hit, so looking at it gives it no second chance.
+    pub fn peek(&self, key: &[u8]) -> Option<Hit> {
+        self.find(key, false)
+    }
+
+    fn find(&self, key: &[u8], mark_hit: bool) -> Option<Hit> {
         let h = record::key_hash(key);
         let guard = self.store.index.pin();
         let e = guard.get(&h)?;
         let seg = self.store.segments.get(e.seg as usize)?;
-        let lease = Lease::acquire(seg, e.generation, e.off as usize, e.total_len as usize)?;
+        // Past the header: a kill rewrites it (Store::kill_record) while the
+        // object may still be read.
+        let lease = Lease::acquire(
+            seg,
+            e.generation,
+            e.off as usize + HEADER_LEN,
+            (e.total_len as usize).checked_sub(HEADER_LEN)?,
+        )?;
         let rec = lease.into_bytes();
-        let key_end = HEADER_LEN + e.key_len as usize;
+        let key_end = e.key_len as usize;
         let meta_end = key_end + e.meta_len as usize;
         let body_end = meta_end + e.body_len as usize;
-        if body_end > rec.len() || &rec[HEADER_LEN..key_end] != key {
+        if body_end > rec.len() || &rec[..key_end] != key {
             return None; // a hash collision: another key's record
         }
         let meta = Meta::decode(&rec[key_end..meta_end])?;
@@ -189,7 +217,7 @@ impl Cache {
             None => rec.slice_ref(meta.head),
         };
         let etag = rec.slice_ref(meta.etag);
-        if !e.hit.load(Relaxed) {
+        if mark_hit && !e.hit.load(Relaxed) {
             e.hit.store(true, Relaxed);
         }
         Some(Hit {
@@ -221,46 +249,70 @@ impl Cache {
         });
     }
 
-    /// Drops `key` from the index (for this run only: a record that went bad).
+    /// Drops `key` from the index and kills its record on disk.
     pub fn remove(&self, key: &[u8]) {
-        let h = record::key_hash(key);
-        if self.store.index.pin().remove(&h).is_some() {
-            self.store.forget_key(h, key);
-        }
+        let _ = self.apply(key, PurgeOp::HardPurge, 0);
     }
 
     /// Drops every variant of `key`'s primary key (RFC 9111 §4.4 after an unsafe
-    /// method), for good: a tombstone written on `shard` keeps a restart from
-    /// bringing them back. Returns how many objects were removed.
-    pub fn invalidate(&self, shard: usize, key: &CacheKey) -> usize {
+    /// method), for good: their records die on disk too. Returns how many
+    /// objects were removed.
+    pub fn invalidate(&self, key: &CacheKey) -> usize {
         Variant::ALL
             .iter()
             .filter(|&&v| {
                 let k = key.with_variant(v);
-                self.apply(shard, k.stored(), PurgeOp::HardPurge, 0)
-                    .is_some()
+                self.apply(k.stored(), PurgeOp::HardPurge, 0).is_some()
             })
             .count()
     }
 
     /// Applies `op` to the object stored under `key`; its body size when there
-    /// was one.
-    pub fn apply(&self, shard: usize, key: &[u8], op: PurgeOp, now_ms: u64) -> Option<u64> {
+    /// was one. Every kind kills the record on disk, so it holds across a
+    /// restart (where a purged or expired object is then fetched anew: its
+    /// in-memory copy for origin failures does not survive).
+    pub fn apply(&self, key: &[u8], op: PurgeOp, now_ms: u64) -> Option<u64> {
         let h = record::key_hash(key);
-        let guard = self.store.index.pin();
-        let e = guard.get(&h)?;
-        // The hash is not the key: check the record's own key (under a lease, so
-        // a reclaim cannot reuse the bytes while they are read).
-        let seg = self.store.segments.get(e.seg as usize)?;
-        let lease = Lease::acquire(seg, e.generation, e.off as usize, e.total_len as usize);
-        let same = lease.is_some_and(|l| {
-            let rec = l.into_bytes();
-            rec.get(HEADER_LEN..HEADER_LEN + e.key_len as usize) == Some(key)
-        });
-        if !same {
-            return None;
+        // A reclaim moving the record fails the lease: wait for it, look again.
+        for _ in 0..3 {
+            match self.apply_once(h, key, op, now_ms) {
+                Applied::Done(size) => return Some(size),
+                Applied::Absent => return None,
+                Applied::Moving => self.store.wait_reclaim(),
+            }
         }
-        let (loc, size) = ((e.seg, e.generation, e.off), e.body_len);
+        None
+    }
+
+    fn apply_once(&self, h: u64, key: &[u8], op: PurgeOp, now_ms: u64) -> Applied {
+        let guard = self.store.index.pin();
+        let Some(e) = guard.get(&h) else {
+            return Applied::Absent;
+        };
+        let Some(seg) = self.store.segments.get(e.seg as usize) else {
+            return Applied::Absent;
+        };
+        // Held to the end: no reclaim can move the record while it is changed.
+        let Some(lease) = Lease::acquire(
+            seg,
+            e.generation,
+            e.off as usize + HEADER_LEN,
+            e.key_len as usize,
+        ) else {
+            return Applied::Moving;
+        };
+        // The hash is not the key: check the record's own.
+        if lease.as_ref() != key {
+            return Applied::Absent;
+        }
+        let loc = (e.seg, e.generation, e.off);
+        let size = e.body_len;
+        let was = Entry {
+            hit: AtomicBool::new(false),
+            head_override: None,
+            ..*e
+        };
+        // The closure may run more than once: `done` is what the last run said.
         let mut done = false;
         guard.compute(h, |cur| match cur {
             Some((_, e)) if (e.seg, e.generation, e.off) == loc => {
@@ -286,46 +338,57 @@ impl Cache {
                     ..*e
                 })
             }
-            _ => papaya::Operation::Abort(()),
+            _ => {
+                done = false;
+                papaya::Operation::Abort(())
+            }
         });
         if !done {
-            return None;
+            return Applied::Absent;
         }
+        self.store.kill_record(h, &was);
+        drop(lease);
         if op == PurgeOp::HardPurge {
             self.store.forget_key(h, key);
         }
-        // Every kind is durable: after a restart a purged or expired object is
-        // fetched again (its in-memory fallback copy does not survive).
-        self.store.write_tombstone(shard, key);
-        Some(size)
+        Applied::Done(size)
     }
 
     /// Applies `op` to every stored key under `prefix` whose primary part
     /// (without the variant) `matches`.
     pub fn apply_matching(
         &self,
-        shard: usize,
         prefix: &[u8],
         matches: impl Fn(&[u8]) -> bool,
         op: PurgeOp,
         now_ms: u64,
     ) -> PurgeCount {
         let mut n = PurgeCount::default();
-        for key in self.store.keys.with_prefix(prefix) {
-            let primary = key::primary_of(&key);
-            if !matches(primary) {
-                continue;
+        self.store.keys.for_prefix(prefix, |key| {
+            if !matches(key::primary_of(key)) {
+                return;
             }
-            match self.apply(shard, &key, op, now_ms) {
+            match self.apply(key, op, now_ms) {
                 Some(size) => {
                     n.count += 1;
                     n.bytes += size;
                 }
                 // Gone from the main index meanwhile: a stale key.
-                None => self.store.forget_key(record::key_hash(&key), &key),
+                None => self.store.forget_key(record::key_hash(key), key),
             }
-        }
+        });
         n
+    }
+
+    /// Claims the background revalidation of `key`; `false` if one runs.
+    pub fn begin_refresh(&self, key: &[u8]) -> bool {
+        let mut r = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        r.insert(record::key_hash(key))
+    }
+
+    pub fn end_refresh(&self, key: &[u8]) {
+        let mut r = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        r.remove(&record::key_hash(key));
     }
 
     /// Objects in the index and their body bytes (a walk of the index: for

@@ -16,11 +16,10 @@ use xxhash_rust::xxh3::xxh3_64;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"CRN1");
 pub const HEADER_LEN: usize = 64;
 pub const ALIGN: u64 = 8;
-/// Flag: the region is abandoned (a failed fill) and only its length is meaningful.
+/// Flag: the record is dead: an abandoned fill's region (only its length is
+/// meaningful), or a published record killed by a purge or a newer version
+/// (its lengths and key hash kept for the reclaim).
 pub const FLAG_DEAD: u32 = 1;
-/// Flag: a tombstone (key only, no meta or body). Records of its key with a lower
-/// `seq` are dead: a purge or an invalidation holds across a restart.
-pub const FLAG_TOMBSTONE: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -90,9 +89,6 @@ impl Header {
 
     pub fn is_dead(&self) -> bool {
         self.flags & FLAG_DEAD != 0
-    }
-    pub fn is_tombstone(&self) -> bool {
-        self.flags & FLAG_TOMBSTONE != 0
     }
     pub fn key_range(&self) -> std::ops::Range<usize> {
         HEADER_LEN..HEADER_LEN + self.key_len as usize

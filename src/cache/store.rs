@@ -7,7 +7,7 @@ use super::freshness::Times;
 use super::index::{new_index, Entry, Index};
 use super::keys::KeyIndex;
 use super::meta::Meta;
-use super::record::{Header, FLAG_TOMBSTONE, HEADER_LEN};
+use super::record::{Header, FLAG_DEAD, HEADER_LEN};
 use super::segment::{Lease, Segment, SEGMENT_HEADER};
 use papaya::Operation;
 use std::collections::VecDeque;
@@ -98,9 +98,8 @@ pub struct Store {
     pub index: Index,
     /// Every indexed key in order, for purges by pattern.
     pub keys: KeyIndex,
-    /// Per segment, the lowest `seq` of a record in it (`u64::MAX` when empty):
-    /// a tombstone is kept while an older record it kills may exist anywhere.
-    min_seq: Vec<AtomicU64>,
+    /// Serialises header rewrites of published records ([`Store::kill_record`]).
+    kill: Mutex<()>,
     /// Taken on the miss path only (reserving a region), never on a hit.
     alloc: Mutex<Allocator>,
     seq: AtomicU64,
@@ -190,10 +189,6 @@ impl Store {
         }
         let index = new_index();
         let keys = KeyIndex::default();
-        let min_seq: Vec<AtomicU64> = (0..segments.len())
-            .map(|_| AtomicU64::new(u64::MAX))
-            .collect();
-        let tombs = Mutex::new(Vec::new());
         let max_seq = AtomicU64::new(0);
         let objects = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
@@ -213,7 +208,7 @@ impl Store {
             let per = segments.len().div_ceil(workers).max(1);
             for (ci, chunk) in chunks {
                 let (segments, usable, index) = (&segments, &usable, &index);
-                let (keys, min_seq, tombs) = (&keys, &min_seq, &tombs);
+                let keys = &keys;
                 let (max_seq, objects, bytes, corrupt) = (&max_seq, &objects, &bytes, &corrupt);
                 s.spawn(move || {
                     for (j, slot) in chunk.iter_mut().enumerate() {
@@ -221,8 +216,7 @@ impl Store {
                         if !usable[i] {
                             continue;
                         }
-                        let r = scan(&segments[i], index, keys, tombs);
-                        min_seq[i].store(r.min_seq, Relaxed);
+                        let r = scan(&segments[i], index, keys);
                         if let Some(e) = &r.failed {
                             log::error!(
                                 "cache segment {}: unreadable ({e}); excluded from the cache",
@@ -257,22 +251,6 @@ impl Store {
                 });
             }
         }
-        // Tombstones last: the segments were read in no particular order, and a
-        // tombstone kills every older record of its key wherever it was found.
-        for (hash, seq, key) in tombs.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            let guard = index.pin();
-            let mut gone = false;
-            guard.compute(hash, |cur| match cur {
-                Some((_, e)) if e.seq < seq => {
-                    gone = true;
-                    Operation::Remove
-                }
-                _ => Operation::Abort(()),
-            });
-            if gone || guard.get(&hash).is_none() {
-                keys.remove(hash, &key);
-            }
-        }
         let mut free = VecDeque::new();
         let mut sealed: Vec<u32> = Vec::new();
         for (i, seg) in segments.iter().enumerate() {
@@ -298,7 +276,7 @@ impl Store {
             segments,
             index,
             keys,
-            min_seq,
+            kill: Mutex::new(()),
             alloc: Mutex::new(Allocator {
                 free,
                 sealed: sealed.into(),
@@ -377,7 +355,6 @@ impl Store {
             let seg = &self.segments[id as usize];
             seg.generation.fetch_add(1, SeqCst);
             seg.set_high_water(SEGMENT_HEADER as u64);
-            self.min_seq[id as usize].store(u64::MAX, Relaxed);
             return Some((id, SEGMENT_HEADER as u64));
         }
         for pos in 0..a.sealed.len() {
@@ -410,15 +387,7 @@ impl Store {
         }
         let guard = self.index.pin();
         let hwm = seg.high_water();
-        // Reclaims run one at a time (under the allocator lock), and the other
-        // segments' minimums only rise meanwhile (new records are newer): a
-        // tombstone at or above this floor may still have an older record to kill.
-        let floor = (0..self.segments.len())
-            .filter(|&i| i != id as usize)
-            .map(|i| self.min_seq[i].load(Relaxed))
-            .min()
-            .unwrap_or(u64::MAX);
-        let mut kept_min = u64::MAX;
+
         // Until compaction is done, recovery must see nothing of this segment: a crash
         // mid-way would otherwise leave half-moved records below the mark.
         seg.set_high_water(SEGMENT_HEADER as u64);
@@ -434,14 +403,34 @@ impl Store {
             let Some(end) = off.checked_add(h.total_len).filter(|&e| e <= hwm) else {
                 break;
             };
-            if h.is_tombstone() {
-                if h.seq >= floor {
-                    seg.move_within(off as usize, write as usize, h.total_len as usize);
-                    write += h.total_len;
-                    seg.set_high_water(write);
-                    kept_min = kept_min.min(h.seq);
+            if h.is_dead() {
+                // A killed record (purged, or replaced by a newer one) may still
+                // hold the index's entry (a purged copy kept for origin failure):
+                // it goes with its segment. Placeholders carry no key.
+                let key_fits = (HEADER_LEN as u64)
+                    .checked_add(u64::from(h.key_len))
+                    .is_some_and(|n| n <= h.total_len);
+                if h.key_len > 0 && h.key_hash != 0 && key_fits {
+                    let key = seg
+                        .bytes((off as usize) + HEADER_LEN, h.key_len as usize)
+                        .to_vec();
+                    let mut gone = false;
+                    guard.compute(h.key_hash, |cur| match cur {
+                        Some((_, e)) if e.seg == id && e.off == off => {
+                            gone = true;
+                            Operation::Remove
+                        }
+                        _ => {
+                            gone = false;
+                            Operation::Abort(())
+                        }
+                    });
+                    if gone {
+                        self.stats.dropped.fetch_add(1, Relaxed);
+                        self.forget_key(h.key_hash, &key);
+                    }
                 }
-            } else if !h.is_dead() {
+            } else {
                 let (src, dst) = (off, write);
                 // Read before any move: only earlier bytes are written below `off`.
                 let key = seg
@@ -476,9 +465,13 @@ impl Store {
                     _ => Operation::Abort(()),
                 });
                 if kept {
-                    kept_min = kept_min.min(h.seq);
                     self.stats.second_chances.fetch_add(1, Relaxed);
                 } else {
+                    if hit {
+                        // Moved, then found replaced or purged meanwhile: the copy
+                        // must not come back at recovery.
+                        seg.write_at(dst as usize, &dead_of(&h).encode());
+                    }
                     self.stats.dropped.fetch_add(1, Relaxed);
                     self.forget_key(h.key_hash, &key);
                 }
@@ -486,14 +479,17 @@ impl Store {
             off = end;
         }
         seg.set_high_water(write);
-        self.min_seq[id as usize].store(kept_min, Relaxed);
         Some(write)
     }
 
-    /// Publishes a committed record in the index (newest write wins).
+    /// Publishes a committed record in the index (newest write wins). The
+    /// record it replaces is marked dead on disk, so at most one live record of
+    /// a key is ever on disk and killing it removes the key for good.
     pub fn publish(&self, key_hash: u64, key: &[u8], entry: Entry) {
-        self.min_seq[entry.seg as usize].fetch_min(entry.seq, Relaxed);
-        self.index.pin().insert(key_hash, entry);
+        let guard = self.index.pin();
+        if let Some(old) = guard.insert(key_hash, entry) {
+            self.kill_record(key_hash, old);
+        }
         self.keys.insert(key_hash, key);
     }
 
@@ -506,32 +502,48 @@ impl Store {
         }
     }
 
-    /// Writes a tombstone for `key` on `shard`'s active segment: on recovery every
-    /// older record of the key is dead. `false` when no space could be had (the
-    /// removal then holds only until a restart).
-    pub fn write_tombstone(&self, shard: usize, key: &[u8]) -> bool {
-        let total = super::record::total_len(key.len(), 0, 0);
-        let Some(region) = self.reserve(shard, total) else {
+    /// Marks `e`'s record dead on disk (its header rewritten with FLAG_DEAD, its
+    /// lengths and key kept so a reclaim can still find the index entry):
+    /// recovery skips it. `false` when its segment was reclaimed meanwhile (the
+    /// reclaim dropped it, or moved it and found it replaced).
+    pub fn kill_record(&self, key_hash: u64, e: &Entry) -> bool {
+        let Some(seg) = self.segments.get(e.seg as usize) else {
             return false;
         };
-        let seq = self.next_seq();
-        let h = Header {
-            flags: FLAG_TOMBSTONE,
-            total_len: total,
-            seq,
-            key_hash: super::record::key_hash(key),
-            key_len: key.len() as u32,
-            meta_len: 0,
-            body_len: 0,
-            checksum: super::record::checksum(&[key]),
+        // The lease keeps a reclaim from moving or reusing the region meanwhile.
+        let Some(_lease) = Lease::acquire(seg, e.generation, e.off as usize, HEADER_LEN) else {
+            return false;
         };
-        let base = region.off as usize;
-        region.seg.write_at(base + HEADER_LEN, key);
-        region.seg.write_at(base, &h.encode());
-        region.seg.raise_high_water(region.off + region.len);
-        region.seg.flush_async(base, total as usize);
-        self.min_seq[region.seg.id as usize].fetch_min(seq, Relaxed);
+        let h = Header {
+            flags: FLAG_DEAD,
+            total_len: e.total_len,
+            seq: e.seq,
+            key_hash,
+            key_len: e.key_len,
+            meta_len: e.meta_len,
+            body_len: e.body_len,
+            checksum: 0,
+        };
+        // Readers never hold the header bytes (lookups lease past them), so the
+        // only other writer of them is another kill: serialised here.
+        let _one = self.kill.lock().unwrap_or_else(|p| p.into_inner());
+        seg.write_at(e.off as usize, &h.encode());
+        seg.flush_async(e.off as usize, HEADER_LEN);
         true
+    }
+
+    /// Returns once no reclaim is running (reclaims hold the allocator lock).
+    pub fn wait_reclaim(&self) {
+        drop(self.alloc.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// The dead form of a record's header (lengths and key kept).
+fn dead_of(h: &Header) -> Header {
+    Header {
+        flags: h.flags | FLAG_DEAD,
+        checksum: 0,
+        ..*h
     }
 }
 
@@ -540,15 +552,10 @@ pub(super) struct ScanResult {
     pub(super) bytes: u64,
     pub(super) corrupt: u64,
     pub(super) max_seq: u64,
-    /// The lowest `seq` of a record in the segment, tombstones included.
-    pub(super) min_seq: u64,
     /// The segment could not be read (a truncated file, a bad sector): it is
     /// excluded, with every entry it gave.
     pub(super) failed: Option<std::io::Error>,
 }
-
-/// A tombstone found by recovery: key hash, seq, key.
-pub(super) type Tombstone = (u64, u64, Box<[u8]>);
 
 /// Body bytes read and hashed per `pread` while verifying a record.
 const SCAN_PIECE: usize = 1 << 20;
@@ -560,18 +567,12 @@ const MAX_KEY_META: usize = 1 << 20;
 /// the mapping, where a bad sector would be SIGBUS). An invalid header ends the
 /// scan (the rest is given up: bodies hold arbitrary origin bytes that could
 /// imitate a header); a record whose checksum fails is skipped.
-pub(super) fn scan(
-    seg: &Arc<Segment>,
-    index: &Index,
-    keys: &KeyIndex,
-    tombs: &Mutex<Vec<Tombstone>>,
-) -> ScanResult {
+pub(super) fn scan(seg: &Arc<Segment>, index: &Index, keys: &KeyIndex) -> ScanResult {
     let mut r = ScanResult {
         objects: 0,
         bytes: 0,
         corrupt: 0,
         max_seq: 0,
-        min_seq: u64::MAX,
         failed: None,
     };
     let hwm = seg.high_water();
@@ -617,23 +618,6 @@ pub(super) fn scan(
         hasher.update(&piece[..key_meta]);
         // Copied now: the body is read through the same buffer.
         let key: Box<[u8]> = piece[..h.key_len as usize].into();
-        if h.is_tombstone() {
-            if h.meta_len != 0
-                || h.body_len != 0
-                || hasher.digest() != h.checksum
-                || super::record::key_hash(&key) != h.key_hash
-            {
-                r.corrupt += 1;
-                continue;
-            }
-            r.max_seq = r.max_seq.max(h.seq);
-            r.min_seq = r.min_seq.min(h.seq);
-            tombs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((h.key_hash, h.seq, key));
-            continue;
-        }
         let Some(meta) = Meta::decode(&piece[h.key_len as usize..key_meta]) else {
             r.corrupt += 1;
             continue;
@@ -658,7 +642,6 @@ pub(super) fn scan(
             continue;
         }
         r.max_seq = r.max_seq.max(h.seq);
-        r.min_seq = r.min_seq.min(h.seq);
         keys.insert(h.key_hash, &key);
         r.objects += 1;
         r.bytes += h.body_len;

@@ -82,7 +82,8 @@ impl Allow {
                 _ => return Err(format!("'{t}': a prefix longer than the address")),
             }
         } else {
-            let a: IpAddr = t.parse().map_err(|_| bad())?;
+            // `::ffff:a.b.c.d` is the IPv4 address (clients are canonicalised too).
+            let a: IpAddr = t.parse::<IpAddr>().map_err(|_| bad())?.to_canonical();
             (a, a)
         };
         if first.is_ipv4() != last.is_ipv4() || first > last {
@@ -143,6 +144,7 @@ mod tests {
             ("127.0.0.1", "::ffff:127.0.0.1", true),
             ("::1", "::1", true),
             ("::1", "127.0.0.1", false),
+            ("::ffff:10.1.2.3", "10.1.2.3", true),
             ("fd00::/8", "fd12::1", true),
             ("fd00::/8", "fe80::1", false),
         ];

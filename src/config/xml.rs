@@ -1629,6 +1629,12 @@ fn parse_manager(
             }
         }
     }
+    if http_method && e.attribute("HttpMethod").is_none() {
+        warnings.push(s.diag(
+            e,
+            "WARNING <Manager>: HttpMethod is ON (STON's default): PURGE, EXPIRE and HARDPURGE on the service ports are taken from every Admin address of <Allow>; a proxy or TLS terminator on such an address would pass them for every client. Set HttpMethod=\"OFF\" unless you need them",
+        ));
+    }
     if allow.is_empty() {
         warnings.push(s.diag(
             e,

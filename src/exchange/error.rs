@@ -44,6 +44,9 @@ pub enum ExchangeError {
     FillFailed,
     #[error("the request this one followed did not answer in time")]
     FillTimeout,
+    /// `Cache-Control: only-if-cached` and nothing usable stored (RFC 9111 §5.2.1.7).
+    #[error("only-if-cached and no usable stored response")]
+    NotCached,
     #[error("internal: {0}")]
     Internal(&'static str),
     #[error("{0}")]
@@ -60,6 +63,7 @@ impl ExchangeError {
             | ExchangeError::ClientGone
             | ExchangeError::ClientTooSlow
             | ExchangeError::UnknownVhost
+            | ExchangeError::NotCached
             | ExchangeError::Misdirected => Fault::Client,
             ExchangeError::Origin(_) | ExchangeError::FillFailed | ExchangeError::FillTimeout => {
                 Fault::Origin
@@ -92,7 +96,7 @@ impl ExchangeError {
             ExchangeError::Misdirected => 421,
             ExchangeError::Origin(e) => e.status(),
             ExchangeError::FillFailed => 502,
-            ExchangeError::FillTimeout => 504,
+            ExchangeError::FillTimeout | ExchangeError::NotCached => 504,
             ExchangeError::Internal(_) => 500,
             // Busy: the same request may succeed later.
             ExchangeError::Spool(crate::spool::SpoolError::Budget) => 503,
@@ -138,6 +142,7 @@ mod tests {
             ),
             (ExchangeError::ClientTimeout, Fault::Client, false, 408),
             (ExchangeError::UnknownVhost, Fault::Client, false, 404),
+            (ExchangeError::NotCached, Fault::Client, false, 504),
             (
                 OriginError::ConnectTimeout(3).into(),
                 Fault::Origin,

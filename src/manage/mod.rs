@@ -95,7 +95,8 @@ fn accept_loop(m: Arc<Manager>, listener: TcpListener) {
             .as_ref()
             .and_then(|s| s.role_of(peer.ip()));
         let Some(role) = role else {
-            log::info!("manager: {peer} is not in <Allow>; disconnected");
+            // Debug only: strangers must not be able to flood the log.
+            log::debug!("manager: {peer} is not in <Allow>; disconnected");
             drop(stream);
             continue;
         };
@@ -116,8 +117,15 @@ fn accept_loop(m: Arc<Manager>, listener: TcpListener) {
         let spawned = std::thread::Builder::new()
             .name("cairn-manager-conn".into())
             .spawn(move || {
+                // Released however the connection ends, a panic included.
+                struct Slot<'a>(&'a AtomicUsize);
+                impl Drop for Slot<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Relaxed);
+                    }
+                }
+                let _slot = Slot(&worker.active);
                 serve_conn(&worker, stream, peer, role);
-                worker.active.fetch_sub(1, Relaxed);
             });
         if let Err(e) = spawned {
             m.active.fetch_sub(1, Relaxed);
@@ -161,17 +169,31 @@ fn serve_conn(m: &Manager, mut stream: TcpStream, peer: SocketAddr, role: Role) 
     };
     let target = String::from_utf8_lossy(head.path()).into_owned();
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    // A browser on an allowed host must not be made to call the API for a page
+    // from elsewhere (CSRF, DNS rebinding): such requests carry Origin or
+    // Sec-Fetch-Site; curl, scripts and Prometheus do not.
+    let cross_site = head.header("origin").is_some()
+        || head
+            .header("sec-fetch-site")
+            .is_some_and(|v| !v.eq_ignore_ascii_case(b"none"));
     let (status, ctype, body) = if !matches!(head.method(), b"GET" | b"POST" | b"HEAD") {
         (
             405,
             "application/json",
             json::reply("", "MethodNotAllowed", "{}"),
         )
+    } else if cross_site {
+        (
+            403,
+            "application/json",
+            json::reply("", "CrossSiteRefused", "{}"),
+        )
     } else {
         route(m, role, path, query)
     };
+    // The query may hold a password (encryptpassword): only the path is logged.
     log::info!(
-        "manager: {peer} {} {target} -> {status}",
+        "manager: {peer} {} {path} -> {status}",
         String::from_utf8_lossy(head.method())
     );
     let body = if head.method() == b"HEAD" {
@@ -274,8 +296,8 @@ fn route(m: &Manager, role: Role, path: &str, query: &str) -> (u16, &'static str
                 },
             };
             let started = Instant::now();
-            let url = target::query_param(query, "url").unwrap_or_default();
-            let targets = match target::parse(&url) {
+            let url = target::raw_param(query, "url").unwrap_or_default();
+            let targets = match target::parse(url) {
                 Ok(t) => t,
                 Err(e) => {
                     return (
@@ -312,7 +334,7 @@ fn route(m: &Manager, role: Role, path: &str, query: &str) -> (u16, &'static str
 
 /// The vhost a purge target's host names (by name, alias or wildcard alias,
 /// on any listener; never the `<Default>` fallback).
-pub fn vhost_named<'a>(live: &'a Live, host: &str) -> Option<&'a crate::config::Vhost> {
+fn vhost_named<'a>(live: &'a Live, host: &str) -> Option<&'a crate::config::Vhost> {
     let cfg = &live.config;
     cfg.vhosts.iter().find(|v| v.name == host).or_else(|| {
         live.routers
@@ -323,7 +345,7 @@ pub fn vhost_named<'a>(live: &'a Live, host: &str) -> Option<&'a crate::config::
 }
 
 /// Applies `op` to every target; `Err(host)` for a host no vhost answers to
-/// (nothing after it is applied).
+/// (then nothing is applied).
 fn purge(
     shared: &Shared,
     live: &Live,
@@ -333,8 +355,12 @@ fn purge(
     let cache = &shared.cache;
     let now = now_ms();
     let mut total = PurgeCount::default();
-    for t in targets {
-        let vhost = vhost_named(live, &t.host).ok_or_else(|| t.host.clone())?;
+    // Every host first: a list naming an unknown one changes nothing.
+    let vhosts = targets
+        .iter()
+        .map(|t| vhost_named(live, &t.host).ok_or_else(|| t.host.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (t, vhost) in targets.iter().zip(vhosts) {
         let n = if t.is_pattern() {
             let mut prefix = vhost.name.as_bytes().to_vec();
             prefix.extend_from_slice(t.literal_prefix().as_bytes());
@@ -343,12 +369,12 @@ fn purge(
                 crate::policy::pattern::Case::Sensitive,
             );
             let name_len = vhost.name.len();
-            cache.apply_matching(0, &prefix, |k| pat.matches(&k[name_len..]), op, now)
+            cache.apply_matching(&prefix, |k| pat.matches(&k[name_len..]), op, now)
         } else {
             let key = CacheKey::new(&vhost.name, t.path.as_bytes(), Variant::Identity);
             let mut n = PurgeCount::default();
             for v in Variant::ALL {
-                if let Some(size) = cache.apply(0, key.with_variant(v).stored(), op, now) {
+                if let Some(size) = cache.apply(key.with_variant(v).stored(), op, now) {
                     n.count += 1;
                     n.bytes += size;
                 }
@@ -363,8 +389,8 @@ fn purge(
 
 /// `/monitoring/fileinfo?url=host/path` (STAT-2): every stored variant.
 fn fileinfo(shared: &Shared, query: &str) -> (u16, &'static str, String) {
-    let url = target::query_param(query, "url").unwrap_or_default();
-    let targets = match target::parse(&url) {
+    let url = target::raw_param(query, "url").unwrap_or_default();
+    let targets = match target::parse(url) {
         Ok(t) if t.len() == 1 && !t[0].is_pattern() => t,
         _ => return (400, JSON, json::reply("fileinfo", "BadRequest", "{}")),
     };
@@ -376,7 +402,7 @@ fn fileinfo(shared: &Shared, query: &str) -> (u16, &'static str, String) {
     let key = CacheKey::new(&vhost.name, targets[0].path.as_bytes(), Variant::Identity);
     let mut items = Vec::new();
     for v in Variant::ALL {
-        let Some(hit) = shared.cache.lookup(key.with_variant(v).stored()) else {
+        let Some(hit) = shared.cache.peek(key.with_variant(v).stored()) else {
             continue;
         };
         let field = |name: &[u8]| {

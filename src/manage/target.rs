@@ -76,7 +76,17 @@ pub fn parse(value: &str) -> Result<Vec<Target>, String> {
 /// A host name or address, port dropped, lower case.
 fn host_of(h: &str) -> Option<String> {
     let name = if let Some(v6) = h.strip_prefix('[') {
-        &h[..v6.find(']')? + 2]
+        let end = v6.find(']')? + 2;
+        // After the bracket: nothing, or a port.
+        let rest = &h[end..];
+        let port_ok = rest.is_empty()
+            || rest
+                .strip_prefix(':')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if !port_ok || v6[..end - 2].parse::<std::net::Ipv6Addr>().is_err() {
+            return None;
+        }
+        &h[..end]
     } else {
         h.rsplit_once(':')
             .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
@@ -115,6 +125,16 @@ pub fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of `name` in a query string as sent, not decoded: purge targets
+/// are matched byte for byte against request targets as clients sent them
+/// (`url=a.com/a%20b` names the URL `/a%20b`).
+pub fn raw_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
 }
 
 /// The value of `name` in a query string (`a=1&b=2`), percent-decoded.
@@ -160,7 +180,15 @@ mod tests {
         for (input, want) in table {
             assert_eq!(&parse(input).unwrap(), want, "{input}");
         }
-        for bad in ["/x", "a com/x", "a.com/x y", "a.com/\u{7}", "@/x"] {
+        for bad in [
+            "/x",
+            "a com/x",
+            "a.com/x y",
+            "a.com/\u{7}",
+            "@/x",
+            "[::1]junk/x",
+            "[foo]/x",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         let many = vec!["a.com/x"; MAX_TARGETS + 1].join("|");

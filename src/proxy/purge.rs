@@ -9,54 +9,55 @@ use crate::config::ServerSettings;
 use crate::exchange::{BodyLen, Downstream, ExchangeError, Head};
 use std::time::Instant;
 
-/// The operation a method names, when `<Manager HttpMethod="ON">`.
-pub fn op_of(server: &ServerSettings, method: &[u8]) -> Option<PurgeOp> {
-    server.manager.as_ref().filter(|m| m.http_method)?;
-    match method {
-        b"PURGE" => Some(PurgeOp::Purge),
-        b"EXPIRE" => Some(PurgeOp::Expire),
-        b"HARDPURGE" => Some(PurgeOp::HardPurge),
-        _ => None,
-    }
+/// The operation a method names, when cairn has a `<Manager>` (without one
+/// these methods are the origin's). `Some(None)`: the method is refused
+/// (`HttpMethod="OFF"`), never passed to the origin.
+pub fn op_of(server: &ServerSettings, method: &[u8]) -> Option<Option<PurgeOp>> {
+    let m = server.manager.as_ref()?;
+    let op = match method {
+        b"PURGE" => PurgeOp::Purge,
+        b"EXPIRE" => PurgeOp::Expire,
+        b"HARDPURGE" => PurgeOp::HardPurge,
+        _ => return None,
+    };
+    Some(m.http_method.then_some(op))
 }
 
 pub async fn by_method<D: Downstream>(
     cx: &RequestCtx<'_>,
     down: &mut D,
-    op: PurgeOp,
+    op: Option<PurgeOp>,
 ) -> Result<(), ExchangeError> {
     let method = String::from_utf8_lossy(cx.head.method()).to_ascii_lowercase();
-    let admin = cx
+    let role = cx
         .server
         .manager
         .as_ref()
-        .and_then(|m| m.role_of(cx.req.conn.peer.ip()))
-        == Some(Role::Admin);
-    let (status, body) = if admin {
-        let started = Instant::now();
-        let cache = &cx.shard.shared.cache;
-        let mut n = PurgeCount::default();
-        for v in Variant::ALL {
-            if let Some(size) =
-                cache.apply(cx.shard.id, cx.key.with_variant(v).stored(), op, cx.now_ms)
-            {
-                n.count += 1;
-                n.bytes += size;
+        .and_then(|m| m.role_of(cx.req.conn.peer.ip()));
+    let reply = |status: &str| crate::json::reply(&method, status, "{}");
+    let (status, body) = match (op, role) {
+        (None, _) => (405, reply("MethodNotAllowed")),
+        (Some(op), Some(Role::Admin)) => {
+            let started = Instant::now();
+            let cache = &cx.shard.shared.cache;
+            let mut n = PurgeCount::default();
+            for v in Variant::ALL {
+                if let Some(size) = cache.apply(cx.key.with_variant(v).stored(), op, cx.now_ms) {
+                    n.count += 1;
+                    n.bytes += size;
+                }
             }
+            let ms = started.elapsed().as_millis() as u64;
+            let result = crate::json::purge_result(n.count, n.bytes, ms);
+            (200, crate::json::reply(&method, "OK", &result))
         }
-        let ms = started.elapsed().as_millis() as u64;
-        (
-            200,
-            crate::json::reply(
-                &method,
-                "OK",
-                &crate::json::purge_result(n.count, n.bytes, ms),
-            ),
-        )
-    } else {
-        cx.result.set(CacheResult::Denied);
-        (403, crate::json::reply(&method, "Forbidden", "{}"))
+        // PRG-5: a known address without the right gets 401, a stranger 403.
+        (Some(_), Some(_)) => (401, reply("Unauthorized")),
+        (Some(_), None) => (403, reply("Forbidden")),
     };
+    if status != 200 {
+        cx.result.set(CacheResult::Denied);
+    }
     let body = bytes::Bytes::from(body);
     let mut head = Head::new(status, BodyLen::Known(body.len() as u64));
     head.push(b"Content-Type", b"application/json".to_vec());

@@ -170,6 +170,17 @@ pub async fn send(
     opts: &OriginOpts<'_>,
     body: Option<std::rc::Rc<crate::spool::RequestBody>>,
 ) -> Result<OriginReply, ExchangeError> {
+    let (origin, oreq) = prepare(cx, opts, body);
+    Ok(exchange::send(&cx.shard.upstreams, cx.vhost, origin, &oreq).await?)
+}
+
+/// The address to ask and the request to send it, for [`send`] or for a task
+/// that outlives the exchange (a background revalidation).
+pub fn prepare<'v>(
+    cx: &RequestCtx<'v>,
+    opts: &OriginOpts<'_>,
+    body: Option<std::rc::Rc<crate::spool::RequestBody>>,
+) -> (&'v OriginAddr, OriginRequest) {
     let up = &cx.shard.upstreams;
     let o = &cx.vhost.options;
     let opts = &OriginOpts {
@@ -199,7 +210,7 @@ pub async fn send(
         idempotent: opts.for_cache || cx.head.is_idempotent(),
         head_method: opts.method.unwrap_or(cx.head.method()) == b"HEAD",
     };
-    Ok(exchange::send(up, cx.vhost, origin, &oreq).await?)
+    (origin, oreq)
 }
 
 #[cfg(test)]

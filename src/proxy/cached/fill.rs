@@ -109,20 +109,35 @@ pub(super) fn plan_input<'a>(
 
 /// TTL-6: the first ttl.txt rule matching this request and the origin's status.
 pub(super) fn custom_ttl(cx: &RequestCtx<'_>, status: u16) -> Option<u64> {
-    let v = cx.vhost;
+    custom_ttl_for(
+        cx.vhost,
+        cx.head,
+        cx.req.conn.peer.ip(),
+        status,
+        cx.now_ms / 1000,
+    )
+}
+
+pub(super) fn custom_ttl_for(
+    v: &crate::config::Vhost,
+    head: &crate::http1::RequestHead,
+    client_ip: std::net::IpAddr,
+    status: u16,
+    now_s: u64,
+) -> Option<u64> {
     if v.ttl_rules.is_empty() || v.options.ttl_mode != crate::config::TtlMode::Ston {
         return None;
     }
-    let headers = crate::policy::HeaderIter(|| cx.head.headers());
+    let headers = crate::policy::HeaderIter(|| head.headers());
     let ctx = crate::policy::MatchCtx {
-        client_ip: cx.req.conn.peer.ip(),
-        method: cx.head.method(),
-        url: cx.head.path(),
+        client_ip,
+        method: head.method(),
+        url: head.path(),
         headers: &headers,
         mime: None,
         geo: None,
     };
-    crate::policy::ttl::custom_ttl(&v.ttl_rules, &ctx, status, cx.now_ms / 1000)
+    crate::policy::ttl::custom_ttl(&v.ttl_rules, &ctx, status, now_s)
 }
 
 /// Answers from an origin response while storing it (when it may be stored) and,

@@ -3,6 +3,7 @@
 //! `conditional`, `multipart`, `plan` and `cache::freshness`; the other files
 //! move bytes between them, the origin and the downstream.
 
+mod background;
 mod compress;
 mod conditional;
 mod fill;
@@ -120,18 +121,105 @@ fn qvalue_nonzero(q: &[u8]) -> bool {
     }
 }
 
+/// What the client's request says about using a stored response (RFC 9111
+/// §5.2.1; STON's TTL-9 for its client no-cache).
+#[derive(Debug, Clone, Copy, Default)]
+struct ClientWants {
+    /// `no-cache`, `max-age=0` or (without Cache-Control) `Pragma: no-cache`.
+    no_cache: bool,
+    cc: CacheControl,
+}
+
+fn client_wants(h: &RequestHead) -> ClientWants {
+    let cc = CacheControl::parse(
+        h.headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"cache-control"))
+            .map(|(_, v)| v),
+    );
+    let pragma = cc == CacheControl::default()
+        && h.headers().any(|(n, v)| {
+            n.eq_ignore_ascii_case(b"pragma")
+                && crate::http1::headers::connection_names(v, b"no-cache")
+        });
+    ClientWants {
+        no_cache: cc.no_cache || cc.max_age == Some(0) || pragma,
+        cc,
+    }
+}
+
 /// The hit is inline; revalidation and misses are boxed: they are rarer and
 /// their futures large, and inline they would grow every request's allocation.
 pub async fn serve<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D) -> Result<(), ExchangeError> {
     let cache = &cx.shard.shared.cache;
+    let ston = cx.vhost.options.ttl_mode == TtlMode::Ston;
+    let p = &cx.vhost.options.ttl;
+    // Read only when the client sent Cache-Control or Pragma: most do not.
+    let asks = cx.head.headers().any(|(n, _)| {
+        n.eq_ignore_ascii_case(b"cache-control") || n.eq_ignore_ascii_case(b"pragma")
+    });
+    let wants = if asks {
+        client_wants(cx.head)
+    } else {
+        ClientWants::default()
+    };
+    // TTL-9: BypassNoCacheRequest sends a client no-cache straight to the origin.
+    if ston && wants.no_cache && p.bypass_no_cache_request {
+        return Box::pin(super::pass::forward(
+            cx,
+            down,
+            CacheResult::ClientRefreshMiss,
+        ))
+        .await;
+    }
     if let Some(hit) = cache.lookup(cx.key.stored()) {
-        if hit.times.is_fresh(cx.now_ms) {
+        let now = cx.now_ms;
+        let t = &hit.times;
+        // Revalidation the client asks for: TTL-9's NoCacheRequestExpire in
+        // STON mode, the request directives in RFC 9111 mode.
+        let client_forces = match ston {
+            true => wants.no_cache && p.no_cache_request_expire,
+            false => {
+                wants.no_cache
+                    || wants
+                        .cc
+                        .max_age
+                        .is_some_and(|m| t.current_age_ms(now) > m.saturating_mul(1000))
+                    || wants.cc.min_fresh.is_some_and(|m| t.ttl_left_s(now) < m)
+            }
+        };
+        if t.is_fresh(now) && !client_forces {
             cache.stats.hits.fetch_add(1, Relaxed);
-            return hit::send_hit(cx, down, &hit, CacheResult::Hit, cx.now_ms).await;
+            return hit::send_hit(cx, down, &hit, CacheResult::Hit, now).await;
+        }
+        let purged = t.flags & crate::cache::freshness::FLAG_PURGED != 0;
+        // RFC 9111 §4.2.4: a client that accepts staleness (max-stale) gets the
+        // stored copy unless the response forbade it.
+        let stale_ms = t.current_age_ms(now).saturating_sub(t.lifetime_ms);
+        let accepted_stale = !ston
+            && !client_forces
+            && !purged
+            && t.may_serve_stale()
+            && wants
+                .cc
+                .max_stale
+                .is_some_and(|m| stale_ms <= m.saturating_mul(1000));
+        if accepted_stale {
+            cache.stats.hits.fetch_add(1, Relaxed);
+            return hit::send_hit(cx, down, &hit, CacheResult::Hit, now).await;
+        }
+        if !client_forces
+            && !purged
+            && serves_stale_while_revalidating(cx, &hit, stale_ms)
+            && background::start(cx, &hit)
+        {
+            cache.stats.hits.fetch_add(1, Relaxed);
+            return hit::send_hit(cx, down, &hit, CacheResult::Hit, now).await;
+        }
+        if wants.cc.only_if_cached && !ston {
+            return Err(ExchangeError::NotCached);
         }
         // A purged object is fetched again without validators, but kept until
         // then: it is served if the origin fails (PRG-1).
-        let purged = hit.times.flags & crate::cache::freshness::FLAG_PURGED != 0;
         if purged || !hit.etag.is_empty() || hit.last_modified_s != 0 {
             return Box::pin(revalidate::revalidate(cx, down, hit)).await;
         }
@@ -139,8 +227,48 @@ pub async fn serve<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D) -> Result<(
         drop(hit);
         return Box::pin(fill::miss(cx, down, CacheResult::RefMiss)).await;
     }
+    if wants.cc.only_if_cached && !ston {
+        return Err(ExchangeError::NotCached);
+    }
     cache.stats.misses.fetch_add(1, Relaxed);
     Box::pin(fill::miss(cx, down, CacheResult::Miss)).await
+}
+
+/// May this stale object be served now while it is revalidated behind the
+/// client's back? STON: `<RefreshExpired>OFF` (TTL-8), for any stale object
+/// but one stored as always-revalidate (NoCache `Expire="ON"`). RFC 9111 mode:
+/// the response's `stale-while-revalidate` window (RFC 5861), unless it
+/// forbade serving stale.
+fn serves_stale_while_revalidating(
+    cx: &RequestCtx<'_>,
+    hit: &crate::cache::Hit,
+    stale_ms: u64,
+) -> bool {
+    use crate::cache::freshness::FLAG_NO_CACHE;
+    if hit.times.flags & FLAG_NO_CACHE != 0 {
+        return false;
+    }
+    if cx.vhost.options.ttl_mode == TtlMode::Ston {
+        return !cx.vhost.options.ttl.refresh_expired;
+    }
+    if !hit.times.may_serve_stale() {
+        return false;
+    }
+    let window = hit
+        .headers
+        .split(|&b| b == b'\n')
+        .filter_map(|l| {
+            let i = l.iter().position(|&b| b == b':')?;
+            l[..i]
+                .eq_ignore_ascii_case(b"cache-control")
+                .then(|| &l[i + 1..])
+        })
+        .fold(CacheControl::default(), |mut cc, v| {
+            cc.add(v.strip_suffix(b"\r").unwrap_or(v));
+            cc
+        })
+        .stale_while_revalidate;
+    window.is_some_and(|w| stale_ms <= w.saturating_mul(1000))
 }
 
 /// How a cache request goes to the origin: GET (a HEAD miss fills with GET), no

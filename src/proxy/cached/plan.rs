@@ -310,6 +310,13 @@ pub fn plan(i: &PlanInput<'_>) -> Result<FillPlan, &'static str> {
     if ston {
         // KEY-5: STON stores the object and never its cookies.
         headers = without(&headers, &[b"set-cookie", b"set-cookie2"]);
+        // TTL-2: NoCache/NoStore `MaxAge` is what clients are told.
+        let class =
+            ttl::Class::from_bits((flags & freshness::CLASS_MASK) >> freshness::CLASS_SHIFT);
+        if let Some(m) = i.options.ttl.client_max_age(class) {
+            headers = without(&headers, &[b"cache-control"]);
+            headers.extend_from_slice(format!("Cache-Control: max-age={m}\r\n").as_bytes());
+        }
     }
     if facts.date_s.is_none() {
         crate::proxy::response::write_date_line(&mut headers);
@@ -333,7 +340,7 @@ pub fn plan(i: &PlanInput<'_>) -> Result<FillPlan, &'static str> {
         times: Times {
             request_time_ms: i.request_time_ms,
             response_time_ms: i.response_time_ms,
-            date_s: facts.date_s.unwrap_or(i.response_time_ms / 1000),
+            date_s: facts.date_s.unwrap_or(0),
             age_s: age_of(i.reply),
             lifetime_ms,
             flags,
@@ -341,6 +348,11 @@ pub fn plan(i: &PlanInput<'_>) -> Result<FillPlan, &'static str> {
         length: i.length,
         has_body: i.has_body,
     };
+    if ston {
+        // STON's TTL counts from when the response arrived (TTL-3), whatever
+        // age the origin gave it (which Age still reports, AGE-1).
+        p.times.lifetime_ms = p.times.lifetime_ms.saturating_add(p.times.initial_age_ms());
+    }
     if let (true, Some(n)) = (p.etag.is_empty(), i.length) {
         add_generated_etag(&mut p, n);
     }

@@ -23,32 +23,14 @@ pub async fn revalidate<D: Downstream>(
     down: &mut D,
     hit: Hit,
 ) -> Result<(), ExchangeError> {
-    let mut extra = Vec::new();
-    // A generated ETag means nothing to the origin: ask with the date only. A
-    // gzip variant cairn made asks with the origin's tag behind its own.
     let purged = hit.times.flags & freshness::FLAG_PURGED != 0;
-    let generated = purged || hit.times.flags & freshness::FLAG_GENERATED_ETAG != 0;
-    let tag = match hit.times.flags & freshness::FLAG_COMPRESSED != 0 {
-        true => super::plan::origin_etag_of_gzip(&hit.etag),
-        false => Some(hit.etag.to_vec()),
-    };
-    if let Some(tag) = tag.filter(|t| !t.is_empty() && !generated) {
-        extra.extend_from_slice(b"If-None-Match: ");
-        extra.extend_from_slice(&tag);
-        extra.extend_from_slice(b"\r\n");
-    }
-    if hit.last_modified_s != 0 && !purged {
-        extra.extend_from_slice(b"If-Modified-Since: ");
-        let lm = UNIX_EPOCH + std::time::Duration::from_secs(hit.last_modified_s);
-        extra.extend_from_slice(crate::httpdate::format(lm).as_bytes());
-        extra.extend_from_slice(b"\r\n");
-    }
+    let extra = validators(&hit);
     let request_time = now_ms();
     let ston = cx.vhost.options.ttl_mode == TtlMode::Ston;
     let ask = origin_opts(cx, &extra);
     match send_to_origin(cx, &ask).await {
         Ok(reply) if reply.head.status == 304 => {
-            let (times, headers) = refreshed(cx, &hit, &reply.head, request_time, now_ms());
+            let (times, headers) = refreshed(cx.vhost, &hit, &reply.head, request_time, now_ms());
             cx.shard
                 .shared
                 .cache
@@ -69,7 +51,7 @@ pub async fn revalidate<D: Downstream>(
                 String::from_utf8_lossy(cx.head.path()),
                 hit.status / 100
             );
-            let ttl_ms = ston_refreshed_lifetime(cx, &hit, &Default::default());
+            let ttl_ms = ston_refreshed_lifetime(cx.vhost, &hit, &Default::default());
             extend(cx, down, hit, ttl_ms, CacheResult::RefFailHit).await
         }
         Ok(reply) => {
@@ -101,7 +83,7 @@ pub async fn revalidate<D: Downstream>(
             )
             .await
         }
-        Err(e) if purged || hit.times.may_serve_stale() => {
+        Err(e) if hit.times.may_serve_stale() => {
             log::info!(
                 "vhost {}: serving stale {} after origin failure ({e})",
                 cx.vhost.name,
@@ -145,16 +127,43 @@ async fn extend<D: Downstream>(
     send_hit(cx, down, &kept, result, now).await
 }
 
+/// The conditional fields that ask the origin whether `hit` changed: none for a
+/// purged object (PRG-1: fetched again whole).
+pub(super) fn validators(hit: &Hit) -> Vec<u8> {
+    let mut extra = Vec::new();
+    let purged = hit.times.flags & freshness::FLAG_PURGED != 0;
+    // A generated ETag means nothing to the origin: ask with the date only. A
+    // gzip variant cairn made asks with the origin's tag behind its own.
+    let generated = purged || hit.times.flags & freshness::FLAG_GENERATED_ETAG != 0;
+    let tag = match hit.times.flags & freshness::FLAG_COMPRESSED != 0 {
+        true => super::plan::origin_etag_of_gzip(&hit.etag),
+        false => Some(hit.etag.to_vec()),
+    };
+    if let Some(tag) = tag.filter(|t| !t.is_empty() && !generated) {
+        extra.extend_from_slice(b"If-None-Match: ");
+        extra.extend_from_slice(&tag);
+        extra.extend_from_slice(b"\r\n");
+    }
+    if hit.last_modified_s != 0 && !purged {
+        extra.extend_from_slice(b"If-Modified-Since: ");
+        let lm = UNIX_EPOCH + std::time::Duration::from_secs(hit.last_modified_s);
+        extra.extend_from_slice(crate::httpdate::format(lm).as_bytes());
+        extra.extend_from_slice(b"\r\n");
+    }
+    extra
+}
+
 /// RFC 9111 §4.3.4: the 304's headers replace the stored ones of the same name, and
 /// the time facts restart from the 304.
-fn refreshed(
-    cx: &RequestCtx<'_>,
+pub(super) fn refreshed(
+    vhost: &crate::config::Vhost,
     hit: &Hit,
     r304: &ResponseHead,
     request_time: u64,
     response_time: u64,
 ) -> (Times, Bytes) {
-    let policy = cx.vhost.options.headers;
+    let ston = vhost.options.ttl_mode == TtlMode::Ston;
+    let policy = vhost.options.headers;
     let new_lines = kept_headers(r304, policy);
     let mut merged = Vec::with_capacity(hit.headers.len() + new_lines.len());
     // cairn's own ETag (generated, or a gzip variant's) is not the origin's to
@@ -185,8 +194,8 @@ fn refreshed(
         }
     }
     let facts = response_facts(r304);
-    let lifetime_ms = if cx.vhost.options.ttl_mode == TtlMode::Ston {
-        ston_refreshed_lifetime(cx, hit, &facts)
+    let lifetime_ms = if vhost.options.ttl_mode == TtlMode::Ston {
+        ston_refreshed_lifetime(vhost, hit, &facts)
     } else {
         match freshness::storable(
             &ResponseFacts {
@@ -203,28 +212,38 @@ fn refreshed(
     let times = Times {
         request_time_ms: request_time,
         response_time_ms: response_time,
-        date_s: facts.date_s.unwrap_or(response_time / 1000),
+        date_s: facts.date_s.unwrap_or(0),
         age_s: age_of(r304),
         lifetime_ms,
         // A 304 may tighten the rules (no-cache, must-revalidate); it cannot loosen them.
         flags: hit.times.flags | revalidation_flags(&facts.cc, facts.pragma_no_cache),
     };
+    let times = match ston {
+        true => Times {
+            lifetime_ms: lifetime_ms.saturating_add(times.initial_age_ms()),
+            ..times
+        },
+        false => times,
+    };
     (times, Bytes::from(merged))
 }
 
-/// TTL-2: a STON class TTL grows by its Ratio on each 304 (to its Max); a
-/// ttl.txt TTL is fixed; an origin-given one follows the 304's own max-age.
-fn ston_refreshed_lifetime(cx: &RequestCtx<'_>, hit: &Hit, facts: &ResponseFacts) -> u64 {
-    let p = &cx.vhost.options.ttl;
+/// TTL-2: the TTL after a 304, from then on. A STON class TTL grows by its
+/// Ratio on each 304 (to its Max); a ttl.txt TTL is fixed; an origin-given one
+/// follows the 304's own max-age.
+fn ston_refreshed_lifetime(vhost: &crate::config::Vhost, hit: &Hit, facts: &ResponseFacts) -> u64 {
+    let p = &vhost.options.ttl;
     let class =
         Class::from_bits((hit.times.flags & freshness::CLASS_MASK) >> freshness::CLASS_SHIFT);
+    // The TTL part of the lifetime: STON's TTL counts from arrival.
+    let ttl = hit
+        .times
+        .lifetime_ms
+        .saturating_sub(hit.times.initial_age_ms());
     match (class, p.class_ttl(class)) {
-        (_, Some(c)) => c.grown_ms(hit.times.lifetime_ms),
-        (Class::Origin, None) => facts
-            .cc
-            .max_age
-            .map_or(hit.times.lifetime_ms, |s| s.saturating_mul(1000)),
-        _ => hit.times.lifetime_ms,
+        (_, Some(c)) => c.grown_ms(ttl),
+        (Class::Origin, None) => facts.cc.max_age.map_or(ttl, |s| s.saturating_mul(1000)),
+        _ => ttl,
     }
 }
 

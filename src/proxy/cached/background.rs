@@ -1,0 +1,161 @@
+//! Revalidation in the background (TTL-8 `RefreshExpired OFF`, RFC 5861
+//! `stale-while-revalidate`): the client is answered from the stale copy at
+//! once; one task per key asks the origin and swaps the object in place when
+//! it answers. Clients already reading the old body finish it (their lease
+//! keeps the bytes).
+
+use super::fill::{custom_ttl_for, FillSlot};
+use super::plan::{plan, PlanInput};
+use super::revalidate::{refreshed, validators};
+use super::{origin_opts, request_facts};
+use crate::cache::freshness::FLAG_COMPRESSED;
+use crate::cache::Hit;
+use crate::context::Shared;
+use crate::origin::exchange::{self, OriginReply};
+use crate::proxy::request::{now_ms, RequestCtx};
+use crate::proxy::upstream::{self, OriginOpts};
+use std::sync::Arc;
+
+/// Releases the key's refresh claim however the task ends (a panic included).
+struct Claim(Arc<Shared>, Vec<u8>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.cache.end_refresh(&self.1);
+    }
+}
+
+/// Starts the background revalidation of `hit`, unless one runs for its key
+/// already. `false` when none could start (the shard's fills are all in use):
+/// the caller revalidates in the foreground.
+pub(super) fn start(cx: &RequestCtx<'_>, hit: &Hit) -> bool {
+    let shared = cx.shard.shared.clone();
+    let key = cx.key.stored().to_vec();
+    if !shared.cache.begin_refresh(&key) {
+        return true;
+    }
+    let claim = Claim(shared.clone(), key);
+    let Some(slot) = FillSlot::take(cx, cx.server.max_fills) else {
+        return false;
+    };
+    let extra = validators(hit);
+    let ask = origin_opts(cx, &extra);
+    let opts = OriginOpts {
+        method: Some(b"GET"),
+        for_cache: true,
+        extra: &ask.0,
+        headers: ask.1,
+        ..OriginOpts::default()
+    };
+    let (origin, oreq) = upstream::prepare(cx, &opts, None);
+    let job = Job {
+        origin: origin.clone(),
+        vhost: cx.vhost.clone(),
+        head: cx.head.clone(),
+        request: request_facts(cx),
+        client_ip: cx.req.conn.peer.ip(),
+        shard: cx.shard.id,
+        hit: hit.clone(),
+    };
+    let up = cx.shard.upstreams.clone();
+    tokio_uring::spawn(async move {
+        let _slot = slot;
+        let request_time = now_ms();
+        let reply = exchange::send(&up, &job.vhost, &job.origin, &oreq).await;
+        job.finish(&claim, reply, request_time).await;
+    });
+    true
+}
+
+struct Job {
+    origin: crate::config::OriginAddr,
+    vhost: crate::config::Vhost,
+    head: crate::http1::RequestHead,
+    request: crate::cache::freshness::RequestFacts,
+    client_ip: std::net::IpAddr,
+    shard: usize,
+    hit: Hit,
+}
+
+impl Job {
+    async fn finish(
+        &self,
+        claim: &Claim,
+        reply: Result<OriginReply, crate::origin::OriginError>,
+        request_time: u64,
+    ) {
+        let (shared, key) = (&claim.0, &claim.1[..]);
+        let label = || {
+            format!(
+                "vhost {}: background revalidation of {}",
+                self.vhost.name,
+                String::from_utf8_lossy(self.head.path())
+            )
+        };
+        let mut reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                // The stale copy stays; the next stale request tries again.
+                log::info!("{}: {e}; the stale copy stays", label());
+                return;
+            }
+        };
+        if reply.head.status == 304 {
+            let (times, headers) =
+                refreshed(&self.vhost, &self.hit, &reply.head, request_time, now_ms());
+            shared.cache.refresh(key, self.hit.loc, times, headers);
+            return;
+        }
+        // A changed object: stored whole here, or dropped so the next request
+        // fills it in the usual way (unknown length, not storable, a gzip
+        // variant cairn makes from the identity object).
+        let input = PlanInput {
+            reply: &reply.head,
+            length: reply.length(),
+            has_body: reply.has_body(),
+            until_close: reply.until_close(),
+            request: self.request,
+            options: &self.vhost.options,
+            max_object: shared.cache.config().max_object,
+            request_time_ms: request_time,
+            response_time_ms: now_ms(),
+            custom_ttl: custom_ttl_for(
+                &self.vhost,
+                &self.head,
+                self.client_ip,
+                reply.head.status,
+                request_time / 1000,
+            ),
+        };
+        let planned = plan(&input).ok().filter(|p| p.length.is_some());
+        let writer = match planned {
+            Some(p) if self.hit.times.flags & FLAG_COMPRESSED == 0 => {
+                let n = p.length.unwrap_or(0);
+                shared.cache.writer(self.shard, key, &p.meta(), n)
+            }
+            _ => None,
+        };
+        let Some(mut w) = writer else {
+            log::debug!("{}: changed, not stored here; dropped", label());
+            shared.cache.remove(key);
+            return;
+        };
+        loop {
+            match reply.next().await {
+                Ok(Some(b)) => {
+                    if !w.push(&b) {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    if !w.commit() {
+                        shared.cache.remove(key);
+                    }
+                    return;
+                }
+                // Already logged; the stale copy stays.
+                Err(_) => return,
+            }
+        }
+    }
+}
