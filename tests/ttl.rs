@@ -310,8 +310,9 @@ fn ttl_8_refresh_expired_off_answers_100_clients_from_the_stale_copy_with_one_re
         "{:?}",
         times[n - 1]
     );
-    // Measured here: a median of 0.36 ms; the bound leaves room for a busy CI.
-    assert!(median < Duration::from_millis(5), "median {median:?}");
+    // Measured alone: a median of 0.36 ms (5 ms with the other tests of
+    // this file running on the same 2 cores); the bound leaves room for that.
+    assert!(median < Duration::from_millis(25), "median {median:?}");
     std::thread::sleep(Duration::from_millis(1700));
     let revalidations = origin
         .seen

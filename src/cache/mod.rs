@@ -137,7 +137,15 @@ pub struct Cache {
     /// Keys with a background revalidation running (TTL-8, RFC 5861): one at
     /// a time per key. Touched on stale hits only.
     refreshing: std::sync::Mutex<ahash::AHashSet<u64>>,
+    /// The Vary index: base key hash → the selecting fields its responses
+    /// name (RFC 9111 §4.1). Read per request only while it holds anything.
+    vary: papaya::HashMap<u64, key::VaryNames, ahash::RandomState>,
+    vary_len: AtomicU64,
 }
+
+/// The Vary index holds at most this many URLs beyond the object count (a
+/// hostile origin varying every URL cannot grow it without bound).
+const VARY_SLACK: usize = 65_536;
 
 /// A cache hit: everything needed to answer, borrowed from the mapping.
 #[derive(Debug, Clone)]
@@ -158,11 +166,24 @@ impl Cache {
     pub fn open(config: StoreConfig, shards: usize) -> Result<(Cache, Recovery), StoreError> {
         let (store, recovery) = Store::open(config, shards)?;
         Ok((
-            Cache {
-                store,
-                fills: Arc::new(Fills::default()),
-                stats: CacheStats::default(),
-                refreshing: Default::default(),
+            {
+                let c = Cache {
+                    store,
+                    fills: Arc::new(Fills::default()),
+                    stats: CacheStats::default(),
+                    refreshing: Default::default(),
+                    vary: papaya::HashMap::builder()
+                        .hasher(ahash::RandomState::new())
+                        .build(),
+                    vary_len: AtomicU64::new(0),
+                };
+                // Varied keys name their fields: the Vary index comes back with them.
+                c.store.keys.for_prefix(b"", |k| {
+                    if let Some((base, names)) = key::vary_of(k) {
+                        c.set_vary(base, Some(names.into()));
+                    }
+                });
+                c
             },
             recovery,
         ))
@@ -258,13 +279,27 @@ impl Cache {
     /// method), for good: their records die on disk too. Returns how many
     /// objects were removed.
     pub fn invalidate(&self, key: &CacheKey) -> usize {
-        Variant::ALL
-            .iter()
-            .filter(|&&v| {
-                let k = key.with_variant(v);
-                self.apply(k.stored(), PurgeOp::HardPurge, 0).is_some()
-            })
-            .count()
+        self.apply_all_variants(key.primary(), PurgeOp::HardPurge, 0)
+            .count as usize
+    }
+
+    /// Applies `op` to every variant stored under `primary` (the coding
+    /// variants, and every Vary variant of each).
+    pub fn apply_all_variants(&self, primary: &[u8], op: PurgeOp, now_ms: u64) -> PurgeCount {
+        let base = CacheKey::from_primary(primary);
+        let mut n = PurgeCount::default();
+        for v in Variant::ALL {
+            if let Some(size) = self.apply(base.with_variant(v).stored(), op, now_ms) {
+                n.count += 1;
+                n.bytes += size;
+            }
+        }
+        let mut prefix = primary.to_vec();
+        prefix.push(0);
+        let varied = self.apply_matching(&prefix, |p| p == primary, op, now_ms);
+        n.count += varied.count;
+        n.bytes += varied.bytes;
+        n
     }
 
     /// Applies `op` to the object stored under `key`; its body size when there
@@ -378,6 +413,34 @@ impl Cache {
             }
         });
         n
+    }
+
+    /// The fields `base`'s responses vary on, when it is known to vary.
+    pub fn vary_names(&self, base: &[u8]) -> Option<key::VaryNames> {
+        if self.vary_len.load(Relaxed) == 0 {
+            return None;
+        }
+        self.vary.pin().get(&record::key_hash(base)).cloned()
+    }
+
+    /// Records what `base` varies on (`None`: nothing). `false` when the index
+    /// is full: the response is then not stored.
+    pub fn set_vary(&self, base: &[u8], names: Option<key::VaryNames>) -> bool {
+        let h = record::key_hash(base);
+        let guard = self.vary.pin();
+        match names {
+            Some(n) => {
+                if guard.len() >= self.objects() + VARY_SLACK && guard.get(&h).is_none() {
+                    return false;
+                }
+                guard.insert(h, n);
+            }
+            None => {
+                guard.remove(&h);
+            }
+        }
+        self.vary_len.store(guard.len() as u64, Relaxed);
+        true
     }
 
     /// Claims the background revalidation of `key`; `false` if one runs.

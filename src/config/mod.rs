@@ -89,6 +89,10 @@ pub struct Options {
     pub forwarded_headers: bool,
     /// `<Compression Method Level SourceSize>` (GZ-1): `Some` when ON.
     pub compression: Option<CompressionSettings>,
+    /// `<VaryHeader>` (KEY-4): the Vary fields honoured in STON mode (lower
+    /// case; `*` for all). Empty, STON's default: Vary is ignored. RFC 9111
+    /// mode honours every field whatever this says.
+    pub vary_headers: Vec<Box<[u8]>>,
     /// `<Drm Status="Active">` (DRM-1..DRM-7).
     pub drm: Option<std::sync::Arc<crate::policy::drm::DrmSettings>>,
 }
@@ -205,6 +209,7 @@ impl Default for Options {
                 .collect(),
             forwarded_headers: false,
             compression: None,
+            vary_headers: Vec::new(),
             drm: None,
         }
     }

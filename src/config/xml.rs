@@ -222,8 +222,9 @@ pub(super) fn load(
                             format!(
                                 "WARNING vhost '{}': STON TTL mode (no <TTL Mode>) caches as STON \
                                  does: responses marked no-store, private or no-cache are stored for \
-                                 <NoStore>/<NoCache> seconds, Set-Cookie is stripped and stored \
-                                 objects are served whatever Cookie the request carried, so \
+                                 <NoStore>/<NoCache> seconds, Set-Cookie is stripped, Vary is ignored unless \
+                                 <VaryHeader> lists the field, and stored objects are served \
+                                 whatever Cookie the request carried, so \
                                  personal pages can reach other clients; set <TTL Mode=\"rfc9111\"> \
                                  for RFC 9111 caching",
                                 vh.name
@@ -815,6 +816,16 @@ fn apply_options(
                 o.modify_header = on_off(s, e)?.then_some(first_only);
             }
             "AgeHeader" => o.age_header = on_off(s, e)?,
+            "VaryHeader" => {
+                let mut list = Vec::new();
+                for name in text(e).split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    if name != "*" && !crate::policy::cond::is_token(name) {
+                        return Err(s.err(e, format!("<VaryHeader> '{name}' is not a header name")));
+                    }
+                    list.push(name.to_ascii_lowercase().into_bytes().into_boxed_slice());
+                }
+                o.vary_headers = list;
+            }
             "AcceptEncoding" => o.accept_encoding = on_off(s, e)?,
             "Compression" => o.compression = parse_compression(s, e)?,
             "Drm" => o.drm = parse_drm(s, e, warnings)?.map(std::sync::Arc::new),

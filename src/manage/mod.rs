@@ -372,14 +372,7 @@ fn purge(
             cache.apply_matching(&prefix, |k| pat.matches(&k[name_len..]), op, now)
         } else {
             let key = CacheKey::new(&vhost.name, t.path.as_bytes(), Variant::Identity);
-            let mut n = PurgeCount::default();
-            for v in Variant::ALL {
-                if let Some(size) = cache.apply(key.with_variant(v).stored(), op, now) {
-                    n.count += 1;
-                    n.bytes += size;
-                }
-            }
-            n
+            cache.apply_all_variants(key.primary(), op, now)
         };
         total.count += n.count;
         total.bytes += n.bytes;

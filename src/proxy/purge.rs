@@ -3,7 +3,7 @@
 
 use super::request::RequestCtx;
 use super::send_own;
-use crate::cache::{CacheResult, PurgeCount, PurgeOp, Variant};
+use crate::cache::{CacheResult, PurgeOp};
 use crate::config::manager::Role;
 use crate::config::ServerSettings;
 use crate::exchange::{BodyLen, Downstream, ExchangeError, Head};
@@ -40,13 +40,7 @@ pub async fn by_method<D: Downstream>(
         (Some(op), Some(Role::Admin)) => {
             let started = Instant::now();
             let cache = &cx.shard.shared.cache;
-            let mut n = PurgeCount::default();
-            for v in Variant::ALL {
-                if let Some(size) = cache.apply(cx.key.with_variant(v).stored(), op, cx.now_ms) {
-                    n.count += 1;
-                    n.bytes += size;
-                }
-            }
+            let n = cache.apply_all_variants(cx.key.primary(), op, cx.now_ms);
             let ms = started.elapsed().as_millis() as u64;
             let result = crate::json::purge_result(n.count, n.bytes, ms);
             (200, crate::json::reply(&method, "OK", &result))

@@ -108,7 +108,14 @@ impl Job {
         }
         // A changed object: stored whole here, or dropped so the next request
         // fills it in the usual way (unknown length, not storable, a gzip
-        // variant cairn makes from the identity object).
+        // variant cairn makes from the identity object, another Vary).
+        let have = crate::cache::key::vary_of(key).map(|(_, n)| n);
+        if super::honoured_vary(&self.vhost, &reply.head).as_deref()
+            != Some(have.as_deref().unwrap_or_default())
+        {
+            shared.cache.remove(key);
+            return;
+        }
         let input = PlanInput {
             reply: &reply.head,
             length: reply.length(),

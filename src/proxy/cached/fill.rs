@@ -150,6 +150,28 @@ pub(super) async fn fill_from<D: Downstream>(
     result: CacheResult,
     request_time: u64,
 ) -> Result<(), ExchangeError> {
+    // RFC 9111 §4.1 / KEY-4: the key must hold the fields the response varies
+    // on. When it does not (the first response of a URL that varies, or one
+    // whose Vary changed), the Vary index learns them and this response is
+    // relayed: the next request is keyed by them. `Vary: *` is never stored.
+    let have = crate::cache::key::vary_of(cx.key.stored()).map(|(_, n)| n);
+    let want = super::honoured_vary(cx.vhost, &reply.head);
+    if want.as_deref() != Some(have.as_deref().unwrap_or_default()) {
+        let cache = &cx.shard.shared.cache;
+        if let Some(names) = want.filter(|_| plan(&plan_input(cx, &reply, request_time)).is_ok()) {
+            cache.set_vary(cx.key.base(), (!names.is_empty()).then(|| names.into()));
+        }
+        log::debug!(
+            "{} {}: not stored: the key does not hold the response's Vary",
+            cx.vhost.name,
+            String::from_utf8_lossy(cx.head.path())
+        );
+        if let Some((l, slot)) = leader {
+            drop(slot);
+            l.finish(FillEnd::Pass);
+        }
+        return pass::relay(cx, down, reply, &Extras::new(result)).await;
+    }
     // GZ-3: a gzip client's miss of a URL cairn compresses.
     if let (Some(level), Some((_, c))) =
         (super::compress::makes_gzip(cx), super::compress::level(cx))

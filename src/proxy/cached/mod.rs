@@ -57,8 +57,51 @@ fn sends_cookie(cx: &RequestCtx<'_>) -> bool {
 
 /// The cache key: vhost name and path with query (HEAD shares GET's key), and the
 /// variant: with `<AcceptEncoding>ON` (KEY-1) a gzip-capable client and an
-/// identity-only client use different objects.
-pub fn key_for(vhost: &Vhost, req: &RequestHead) -> CacheKey {
+/// identity-only client use different objects; when the URL's responses vary
+/// (RFC 9111 §4.1), the request's values of their selecting fields.
+pub fn key_for(cache: &crate::cache::Cache, vhost: &Vhost, req: &RequestHead) -> CacheKey {
+    let key = coding_key(vhost, req);
+    match cache.vary_names(key.stored()) {
+        Some(names) => {
+            let sig = crate::cache::key::vary_signature(&names, || Box::new(req.headers()));
+            key.varied(&names, sig)
+        }
+        None => key,
+    }
+}
+
+/// The selecting fields a response names that this vhost honours (KEY-4),
+/// lower case, sorted, without Accept-Encoding (the coding variants cover
+/// it). `None`: `Vary: *`, which no request matches.
+pub fn honoured_vary(vhost: &Vhost, reply: &crate::http1::ResponseHead) -> Option<Vec<Box<[u8]>>> {
+    let rfc = vhost.options.ttl_mode == TtlMode::Rfc9111;
+    let list = &vhost.options.vary_headers;
+    let all = rfc || list.iter().any(|n| &**n == b"*");
+    if !all && list.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut names: Vec<Box<[u8]>> = Vec::new();
+    for (_, v) in reply
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"vary"))
+    {
+        for t in crate::http1::headers::tokens(v) {
+            if t == b"*" {
+                return None;
+            }
+            let lower: Box<[u8]> = t.to_ascii_lowercase().into();
+            if &*lower == b"accept-encoding" || !(all || list.contains(&lower)) {
+                continue;
+            }
+            names.push(lower);
+        }
+    }
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
+fn coding_key(vhost: &Vhost, req: &RequestHead) -> CacheKey {
     let gzip = vhost.options.accept_encoding
         && accepts_gzip(
             req.headers()
