@@ -14,6 +14,9 @@ fn origin() -> Origin {
         let lang = r.header("accept-language").unwrap_or("none").to_string();
         let (vary, body) = match r.path.as_str() {
             "/star" => ("*", "star".to_string()),
+            // Starts varying at its first revalidation.
+            "/late" if r.header("if-none-match").is_none() => ("Origin-Nothing", "plain".into()),
+            "/late" => ("Accept-Language", format!("late={lang}")),
             "/two" => (
                 "Accept-Language, X-Device",
                 format!("{lang}/{}", r.header("x-device").unwrap_or("-")),
@@ -22,7 +25,8 @@ fn origin() -> Origin {
         };
         Reply::Bytes(
             format!(
-                "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nVary: {vary}\r\nContent-Length: {}\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age={}\r\nETag: \"t\"\r\nVary: {vary}\r\nContent-Length: {}\r\n\r\n{body}",
+                if r.path == "/late" { 1 } else { 600 },
                 body.len()
             )
             .into_bytes(),
@@ -57,9 +61,10 @@ fn one_object_per_language_and_none_for_a_request_without_the_field() {
     let kept = PathBuf::from(format!("{}-kept", d.display()));
     {
         let c = Cairn::start(d.clone(), 1);
-        // The first response teaches the Vary index; it is relayed, not stored.
+        // The first response teaches the Vary index and is stored under its
+        // request's value.
         assert_eq!(get(&c, "/v", EN), ("TCP_MISS".into(), "lang=en".into()));
-        assert_eq!(get(&c, "/v", EN), ("TCP_MISS".into(), "lang=en".into()));
+        assert_eq!(get(&c, "/v", EN), ("TCP_HIT".into(), "lang=en".into()));
         assert_eq!(get(&c, "/v", FR), ("TCP_MISS".into(), "lang=fr".into()));
         assert_eq!(get(&c, "/v", ""), ("TCP_MISS".into(), "lang=none".into()));
         assert_eq!(get(&c, "/v", EN), ("TCP_HIT".into(), "lang=en".into()));
@@ -70,7 +75,7 @@ fn one_object_per_language_and_none_for_a_request_without_the_field() {
             ("TCP_HIT".into(), "lang=en".into())
         );
         assert_eq!(get(&c, "/v", ""), ("TCP_HIT".into(), "lang=none".into()));
-        assert_eq!(o.count(), 4);
+        assert_eq!(o.count(), 3);
         // Two selecting fields.
         get(&c, "/two", EN);
         get(&c, "/two", &format!("{EN}X-Device: phone\r\n"));
@@ -78,7 +83,7 @@ fn one_object_per_language_and_none_for_a_request_without_the_field() {
             get(&c, "/two", &format!("{EN}X-Device: phone\r\n")),
             ("TCP_HIT".into(), "en/phone".into())
         );
-        assert_eq!(get(&c, "/two", EN).0, "TCP_MISS");
+        assert_eq!(get(&c, "/two", EN), ("TCP_HIT".into(), "en/-".into()));
         // Vary: * is never served from cache.
         get(&c, "/star", "");
         get(&c, "/star", "");
@@ -127,4 +132,18 @@ fn ston_mode_ignores_vary_unless_vary_header_lists_the_field() {
         get(&c, "/two", &format!("{EN}X-Device: phone\r\n")),
         ("TCP_HIT".into(), "en/-".into())
     );
+}
+
+#[test]
+fn a_revalidation_that_starts_to_vary_rekeys_the_object() {
+    let o = origin();
+    let c = Cairn::start(dir(&o, r#"<TTL Mode="rfc9111"/>"#), 1);
+    assert_eq!(get(&c, "/late", EN), ("TCP_MISS".into(), "plain".into()));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(
+        get(&c, "/late", EN),
+        ("TCP_REF_MISS".into(), "late=en".into())
+    );
+    assert_eq!(get(&c, "/late", EN), ("TCP_HIT".into(), "late=en".into()));
+    assert_eq!(get(&c, "/late", FR).0, "TCP_MISS");
 }

@@ -152,6 +152,15 @@ impl CacheKey {
         }
     }
 
+    /// This key without its Vary part.
+    pub fn unvaried(&self) -> CacheKey {
+        CacheKey {
+            stored: self.base().to_vec(),
+            primary_len: self.primary_len,
+            variant: self.variant,
+        }
+    }
+
     /// The key without its Vary part (the base the Vary index is keyed by).
     pub fn base(&self) -> &[u8] {
         match memchr::memmem::find(&self.stored, VARY_MARK) {

@@ -135,14 +135,14 @@ pub async fn serve_with<D: Downstream>(
         head,
         // A DRM response is the identity source encrypted: never a gzip
         // variant, whose encoded bytes the client could not decode after RC4.
-        key: match drm_source {
+        key: RefCell::new(match drm_source {
             Some(_) => crate::cache::CacheKey::new(
                 &vhost.name,
                 head.path(),
                 crate::cache::Variant::Identity,
             ),
             None => cached::key_for(&shard.shared.cache, vhost, head),
-        },
+        }),
         now_ms: now,
         rules,
         req_headers,

@@ -25,7 +25,7 @@ pub async fn forward<D: Downstream>(
     // every stored variant of the target; a refused one (4xx, 5xx) leaves them.
     let safe = matches!(cx.head.method(), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE");
     if !safe && reply.head.status < 400 {
-        cx.shard.shared.cache.invalidate(&cx.key);
+        cx.shard.shared.cache.invalidate(&cx.key());
     }
     relay(cx, down, reply, &Extras::new(result)).await
 }

@@ -40,7 +40,7 @@ pub async fn by_method<D: Downstream>(
         (Some(op), Some(Role::Admin)) => {
             let started = Instant::now();
             let cache = &cx.shard.shared.cache;
-            let n = cache.apply_all_variants(cx.key.primary(), op, cx.now_ms);
+            let n = cache.apply_all_variants(cx.key().primary(), op, cx.now_ms);
             let ms = started.elapsed().as_millis() as u64;
             let result = crate::json::purge_result(n.count, n.bytes, ms);
             (200, crate::json::reply(&method, "OK", &result))

@@ -27,7 +27,9 @@ pub struct RequestCtx<'a> {
     pub server: &'a crate::config::ServerSettings,
     pub req: &'a Request,
     pub head: &'a RequestHead,
-    pub key: CacheKey,
+    /// Set once when the request is read; a fill that learns the URL's Vary
+    /// fields re-keys it (`cached::fill`) before anything is stored.
+    pub key: RefCell<CacheKey>,
     /// The one clock reading of this request, unix milliseconds: freshness, Age,
     /// Expires rules and the log line all use it.
     pub now_ms: u64,
@@ -50,6 +52,10 @@ pub struct RequestCtx<'a> {
 }
 
 impl RequestCtx<'_> {
+    pub fn key(&self) -> std::cell::Ref<'_, CacheKey> {
+        self.key.borrow()
+    }
+
     pub fn response_rules(&self) -> Option<&RuleFacts<'_>> {
         self.rules
             .as_ref()

@@ -30,7 +30,7 @@ impl Drop for Claim {
 /// the caller revalidates in the foreground.
 pub(super) fn start(cx: &RequestCtx<'_>, hit: &Hit) -> bool {
     let shared = cx.shard.shared.clone();
-    let key = cx.key.stored().to_vec();
+    let key = cx.key().stored().to_vec();
     if !shared.cache.begin_refresh(&key) {
         return true;
     }

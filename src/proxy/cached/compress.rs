@@ -42,7 +42,7 @@ pub(super) fn level(cx: &RequestCtx<'_>) -> Option<(u8, CompressionSettings)> {
 /// Does this request's miss compress what the origin sends? (The gzip
 /// variant, compression on for the URL.)
 pub(super) fn makes_gzip(cx: &RequestCtx<'_>) -> Option<u8> {
-    (cx.key.variant == Variant::Gzip)
+    (cx.key().variant == Variant::Gzip)
         .then(|| level(cx))
         .flatten()
         .map(|(l, _)| l)
@@ -198,7 +198,7 @@ pub(super) async fn fill<D: Downstream>(
         Some((l, slot)) => {
             let watch = l.watch();
             let shared = cx.shard.shared.clone();
-            let (shard, key) = (cx.shard.id, cx.key.stored().to_vec());
+            let (shard, key) = (cx.shard.id, cx.key().stored().to_vec());
             tokio_uring::spawn(async move {
                 let _slot = slot;
                 let Some(body) = read_body(&mut reply, length, deadline).await else {
@@ -269,9 +269,11 @@ async fn answer_stored<D: Downstream>(
     let cache = &cx.shard.shared.cache;
     let p = &made.plan;
     let n = made.bytes.len() as u64;
-    if let Some(mut w) = cache.writer(cx.shard.id, cx.key.stored(), &p.meta(), n) {
+    let writer = cache.writer(cx.shard.id, cx.key().stored(), &p.meta(), n);
+    if let Some(mut w) = writer {
         if w.push(&made.bytes) && w.commit() {
-            if let Some(hit) = cache.lookup(cx.key.stored()) {
+            let found = cache.lookup(cx.key().stored());
+            if let Some(hit) = found {
                 drop(made);
                 return send_hit(cx, down, &hit, result, now_ms()).await;
             }

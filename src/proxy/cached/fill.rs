@@ -69,7 +69,10 @@ pub async fn miss<D: Downstream>(
     result: CacheResult,
 ) -> Result<(), ExchangeError> {
     let cache = &cx.shard.shared.cache;
-    match cache.fills.begin(cx.key.stored()) {
+    // Bound first: the key's borrow must not outlive this line (a fill may
+    // re-key the request).
+    let role = cache.fills.begin(cx.key().stored());
+    match role {
         Role::Leader(leader) => {
             let Some(slot) = FillSlot::take(cx, limits(cx).max_fills) else {
                 // Past the cap: this miss (and any that joined it) goes to the
@@ -152,25 +155,47 @@ pub(super) async fn fill_from<D: Downstream>(
 ) -> Result<(), ExchangeError> {
     // RFC 9111 §4.1 / KEY-4: the key must hold the fields the response varies
     // on. When it does not (the first response of a URL that varies, or one
-    // whose Vary changed), the Vary index learns them and this response is
-    // relayed: the next request is keyed by them. `Vary: *` is never stored.
-    let have = crate::cache::key::vary_of(cx.key.stored()).map(|(_, n)| n);
+    // whose Vary changed), the Vary index learns them and this request is
+    // re-keyed by its own values before anything is stored; the fill's
+    // followers (other values, maybe) fetch for themselves. `Vary: *` is never
+    // stored.
+    let mut leader = leader;
+    let have = crate::cache::key::vary_of(cx.key().stored()).map(|(_, n)| n);
     let want = super::honoured_vary(cx.vhost, &reply.head);
     if want.as_deref() != Some(have.as_deref().unwrap_or_default()) {
         let cache = &cx.shard.shared.cache;
-        if let Some(names) = want.filter(|_| plan(&plan_input(cx, &reply, request_time)).is_ok()) {
-            cache.set_vary(cx.key.base(), (!names.is_empty()).then(|| names.into()));
-        }
-        log::debug!(
-            "{} {}: not stored: the key does not hold the response's Vary",
-            cx.vhost.name,
-            String::from_utf8_lossy(cx.head.path())
-        );
-        if let Some((l, slot)) = leader {
+        let storable = plan(&plan_input(cx, &reply, request_time)).is_ok();
+        let rekeyed = match want {
+            Some(names) if storable => {
+                let unvaried = cx.key().unvaried();
+                if names.is_empty() {
+                    cache.set_vary(unvaried.stored(), None);
+                    Some(unvaried)
+                } else if cache.set_vary(unvaried.stored(), Some(names.clone().into())) {
+                    let sig =
+                        crate::cache::key::vary_signature(&names, || Box::new(cx.head.headers()));
+                    Some(unvaried.varied(&names, sig))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        if let Some((l, slot)) = leader.take() {
             drop(slot);
             l.finish(FillEnd::Pass);
         }
-        return pass::relay(cx, down, reply, &Extras::new(result)).await;
+        match rekeyed {
+            Some(k) => *cx.key.borrow_mut() = k,
+            None => {
+                log::debug!(
+                    "{} {}: not stored: Vary: * (or the Vary index is full)",
+                    cx.vhost.name,
+                    String::from_utf8_lossy(cx.head.path())
+                );
+                return pass::relay(cx, down, reply, &Extras::new(result)).await;
+            }
+        }
     }
     // GZ-3: a gzip client's miss of a URL cairn compresses.
     if let (Some(level), Some((_, c))) =
@@ -221,7 +246,7 @@ pub(super) async fn fill_from<D: Downstream>(
     // this client is answered from the origin's reply, followers fetch their own.
     let room = plan
         .length
-        .is_some_and(|n| cache.can_store(cx.shard.id, cx.key.stored(), &plan.meta(), n));
+        .is_some_and(|n| cache.can_store(cx.shard.id, cx.key().stored(), &plan.meta(), n));
     match leader {
         // Known length: the origin read and the store run in a task of their own,
         // so no client (this one included) can slow the fill for the others; every
@@ -229,7 +254,7 @@ pub(super) async fn fill_from<D: Downstream>(
         Some(l) if room => {
             let watch = l.watch();
             let shared = cx.shard.shared.clone();
-            let (shard_id, key) = (cx.shard.id, cx.key.stored().to_vec());
+            let (shard_id, key) = (cx.shard.id, cx.key().stored().to_vec());
             let label = format!(
                 "{} {}",
                 cx.vhost.name,
@@ -257,7 +282,7 @@ pub(super) async fn fill_from<D: Downstream>(
             }
             let store = match plan.length {
                 Some(n) => cache
-                    .writer(cx.shard.id, cx.key.stored(), &plan.meta(), n)
+                    .writer(cx.shard.id, cx.key().stored(), &plan.meta(), n)
                     .map_or(Store::Nothing, |w| Store::Direct(Box::new(w))),
                 None => Store::Gather(Gather::new(
                     cx.shard.shared.clone(),
@@ -390,7 +415,8 @@ async fn stream_and_store<D: Downstream>(
     result: CacheResult,
 ) -> Result<(), ExchangeError> {
     let cache = &cx.shard.shared.cache;
-    let key = cx.key.stored();
+    let key_ref = cx.key();
+    let key = key_ref.stored();
     let body = response::origin_body(plan.has_body && plan.status != 204, plan.length);
     let head = crate::exchange::Head::from_lines(plan.status, &plan.headers, body);
     let mut client_gone = match response::send_head(cx, down, head, &Extras::new(result)).await {

@@ -128,7 +128,7 @@ fn stored_rest(
     if end != Some(FillEnd::Complete) {
         return None;
     }
-    let hit = cx.shard.shared.cache.lookup(cx.key.stored())?;
+    let hit = cx.shard.shared.cache.lookup(cx.key().stored())?;
     (hit.body.len() as u64 == s.length && hit.times == s.times && offset <= s.length)
         .then(|| hit.body.slice(offset as usize..))
 }

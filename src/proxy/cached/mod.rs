@@ -214,7 +214,9 @@ pub async fn serve<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D) -> Result<(
         ))
         .await;
     }
-    if let Some(hit) = cache.lookup(cx.key.stored()) {
+    // Bound first: the key's borrow must end here (a fill may re-key).
+    let found = cache.lookup(cx.key().stored());
+    if let Some(hit) = found {
         let now = cx.now_ms;
         let t = &hit.times;
         // Revalidation the client asks for: TTL-9's NoCacheRequestExpire in
@@ -322,7 +324,7 @@ fn origin_opts<'a>(
 ) -> (Vec<u8>, Option<&'a crate::policy::HeaderList<'a>>) {
     let mut ask = Vec::with_capacity(extra.len() + 24);
     // GZ-4: when cairn makes the gzip variant, the origin is asked for identity.
-    if cx.key.variant == Variant::Gzip && compress::makes_gzip(cx).is_none() {
+    if cx.key().variant == Variant::Gzip && compress::makes_gzip(cx).is_none() {
         ask.extend_from_slice(b"Accept-Encoding: gzip\r\n");
     }
     ask.extend_from_slice(extra);

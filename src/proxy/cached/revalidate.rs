@@ -34,7 +34,7 @@ pub async fn revalidate<D: Downstream>(
             cx.shard
                 .shared
                 .cache
-                .refresh(cx.key.stored(), hit.loc, times, headers.clone());
+                .refresh(cx.key().stored(), hit.loc, times, headers.clone());
             let fresh = Hit {
                 times,
                 headers,
@@ -122,7 +122,7 @@ async fn extend<D: Downstream>(
     cx.shard
         .shared
         .cache
-        .refresh(cx.key.stored(), hit.loc, times, hit.headers.clone());
+        .refresh(cx.key().stored(), hit.loc, times, hit.headers.clone());
     let kept = Hit { times, ..hit };
     send_hit(cx, down, &kept, result, now).await
 }
