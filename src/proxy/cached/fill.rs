@@ -415,8 +415,8 @@ async fn stream_and_store<D: Downstream>(
     result: CacheResult,
 ) -> Result<(), ExchangeError> {
     let cache = &cx.shard.shared.cache;
-    let key_ref = cx.key();
-    let key = key_ref.stored();
+    // Owned: no borrow of the key may live across an await.
+    let key = cx.key().stored().to_vec();
     let body = response::origin_body(plan.has_body && plan.status != 204, plan.length);
     let head = crate::exchange::Head::from_lines(plan.status, &plan.headers, body);
     let mut client_gone = match response::send_head(cx, down, head, &Extras::new(result)).await {
@@ -464,7 +464,7 @@ async fn stream_and_store<D: Downstream>(
             }
         }
     }
-    store.commit(cache, cx.shard.id, key, plan);
+    store.commit(cache, cx.shard.id, &key, plan);
     if client_gone {
         return Err(ExchangeError::ClientGone);
     }
