@@ -419,7 +419,9 @@ async fn stream_and_store<D: Downstream>(
     let key = cx.key().stored().to_vec();
     let body = response::origin_body(plan.has_body && plan.status != 204, plan.length);
     let head = crate::exchange::Head::from_lines(plan.status, &plan.headers, body);
-    let mut client_gone = match response::send_head(cx, down, head, &Extras::new(result)).await {
+    let mut x = Extras::new(result);
+    x.age = super::age_to_send(&cx.vhost.options, &plan.times, now_ms(), false);
+    let mut client_gone = match response::send_head(cx, down, head, &x).await {
         Ok(()) => false,
         // Refused before a byte was sent (a DRM source over MaxSourceSize):
         // the client gets its error response, nothing is stored.

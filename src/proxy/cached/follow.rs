@@ -57,8 +57,14 @@ pub async fn follow<D: Downstream>(
                     length,
                     times: h.times,
                 });
-                s.within(response::send_head(cx, down, head, &Extras::new(result)))
-                    .await??;
+                let mut x = Extras::new(result);
+                x.age = super::age_to_send(
+                    &cx.vhost.options,
+                    &h.times,
+                    crate::proxy::request::now_ms(),
+                    false,
+                );
+                s.within(response::send_head(cx, down, head, &x)).await??;
                 s
             }
         };

@@ -74,9 +74,7 @@ async fn send<D: Downstream>(
     let o = &cx.vhost.options;
     let mut x = Extras::new(result);
     x.ttl_left = Some(hit.times.ttl_left_s(now));
-    if o.age_header {
-        x.age = Some(hit.times.current_age_ms(now) / 1000);
-    }
+    x.age = super::age_to_send(o, &hit.times, now, true);
     let gone = |_| ExchangeError::ClientGone;
     let Some(ranges) = reply else {
         x.result = CacheResult::ImsHit;

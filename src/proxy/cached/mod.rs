@@ -316,6 +316,26 @@ fn serves_stale_while_revalidating(
     window.is_some_and(|w| stale_ms <= w.saturating_mul(1000))
 }
 
+/// The `Age` a response carries (RFC 9111 §5.1, AGE-1): on a response from
+/// cache when `<AgeHeader>` is ON, and always in RFC 9111 mode (§4: a stored
+/// response used without validation MUST carry it); on a response just
+/// fetched, only when it arrived with an age (the origin's `Age`, or a `Date`
+/// in the past), so the origin's `Age` is passed on, not dropped.
+pub(super) fn age_to_send(
+    o: &crate::config::Options,
+    times: &crate::cache::freshness::Times,
+    now_ms: u64,
+    from_cache: bool,
+) -> Option<u64> {
+    if !(o.age_header || o.ttl_mode == TtlMode::Rfc9111) {
+        return None;
+    }
+    if !from_cache && times.initial_age_ms() < 1000 {
+        return None;
+    }
+    Some(times.current_age_ms(now_ms) / 1000)
+}
+
 /// How a cache request goes to the origin: GET (a HEAD miss fills with GET), no
 /// client conditionals or Range, and the variant's encoding.
 fn origin_opts<'a>(

@@ -76,13 +76,26 @@ pub fn response_facts(h: &ResponseHead) -> ResponseFacts {
             .filter(move |(k, _)| k.eq_ignore_ascii_case(n.as_bytes()))
             .map(|(_, v)| v)
     };
+    // RFC 9213: the first targeted field with a valid, non-empty value
+    // decides, and Cache-Control and Expires are then ignored. Cairn's own
+    // field comes first, then the CDN's, then Surrogate-Control (its
+    // `;target` items only when the target is cairn).
+    let targeted = ["cairn-cache-control", "cdn-cache-control"]
+        .iter()
+        .find_map(|n| {
+            let v: Vec<&[u8]> = named(n).collect();
+            (!v.is_empty() && v.iter().any(|l| !crate::http1::headers::trim(l).is_empty()))
+                .then(|| CacheControl::parse(v.into_iter()))
+        })
+        .or_else(|| surrogate_control(named("surrogate-control")));
     ResponseFacts {
         status: h.status,
-        cc: CacheControl::parse(named("cache-control")),
+        cc: targeted.unwrap_or_else(|| CacheControl::parse(named("cache-control"))),
         pragma_no_cache: named("pragma")
             .any(|v| crate::http1::headers::connection_names(v, b"no-cache")),
         expires_s: h
             .header("expires")
+            .filter(|_| targeted.is_none())
             .map(|v| crate::httpdate::parse(v).map(to_secs).unwrap_or(0)),
         date_s: h
             .header("date")
@@ -95,6 +108,26 @@ pub fn response_facts(h: &ResponseHead) -> ResponseFacts {
         has_set_cookie: named("set-cookie").next().is_some()
             || named("set-cookie2").next().is_some(),
     }
+}
+
+/// `Surrogate-Control` (Edge Architecture 1.0): its directives, less those
+/// targeted (`max-age=60;other`) at another surrogate; `None` when nothing is left.
+fn surrogate_control<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<CacheControl> {
+    let mut kept = Vec::new();
+    for v in values {
+        for item in v.split(|&b| b == b',') {
+            let mut parts = item.split(|&b| b == b';');
+            let directive = crate::http1::headers::trim(parts.next().unwrap_or(b""));
+            let ours = parts.all(|t| crate::http1::headers::trim(t).eq_ignore_ascii_case(b"cairn"));
+            if !directive.is_empty() && ours {
+                if !kept.is_empty() {
+                    kept.extend_from_slice(b", ");
+                }
+                kept.extend_from_slice(directive);
+            }
+        }
+    }
+    (!kept.is_empty()).then(|| CacheControl::parse(std::iter::once(&kept[..])))
 }
 
 pub fn age_of(h: &ResponseHead) -> u64 {

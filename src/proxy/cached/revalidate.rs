@@ -171,8 +171,19 @@ pub(super) fn refreshed(
     // Nor, on a gzip variant cairn made, the fields that describe its encoding.
     let ours = hit.times.flags & freshness::FLAG_GENERATED_ETAG != 0;
     let compressed = hit.times.flags & freshness::FLAG_COMPRESSED != 0;
+    // And never what describes the stored bytes themselves: a 304 validates
+    // them, it cannot re-encode or re-tag them (the cache tests' list).
     let mine = |name: &[u8]| {
-        (ours && name.eq_ignore_ascii_case(b"etag"))
+        [
+            b"etag".as_slice(),
+            b"content-encoding",
+            b"content-length",
+            b"content-md5",
+            b"content-range",
+        ]
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(name))
+            || (ours && name.eq_ignore_ascii_case(b"etag"))
             || (compressed && super::plan::gzip_variant_field(name))
     };
     let replaced = |name: &[u8]| {
