@@ -478,3 +478,37 @@ fn rfc9111_request_directives_and_stale_while_revalidate() {
         .count();
     assert_eq!(swr_revalidations, 1);
 }
+
+#[test]
+fn ston_304s_keep_the_class_ttl_after_no_cache_and_after_an_expire() {
+    let origin = Origin::start(|r| match (r.path.as_str(), r.header("if-none-match")) {
+        ("/nc", Some(_)) => Reply::Bytes(
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"n\"\r\nCache-Control: no-cache\r\n\r\n".to_vec(),
+        ),
+        ("/nc", None) => reply("200 OK", "ETag: \"n\"\r\nCache-Control: no-cache\r\n", "nc"),
+        (_, Some(_)) => Reply::Bytes(b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n".to_vec()),
+        _ => reply("200 OK", "ETag: \"x\"\r\n", "x"),
+    });
+    let (c, mgr) = start(
+        &origin,
+        "<TTL><Res2xx>100</Res2xx><NoCache>1</NoCache></TTL>",
+        None,
+    );
+    // A NoCache object's 304 says no-cache again: it keeps its 1 s TTL.
+    assert_eq!(xc(&get(&c, "/nc", "")), "TCP_MISS");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(xc(&get(&c, "/nc", "")), "TCP_REFRESH_HIT");
+    assert_eq!(xc(&get(&c, "/nc", "")), "TCP_HIT");
+    // Expired by the manager, then a 304: fresh again for the class's TTL.
+    assert_eq!(xc(&get(&c, "/x", "")), "TCP_MISS");
+    let mut s = std::net::TcpStream::connect(mgr).unwrap();
+    s.write_all(b"GET /command/expire?url=test.local/x HTTP/1.1\r\nHost: m\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.contains("\"Count\":1"), "{out}");
+    assert_eq!(xc(&get(&c, "/x", "")), "TCP_REFRESH_HIT");
+    assert_eq!(xc(&get(&c, "/x", "")), "TCP_HIT");
+    let left = ttl_left(mgr, "/x");
+    assert!(left >= 100, "grown from the class TTL: {left}");
+}

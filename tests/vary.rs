@@ -147,3 +147,43 @@ fn a_revalidation_that_starts_to_vary_rekeys_the_object() {
     assert_eq!(get(&c, "/late", EN), ("TCP_HIT".into(), "late=en".into()));
     assert_eq!(get(&c, "/late", FR).0, "TCP_MISS");
 }
+
+#[test]
+fn the_key_holds_the_fields_the_origin_was_sent_after_request_rules() {
+    // The origin varies on X-Device, which a request rule sets from User-Agent.
+    let o = Origin::start(|r| {
+        let body = format!("device={}", r.header("x-device").unwrap_or("desktop"));
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nVary: X-Device\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let d = dir(
+        &o,
+        r#"<TTL Mode="rfc9111"/><ModifyHeader>ON</ModifyHeader>"#,
+    );
+    std::fs::create_dir_all(d.join("svc/test.local")).unwrap();
+    std::fs::write(
+        d.join("svc/test.local/headers.txt"),
+        "$HEADER[user-agent: *Mobile*], $REQ[x-device: mobile], set\n",
+    )
+    .unwrap();
+    let c = Cairn::start(d, 1);
+    let phone = "User-Agent: Mobile Safari\r\n";
+    assert_eq!(
+        get(&c, "/p", phone),
+        ("TCP_MISS".into(), "device=mobile".into())
+    );
+    assert_eq!(
+        get(&c, "/p", phone),
+        ("TCP_HIT".into(), "device=mobile".into())
+    );
+    // A desktop browser must not get the phone's page.
+    assert_eq!(
+        get(&c, "/p", "User-Agent: Firefox\r\n"),
+        ("TCP_MISS".into(), "device=desktop".into())
+    );
+}

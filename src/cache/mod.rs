@@ -258,7 +258,12 @@ impl Cache {
         let h = record::key_hash(key);
         let guard = self.store.index.pin();
         guard.compute(h, |cur| match cur {
-            Some((_, e)) if (e.seg, e.generation, e.off) == loc => {
+            // A purge since the hit was read stands: a refresh from before it
+            // must not make the object fresh again.
+            Some((_, e))
+                if (e.seg, e.generation, e.off) == loc
+                    && (e.times.flags & !times.flags & freshness::FLAG_PURGED) == 0 =>
+            {
                 papaya::Operation::Insert(Entry {
                     times,
                     head_override: Some(headers.clone()),
@@ -268,6 +273,20 @@ impl Cache {
             }
             _ => papaya::Operation::Abort(()),
         });
+    }
+
+    /// [`remove`](Self::remove) if the object is still the one at `loc` (a
+    /// newer one published meanwhile stays).
+    pub fn remove_at(&self, key: &[u8], loc: (u32, u32, u64)) {
+        let here = self
+            .store
+            .index
+            .pin()
+            .get(&record::key_hash(key))
+            .is_some_and(|e| (e.seg, e.generation, e.off) == loc);
+        if here {
+            self.remove(key);
+        }
     }
 
     /// Drops `key` from the index and kills its record on disk.
@@ -294,11 +313,22 @@ impl Cache {
                 n.bytes += size;
             }
         }
+        // The Vary variants (`primary\0…\0vary\0…`); the coding variants are
+        // done above.
         let mut prefix = primary.to_vec();
         prefix.push(0);
-        let varied = self.apply_matching(&prefix, |p| p == primary, op, now_ms);
-        n.count += varied.count;
-        n.bytes += varied.bytes;
+        let mut varied = Vec::new();
+        self.store.keys.for_prefix(&prefix, |k| {
+            if key::vary_of(k).is_some_and(|(base, _)| key::primary_of(base) == primary) {
+                varied.push(k.to_vec());
+            }
+        });
+        for k in varied {
+            if let Some(size) = self.apply(&k, op, now_ms) {
+                n.count += 1;
+                n.bytes += size;
+            }
+        }
         n
     }
 
@@ -381,7 +411,12 @@ impl Cache {
         if !done {
             return Applied::Absent;
         }
-        self.store.kill_record(h, &was);
+        // Durable for a purge (refetched after a restart) and a hard purge;
+        // an expiry lives in memory (after a restart the object has its stored
+        // freshness again), so a hot, refreshed object is not lost to it.
+        if matches!(op, PurgeOp::Purge | PurgeOp::HardPurge) {
+            self.store.kill_leased(h, &was, &lease);
+        }
         drop(lease);
         if op == PurgeOp::HardPurge {
             self.store.forget_key(h, key);
@@ -423,15 +458,21 @@ impl Cache {
         self.vary.pin().get(&record::key_hash(base)).cloned()
     }
 
-    /// Records what `base` varies on (`None`: nothing). `false` when the index
-    /// is full: the response is then not stored.
-    pub fn set_vary(&self, base: &[u8], names: Option<key::VaryNames>) -> bool {
+    /// Records what `base` varies on (`None`: nothing). Full (more URLs than
+    /// objects by [`VARY_SLACK`]), the index starts again empty: entries are
+    /// never dropped one by one, and forgetting is safe (a URL whose fields are
+    /// forgotten misses once and learns them again).
+    pub fn set_vary(&self, base: &[u8], names: Option<key::VaryNames>) {
         let h = record::key_hash(base);
         let guard = self.vary.pin();
         match names {
             Some(n) => {
                 if guard.len() >= self.objects() + VARY_SLACK && guard.get(&h).is_none() {
-                    return false;
+                    log::warn!(
+                        "cache: the Vary index reached {} URLs; it starts again empty",
+                        guard.len()
+                    );
+                    guard.clear();
                 }
                 guard.insert(h, n);
             }
@@ -440,7 +481,6 @@ impl Cache {
             }
         }
         self.vary_len.store(guard.len() as u64, Relaxed);
-        true
     }
 
     /// Claims the background revalidation of `key`; `false` if one runs.

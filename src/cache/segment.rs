@@ -146,11 +146,14 @@ impl Segment {
     /// The bytes at `off..off+len`, for reading committed data.
     ///
     /// Callers only read regions that are committed and not being written: records
-    /// published in the index (writers never touch a published record until the
-    /// segment is reclaimed, which waits for leases to end), the written prefix of a
-    /// record being filled (its writer only appends past it, and says how far under
-    /// the fill's mutex, which orders the writes before the read) or, during
-    /// recovery, before any writer runs.
+    /// published in the index past their header (writers never touch a published
+    /// record's key, meta or body until the segment is reclaimed, which waits for
+    /// leases to end; its 64-byte header may be rewritten dead by
+    /// `Store::kill_record`, so readers of published records lease and read past
+    /// it), the written prefix of a record being filled (its writer only appends
+    /// past it, and says how far under the fill's mutex, which orders the writes
+    /// before the read), headers during a reclaim (no leases: no kill runs), or,
+    /// during recovery, before any writer runs.
     pub fn bytes(&self, off: usize, len: usize) -> &[u8] {
         assert!(
             off.checked_add(len).is_some_and(|e| e <= self.len),
@@ -165,8 +168,10 @@ impl Segment {
     /// Copies `data` into the mapping at `off`.
     ///
     /// Callers write only to a region they reserved, past any prefix a fill has
-    /// announced (so no reader can reach these bytes yet), or to a reclaimed segment
-    /// with no leases.
+    /// announced (so no reader can reach these bytes yet), to a reclaimed segment
+    /// with no leases, during recovery, or to a published record's header
+    /// (`Store::kill_record`: under a lease, so no reclaim runs; one kill at a
+    /// time; and no reader borrows header bytes, see [`bytes`](Self::bytes)).
     pub fn write_at(&self, off: usize, data: &[u8]) {
         assert!(
             off.checked_add(data.len()).is_some_and(|e| e <= self.len),

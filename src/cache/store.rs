@@ -189,6 +189,10 @@ impl Store {
         }
         let index = new_index();
         let keys = KeyIndex::default();
+        // Older records of a key found live (a cache written before records
+        // were killed when replaced, or a crash between the two writes): they
+        // die once every segment is read, so a purge of the newer one holds.
+        let losers = Mutex::new(Vec::new());
         let max_seq = AtomicU64::new(0);
         let objects = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
@@ -208,7 +212,7 @@ impl Store {
             let per = segments.len().div_ceil(workers).max(1);
             for (ci, chunk) in chunks {
                 let (segments, usable, index) = (&segments, &usable, &index);
-                let keys = &keys;
+                let (keys, losers) = (&keys, &losers);
                 let (max_seq, objects, bytes, corrupt) = (&max_seq, &objects, &bytes, &corrupt);
                 s.spawn(move || {
                     for (j, slot) in chunk.iter_mut().enumerate() {
@@ -216,7 +220,7 @@ impl Store {
                         if !usable[i] {
                             continue;
                         }
-                        let r = scan(&segments[i], index, keys);
+                        let r = scan(&segments[i], index, keys, losers);
                         if let Some(e) = &r.failed {
                             log::error!(
                                 "cache segment {}: unreadable ({e}); excluded from the cache",
@@ -249,6 +253,12 @@ impl Store {
                     need,
                     shards,
                 });
+            }
+        }
+        for (seg, off, h) in losers.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            if !bad.contains(&seg) {
+                // No reader, no writer yet: recovery owns every segment.
+                segments[seg as usize].write_at(off as usize, &dead_of(&h).encode());
             }
         }
         let mut free = VecDeque::new();
@@ -510,10 +520,25 @@ impl Store {
         let Some(seg) = self.segments.get(e.seg as usize) else {
             return false;
         };
-        // The lease keeps a reclaim from moving or reusing the region meanwhile.
-        let Some(_lease) = Lease::acquire(seg, e.generation, e.off as usize, HEADER_LEN) else {
-            return false;
-        };
+        // A reclaim that only tried (and gave way to a lease) is waited out.
+        for _ in 0..3 {
+            // The lease keeps a reclaim from moving or reusing the region meanwhile.
+            if let Some(lease) = Lease::acquire(seg, e.generation, e.off as usize, HEADER_LEN) {
+                self.kill_leased(key_hash, e, &lease);
+                return true;
+            }
+            self.wait_reclaim();
+            if seg.generation.load(SeqCst) != e.generation {
+                return false; // reclaimed for good
+            }
+        }
+        false
+    }
+
+    /// [`kill_record`](Self::kill_record) under a lease the caller holds on
+    /// `e`'s segment (its generation checked).
+    pub fn kill_leased(&self, key_hash: u64, e: &Entry, _lease: &Lease) {
+        let seg = &self.segments[e.seg as usize];
         let h = Header {
             flags: FLAG_DEAD,
             total_len: e.total_len,
@@ -529,7 +554,6 @@ impl Store {
         let _one = self.kill.lock().unwrap_or_else(|p| p.into_inner());
         seg.write_at(e.off as usize, &h.encode());
         seg.flush_async(e.off as usize, HEADER_LEN);
-        true
     }
 
     /// Returns once no reclaim is running (reclaims hold the allocator lock).
@@ -567,7 +591,12 @@ const MAX_KEY_META: usize = 1 << 20;
 /// the mapping, where a bad sector would be SIGBUS). An invalid header ends the
 /// scan (the rest is given up: bodies hold arbitrary origin bytes that could
 /// imitate a header); a record whose checksum fails is skipped.
-pub(super) fn scan(seg: &Arc<Segment>, index: &Index, keys: &KeyIndex) -> ScanResult {
+pub(super) fn scan(
+    seg: &Arc<Segment>,
+    index: &Index,
+    keys: &KeyIndex,
+    losers: &Mutex<Vec<(u32, u64, Header)>>,
+) -> ScanResult {
     let mut r = ScanResult {
         objects: 0,
         bytes: 0,
@@ -645,22 +674,48 @@ pub(super) fn scan(seg: &Arc<Segment>, index: &Index, keys: &KeyIndex) -> ScanRe
         keys.insert(h.key_hash, &key);
         r.objects += 1;
         r.bytes += h.body_len;
+        // The closure may run more than once: `lost` is what the last run said.
+        let mut lost = None;
         guard.compute(h.key_hash, |cur| match cur {
-            Some((_, e)) if e.seq >= h.seq => Operation::Abort(()),
-            _ => Operation::Insert(Entry {
-                seg: seg.id,
-                generation,
-                off: start,
-                total_len: h.total_len,
-                key_len: h.key_len,
-                meta_len: h.meta_len,
-                body_len: h.body_len,
-                seq: h.seq,
-                times,
-                head_override: None,
-                hit: AtomicBool::new(false),
-            }),
+            Some((_, e)) if e.seq >= h.seq => {
+                lost = Some((seg.id, start, h));
+                Operation::Abort(())
+            }
+            other => {
+                lost = other.map(|(_, e)| {
+                    (
+                        e.seg,
+                        e.off,
+                        Header {
+                            flags: 0,
+                            total_len: e.total_len,
+                            seq: e.seq,
+                            key_hash: h.key_hash,
+                            key_len: e.key_len,
+                            meta_len: e.meta_len,
+                            body_len: e.body_len,
+                            checksum: 0,
+                        },
+                    )
+                });
+                Operation::Insert(Entry {
+                    seg: seg.id,
+                    generation,
+                    off: start,
+                    total_len: h.total_len,
+                    key_len: h.key_len,
+                    meta_len: h.meta_len,
+                    body_len: h.body_len,
+                    seq: h.seq,
+                    times,
+                    head_override: None,
+                    hit: AtomicBool::new(false),
+                })
+            }
         });
+        if let Some(l) = lost {
+            losers.lock().unwrap_or_else(|p| p.into_inner()).push(l);
+        }
     }
     r
 }

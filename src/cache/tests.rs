@@ -265,7 +265,12 @@ fn recovery_reads_with_pread_and_excludes_a_segment_it_cannot_read() {
         .unwrap();
     let seg = Arc::new(seg);
     let index = index::new_index();
-    let r = store::scan(&seg, &index, &keys::KeyIndex::default());
+    let r = store::scan(
+        &seg,
+        &index,
+        &keys::KeyIndex::default(),
+        &Default::default(),
+    );
     assert!(r.failed.is_some(), "the short file is an error");
     drop(seg);
     // A whole store over such a directory: starts, without the bad segment.
@@ -387,5 +392,45 @@ fn a_purged_copy_that_was_hit_leaves_with_its_segment_and_stays_dead() {
     }
     let (c, _) = Cache::open(cfg(&d, 4, 1), 1).unwrap();
     assert!(c.lookup(b"h/k").is_none(), "the purged object came back");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn recovery_kills_older_live_records_so_a_later_purge_holds() {
+    // A cache written before replaced records were killed: two live versions.
+    let d = dir("losers");
+    {
+        let (c, _) = Cache::open(cfg(&d, 8, 2), 2).unwrap();
+        assert!(put(&c, 0, b"h/a", b"old"));
+        let old = c
+            .store
+            .index
+            .pin()
+            .get(&record::key_hash(b"h/a"))
+            .map(|e| (e.seg, e.off, e.total_len))
+            .unwrap();
+        assert!(put(&c, 1, b"h/a", b"new"));
+        // Bring the old header back to life, as an older cairn left it.
+        let seg = &c.store.segments[old.0 as usize];
+        let mut h = record::Header::decode(seg.bytes(old.1 as usize, record::HEADER_LEN)).unwrap();
+        assert!(h.is_dead());
+        h.flags = 0;
+        h.checksum = record::checksum(&[
+            b"h/a",
+            seg.bytes(
+                old.1 as usize + record::HEADER_LEN + 3,
+                (h.meta_len as u64 + h.body_len) as usize,
+            ),
+        ]);
+        seg.write_at(old.1 as usize, &h.encode());
+    }
+    {
+        let (c, rec) = Cache::open(cfg(&d, 8, 2), 2).unwrap();
+        assert_eq!(rec.objects, 2, "both versions read");
+        assert_eq!(c.lookup(b"h/a").unwrap().body, &b"new"[..]);
+        assert_eq!(c.apply(b"h/a", PurgeOp::HardPurge, 0), Some(3));
+    }
+    let (c, _) = Cache::open(cfg(&d, 8, 2), 2).unwrap();
+    assert!(c.lookup(b"h/a").is_none(), "the old version came back");
     let _ = std::fs::remove_dir_all(&d);
 }

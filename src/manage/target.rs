@@ -130,11 +130,19 @@ pub fn percent_decode(s: &str) -> String {
 /// The value of `name` in a query string as sent, not decoded: purge targets
 /// are matched byte for byte against request targets as clients sent them
 /// (`url=a.com/a%20b` names the URL `/a%20b`).
+/// The value runs to the end of the query, `&` included (a URL's own query
+/// has them): `url=` comes last (`sec=5&url=a.com/x?a=1&b=2`).
 pub fn raw_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
-    })
+    let mut at = 0;
+    for kv in query.split('&') {
+        let (k, _) = kv.split_once('=').unwrap_or((kv, ""));
+        if k == name {
+            let rest = &query[at..];
+            return Some(rest.split_once('=').map_or("", |(_, v)| v));
+        }
+        at += kv.len() + 1;
+    }
+    None
 }
 
 /// The value of `name` in a query string (`a=1&b=2`), percent-decoded.
@@ -195,6 +203,17 @@ mod tests {
         assert!(parse(&many).is_err());
         assert_eq!(t("a", "/img/*.jpg").literal_prefix(), "/img/");
         assert!(!t("a", "/x").is_pattern());
+    }
+
+    #[test]
+    fn url_runs_to_the_end_of_the_query() {
+        assert_eq!(
+            raw_param("sec=5&url=a.com/x?a=1&b=2", "url"),
+            Some("a.com/x?a=1&b=2")
+        );
+        assert_eq!(raw_param("url=a.com/%20", "url"), Some("a.com/%20"));
+        assert_eq!(raw_param("url", "url"), Some(""));
+        assert_eq!(raw_param("x=1", "url"), None);
     }
 
     #[test]

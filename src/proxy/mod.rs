@@ -141,7 +141,7 @@ pub async fn serve_with<D: Downstream>(
                 head.path(),
                 crate::cache::Variant::Identity,
             ),
-            None => cached::key_for(&shard.shared.cache, vhost, head),
+            None => cached::key_for(&shard.shared.cache, vhost, head, req_headers.as_ref()),
         }),
         now_ms: now,
         rules,

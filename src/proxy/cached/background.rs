@@ -55,7 +55,14 @@ pub(super) fn start(cx: &RequestCtx<'_>, hit: &Hit) -> bool {
         request: request_facts(cx),
         client_ip: cx.req.conn.peer.ip(),
         shard: cx.shard.id,
-        hit: hit.clone(),
+        // Copies: the job must not hold a lease on the segment for the whole
+        // origin exchange (the body is not needed at all).
+        hit: Hit {
+            headers: bytes::Bytes::copy_from_slice(&hit.headers),
+            etag: bytes::Bytes::copy_from_slice(&hit.etag),
+            body: bytes::Bytes::new(),
+            ..hit.clone()
+        },
     };
     let up = cx.shard.upstreams.clone();
     tokio_uring::spawn(async move {
@@ -92,10 +99,40 @@ impl Job {
                 String::from_utf8_lossy(self.head.path())
             )
         };
+        let p = &self.vhost.options.ttl;
+        let ston = self.vhost.options.ttl_mode == crate::config::TtlMode::Ston;
+        let loc = self.hit.loc;
+        // TTL-4/TTL-7 as in the foreground: keep the stale copy fresh for `ms`.
+        let extend = |ms: u64| {
+            let age = self.hit.times.current_age_ms(now_ms());
+            let times = crate::cache::freshness::Times {
+                lifetime_ms: age.saturating_add(ms),
+                ..self.hit.times
+            };
+            shared
+                .cache
+                .refresh(key, loc, times, self.hit.headers.clone());
+        };
         let mut reply = match reply {
             Ok(r) => r,
+            Err(e) if ston && p.extension_fail => {
+                log::info!(
+                    "{}: {e}; the stale copy is kept (TTLExtensionByFail)",
+                    label()
+                );
+                let secs = match e {
+                    crate::origin::OriginError::ResponseTimeout(_) => p.receive_timeout,
+                    _ => p.connect_timeout,
+                };
+                return extend(secs.saturating_mul(1000));
+            }
+            Err(e) if ston => {
+                // TTLExtensionByFail OFF: the next request meets the origin.
+                log::info!("{}: {e}; the stale copy is dropped", label());
+                return shared.cache.remove_at(key, loc);
+            }
             Err(e) => {
-                // The stale copy stays; the next stale request tries again.
+                // RFC 5861: stale within its window; the next stale request tries again.
                 log::info!("{}: {e}; the stale copy stays", label());
                 return;
             }
@@ -103,17 +140,27 @@ impl Job {
         if reply.head.status == 304 {
             let (times, headers) =
                 refreshed(&self.vhost, &self.hit, &reply.head, request_time, now_ms());
-            shared.cache.refresh(key, self.hit.loc, times, headers);
+            shared.cache.refresh(key, loc, times, headers);
             return;
+        }
+        if ston && super::revalidate::extends(p, reply.head.status) {
+            let ttl = super::revalidate::ston_refreshed_lifetime(
+                &self.vhost,
+                &self.hit,
+                &Default::default(),
+            );
+            return extend(ttl);
         }
         // A changed object: stored whole here, or dropped so the next request
         // fills it in the usual way (unknown length, not storable, a gzip
         // variant cairn makes from the identity object, another Vary).
-        let have = crate::cache::key::vary_of(key).map(|(_, n)| n);
-        if super::honoured_vary(&self.vhost, &reply.head).as_deref()
-            != Some(have.as_deref().unwrap_or_default())
-        {
-            shared.cache.remove(key);
+        let have = crate::cache::key::vary_of(key)
+            .map(|(_, n)| n)
+            .unwrap_or_default();
+        let covered = super::honoured_vary(&self.vhost, &reply.head)
+            .is_some_and(|w| w.iter().all(|n| have.contains(n)));
+        if !covered {
+            shared.cache.remove_at(key, loc);
             return;
         }
         let input = PlanInput {
@@ -144,7 +191,7 @@ impl Job {
         };
         let Some(mut w) = writer else {
             log::debug!("{}: changed, not stored here; dropped", label());
-            shared.cache.remove(key);
+            shared.cache.remove_at(key, loc);
             return;
         };
         loop {
@@ -156,7 +203,7 @@ impl Job {
                 }
                 Ok(None) => {
                     if !w.commit() {
-                        shared.cache.remove(key);
+                        shared.cache.remove_at(key, loc);
                     }
                     return;
                 }

@@ -160,24 +160,31 @@ pub(super) async fn fill_from<D: Downstream>(
     // followers (other values, maybe) fetch for themselves. `Vary: *` is never
     // stored.
     let mut leader = leader;
-    let have = crate::cache::key::vary_of(cx.key().stored()).map(|(_, n)| n);
+    let have = crate::cache::key::vary_of(cx.key().stored())
+        .map(|(_, n)| n)
+        .unwrap_or_default();
     let want = super::honoured_vary(cx.vhost, &reply.head);
-    if want.as_deref() != Some(have.as_deref().unwrap_or_default()) {
+    // Fields are only ever added to a URL's list: an origin that names some
+    // only on some responses (`Vary: Origin` on CORS ones) must not make the
+    // list flip, and a key with more fields than a response names is merely
+    // finer than needed.
+    let covered = want
+        .as_ref()
+        .is_some_and(|w| w.iter().all(|n| have.contains(n)));
+    if !covered {
         let cache = &cx.shard.shared.cache;
         let storable = plan(&plan_input(cx, &reply, request_time)).is_ok();
         let rekeyed = match want {
-            Some(names) if storable => {
+            Some(w) if storable => {
+                let mut names = have;
+                names.extend(w);
+                names.sort();
+                names.dedup();
                 let unvaried = cx.key().unvaried();
-                if names.is_empty() {
-                    cache.set_vary(unvaried.stored(), None);
-                    Some(unvaried)
-                } else if cache.set_vary(unvaried.stored(), Some(names.clone().into())) {
-                    let sig =
-                        crate::cache::key::vary_signature(&names, || Box::new(cx.head.headers()));
-                    Some(unvaried.varied(&names, sig))
-                } else {
-                    None
-                }
+                let sig = super::vary_signature(&names, cx.head, cx.req_headers.as_ref());
+                let key = unvaried.varied(&names, sig);
+                cache.set_vary(unvaried.stored(), Some(names.into()));
+                Some(key)
             }
             _ => None,
         };
@@ -189,7 +196,7 @@ pub(super) async fn fill_from<D: Downstream>(
             Some(k) => *cx.key.borrow_mut() = k,
             None => {
                 log::debug!(
-                    "{} {}: not stored: Vary: * (or the Vary index is full)",
+                    "{} {}: not stored: Vary: * or too many fields, or not storable",
                     cx.vhost.name,
                     String::from_utf8_lossy(cx.head.path())
                 );

@@ -59,16 +59,41 @@ fn sends_cookie(cx: &RequestCtx<'_>) -> bool {
 /// variant: with `<AcceptEncoding>ON` (KEY-1) a gzip-capable client and an
 /// identity-only client use different objects; when the URL's responses vary
 /// (RFC 9111 §4.1), the request's values of their selecting fields.
-pub fn key_for(cache: &crate::cache::Cache, vhost: &Vhost, req: &RequestHead) -> CacheKey {
+pub fn key_for(
+    cache: &crate::cache::Cache,
+    vhost: &Vhost,
+    req: &RequestHead,
+    sent: Option<&crate::policy::HeaderList<'_>>,
+) -> CacheKey {
     let key = coding_key(vhost, req);
     match cache.vary_names(key.stored()) {
         Some(names) => {
-            let sig = crate::cache::key::vary_signature(&names, || Box::new(req.headers()));
+            let sig = vary_signature(&names, req, sent);
             key.varied(&names, sig)
         }
         None => key,
     }
 }
+
+/// The signature of the fields the origin is sent (after MOD-1 request rules,
+/// when they ran): those are what its response varied on.
+pub(super) fn vary_signature(
+    names: &[Box<[u8]>],
+    req: &RequestHead,
+    sent: Option<&crate::policy::HeaderList<'_>>,
+) -> u64 {
+    match sent {
+        Some(list) => crate::cache::key::vary_signature(names, || {
+            Box::new(list.iter().map(|(n, v)| (&n[..], &v[..])))
+        }),
+        None => crate::cache::key::vary_signature(names, || Box::new(req.headers())),
+    }
+}
+
+/// Most `Vary` fields and longest name honoured; a response naming more is
+/// not stored (every name goes into the key and is hashed per request).
+const MAX_VARY_NAMES: usize = 8;
+const MAX_VARY_NAME: usize = 64;
 
 /// The selecting fields a response names that this vhost honours (KEY-4),
 /// lower case, sorted, without Accept-Encoding (the coding variants cover
@@ -86,7 +111,7 @@ pub fn honoured_vary(vhost: &Vhost, reply: &crate::http1::ResponseHead) -> Optio
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"vary"))
     {
         for t in crate::http1::headers::tokens(v) {
-            if t == b"*" {
+            if t == b"*" || t.len() > MAX_VARY_NAME {
                 return None;
             }
             let lower: Box<[u8]> = t.to_ascii_lowercase().into();
@@ -98,7 +123,7 @@ pub fn honoured_vary(vhost: &Vhost, reply: &crate::http1::ResponseHead) -> Optio
     }
     names.sort();
     names.dedup();
-    Some(names)
+    (names.len() <= MAX_VARY_NAMES).then_some(names)
 }
 
 fn coding_key(vhost: &Vhost, req: &RequestHead) -> CacheKey {

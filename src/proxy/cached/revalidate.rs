@@ -96,7 +96,7 @@ pub async fn revalidate<D: Downstream>(
 }
 
 /// Does `<TTLExtensionBy4xx/5xx>` keep the stale copy on this answer?
-fn extends(p: &crate::policy::ttl::TtlPolicy, status: u16) -> bool {
+pub(super) fn extends(p: &crate::policy::ttl::TtlPolicy, status: u16) -> bool {
     match status {
         400..=499 => p.extension_4xx,
         500..=599 => p.extension_5xx,
@@ -226,8 +226,14 @@ pub(super) fn refreshed(
         date_s: facts.date_s.unwrap_or(0),
         age_s: age_of(r304),
         lifetime_ms,
-        // A 304 may tighten the rules (no-cache, must-revalidate); it cannot loosen them.
-        flags: hit.times.flags | revalidation_flags(&facts.cc, facts.pragma_no_cache),
+        // RFC 9111: a 304 may tighten the rules (no-cache, must-revalidate); it
+        // cannot loosen them. STON: the class decided at fill time stands (a
+        // NoCache object's 304 says no-cache again; it must not become
+        // always-stale).
+        flags: match ston {
+            true => hit.times.flags,
+            false => hit.times.flags | revalidation_flags(&facts.cc, facts.pragma_no_cache),
+        },
     };
     let times = match ston {
         true => Times {
@@ -242,7 +248,11 @@ pub(super) fn refreshed(
 /// TTL-2: the TTL after a 304, from then on. A STON class TTL grows by its
 /// Ratio on each 304 (to its Max); a ttl.txt TTL is fixed; an origin-given one
 /// follows the 304's own max-age.
-fn ston_refreshed_lifetime(vhost: &crate::config::Vhost, hit: &Hit, facts: &ResponseFacts) -> u64 {
+pub(super) fn ston_refreshed_lifetime(
+    vhost: &crate::config::Vhost,
+    hit: &Hit,
+    facts: &ResponseFacts,
+) -> u64 {
     let p = &vhost.options.ttl;
     let class =
         Class::from_bits((hit.times.flags & freshness::CLASS_MASK) >> freshness::CLASS_SHIFT);
@@ -252,7 +262,14 @@ fn ston_refreshed_lifetime(vhost: &crate::config::Vhost, hit: &Hit, facts: &Resp
         .lifetime_ms
         .saturating_sub(hit.times.initial_age_ms());
     match (class, p.class_ttl(class)) {
-        (_, Some(c)) => c.grown_ms(ttl),
+        // The base is the TTL as stored, kept within the class's own bounds:
+        // an expire (0) or an extension (the whole stale age) must not shrink
+        // or inflate what grows.
+        (_, Some(c)) => {
+            let floor = c.secs.saturating_mul(1000);
+            let cap = c.max.saturating_mul(1000).max(floor);
+            c.grown_ms(ttl.clamp(floor, cap))
+        }
         (Class::Origin, None) => facts.cc.max_age.map_or(ttl, |s| s.saturating_mul(1000)),
         _ => ttl,
     }
