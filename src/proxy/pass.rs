@@ -25,9 +25,49 @@ pub async fn forward<D: Downstream>(
     // every stored variant of the target; a refused one (4xx, 5xx) leaves them.
     let safe = matches!(cx.head.method(), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE");
     if !safe && reply.head.status < 400 {
-        cx.shard.shared.cache.invalidate(&cx.key());
+        let cache = &cx.shard.shared.cache;
+        cache.invalidate(&cx.key());
+        // §4.4: the URIs in Location and Content-Location too, same origin only
+        // (an absolute one must name this request's host).
+        let host = cx.head.host().unwrap_or(cx.vhost.name.as_bytes());
+        for name in ["location", "content-location"] {
+            if let Some(path) = reply
+                .head
+                .header(name)
+                .and_then(|v| same_origin_path(v, host))
+            {
+                let key = crate::cache::CacheKey::new(
+                    &cx.vhost.name,
+                    path,
+                    crate::cache::Variant::Identity,
+                );
+                cache.invalidate(&key);
+            }
+        }
     }
     relay(cx, down, reply, &Extras::new(result)).await
+}
+
+/// The path of a `Location`/`Content-Location` value that names this origin:
+/// an absolute path, or an `http(s)://` URL whose authority is `host`.
+/// Relative references and other hosts are left alone.
+fn same_origin_path<'a>(v: &'a [u8], host: &[u8]) -> Option<&'a [u8]> {
+    let v = crate::http1::headers::trim(v);
+    if v.starts_with(b"/") && !v.starts_with(b"//") {
+        return Some(v);
+    }
+    let lower = v.to_ascii_lowercase();
+    let rest = if lower.starts_with(b"http://") {
+        &v[7..]
+    } else if lower.starts_with(b"https://") {
+        &v[8..]
+    } else {
+        return None;
+    };
+    let slash = rest.iter().position(|&b| b == b'/')?;
+    rest[..slash]
+        .eq_ignore_ascii_case(host)
+        .then(|| &rest[slash..])
 }
 
 /// Relays an origin response with its fields as they are (less hop-by-hop).
@@ -91,4 +131,32 @@ fn range_start(v: &[u8]) -> Option<u64> {
     let rest = v.strip_prefix(b"bytes ")?;
     let dash = rest.iter().position(|&b| b == b'-')?;
     crate::http1::headers::parse_content_length(&rest[..dash])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin_path;
+
+    #[test]
+    fn location_paths_of_this_origin_only() {
+        let h = b"www.a.com";
+        let table: &[(&[u8], Option<&[u8]>)] = &[
+            (b"/x?y=1", Some(b"/x?y=1")),
+            (b" /x ", Some(b"/x")),
+            (b"http://www.a.com/p", Some(b"/p")),
+            (b"HTTPS://WWW.A.COM/p", Some(b"/p")),
+            (b"http://evil.com/p", None),
+            (b"//www.a.com/p", None),
+            (b"x/y", None),
+            (b"http://www.a.com", None),
+        ];
+        for (v, want) in table {
+            assert_eq!(
+                same_origin_path(v, h),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
 }

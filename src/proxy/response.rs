@@ -87,10 +87,13 @@ pub fn from_origin(resp: &ResponseHead, body: BodyLen, policy: HeaderPolicy) -> 
         let cookie =
             name.eq_ignore_ascii_case(b"set-cookie") || name.eq_ignore_ascii_case(b"set-cookie2");
         let framing = name.eq_ignore_ascii_case(b"content-length");
+        // Not stored (it is recomputed from cache), but a relayed response's
+        // own Age must reach the client (RFC 9111 §5.1).
+        let age = name.eq_ignore_ascii_case(b"age");
         if is_hop_by_hop(name) || (framing && body != BodyLen::Empty) {
             continue;
         }
-        if !(cookie || framing || policy.keeps(name))
+        if !(cookie || framing || age || policy.keeps(name))
             || conn_values().any(|v| connection_names(v, name))
         {
             continue;

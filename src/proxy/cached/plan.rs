@@ -130,10 +130,29 @@ fn surrogate_control<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Cache
     (!kept.is_empty()).then(|| CacheControl::parse(std::iter::once(&kept[..])))
 }
 
+/// An Age value past it means "very old" (RFC 9111 §1.2.2's cap).
+const AGE_INFINITY: u64 = 1 << 31;
+
+/// The origin's `Age` (RFC 9111 §5.1): one line of digits. Anything else (a
+/// second value or line, a sign, a fraction, a parameter, letters) is not a
+/// valid age: the response counts as stale rather than fresh, as most caches
+/// read it. Absent: 0.
 pub fn age_of(h: &ResponseHead) -> u64 {
-    h.header("age")
-        .and_then(crate::http1::headers::parse_content_length)
-        .unwrap_or(0)
+    let mut lines = h
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"age"))
+        .map(|(_, v)| crate::http1::headers::trim(v));
+    let Some(v) = lines.next() else {
+        return 0;
+    };
+    if lines.next().is_some() || v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return AGE_INFINITY;
+    }
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(AGE_INFINITY)
+        .min(AGE_INFINITY)
 }
 
 /// `"<hex last-modified>-<hex size>"` (ETAG-1 Decision: STON's shape).
@@ -503,6 +522,32 @@ mod tests {
         assert_eq!(with_vary(&h), h);
         let h = Bytes::from_static(b"X: 1\r\n");
         assert_eq!(&with_vary(&h)[..], b"X: 1\r\nVary: Accept-Encoding\r\n");
+    }
+
+    #[test]
+    fn age_values_parse_as_rfc_9111_says() {
+        // (Age lines, age in seconds)
+        let table: &[(&[&str], u64)] = &[
+            (&[], 0),
+            (&["10"], 10),
+            (&[" 7200 "], 7200),
+            (&["99999999999999999999"], AGE_INFINITY),
+            (&["abc"], AGE_INFINITY),
+            (&["-10"], AGE_INFINITY),
+            (&["10.5"], AGE_INFINITY),
+            (&["10a"], AGE_INFINITY),
+            (&["3600, 3600"], AGE_INFINITY),
+            (&["0", "0"], AGE_INFINITY),
+            (&["10;foo=1"], AGE_INFINITY),
+            (&[""], AGE_INFINITY),
+        ];
+        for (lines, want) in table {
+            let mut raw = String::from("HTTP/1.1 200 OK\r\n");
+            for l in *lines {
+                raw.push_str(&format!("Age: {l}\r\n"));
+            }
+            assert_eq!(age_of(&head(&raw)), *want, "{lines:?}");
+        }
     }
 
     #[test]
