@@ -40,6 +40,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("record", record),
     ("h2c", h2c),
+    ("ttl_txt", ttl_txt),
+    ("manage", manage),
+    ("origin_head", origin_head),
 ];
 
 /// Upper bound on loop iterations per input (pipelined requests, body steps).
@@ -783,4 +786,133 @@ mod tests {
             }
         }
     }
+}
+
+/// ttl.txt, then what its rules decide at a few clock times; the STON
+/// priority over the input's first line as Cache-Control.
+pub fn ttl_txt(data: &[u8]) {
+    use policy::ttl::{self, ClassTtl, TtlFacts, TtlPolicy};
+    let text = String::from_utf8_lossy(data);
+    let headers = policy::NoHeaders;
+    if let Ok(p) = ttl::parse(&text) {
+        for r in &p.rules {
+            assert!(r.line >= 1);
+            for now in [0u64, 1_700_000_000, 1_700_086_399, u64::MAX / 4] {
+                let t = r.ttl_at(now);
+                assert!(t <= r.ttl, "a clock time only shortens");
+                if let Some((m, h)) = r.clock {
+                    if let Some(at) = ttl::next_clock(now, m, h) {
+                        assert!(at > now && at - now <= 2 * 86_400 + 60);
+                    }
+                }
+            }
+        }
+        for url in [&b"/a.html"[..], b"/", data] {
+            let ctx = MatchCtx {
+                client_ip: "127.0.0.1".parse().expect("a literal address"),
+                method: b"GET",
+                url,
+                headers: &headers,
+                mime: None,
+                geo: None,
+            };
+            for status in [200, 304, 404, 503] {
+                let got = ttl::custom_ttl(&p.rules, &ctx, status, 1_700_000_000);
+                let first = p.rules.iter().find(|r| r.matches(&ctx, status));
+                assert_eq!(got, first.map(|r| r.ttl_at(1_700_000_000)));
+            }
+        }
+    }
+    let line = data.split(|&b| b == b'\n').next().unwrap_or_default();
+    let cc = CacheControl::parse(std::iter::once(line));
+    let p = TtlPolicy::default();
+    for status in [100u16, 200, 206, 301, 304, 404, 599, 600] {
+        let d = ttl::decide(
+            &p,
+            &TtlFacts {
+                status,
+                cc: &cc,
+                expires_in: Some(60),
+                now_s: 0,
+            },
+            Some(7),
+        );
+        if let ttl::Decision::Store { secs, .. } = d {
+            assert!((200..600).contains(&status) && status != 206 && status != 304);
+            assert!(secs <= 1 << 31 || secs == p.res[0].secs);
+        }
+    }
+    let c = ClassTtl {
+        secs: u64::from(data.first().copied().unwrap_or(0)),
+        ratio: u32::from(data.get(1).copied().unwrap_or(0)) * 40,
+        max: u64::from(data.get(2).copied().unwrap_or(0)),
+    };
+    let now = u64::from_le_bytes(data.get(3..11).map_or([0; 8], |b| b.try_into().unwrap_or([0; 8])));
+    let grown = c.grown_ms(now);
+    assert!(grown >= now.min(c.max.saturating_mul(1000)) || grown == now);
+}
+
+/// What reaches the manager: purge targets, query parameters, access-list
+/// entries.
+pub fn manage(data: &[u8]) {
+    use crate::config::manager::{Allow, Role};
+    use crate::manage::target;
+    let text = String::from_utf8_lossy(data);
+    if let Ok(ts) = target::parse(&text) {
+        assert!(ts.len() <= target::MAX_TARGETS);
+        for t in &ts {
+            assert!(t.path.starts_with('/'), "{t:?}");
+            assert!(!t.host.is_empty());
+            assert!(t.path.starts_with(t.literal_prefix()));
+        }
+    }
+    for name in ["url", "sec", ""] {
+        if let Some(v) = target::raw_param(&text, name) {
+            assert!(text.contains(v));
+        }
+        let _ = target::query_param(&text, name);
+    }
+    let _ = target::percent_decode(&text);
+    for line in text.lines() {
+        if let Ok(a) = Allow::parse(line, Role::User) {
+            // A single address is inside its own entry.
+            if let Ok(ip) = line.trim().parse::<IpAddr>() {
+                assert!(a.contains(ip));
+            }
+        }
+    }
+}
+
+/// An origin's response head, read as the cache reads it: its freshness
+/// facts (targeted fields included), its Age, and stored keys built from it.
+pub fn origin_head(data: &[u8]) {
+    use crate::cache::key::{self, CacheKey, Variant};
+    let mut buf = BytesMut::from(data);
+    if let Ok(Some(h)) = response::parse(&mut buf, 64 << 10) {
+        let f = crate::proxy::cached::plan_facts(&h);
+        assert!(f.cc.max_age.is_none_or(|a| a <= 1 << 31));
+        let age = crate::proxy::cached::plan_age(&h);
+        assert!(age <= 1 << 31);
+    }
+    let names: Vec<Box<[u8]>> = data
+        .split(|&b| b == b',')
+        .take(8)
+        .map(|n| n.to_ascii_lowercase().into_boxed_slice())
+        .collect();
+    let lines: Vec<(&[u8], &[u8])> = data
+        .split(|&b| b == b'\n')
+        .filter_map(|l| {
+            let i = l.iter().position(|&b| b == b':')?;
+            Some((&l[..i], &l[i + 1..]))
+        })
+        .collect();
+    let sig = key::vary_signature(&names, || Box::new(lines.iter().copied()));
+    let k = CacheKey::new("h", data, Variant::Gzip).varied(&names, sig);
+    // A varied key always gives its base back.
+    if !data.contains(&0) {
+        let (base, _) = key::vary_of(k.stored()).expect("a varied key");
+        assert_eq!(base, k.base());
+    }
+    let _ = key::vary_of(data);
+    let _ = key::primary_of(data);
 }

@@ -14,6 +14,9 @@ mod plan;
 mod revalidate;
 
 pub use plan::generated_etag;
+/// The freshness facts and the Age the cache reads from an origin head (for
+/// the fuzz targets).
+pub use plan::{age_of as plan_age, response_facts as plan_facts};
 
 use super::request::RequestCtx;
 use super::upstream::{self, OriginOpts};
