@@ -847,7 +847,10 @@ pub fn ttl_txt(data: &[u8]) {
         ratio: u32::from(data.get(1).copied().unwrap_or(0)) * 40,
         max: u64::from(data.get(2).copied().unwrap_or(0)),
     };
-    let now = u64::from_le_bytes(data.get(3..11).map_or([0; 8], |b| b.try_into().unwrap_or([0; 8])));
+    let now = u64::from_le_bytes(
+        data.get(3..11)
+            .map_or([0; 8], |b| b.try_into().unwrap_or([0; 8])),
+    );
     let grown = c.grown_ms(now);
     assert!(grown >= now.min(c.max.saturating_mul(1000)) || grown == now);
 }

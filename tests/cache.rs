@@ -675,3 +675,54 @@ fn the_default_segment_size_shrinks_to_fit_the_shard_count() {
     assert_eq!(segs.len(), 5, "{segs:?}");
     assert!(segs.iter().all(|f| f.metadata().unwrap().len() == 51 << 20));
 }
+
+#[test]
+fn key_2_3_case_insensitive_keys_and_query_string_rules() {
+    let origin = Origin::start(|r| ok(format!("seen {}", r.path).as_bytes()));
+    let dir = config_dir(
+        &origin.addr.to_string(),
+        &format!(
+            "{STATUS}<CaseSensitive>OFF</CaseSensitive><ApplyQueryString>ON</ApplyQueryString>"
+        ),
+        "",
+    );
+    std::fs::create_dir_all(dir.join("svc/test.local")).unwrap();
+    std::fs::write(
+        dir.join("svc/test.local/querystring.txt"),
+        "/nokey/*\n$URL[/tab.html], +start&end\n*.png, -utm\n",
+    )
+    .unwrap();
+    let cairn = Cairn::start(dir, 1);
+    let mut c = cairn.connect();
+    // KEY-2: one object whatever the case; the origin is asked in lower case.
+    let r = c.get("/Dir/A.html");
+    assert_eq!(
+        (r.header("x-cache"), r.text().as_str()),
+        (Some("TCP_MISS"), "seen /dir/a.html")
+    );
+    assert_eq!(c.get("/dir/a.HTML").header("x-cache"), Some("TCP_HIT"));
+    // KEY-3: a listed URL's query is not in the key (ApplyQueryString ON).
+    c.get("/nokey/x?session=1");
+    assert_eq!(
+        c.get("/nokey/x?session=2").header("x-cache"),
+        Some("TCP_HIT")
+    );
+    // +names: only those, in that order; other URLs keep their whole query.
+    c.get("/tab.html?end=2&start=1&junk=3");
+    assert_eq!(
+        c.get("/tab.html?start=1&end=2").header("x-cache"),
+        Some("TCP_HIT")
+    );
+    assert_eq!(
+        c.get("/tab.html?start=9&end=2").header("x-cache"),
+        Some("TCP_MISS")
+    );
+    // -names: all but those.
+    c.get("/i/a.png?w=1&utm=x");
+    assert_eq!(
+        c.get("/i/a.png?utm=y&w=1").header("x-cache"),
+        Some("TCP_HIT")
+    );
+    assert_eq!(c.get("/other?a=1").header("x-cache"), Some("TCP_MISS"));
+    assert_eq!(c.get("/other?a=2").header("x-cache"), Some("TCP_MISS"));
+}

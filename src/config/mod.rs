@@ -89,6 +89,12 @@ pub struct Options {
     pub forwarded_headers: bool,
     /// `<Compression Method Level SourceSize>` (GZ-1): `Some` when ON.
     pub compression: Option<CompressionSettings>,
+    /// `<CaseSensitive>` (KEY-2), default ON; OFF lower-cases the URL for the
+    /// key and for the origin request.
+    pub case_sensitive: bool,
+    /// `<ApplyQueryString>` (KEY-3), default ON: the query is part of the key,
+    /// but for what querystring.txt says.
+    pub apply_query: bool,
     /// `<VaryHeader>` (KEY-4): the Vary fields honoured in STON mode (lower
     /// case; `*` for all). Empty, STON's default: Vary is ignored. RFC 9111
     /// mode honours every field whatever this says.
@@ -210,6 +216,8 @@ impl Default for Options {
             forwarded_headers: false,
             compression: None,
             vary_headers: Vec::new(),
+            case_sensitive: true,
+            apply_query: true,
             drm: None,
         }
     }
@@ -250,6 +258,8 @@ pub struct Vhost {
     pub expires_rules: std::sync::Arc<[crate::policy::ExpiresRule]>,
     /// `svc/<vhost>/headers.txt` (MOD-*), applied when `<ModifyHeader>` is ON.
     pub header_rules: std::sync::Arc<[crate::policy::HeaderRule]>,
+    /// `svc/<vhost>/querystring.txt` (KEY-3).
+    pub query_rules: std::sync::Arc<[crate::policy::querystring::QueryRule]>,
     /// `svc/<vhost>/ttl.txt` (TTL-6): the `custom` TTLs of STON's policy.
     pub ttl_rules: std::sync::Arc<[crate::policy::ttl::TtlRule]>,
     /// `svc/<vhost>/compression.txt` (GZ-2), applied when `<Compression>` is ON.

@@ -642,6 +642,7 @@ fn parse_vhost(
         header_rules: std::sync::Arc::new([]),
         compression_rules: std::sync::Arc::new([]),
         ttl_rules: std::sync::Arc::new([]),
+        query_rules: std::sync::Arc::new([]),
         log: defaults.log.clone(),
         access_log: None,
         origin_log: None,
@@ -816,6 +817,18 @@ fn apply_options(
                 o.modify_header = on_off(s, e)?.then_some(first_only);
             }
             "AgeHeader" => o.age_header = on_off(s, e)?,
+            "CaseSensitive" => o.case_sensitive = on_off(s, e)?,
+            "ApplyQueryString" => {
+                o.apply_query = on_off(s, e)?;
+                if e.attribute("Collective")
+                    .is_some_and(|c| c.trim().eq_ignore_ascii_case("ON"))
+                {
+                    warnings.push(s.diag(
+                        e,
+                        "<ApplyQueryString Collective=\"ON\"> is not supported; treated as OFF",
+                    ));
+                }
+            }
             "VaryHeader" => {
                 let mut list = Vec::new();
                 for name in text(e).split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -1309,6 +1322,11 @@ fn load_rule_files(
             line: 0,
             reason: "ModifyHeader is ON but there is no headers.txt".into(),
         });
+    }
+    if let Some((file, text)) = read("querystring.txt")? {
+        let parsed = crate::policy::querystring::parse(&text).map_err(|e| first_error(&file, e))?;
+        warnings.extend(parsed.warnings.into_iter().map(|d| to_diag(&file, d)));
+        vh.query_rules = parsed.rules.into();
     }
     if let Some((file, text)) = read("ttl.txt")? {
         let parsed = crate::policy::ttl::parse(&text).map_err(|e| first_error(&file, e))?;

@@ -361,6 +361,17 @@ fn purge(
         .map(|t| vhost_named(live, &t.host).ok_or_else(|| t.host.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     for (t, vhost) in targets.iter().zip(vhosts) {
+        // The key holds the URL as KEY-2/KEY-3 made it: so must the target.
+        let lowered;
+        let t = if vhost.options.case_sensitive {
+            t
+        } else {
+            lowered = target::Target {
+                host: t.host.clone(),
+                path: t.path.to_ascii_lowercase(),
+            };
+            &lowered
+        };
         let n = if t.is_pattern() {
             let mut prefix = vhost.name.as_bytes().to_vec();
             prefix.extend_from_slice(t.literal_prefix().as_bytes());
@@ -371,7 +382,12 @@ fn purge(
             let name_len = vhost.name.len();
             cache.apply_matching(&prefix, |k| pat.matches(&k[name_len..]), op, now)
         } else {
-            let key = CacheKey::new(&vhost.name, t.path.as_bytes(), Variant::Identity);
+            let url = crate::proxy::cached::key_url(
+                &vhost.options,
+                &vhost.query_rules,
+                t.path.as_bytes(),
+            );
+            let key = CacheKey::new(&vhost.name, &url, Variant::Identity);
             cache.apply_all_variants(key.primary(), op, now)
         };
         total.count += n.count;

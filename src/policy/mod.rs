@@ -20,6 +20,7 @@ pub mod drm;
 pub mod expires;
 pub mod modify;
 pub mod pattern;
+pub mod querystring;
 pub(crate) mod rulefile;
 pub mod timespec;
 pub mod ttl;

@@ -138,7 +138,7 @@ pub async fn serve_with<D: Downstream>(
         key: RefCell::new(match drm_source {
             Some(_) => crate::cache::CacheKey::new(
                 &vhost.name,
-                head.path(),
+                &cached::key_url(&vhost.options, &vhost.query_rules, head.path()),
                 crate::cache::Variant::Identity,
             ),
             None => cached::key_for(&shard.shared.cache, vhost, head, req_headers.as_ref()),

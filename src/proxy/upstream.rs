@@ -32,6 +32,9 @@ pub struct OriginOpts<'a> {
     /// `<ForwardedHeaders>ON`: the host and scheme cairn sets itself (set by
     /// [`send`], like `unkeyed`).
     pub forwarded: Option<Forwarded<'a>>,
+    /// `<CaseSensitive>OFF` (KEY-2): the path goes out lower case (set by
+    /// [`prepare`]).
+    pub lower_path: bool,
 }
 
 /// What cairn knows of the client-facing request, for `X-Forwarded-Host` and
@@ -78,7 +81,11 @@ pub fn origin_request(
     if path != b"*" {
         out.extend_from_slice(origin.path_prefix.as_bytes());
     }
+    let at = out.len();
     out.extend_from_slice(path);
+    if opts.lower_path {
+        out[at..].make_ascii_lowercase();
+    }
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(origin.host_header.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -193,6 +200,7 @@ pub fn prepare<'v>(
                 "http"
             },
         }),
+        lower_path: !o.case_sensitive,
         ..*opts
     };
     let origin = up.balancers.pick(&cx.vhost.name, &cx.vhost.origins);

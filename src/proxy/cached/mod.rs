@@ -129,6 +129,48 @@ pub fn honoured_vary(vhost: &Vhost, reply: &crate::http1::ResponseHead) -> Optio
     (names.len() <= MAX_VARY_NAMES).then_some(names)
 }
 
+/// The URL the key holds (KEY-2, KEY-3): lower case with `<CaseSensitive>OFF`,
+/// the query as `<ApplyQueryString>` and querystring.txt say. Borrowed when
+/// nothing changes it (the default).
+pub fn key_url<'r>(
+    o: &crate::config::Options,
+    rules: &[crate::policy::querystring::QueryRule],
+    target: &'r [u8],
+) -> std::borrow::Cow<'r, [u8]> {
+    use std::borrow::Cow;
+    if o.case_sensitive && o.apply_query && rules.is_empty() {
+        return Cow::Borrowed(target);
+    }
+    let (path, query) = match memchr::memchr(b'?', target) {
+        Some(i) => (&target[..i], &target[i + 1..]),
+        None => (target, &b""[..]),
+    };
+    let lowered;
+    let (path, query): (&[u8], Cow<'_, [u8]>) = if o.case_sensitive {
+        (
+            path,
+            crate::policy::querystring::key_query(o.apply_query, rules, path, query),
+        )
+    } else {
+        lowered = target.to_ascii_lowercase();
+        let (p, q) = lowered.split_at(path.len());
+        let q = q.strip_prefix(b"?").unwrap_or(q);
+        let q = crate::policy::querystring::key_query(o.apply_query, rules, p, q).into_owned();
+        let mut out = p.to_vec();
+        if !q.is_empty() {
+            out.push(b'?');
+            out.extend_from_slice(&q);
+        }
+        return Cow::Owned(out);
+    };
+    let mut out = path.to_vec();
+    if !query.is_empty() {
+        out.push(b'?');
+        out.extend_from_slice(&query);
+    }
+    Cow::Owned(out)
+}
+
 fn coding_key(vhost: &Vhost, req: &RequestHead) -> CacheKey {
     let gzip = vhost.options.accept_encoding
         && accepts_gzip(
@@ -141,7 +183,8 @@ fn coding_key(vhost: &Vhost, req: &RequestHead) -> CacheKey {
     } else {
         Variant::Identity
     };
-    CacheKey::new(&vhost.name, req.path(), variant)
+    let url = key_url(&vhost.options, &vhost.query_rules, req.path());
+    CacheKey::new(&vhost.name, &url, variant)
 }
 
 /// Does the client take gzip (RFC 9110 §12.5.3)? `gzip` or `x-gzip` with a
