@@ -721,73 +721,6 @@ pub fn h2c(data: &[u8]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::TARGETS;
-    use std::path::Path;
-
-    /// Every corpus file of every target through its entry point.
-    #[test]
-    fn corpora_replay() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-        for (name, target) in TARGETS {
-            let dir = root.join(name);
-            let entries = std::fs::read_dir(&dir)
-                .unwrap_or_else(|e| panic!("corpus {} missing: {e}", dir.display()));
-            let mut n = 0;
-            for entry in entries {
-                let path = entry.expect("a directory entry").path();
-                if !path.is_file() {
-                    continue;
-                }
-                let data = std::fs::read(&path).expect("a corpus file");
-                let run = std::panic::catch_unwind(|| target(&data));
-                assert!(run.is_ok(), "{name}: {} panicked", path.display());
-                n += 1;
-            }
-            assert!(n > 0, "corpus {} is empty", dir.display());
-        }
-    }
-
-    /// Found by the `record` target: a stored `date_s` past `u64::MAX / 1000`
-    /// overflowed `date_s * 1000` in `Times::current_age_ms` (a panic with
-    /// overflow checks, a wrapped age without).
-    #[test]
-    fn huge_stored_date_does_not_overflow() {
-        let t = crate::cache::freshness::Times {
-            date_s: u64::MAX,
-            response_time_ms: 5,
-            ..Default::default()
-        };
-        assert_eq!(t.current_age_ms(10), 10);
-        assert!(!t.is_fresh(10));
-    }
-
-    /// Found by the `cache_control` target: `with_max_age` appended `, max-age=N`
-    /// after a value that ends inside an unclosed quoted string, so the new
-    /// max-age was part of that string to every quote-aware parser. The
-    /// unclosed directive is now dropped.
-    #[test]
-    fn with_max_age_after_an_unclosed_quote() {
-        use crate::policy::expires::{cache_control_max_age, with_max_age};
-        let out = with_max_age(Some(b"public, no-cache=\"x"), 42);
-        assert_eq!(out, b"public, max-age=42");
-        assert_eq!(cache_control_max_age(&out), Some(42));
-        let out = with_max_age(Some(b"private, x=\"a\\\"b, max-age=1"), 7);
-        assert_eq!(cache_control_max_age(&out), Some(7));
-    }
-
-    /// Empty and tiny inputs, for every target.
-    #[test]
-    fn trivial_inputs() {
-        for (_, target) in TARGETS {
-            for data in [&b""[..], b"\0", b"\n", b"\r\n\r\n", &[0xff; 70]] {
-                target(data);
-            }
-        }
-    }
-}
-
 /// ttl.txt, then what its rules decide at a few clock times; the STON
 /// priority over the input's first line as Cache-Control.
 pub fn ttl_txt(data: &[u8]) {
@@ -918,4 +851,71 @@ pub fn origin_head(data: &[u8]) {
     }
     let _ = key::vary_of(data);
     let _ = key::primary_of(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TARGETS;
+    use std::path::Path;
+
+    /// Every corpus file of every target through its entry point.
+    #[test]
+    fn corpora_replay() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        for (name, target) in TARGETS {
+            let dir = root.join(name);
+            let entries = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("corpus {} missing: {e}", dir.display()));
+            let mut n = 0;
+            for entry in entries {
+                let path = entry.expect("a directory entry").path();
+                if !path.is_file() {
+                    continue;
+                }
+                let data = std::fs::read(&path).expect("a corpus file");
+                let run = std::panic::catch_unwind(|| target(&data));
+                assert!(run.is_ok(), "{name}: {} panicked", path.display());
+                n += 1;
+            }
+            assert!(n > 0, "corpus {} is empty", dir.display());
+        }
+    }
+
+    /// Found by the `record` target: a stored `date_s` past `u64::MAX / 1000`
+    /// overflowed `date_s * 1000` in `Times::current_age_ms` (a panic with
+    /// overflow checks, a wrapped age without).
+    #[test]
+    fn huge_stored_date_does_not_overflow() {
+        let t = crate::cache::freshness::Times {
+            date_s: u64::MAX,
+            response_time_ms: 5,
+            ..Default::default()
+        };
+        assert_eq!(t.current_age_ms(10), 10);
+        assert!(!t.is_fresh(10));
+    }
+
+    /// Found by the `cache_control` target: `with_max_age` appended `, max-age=N`
+    /// after a value that ends inside an unclosed quoted string, so the new
+    /// max-age was part of that string to every quote-aware parser. The
+    /// unclosed directive is now dropped.
+    #[test]
+    fn with_max_age_after_an_unclosed_quote() {
+        use crate::policy::expires::{cache_control_max_age, with_max_age};
+        let out = with_max_age(Some(b"public, no-cache=\"x"), 42);
+        assert_eq!(out, b"public, max-age=42");
+        assert_eq!(cache_control_max_age(&out), Some(42));
+        let out = with_max_age(Some(b"private, x=\"a\\\"b, max-age=1"), 7);
+        assert_eq!(cache_control_max_age(&out), Some(7));
+    }
+
+    /// Empty and tiny inputs, for every target.
+    #[test]
+    fn trivial_inputs() {
+        for (_, target) in TARGETS {
+            for data in [&b""[..], b"\0", b"\n", b"\r\n\r\n", &[0xff; 70]] {
+                target(data);
+            }
+        }
+    }
 }
