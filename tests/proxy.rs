@@ -767,3 +767,45 @@ fn out_of_file_descriptors_backs_off_and_reports_once() {
     }
     assert!(served);
 }
+
+#[test]
+fn interim_responses_from_the_origin_reach_http11_clients_and_are_never_cached() {
+    let addr = scripted_origin(|s| {
+        let _ = s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 4\r\n\r\nbody");
+    });
+    let dir = config_dir(
+        &addr.to_string(),
+        "<CacheStatusHeader>ON</CacheStatusHeader>",
+        "",
+    );
+    let c = Cairn::start(dir, 1);
+    let fetch = |version: &str| {
+        let mut s = std::net::TcpStream::connect(c.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /e {version}\r\nHost: test.local\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let first = fetch("HTTP/1.1");
+    assert!(
+        first.starts_with(
+            "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 102 "
+        ),
+        "{first}"
+    );
+    assert!(
+        first.contains("\r\n\r\nHTTP/1.1 200 OK\r\n") && first.ends_with("body"),
+        "{first}"
+    );
+    // The hit is answered from cache: no interim response is stored.
+    let hit = fetch("HTTP/1.1");
+    assert!(
+        hit.starts_with("HTTP/1.1 200 OK\r\n") && hit.contains("X-Cache: TCP_HIT"),
+        "{hit}"
+    );
+}

@@ -200,6 +200,32 @@ impl Downstream for H1Exchange<'_> {
         Ok(())
     }
 
+    /// HTTP/1.1 clients only (RFC 9110 §15.2: never to HTTP/1.0), written at
+    /// once: hints are worth something only before the final response.
+    async fn send_interim(
+        &mut self,
+        status: u16,
+        fields: &[(&[u8], &[u8])],
+    ) -> Result<(), ClientGone> {
+        if self.state != State::Fresh || self.version != Version::Http11 {
+            return Ok(());
+        }
+        let mut out = format!(
+            "HTTP/1.1 {status} {}\r\n",
+            crate::http1::headers::reason(status)
+        )
+        .into_bytes();
+        for (n, v) in fields {
+            out.extend_from_slice(n);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        self.pending.push(Bytes::from(out));
+        self.flush().await
+    }
+
     async fn send_body(&mut self, piece: Bytes) -> Result<(), ClientGone> {
         if self.state != State::Streaming {
             return Err(ClientGone);

@@ -96,6 +96,15 @@ pub trait Downstream {
     /// Sends (or queues) the head. Body pieces queued right after it go out in
     /// the same vectored write.
     async fn send_head(&mut self, head: &Head<'_>) -> Result<(), ClientGone>;
+    /// Sends an interim (1xx) response ahead of the final one, where the
+    /// protocol carries it; by default it is dropped.
+    async fn send_interim(
+        &mut self,
+        _status: u16,
+        _fields: &[(&[u8], &[u8])],
+    ) -> Result<(), ClientGone> {
+        Ok(())
+    }
     /// Queues a piece of body; may write when enough is queued.
     async fn send_body(&mut self, piece: Bytes) -> Result<(), ClientGone>;
     /// Writes what is queued (before the caller waits for more).

@@ -36,6 +36,9 @@ pub struct OriginRequest {
 
 pub struct OriginReply {
     pub head: ResponseHead,
+    /// Interim responses before it (102, 103, …; not 100, which is this hop's),
+    /// for the client that asked (RFC 9110 §15.2); never stored.
+    pub interim: Vec<ResponseHead>,
     conn: Option<Conn>,
     buf: BytesMut,
     decoder: Option<BodyDecoder>,
@@ -250,11 +253,12 @@ async fn attempt(
             return Err(e);
         }
         match read_head(&conn, oo.receive_timeout).await {
-            Ok((head, buf)) => {
+            Ok((head, buf, interim)) => {
                 up.stats.bytes_in.fetch_add(buf.len() as u64, Relaxed);
                 let decoder = head.body(req.head_method, MAX_CHUNKED);
                 let mut reply = OriginReply {
                     head,
+                    interim,
                     conn: Some(conn),
                     buf,
                     decoder,
@@ -371,21 +375,28 @@ impl HeadError {
 /// Reads the final response head (skipping 1xx interim responses).
 /// `timeout` bounds the whole wait for the final head, so interim responses
 /// trickling in cannot hold the exchange open; at most `MAX_INTERIM` are skipped.
-async fn read_head(conn: &Conn, timeout: Duration) -> Result<(ResponseHead, BytesMut), HeadError> {
+async fn read_head(
+    conn: &Conn,
+    timeout: Duration,
+) -> Result<(ResponseHead, BytesMut, Vec<ResponseHead>), HeadError> {
     let mut buf = BytesMut::with_capacity(ORIGIN_READ);
     let mut received = false;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut interim = 0usize;
+    let mut interim = Vec::new();
+    let mut seen = 0usize;
     loop {
         match response::parse(&mut buf, MAX_RESPONSE_HEAD) {
             Ok(Some(h)) if h.is_informational() => {
-                interim += 1;
-                if h.status == 101 || interim > MAX_INTERIM {
+                seen += 1;
+                if h.status == 101 || seen > MAX_INTERIM {
                     return Err(HeadError::Bad(response::ResponseError::Malformed));
+                }
+                if h.status != 100 {
+                    interim.push(h);
                 }
                 continue;
             }
-            Ok(Some(h)) => return Ok((h, buf)),
+            Ok(Some(h)) => return Ok((h, buf, interim)),
             Ok(None) => {}
             Err(e) => return Err(HeadError::Bad(e)),
         }

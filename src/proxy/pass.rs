@@ -48,6 +48,25 @@ pub async fn forward<D: Downstream>(
     relay(cx, down, reply, &Extras::new(result)).await
 }
 
+/// Sends the origin's interim responses (103 Early Hints, 102) to this client,
+/// less hop-by-hop fields (RFC 9110 §15.2). Taken from the reply: sent once.
+pub(super) async fn forward_interim<D: Downstream>(down: &mut D, reply: &mut OriginReply) {
+    for h in std::mem::take(&mut reply.interim) {
+        let named = |n: &[u8]| {
+            h.headers()
+                .filter(|(c, _)| c.eq_ignore_ascii_case(b"connection"))
+                .any(|(_, v)| crate::http1::headers::connection_names(v, n))
+        };
+        let fields: Vec<(&[u8], &[u8])> = h
+            .headers()
+            .filter(|(n, _)| !crate::http1::headers::is_hop_by_hop(n) && !named(n))
+            .collect();
+        if down.send_interim(h.status, &fields).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The path of a `Location`/`Content-Location` value that names this origin:
 /// an absolute path, or an `http(s)://` URL whose authority is `host`.
 /// Relative references and other hosts are left alone.
@@ -95,6 +114,7 @@ pub async fn relay<D: Downstream>(
                 .ok_or(ExchangeError::Internal("DRM: a 206 without one byte range"))?;
         }
     }
+    forward_interim(down, &mut reply).await;
     let body = response::origin_body(reply.has_body(), reply.length());
     let head = response::from_origin(&reply.head, body, cx.vhost.options.headers);
     response::send_head(cx, down, head, x).await?;

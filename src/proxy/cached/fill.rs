@@ -160,6 +160,9 @@ pub(super) async fn fill_from<D: Downstream>(
     // followers (other values, maybe) fetch for themselves. `Vary: *` is never
     // stored.
     let mut leader = leader;
+    let mut reply = reply;
+    // Interim responses are this client's: before anything of the final one.
+    pass::forward_interim(down, &mut reply).await;
     let have = crate::cache::key::vary_of(cx.key().stored())
         .map(|(_, n)| n)
         .unwrap_or_default();
