@@ -135,6 +135,7 @@ fn a_pattern_purge_over_10000_objects_counts_them_and_the_next_requests_refetch(
     let before = origin.count();
 
     let (st, body) = call(mgr, "/command/purge?url=test.local/p/*");
+    println!("purge of 10,000 by pattern: {}", body.trim());
     assert_eq!(st, 200, "{body}");
     assert!(
         body.contains("\"method\":\"purge\",\"status\":\"OK\""),
