@@ -43,6 +43,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ttl_txt", ttl_txt),
     ("manage", manage),
     ("origin_head", origin_head),
+    ("querystring_txt", querystring_txt),
 ];
 
 /// Upper bound on loop iterations per input (pipelined requests, body steps).
@@ -851,6 +852,53 @@ pub fn origin_head(data: &[u8]) {
     }
     let _ = key::vary_of(data);
     let _ = key::primary_of(data);
+}
+
+/// `querystring.txt` and the key URL it gives: the key's query holds only
+/// parameters the request had, a `+` list only the listed names, and the key
+/// URL is a fixed point (a fill sends the origin the key's URL, which must key
+/// to itself).
+pub fn querystring_txt(data: &[u8]) {
+    use crate::policy::pattern::Case;
+    use crate::policy::querystring::{self, QueryAction};
+    let text = String::from_utf8_lossy(data);
+    let (rules_text, url) = text.split_once("\n\n").unwrap_or((&text, "/a?x=1&y=2"));
+    for (case, sensitive) in [(Case::Sensitive, true), (Case::Insensitive, false)] {
+        let Ok(p) = querystring::parse(rules_text, case) else {
+            continue;
+        };
+        for apply in [true, false] {
+            let o = crate::config::Options {
+                case_sensitive: sensitive,
+                apply_query: apply,
+                ..Default::default()
+            };
+            for target in [url.as_bytes(), b"/a.png?w=1&utm=2", data] {
+                let k = crate::proxy::cached::key_url(&o, &p.rules, target);
+                let again = crate::proxy::cached::key_url(&o, &p.rules, &k);
+                assert_eq!(k, again, "the key URL keys to itself");
+                let lowered = target.to_ascii_lowercase();
+                let t: &[u8] = if sensitive { target } else { &lowered };
+                let (path, query) = match memchr::memchr(b'?', t) {
+                    Some(i) => (&t[..i], &t[i + 1..]),
+                    None => (t, &b""[..]),
+                };
+                assert!(k.starts_with(path), "the path is kept");
+                let kq = k.get(path.len() + 1..).unwrap_or_default();
+                let params: Vec<&[u8]> = query.split(|&b| b == b'&').collect();
+                for kp in kq.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+                    assert!(params.contains(&kp), "a parameter the request had");
+                }
+                let rule = p.rules.iter().find(|r| r.url.matches(path));
+                if let Some(QueryAction::Keep(names)) = rule.map(|r| &r.action) {
+                    for kp in kq.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+                        let n = kp.split(|&b| b == b'=').next().unwrap_or_default();
+                        assert!(names.iter().any(|x| &x[..] == n), "a listed name");
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

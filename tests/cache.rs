@@ -689,7 +689,7 @@ fn key_2_3_case_insensitive_keys_and_query_string_rules() {
     std::fs::create_dir_all(dir.join("svc/test.local")).unwrap();
     std::fs::write(
         dir.join("svc/test.local/querystring.txt"),
-        "/nokey/*\n$URL[/tab.html], +start&end\n*.png, -utm\n",
+        "/nokey/*\n$URL[/tab.html], +start&end\n*.png, -utm\n$URL[/Up.HTML], +Id\n",
     )
     .unwrap();
     let cairn = Cairn::start(dir, 1);
@@ -725,4 +725,45 @@ fn key_2_3_case_insensitive_keys_and_query_string_rules() {
     );
     assert_eq!(c.get("/other?a=1").header("x-cache"), Some("TCP_MISS"));
     assert_eq!(c.get("/other?a=2").header("x-cache"), Some("TCP_MISS"));
+    // The fill asks the origin for the key's URL, so parameters the key leaves
+    // out (an encoded or padded name) cannot decide what others are served.
+    let r = c.get("/tab.html?start=7&st%61rt=evil&end=7&start%20=evil");
+    assert_eq!(r.text(), "seen /tab.html?start=7&end=7");
+    let r = c.get("/tab.html?end=7&start=7");
+    assert_eq!(
+        (r.header("x-cache"), r.text().as_str()),
+        (Some("TCP_HIT"), "seen /tab.html?start=7&end=7")
+    );
+    // Under CaseSensitive OFF, patterns and names match the lowered URL.
+    let r = c.get("/UP.html?x=1&ID=3");
+    assert_eq!(r.text(), "seen /up.html?id=3");
+    assert_eq!(
+        c.get("/up.html?id=3&y=2").header("x-cache"),
+        Some("TCP_HIT")
+    );
+}
+
+#[test]
+fn location_invalidation_keys_the_uri_as_a_request_for_it_would_be() {
+    // RFC 9111 §4.4 under <CaseSensitive>OFF: `Location: /ITEM.html` names the
+    // object stored for `/Item.html`, which is keyed in lower case.
+    let origin = Origin::start(|r| match r.method.as_str() {
+        "POST" => Reply::Bytes(
+            b"HTTP/1.1 201 Created\r\nLocation: /ITEM.html?b=2\r\nContent-Length: 0\r\n\r\n"
+                .to_vec(),
+        ),
+        _ => object(b"it", "Cache-Control: max-age=60\r\n"),
+    });
+    let dir = config_dir(
+        &origin.addr.to_string(),
+        &format!("{STATUS}<CaseSensitive>OFF</CaseSensitive>"),
+        "",
+    );
+    let cairn = Cairn::start(dir, 1);
+    let mut c = cairn.connect();
+    c.get("/Item.html?b=2");
+    assert_eq!(c.get("/item.html?B=2").header("x-cache"), Some("TCP_HIT"));
+    c.send(b"POST /make HTTP/1.1\r\nHost: test.local\r\nContent-Length: 1\r\n\r\nx");
+    assert_eq!(c.response(false).unwrap().status, 201);
+    assert_eq!(c.get("/item.html?b=2").header("x-cache"), Some("TCP_MISS"));
 }

@@ -771,7 +771,7 @@ fn out_of_file_descriptors_backs_off_and_reports_once() {
 #[test]
 fn interim_responses_from_the_origin_reach_http11_clients_and_are_never_cached() {
     let addr = scripted_origin(|s| {
-        let _ = s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 4\r\n\r\nbody");
+        let _ = s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nContent-Length: 5\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 4\r\n\r\nbody");
     });
     let dir = config_dir(
         &addr.to_string(),
@@ -808,4 +808,29 @@ fn interim_responses_from_the_origin_reach_http11_clients_and_are_never_cached()
         hit.starts_with("HTTP/1.1 200 OK\r\n") && hit.contains("X-Cache: TCP_HIT"),
         "{hit}"
     );
+}
+
+#[test]
+fn interim_responses_kept_for_the_client_are_bounded_in_bytes() {
+    // Ten 103s of about 2 KiB each: the first four fit the 8 KiB kept for
+    // the client; the rest are read and skipped, and the final response comes.
+    let addr = scripted_origin(|s| {
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            out.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\nLink: ");
+            out.extend_from_slice(&[b'a'; 2000]);
+            out.extend_from_slice(b"\r\n\r\n");
+        }
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody");
+        let _ = s.write_all(&out);
+    });
+    let c = Cairn::start(config_dir(&addr.to_string(), "", ""), 1);
+    let mut s = std::net::TcpStream::connect(c.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /e HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert_eq!(out.matches("HTTP/1.1 103 Early Hints\r\n").count(), 4);
+    assert!(out.contains("HTTP/1.1 200 OK\r\n") && out.ends_with("body"));
 }

@@ -1324,7 +1324,13 @@ fn load_rule_files(
         });
     }
     if let Some((file, text)) = read("querystring.txt")? {
-        let parsed = crate::policy::querystring::parse(&text).map_err(|e| first_error(&file, e))?;
+        let case = if vh.options.case_sensitive {
+            crate::policy::pattern::Case::Sensitive
+        } else {
+            crate::policy::pattern::Case::Insensitive
+        };
+        let parsed =
+            crate::policy::querystring::parse(&text, case).map_err(|e| first_error(&file, e))?;
         warnings.extend(parsed.warnings.into_iter().map(|d| to_diag(&file, d)));
         vh.query_rules = parsed.rules.into();
     }

@@ -127,6 +127,8 @@ pub struct H1Exchange<'c> {
     pending: Vec<Bytes>,
     sent: u64,
     head_len: u64,
+    /// Interim (1xx) heads queued before the final one: neither head nor body.
+    interim_len: u64,
     state: State,
 }
 
@@ -164,6 +166,7 @@ impl<'c> H1Exchange<'c> {
             pending: Vec::new(),
             sent: 0,
             head_len: 0,
+            interim_len: 0,
             state: State::Fresh,
         }
     }
@@ -200,8 +203,8 @@ impl Downstream for H1Exchange<'_> {
         Ok(())
     }
 
-    /// HTTP/1.1 clients only (RFC 9110 §15.2: never to HTTP/1.0), written at
-    /// once: hints are worth something only before the final response.
+    /// HTTP/1.1 clients only (RFC 9110 §15.2: never to HTTP/1.0). Queued, not
+    /// written: the caller flushes when it can afford to wait on this client.
     async fn send_interim(
         &mut self,
         status: u16,
@@ -222,8 +225,9 @@ impl Downstream for H1Exchange<'_> {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
+        self.interim_len += out.len() as u64;
         self.pending.push(Bytes::from(out));
-        self.flush().await
+        Ok(())
     }
 
     async fn send_body(&mut self, piece: Bytes) -> Result<(), ClientGone> {
@@ -301,7 +305,9 @@ impl Downstream for H1Exchange<'_> {
     }
 
     fn body_bytes_sent(&self) -> u64 {
-        self.sent.saturating_sub(self.head_len)
+        self.sent
+            .saturating_sub(self.head_len)
+            .saturating_sub(self.interim_len)
     }
 }
 

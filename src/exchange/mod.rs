@@ -96,8 +96,10 @@ pub trait Downstream {
     /// Sends (or queues) the head. Body pieces queued right after it go out in
     /// the same vectored write.
     async fn send_head(&mut self, head: &Head<'_>) -> Result<(), ClientGone>;
-    /// Sends an interim (1xx) response ahead of the final one, where the
-    /// protocol carries it; by default it is dropped.
+    /// Queues an interim (1xx) response ahead of the final one, where the
+    /// protocol carries it (by default it is dropped). It goes out with the
+    /// next [`flush`](Downstream::flush) or the head's write: a caller that
+    /// shares the origin's answer (a fill) must not wait on this client.
     async fn send_interim(
         &mut self,
         _status: u16,

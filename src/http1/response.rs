@@ -37,6 +37,11 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
+    /// The head's size as received, for memory bounds.
+    pub fn raw_len(&self) -> usize {
+        self.raw.len()
+    }
+
     pub fn reason(&self) -> &[u8] {
         &self.raw[self.reason.clone()]
     }

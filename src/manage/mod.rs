@@ -408,7 +408,12 @@ fn fileinfo(shared: &Shared, query: &str) -> (u16, &'static str, String) {
         return (502, JSON, json::reply("fileinfo", "UnknownVhost", "{}"));
     };
     let now = now_ms();
-    let key = CacheKey::new(&vhost.name, targets[0].path.as_bytes(), Variant::Identity);
+    let url = crate::proxy::cached::key_url(
+        &vhost.options,
+        &vhost.query_rules,
+        targets[0].path.as_bytes(),
+    );
+    let key = CacheKey::new(&vhost.name, &url, Variant::Identity);
     let mut items = Vec::new();
     for v in Variant::ALL {
         let Some(hit) = shared.cache.peek(key.with_variant(v).stored()) else {

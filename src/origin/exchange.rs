@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Interim (1xx) responses skipped before the final one; more is not HTTP.
 const MAX_INTERIM: usize = 16;
+/// Interim heads kept for the client, in bytes; later ones are skipped, not
+/// kept (hints are an optimisation, memory per exchange is not).
+const MAX_INTERIM_BYTES: usize = 8 * 1024;
 /// How much an origin read may bring at once.
 const ORIGIN_READ: usize = 64 * 1024;
 /// Bounds the chunked decoder's arithmetic only; nothing is buffered.
@@ -384,6 +387,7 @@ async fn read_head(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut interim = Vec::new();
     let mut seen = 0usize;
+    let mut kept = 0usize;
     loop {
         match response::parse(&mut buf, MAX_RESPONSE_HEAD) {
             Ok(Some(h)) if h.is_informational() => {
@@ -391,7 +395,8 @@ async fn read_head(
                 if h.status == 101 || seen > MAX_INTERIM {
                     return Err(HeadError::Bad(response::ResponseError::Malformed));
                 }
-                if h.status != 100 {
+                if h.status != 100 && kept + h.raw_len() <= MAX_INTERIM_BYTES {
+                    kept += h.raw_len();
                     interim.push(h);
                 }
                 continue;

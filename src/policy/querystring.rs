@@ -8,7 +8,12 @@
 //! *.png, -utm_source&utm_medium
 //! ```
 //!
-//! Only the key changes: the origin is sent the request's own query.
+//! A cache fill sends the origin the key's URL, not the client's: what was
+//! fetched is then exactly what the key names, whatever else the client put
+//! in its query (`?start=1&st%61rt=X`, a second `start`, `;` separators).
+//!
+//! Under `<CaseSensitive>OFF` the URL is lower-cased before it is matched,
+//! so patterns and names are lower-cased at load ([`parse`]'s `case`).
 
 use super::cond::{Cond, CondError, Condition};
 use super::pattern::{Case, Pattern};
@@ -50,11 +55,13 @@ pub enum QueryError {
     Action(String),
 }
 
-pub fn parse(text: &str) -> Result<Parsed<QueryRule>, Vec<RuleDiag>> {
+/// `case`: the vhost's `<CaseSensitive>`; `Insensitive` lower-cases the
+/// names, since [`key_query`] then sees a lower-cased query.
+pub fn parse(text: &str, case: Case) -> Result<Parsed<QueryRule>, Vec<RuleDiag>> {
     let mut out = Parsed::default();
     let mut errors = Vec::new();
     for line in rulefile::lines(text) {
-        match parse_rule(line.text) {
+        match parse_rule(line.text, case) {
             Ok((url, action)) => out.rules.push(QueryRule {
                 line: line.no,
                 url,
@@ -70,7 +77,7 @@ pub fn parse(text: &str) -> Result<Parsed<QueryRule>, Vec<RuleDiag>> {
     }
 }
 
-fn parse_rule(text: &str) -> Result<(Pattern, QueryAction), QueryError> {
+fn parse_rule(text: &str, case: Case) -> Result<(Pattern, QueryAction), QueryError> {
     let f = rulefile::fields(text)?;
     if !(1..=2).contains(&f.len()) {
         return Err(QueryError::FieldCount(f.len()));
@@ -78,7 +85,7 @@ fn parse_rule(text: &str) -> Result<(Pattern, QueryAction), QueryError> {
     let cond = Condition::parse(f[0])?;
     let url = match cond.terms() {
         [t] if !t.negated => match &t.cond {
-            Cond::Url(p) => Pattern::new(p.as_str(), Case::Sensitive),
+            Cond::Url(p) => Pattern::new(p.as_str(), case),
             _ => return Err(QueryError::NotUrl(snippet(f[0]))),
         },
         _ => return Err(QueryError::NotUrl(snippet(f[0]))),
@@ -87,20 +94,27 @@ fn parse_rule(text: &str) -> Result<(Pattern, QueryAction), QueryError> {
         None => QueryAction::Except,
         Some(a) => {
             let bad = || QueryError::Action(snippet(a));
-            let (sign, names) = a.split_at(1);
+            let (keep, names) = match (a.strip_prefix('+'), a.strip_prefix('-')) {
+                (Some(n), _) => (true, n),
+                (_, Some(n)) => (false, n),
+                _ => return Err(bad()),
+            };
             let names: Vec<Box<[u8]>> = names
                 .split('&')
                 .map(str::trim)
                 .filter(|n| !n.is_empty())
-                .map(|n| n.as_bytes().into())
+                .map(|n| match case {
+                    Case::Sensitive => n.as_bytes().into(),
+                    Case::Insensitive => n.to_ascii_lowercase().into_bytes().into(),
+                })
                 .collect();
             if names.is_empty() {
                 return Err(bad());
             }
-            match sign {
-                "+" => QueryAction::Keep(names),
-                "-" => QueryAction::Drop(names),
-                _ => return Err(bad()),
+            if keep {
+                QueryAction::Keep(names)
+            } else {
+                QueryAction::Drop(names)
             }
         }
     };
@@ -156,7 +170,7 @@ mod tests {
     #[test]
     fn rules_and_what_they_keep() {
         let text = "/private/*.jpg\n$URL[/tab.html], +start&end\n*.png, -utm&ref\n";
-        let rules = parse(text).unwrap().rules;
+        let rules = parse(text, Case::Sensitive).unwrap().rules;
         assert_eq!(rules.len(), 3);
         let k = |apply, path: &str, q: &str| {
             String::from_utf8(key_query(apply, &rules, path.as_bytes(), q.as_bytes()).into_owned())
@@ -177,8 +191,26 @@ mod tests {
         for (apply, path, q, want) in table {
             assert_eq!(k(apply, path, q), want, "{apply} {path}?{q}");
         }
-        for bad in ["/x, *a", "/x, +", "$HEADER[x], +a", "!URL[/x]", "/x, +a, 3"] {
-            assert!(parse(bad).is_err(), "{bad:?}");
+        for bad in [
+            "/x, *a",
+            "/x, +",
+            "$HEADER[x], +a",
+            "!URL[/x]",
+            "/x, +a, 3",
+            "/x, \u{e9}a",
+            "/x, \u{1F600}",
+        ] {
+            assert!(parse(bad, Case::Sensitive).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn case_insensitive_rules_match_the_lowered_url() {
+        let rules = parse("$URL[/Tab.HTML], +Start&END\n", Case::Insensitive)
+            .unwrap()
+            .rules;
+        // key_url lower-cases the target before it asks key_query.
+        let got = key_query(true, &rules, b"/tab.html", b"end=2&x=1&start=1");
+        assert_eq!(&got[..], b"start=1&end=2");
     }
 }

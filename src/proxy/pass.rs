@@ -36,9 +36,11 @@ pub async fn forward<D: Downstream>(
                 .header(name)
                 .and_then(|v| same_origin_path(v, host))
             {
+                // Keyed as a request for it would be (query rules, case).
+                let url = super::cached::key_url(&cx.vhost.options, &cx.vhost.query_rules, path);
                 let key = crate::cache::CacheKey::new(
                     &cx.vhost.name,
-                    path,
+                    &url,
                     crate::cache::Variant::Identity,
                 );
                 cache.invalidate(&key);
@@ -48,9 +50,17 @@ pub async fn forward<D: Downstream>(
     relay(cx, down, reply, &Extras::new(result)).await
 }
 
-/// Sends the origin's interim responses (103 Early Hints, 102) to this client,
-/// less hop-by-hop fields (RFC 9110 §15.2). Taken from the reply: sent once.
-pub(super) async fn forward_interim<D: Downstream>(down: &mut D, reply: &mut OriginReply) {
+/// Queues the origin's interim responses (103 Early Hints, 102) for this
+/// client, less hop-by-hop fields and framing (RFC 9110 §15.2). Taken from the
+/// reply: sent once. `flush`: write them now, as a pass-through may; a fill
+/// shared with followers leaves them to go out with the head, so a client that
+/// does not read cannot hold the fill.
+pub(super) async fn forward_interim<D: Downstream>(
+    down: &mut D,
+    reply: &mut OriginReply,
+    flush: bool,
+) {
+    let any = !reply.interim.is_empty();
     for h in std::mem::take(&mut reply.interim) {
         let named = |n: &[u8]| {
             h.headers()
@@ -59,11 +69,18 @@ pub(super) async fn forward_interim<D: Downstream>(down: &mut D, reply: &mut Ori
         };
         let fields: Vec<(&[u8], &[u8])> = h
             .headers()
-            .filter(|(n, _)| !crate::http1::headers::is_hop_by_hop(n) && !named(n))
+            .filter(|(n, _)| {
+                !crate::http1::headers::is_hop_by_hop(n)
+                    && !n.eq_ignore_ascii_case(b"content-length")
+                    && !named(n)
+            })
             .collect();
         if down.send_interim(h.status, &fields).await.is_err() {
             return;
         }
+    }
+    if any && flush {
+        let _ = down.flush().await;
     }
 }
 
@@ -114,7 +131,7 @@ pub async fn relay<D: Downstream>(
                 .ok_or(ExchangeError::Internal("DRM: a 206 without one byte range"))?;
         }
     }
-    forward_interim(down, &mut reply).await;
+    forward_interim(down, &mut reply, true).await;
     let body = response::origin_body(reply.has_body(), reply.length());
     let head = response::from_origin(&reply.head, body, cx.vhost.options.headers);
     response::send_head(cx, down, head, x).await?;

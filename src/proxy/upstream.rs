@@ -35,6 +35,10 @@ pub struct OriginOpts<'a> {
     /// `<CaseSensitive>OFF` (KEY-2): the path goes out lower case (set by
     /// [`prepare`]).
     pub lower_path: bool,
+    /// The path and query to send instead of the client's: a cache fill asks
+    /// for the key's URL (KEY-2, KEY-3), so what is stored is what the key
+    /// names (set by [`prepare`]).
+    pub target: Option<&'a [u8]>,
 }
 
 /// What cairn knows of the client-facing request, for `X-Forwarded-Host` and
@@ -77,7 +81,7 @@ pub fn origin_request(
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(opts.method.unwrap_or(req.method()));
     out.push(b' ');
-    let path = req.path();
+    let path = opts.target.unwrap_or(req.path());
     if path != b"*" {
         out.extend_from_slice(origin.path_prefix.as_bytes());
     }
@@ -201,6 +205,17 @@ pub fn prepare<'v>(
             },
         }),
         lower_path: !o.case_sensitive,
+        ..*opts
+    };
+    // A fill asks for exactly the URL the key holds: the querystring.txt
+    // parameters, the case, nothing the key left out (which would let one
+    // client's extra parameters decide what every other client is served).
+    let key_target = opts
+        .for_cache
+        .then(|| super::cached::key_url(o, &cx.vhost.query_rules, cx.head.path()));
+    let opts = &OriginOpts {
+        target: key_target.as_deref(),
+        lower_path: opts.lower_path && key_target.is_none(),
         ..*opts
     };
     let origin = up.balancers.pick(&cx.vhost.name, &cx.vhost.origins);

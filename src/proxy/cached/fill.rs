@@ -161,8 +161,9 @@ pub(super) async fn fill_from<D: Downstream>(
     // stored.
     let mut leader = leader;
     let mut reply = reply;
-    // Interim responses are this client's: before anything of the final one.
-    pass::forward_interim(down, &mut reply).await;
+    // Interim responses are this client's: before anything of the final one,
+    // queued only (they go out with the head), since followers wait on this.
+    pass::forward_interim(down, &mut reply, false).await;
     let have = crate::cache::key::vary_of(cx.key().stored())
         .map(|(_, n)| n)
         .unwrap_or_default();

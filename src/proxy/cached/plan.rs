@@ -135,8 +135,10 @@ const AGE_INFINITY: u64 = 1 << 31;
 
 /// The origin's `Age` (RFC 9111 §5.1): one line of digits. Anything else (a
 /// second value or line, a sign, a fraction, a parameter, letters) is not a
-/// valid age: the response counts as stale rather than fresh, as most caches
-/// read it. Absent: 0.
+/// valid age: the response counts as stale rather than fresh. §5.1 says a
+/// cache SHOULD take a list's first member and ignore an invalid value; both
+/// would turn `Age: 0, 7200` or `Age: -7200` into a fresh response, so cairn
+/// deliberately fails closed (a revalidation) instead. Absent: 0.
 pub fn age_of(h: &ResponseHead) -> u64 {
     let mut lines = h
         .headers()
