@@ -13,6 +13,7 @@ mod fuzz;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod geoip;
+pub mod health;
 pub mod http1;
 pub mod httpdate;
 pub mod json;

@@ -8,7 +8,7 @@ pub mod secret;
 pub mod tls;
 mod xml;
 
-pub use origin_addr::{OriginAddr, OriginProtocol};
+pub use origin_addr::{stable_hash, OriginAddr, OriginProtocol};
 
 use crate::http1::keepalive;
 use std::fmt;
@@ -232,6 +232,20 @@ pub struct OriginOptions {
     pub receive_timeout: Duration,
     /// `<ReuseTimeout>`: an idle pooled origin connection older than this is closed.
     pub reuse_timeout: Duration,
+    /// `<BalanceMode>` (ORG-2).
+    pub balance: BalanceMode,
+    /// `<Exclusion>`: consecutive failures that take an address out of
+    /// service (0: never).
+    pub exclusion: u32,
+    /// `<Recovery>`: how an excluded address is probed back.
+    pub recovery: Recovery,
+    /// `<HealthChecker>`s: probes that run whatever the traffic.
+    pub health_checkers: Vec<HealthCheck>,
+    /// `<Retry>`: further addresses an idempotent request that failed before
+    /// any response byte may try (ORG-4); `u32::MAX` for `all`.
+    pub retry: u32,
+    /// `<Host>`: the origin's Host header instead of STON's table.
+    pub host: Option<OriginHost>,
 }
 
 impl Default for OriginOptions {
@@ -240,8 +254,74 @@ impl Default for OriginOptions {
             connect_timeout: Duration::from_secs(3),
             receive_timeout: Duration::from_secs(10),
             reuse_timeout: Duration::from_secs(60),
+            balance: BalanceMode::RoundRobin,
+            exclusion: 3,
+            recovery: Recovery::default(),
+            health_checkers: Vec::new(),
+            retry: u32::MAX,
+            host: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BalanceMode {
+    #[default]
+    RoundRobin,
+    /// One client connection, one address (rendezvous on the session).
+    Session,
+    /// Consistent hashing of the cache key's URL.
+    Hash,
+}
+
+/// `<Recovery Cycle="10" Uri="/" ResCode="0">5</Recovery>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub cycle: Duration,
+    pub uri: String,
+    /// Statuses that count as good; empty: any response.
+    pub res_codes: Vec<u16>,
+    /// Consecutive good probes that restore an address (0: never by probe).
+    pub count: u32,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            cycle: Duration::from_secs(10),
+            uri: "/".into(),
+            res_codes: Vec::new(),
+            count: 5,
+        }
+    }
+}
+
+/// `<HealthChecker ResCode="200" Timeout="10" Cycle="10" Exclusion="3"
+/// Recovery="5">/path</HealthChecker>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub res_codes: Vec<u16>,
+    pub timeout: Duration,
+    pub cycle: Duration,
+    pub exclusion: u32,
+    pub recovery: u32,
+}
+
+/// `<Host>`: a fixed Host header, or `*` for the client's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginHost {
+    Fixed(String),
+    Client,
+}
+
+/// `<Origin><Affinity Cookie="JSESSIONID" RouteSeparator="."/>`: Tomcat's
+/// `jvmRoute`: the cookie value's suffix after the separator names the
+/// address (`Route=` on `<Address>`) that holds the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affinity {
+    pub cookie: String,
+    pub separator: char,
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +330,9 @@ pub struct Vhost {
     pub aliases: Vec<String>,
     pub listen: Vec<SocketAddr>,
     pub origins: Vec<OriginAddr>,
+    /// `<Address2>`: used only while every `<Address>` is excluded (ORG-1).
+    pub standby: Vec<OriginAddr>,
+    pub affinity: Option<Affinity>,
     /// How HTTPS origins are verified; set when any origin is over TLS.
     pub origin_tls: Option<std::sync::Arc<tls::OriginTls>>,
     pub options: Options,

@@ -5,7 +5,7 @@ use rustls_pki_types::ServerName;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct OriginAddr {
     pub addr: SocketAddr,
     /// The `Host` header sent to this origin (STON's table: the vhost name for an
@@ -19,6 +19,27 @@ pub struct OriginAddr {
     /// (the `Host` header's name, so an origin by IP address is verified as the
     /// vhost it serves).
     pub tls_name: Option<ServerName<'static>>,
+    /// Exclusion state and counters, shared by every shard (ORG-3).
+    pub health: std::sync::Arc<crate::health::AddrHealth>,
+    /// `Route="tomcat1"`: the cookie-route suffix that picks this address.
+    pub route: Option<Box<str>>,
+    /// Stable across restarts and shards: the rendezvous-hash identity.
+    pub id: u64,
+}
+
+/// FNV-1a: fixed, unlike a seeded hasher, so Hash mode sends a URL to the
+/// same address in every process.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// `<Origin Protocol>`: how addresses without a scheme are reached.
@@ -40,12 +61,24 @@ impl fmt::Display for OriginAddr {
 }
 
 impl OriginAddr {
-    /// Parses and resolves an address. Resolution happens once, at load, on the main thread.
+    /// Parses and resolves an address; the first resolved IP only.
     pub fn parse(
         text: &str,
         vhost_name: &str,
         protocol: OriginProtocol,
     ) -> Result<OriginAddr, String> {
+        let mut all = Self::parse_all(text, vhost_name, protocol)?;
+        Ok(all.swap_remove(0))
+    }
+
+    /// Parses and resolves an address: one per resolved IP (a domain with
+    /// two A records is two addresses, balanced and excluded apart), never
+    /// none. Resolution happens at load, on the main thread.
+    pub fn parse_all(
+        text: &str,
+        vhost_name: &str,
+        protocol: OriginProtocol,
+    ) -> Result<Vec<OriginAddr>, String> {
         let t = text.trim();
         let scheme = |p: &str| {
             t.get(..p.len())
@@ -77,8 +110,8 @@ impl OriginAddr {
             return Err(format!("origin address '{text}': bad host"));
         }
         let ip: Option<IpAddr> = host.parse().ok();
-        let addr = match ip {
-            Some(ip) => SocketAddr::new(ip, port),
+        let addrs: Vec<SocketAddr> = match ip {
+            Some(ip) => vec![SocketAddr::new(ip, port)],
             // Fuzz builds (`--cfg fuzzing`) must not send a DNS query per input.
             None if cfg!(fuzzing) && !host.eq_ignore_ascii_case("localhost") => {
                 return Err(format!(
@@ -88,9 +121,16 @@ impl OriginAddr {
             None => (host, port)
                 .to_socket_addrs()
                 .map_err(|e| format!("origin address '{text}': cannot resolve {host}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("origin address '{text}': {host} has no address"))?,
+                .fold(Vec::new(), |mut v, a| {
+                    if !v.contains(&a) {
+                        v.push(a);
+                    }
+                    v
+                }),
         };
+        if addrs.is_empty() {
+            return Err(format!("origin address '{text}': {host} has no address"));
+        }
         let base = if ip.is_some() { vhost_name } else { host };
         let host_header = if port == default_port {
             base.to_string()
@@ -103,13 +143,20 @@ impl OriginAddr {
                 format!("origin address '{text}': '{base}' cannot be a TLS server name")
             })?),
         };
-        Ok(OriginAddr {
-            addr,
-            host_header,
-            path_prefix: path.to_string(),
-            text: text.trim().to_string(),
-            tls_name,
-        })
+        let text = text.trim();
+        Ok(addrs
+            .into_iter()
+            .map(|addr| OriginAddr {
+                addr,
+                host_header: host_header.clone(),
+                path_prefix: path.to_string(),
+                text: text.to_string(),
+                tls_name: tls_name.clone(),
+                health: crate::health::shared(vhost_name, text, addr),
+                route: None,
+                id: stable_hash(&[text.as_bytes(), addr.to_string().as_bytes()]),
+            })
+            .collect())
     }
 }
 

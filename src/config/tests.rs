@@ -236,3 +236,74 @@ fn https_origins_get_a_client_configuration_and_plain_ones_none() {
     assert!(t.ca_file.is_none(), "the system's roots");
     assert!(l.config.vhosts[1].origin_tls.is_none());
 }
+
+#[test]
+fn origin_balancing_failure_and_affinity_elements() {
+    let server = r#"<Server><VHostDefault><OriginOptions>
+  <BalanceMode>Hash</BalanceMode><Exclusion>4</Exclusion><Retry>1</Retry>
+  <Recovery Cycle="3" Uri="/ping" ResCode="200, 204">2</Recovery>
+  <HealthChecker ResCode="200" Timeout="2" Cycle="5" Exclusion="1" Recovery="3">/health</HealthChecker>
+  <Host>origin.example.com:8080</Host>
+</OriginOptions></VHostDefault></Server>"#;
+    let vhosts = r#"<Vhosts><Vhost Name="a.example.com"><Origin>
+  <Affinity Cookie="JSESSIONID" RouteSeparator="."/>
+  <Address Route="tomcat1">10.0.0.1</Address><Address>10.0.0.2</Address>
+  <Address2>10.0.0.9</Address2>
+</Origin><OriginOptions><Retry>all</Retry><Host>*</Host></OriginOptions></Vhost></Vhosts>"#;
+    let l = load(server, vhosts).unwrap();
+    let v = &l.config.vhosts[0];
+    let o = &v.origin_options;
+    assert_eq!(o.balance, BalanceMode::Hash);
+    assert_eq!((o.exclusion, o.retry), (4, u32::MAX));
+    assert_eq!(o.host, Some(OriginHost::Client));
+    assert_eq!(
+        (
+            o.recovery.cycle.as_secs(),
+            o.recovery.uri.as_str(),
+            o.recovery.count
+        ),
+        (3, "/ping", 2)
+    );
+    assert_eq!(o.recovery.res_codes, [200, 204]);
+    let hc = &o.health_checkers[0];
+    assert_eq!(
+        (
+            hc.path.as_str(),
+            hc.timeout.as_secs(),
+            hc.cycle.as_secs(),
+            hc.exclusion,
+            hc.recovery
+        ),
+        ("/health", 2, 5, 1, 3)
+    );
+    assert_eq!(v.origins.len(), 2);
+    assert_eq!(v.origins[0].route.as_deref(), Some("tomcat1"));
+    assert_eq!(v.standby[0].addr, "10.0.0.9:80".parse().unwrap());
+    assert_eq!(
+        v.affinity,
+        Some(Affinity {
+            cookie: "JSESSIONID".into(),
+            separator: '.'
+        })
+    );
+    // Bad values: an error with the line, never a default.
+    for (bad, want) in [
+        ("<BalanceMode>Random</BalanceMode>", "expected RoundRobin"),
+        ("<Retry>many</Retry>", "whole number"),
+        ("<Recovery Uri=\"ping\">2</Recovery>", "absolute path"),
+        (
+            "<HealthChecker ResCode=\"abc\">/h</HealthChecker>",
+            "ResCode",
+        ),
+        ("<Host>a b</Host>", "host[:port]"),
+    ] {
+        let server = format!(
+            "<Server><VHostDefault><OriginOptions>\n{bad}</OriginOptions></VHostDefault></Server>"
+        );
+        let d = err(
+            &server,
+            r#"<Vhosts><Vhost Name="a"><Origin><Address>10.0.0.1</Address></Origin></Vhost></Vhosts>"#,
+        );
+        assert!(d.reason.contains(want) && d.line == 2, "{bad}: {d:?}");
+    }
+}

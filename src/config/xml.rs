@@ -549,9 +549,41 @@ fn parse_origin(
     let first = vh.origins.len();
     for a in elements(node) {
         match a.tag_name().name() {
-            "Address" => vh
-                .origins
-                .push(OriginAddr::parse(text(a), &vh.name, protocol).map_err(|r| s.err(a, r))?),
+            tag @ ("Address" | "Address2") => {
+                let route = a
+                    .attribute("Route")
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .map(Box::<str>::from);
+                let addrs =
+                    OriginAddr::parse_all(text(a), &vh.name, protocol).map_err(|r| s.err(a, r))?;
+                let list = if tag == "Address" {
+                    &mut vh.origins
+                } else {
+                    &mut vh.standby
+                };
+                for mut o in addrs {
+                    o.route = route.clone();
+                    list.push(o);
+                }
+            }
+            "Affinity" => {
+                let cookie = a.attribute("Cookie").map(str::trim).unwrap_or_default();
+                let sep = a.attribute("RouteSeparator").unwrap_or(".");
+                let mut chars = sep.chars();
+                match (cookie.is_empty(), chars.next(), chars.next()) {
+                    (false, Some(c), None) => {
+                        vh.affinity = Some(super::Affinity {
+                            cookie: cookie.to_string(),
+                            separator: c,
+                        })
+                    }
+                    _ => return Err(s.err(
+                        a,
+                        "<Affinity>: expected Cookie=\"name\" and a one-character RouteSeparator",
+                    )),
+                }
+            }
             "CA" if !text(a).is_empty() => {
                 let p = PathBuf::from(text(a));
                 ca = Some((
@@ -569,7 +601,10 @@ fn parse_origin(
             )),
         }
     }
-    let https = vh.origins[first..].iter().any(|o| o.tls_name.is_some());
+    let https = vh.origins[first..]
+        .iter()
+        .chain(&vh.standby)
+        .any(|o| o.tls_name.is_some());
     let at = ca.as_ref().map_or(node, |(n, _)| *n);
     let want = ca.as_ref().map(|(_, p)| p.clone());
     match &vh.origin_tls {
@@ -635,6 +670,8 @@ fn parse_vhost(
         aliases: Vec::new(),
         listen: Vec::new(),
         origins: Vec::new(),
+        standby: Vec::new(),
+        affinity: None,
         origin_tls: None,
         options: defaults.options.clone(),
         origin_options: defaults.origin.clone(),
@@ -912,6 +949,70 @@ fn apply_origin_options(
             "ConnectTimeout" => o.connect_timeout = secs(1)?,
             "ReceiveTimeout" => o.receive_timeout = secs(1)?,
             "ReuseTimeout" => o.reuse_timeout = secs(0)?,
+            "BalanceMode" => {
+                o.balance = match text(e).to_ascii_lowercase().as_str() {
+                    "roundrobin" => super::BalanceMode::RoundRobin,
+                    "session" => super::BalanceMode::Session,
+                    "hash" => super::BalanceMode::Hash,
+                    t => {
+                        return Err(s.err(
+                            e,
+                            format!("<BalanceMode> '{t}': expected RoundRobin, Session or Hash"),
+                        ))
+                    }
+                }
+            }
+            "Exclusion" => o.exclusion = number(s, e, text(e), 0, 1000)?,
+            "Retry" => {
+                o.retry = match text(e) {
+                    t if t.eq_ignore_ascii_case("all") => u32::MAX,
+                    t => number(s, e, t, 0, 1000)?,
+                }
+            }
+            "Recovery" => {
+                let r = &mut o.recovery;
+                r.count = number(s, e, text(e), 0, 1000)?;
+                if let Some(c) = e.attribute("Cycle") {
+                    r.cycle = Duration::from_secs(u64::from(number(s, e, c.trim(), 1, 3600)?));
+                }
+                if let Some(u) = e.attribute("Uri") {
+                    r.uri = probe_path(s, e, u)?;
+                }
+                if let Some(c) = e.attribute("ResCode") {
+                    r.res_codes = res_codes(s, e, c)?;
+                }
+                if r.count == 0 {
+                    warnings.push(s.diag(
+                        e,
+                        "<Recovery>0: an excluded address is never probed back; it serves again only when every address is excluded, or after a reload",
+                    ));
+                }
+            }
+            "HealthChecker" => {
+                let attr = |name: &str, lo, hi, dflt| match e.attribute(name) {
+                    Some(v) => number(s, e, v.trim(), lo, hi),
+                    None => Ok(dflt),
+                };
+                o.health_checkers.push(super::HealthCheck {
+                    path: probe_path(s, e, text(e))?,
+                    res_codes: match e.attribute("ResCode") {
+                        Some(c) => res_codes(s, e, c)?,
+                        None => Vec::new(),
+                    },
+                    timeout: Duration::from_secs(u64::from(attr("Timeout", 1, 3600, 10)?)),
+                    cycle: Duration::from_secs(u64::from(attr("Cycle", 1, 3600, 10)?)),
+                    exclusion: attr("Exclusion", 1, 1000, 3)?,
+                    recovery: attr("Recovery", 1, 1000, 5)?,
+                });
+            }
+            "Host" => {
+                o.host = match text(e) {
+                    "" => None,
+                    "*" => Some(super::OriginHost::Client),
+                    h if valid_host_header(h) => Some(super::OriginHost::Fixed(h.to_string())),
+                    h => return Err(s.err(e, format!("<Host> '{h}': expected host[:port] or *"))),
+                }
+            }
             other => warnings.push(s.diag(
                 e,
                 format!("<OriginOptions><{other}> is not supported yet; ignored"),
@@ -919,6 +1020,53 @@ fn apply_origin_options(
         }
     }
     Ok(())
+}
+
+/// A probe's request path: absolute, printable, no spaces.
+fn probe_path(s: &Src, e: Node, t: &str) -> Result<String, ConfigError> {
+    let t = t.trim();
+    if t.starts_with('/') && t.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(t.to_string())
+    } else {
+        Err(s.err(
+            e,
+            format!(
+                "<{}> '{t}': expected an absolute path like /health",
+                e.tag_name().name()
+            ),
+        ))
+    }
+}
+
+/// `ResCode="0"` (any response) or `"200, 204"`.
+fn res_codes(s: &Src, e: Node, t: &str) -> Result<Vec<u16>, ConfigError> {
+    let mut out = Vec::new();
+    for c in t.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        match c.parse::<u16>() {
+            Ok(0) => {}
+            Ok(n) if (100..=599).contains(&n) => out.push(n),
+            _ => {
+                return Err(s.err(
+                    e,
+                    format!("ResCode '{c}': expected 0 (any) or statuses like 200, 204"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `host` or `host:port`, as a Host header may carry.
+fn valid_host_header(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        Some((a, p)) if !a.contains(']') || a.ends_with(']') => (a, Some(p)),
+        _ => (h, None),
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
 fn on_off_str(s: &Src, e: Node, v: &str) -> Result<bool, ConfigError> {

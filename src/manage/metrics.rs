@@ -354,5 +354,51 @@ pub fn render(shared: &Shared) -> String {
         o.family(name, kind, help);
         o.sample(name, &[], v);
     }
+    origin_health(&mut o, shared);
     o.0
+}
+
+/// Per address (ORG-3): up or excluded, and what it has done.
+fn origin_health(o: &mut Out, shared: &Shared) {
+    let live = shared.live.load();
+    type Get = fn(&crate::health::AddrHealth) -> u64;
+    let families: [(&str, &str, &str, Get); 4] = [
+        (
+            "cairn_origin_up",
+            "gauge",
+            "1 while the address is in service, 0 while excluded.",
+            |h| u64::from(h.usable()),
+        ),
+        (
+            "cairn_origin_in_flight",
+            "gauge",
+            "Requests in flight to the address.",
+            |h| h.in_flight.load(Relaxed),
+        ),
+        (
+            "cairn_origin_address_failures_total",
+            "counter",
+            "Requests to the address that failed before a response.",
+            |h| h.failures.load(Relaxed),
+        ),
+        (
+            "cairn_origin_exclusions_total",
+            "counter",
+            "Times the address was excluded from service.",
+            |h| h.exclusions.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        o.family(name, kind, help);
+        for v in &live.config.vhosts {
+            for a in v.origins.iter().chain(&v.standby) {
+                let addr = a.addr.to_string();
+                o.sample(
+                    name,
+                    &[("vhost", &v.name), ("address", &addr)],
+                    get(&a.health),
+                );
+            }
+        }
+    }
 }

@@ -220,6 +220,7 @@ fn needs(path: &str) -> Option<Role> {
     Some(match path {
         "/metrics" | "/monitoring/realtime" | "/monitoring/average" => Role::Looker,
         "/monitoring/fileinfo" => Role::User,
+        "/monitoring/origin" => Role::Looker,
         "/command/purge"
         | "/command/expire"
         | "/command/expireafter"
@@ -263,6 +264,7 @@ fn route(m: &Manager, role: Role, path: &str, query: &str) -> (u16, &'static str
             }
         }
         "/monitoring/fileinfo" => fileinfo(shared, query),
+        "/monitoring/origin" => (200, JSON, json::reply(method, "OK", &origins(shared))),
         "/command/encryptpassword" => {
             let live = shared.live.load();
             let source = &live.config.source;
@@ -394,6 +396,43 @@ fn purge(
         total.bytes += n.bytes;
     }
     Ok(total)
+}
+
+/// `/monitoring/origin` (ORG-3 visibility): each address's state.
+fn origins(shared: &Shared) -> String {
+    let live = shared.live.load();
+    let mut out = String::from("[");
+    for v in &live.config.vhosts {
+        let all = v
+            .origins
+            .iter()
+            .map(|o| (o, "active"))
+            .chain(v.standby.iter().map(|o| (o, "standby")));
+        for (o, role) in all {
+            use std::sync::atomic::Ordering::Relaxed;
+            let h = &o.health;
+            let s = h.state();
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&format!(
+                "{{\"vhost\":{},\"address\":{},\"ip\":{},\"role\":\"{role}\",\"state\":\"{}\",\"consecutiveFailures\":{},\"goodProbes\":{},\"inFlight\":{},\"requests\":{},\"failures\":{},\"exclusions\":{},\"lastError\":{}}}",
+                json::string(&v.name),
+                json::string(&o.text),
+                json::string(&o.addr.to_string()),
+                if s.excluded { "excluded" } else { "up" },
+                s.fails,
+                s.goods,
+                h.in_flight.load(Relaxed),
+                h.requests.load(Relaxed),
+                h.failures.load(Relaxed),
+                h.exclusions.load(Relaxed),
+                h.last_error().map_or("null".into(), |e| json::string(&e)),
+            ));
+        }
+    }
+    out.push(']');
+    out
 }
 
 /// `/monitoring/fileinfo?url=host/path` (STAT-2): every stored variant.

@@ -18,6 +18,10 @@ pub enum OriginError {
     ResponseTimeout(u64),
     #[error("closed the connection before a complete response head")]
     ClosedBeforeHead,
+    /// Reset (or another socket error) before any response byte: the
+    /// request may go to another address.
+    #[error("the connection failed before any response byte: {0}")]
+    ResetBeforeHead(std::io::ErrorKind),
     #[error("{0}")]
     BadHead(ResponseError),
     #[error("the body broke off: {0}")]

@@ -6,6 +6,7 @@
 use super::error::TlsFailure;
 use super::{OriginError, PoolKey, Upstreams};
 use crate::config::{OriginAddr, Vhost};
+use crate::health::{Event, Transition};
 use crate::http1::{response, BodyDecoder, Decoded, ResponseHead};
 use crate::net::{Conn, IoError};
 use crate::spool::RequestBody;
@@ -51,6 +52,8 @@ pub struct OriginReply {
     reuse: Duration,
     receive: Duration,
     label: String,
+    /// Counted in the address's in-flight requests while the body is read.
+    in_flight: Option<crate::health::InFlight>,
 }
 
 impl OriginReply {
@@ -173,11 +176,41 @@ pub async fn send(
     origin: &OriginAddr,
     req: &OriginRequest,
 ) -> Result<OriginReply, OriginError> {
+    let guard = origin.health.begin();
     let r = attempt(up, vhost, origin, req).await;
-    if r.is_err() {
-        up.stats.failures.fetch_add(1, Relaxed);
+    let oo = &vhost.origin_options;
+    let recorded = match &r {
+        Ok(_) => origin
+            .health
+            .record(Event::Success, None, oo.exclusion, oo.recovery.count),
+        // The shard stopping is not the origin's doing.
+        Err(OriginError::Connect(e)) if e.kind() == std::io::ErrorKind::Interrupted => None,
+        Err(e) => {
+            up.stats.failures.fetch_add(1, Relaxed);
+            origin
+                .health
+                .record(Event::Failure, Some(e), oo.exclusion, oo.recovery.count)
+        }
+    };
+    if let (Some(t), Err(e)) = (recorded, &r) {
+        log_transition(&vhost.name, origin, t, &e.to_string(), oo.exclusion);
     }
-    r
+    r.map(|mut reply| {
+        reply.in_flight = Some(guard);
+        reply
+    })
+}
+
+/// STON's origin log lines for the two transitions (LOG-2).
+pub fn log_transition(vhost: &str, origin: &OriginAddr, t: Transition, why: &str, n: u32) {
+    match t {
+        Transition::Excluded => log::error!(
+            "vhost {vhost}: origin {origin} excluded from service after {n} consecutive failures (last: {why})"
+        ),
+        Transition::Recovered => log::warn!(
+            "vhost {vhost}: origin {origin} recovered back in service ({why})"
+        ),
+    }
 }
 
 async fn attempt(
@@ -271,6 +304,7 @@ async fn attempt(
                     reuse: oo.reuse_timeout,
                     receive: oo.receive_timeout,
                     label,
+                    in_flight: None,
                 };
                 if reply.decoder.is_none() {
                     reply.release();
@@ -369,7 +403,7 @@ impl HeadError {
         match self {
             HeadError::ClosedEarly | HeadError::Closed => OriginError::ClosedBeforeHead,
             HeadError::TimedOut => OriginError::ResponseTimeout(receive_secs),
-            HeadError::Io(e) => OriginError::BadHead(response::ResponseError::Io(e.kind())),
+            HeadError::Io(e) => OriginError::ResetBeforeHead(e.kind()),
             HeadError::Bad(e) => OriginError::BadHead(e),
         }
     }

@@ -6,6 +6,7 @@ pub mod balance;
 pub mod error;
 pub mod exchange;
 pub mod pool;
+pub mod probe;
 
 pub use balance::Balancers;
 pub use error::OriginError;

@@ -17,6 +17,9 @@ pub async fn forward<D: Downstream>(
     cx.bypass.set(true);
     let opts = OriginOpts {
         headers: cx.req_headers.as_ref(),
+        // OriginAffinity (ORG-6, STON's default ON): a client's unsafe
+        // requests (a login POST, then the next) reach the same address.
+        client_affinity: !cx.head.is_idempotent(),
         ..OriginOpts::default()
     };
     let body = cx.req.body.borrow_mut().take();

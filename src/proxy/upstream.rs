@@ -39,6 +39,10 @@ pub struct OriginOpts<'a> {
     /// for the key's URL (KEY-2, KEY-3), so what is stored is what the key
     /// names (set by [`prepare`]).
     pub target: Option<&'a [u8]>,
+    /// The Host header instead of the address's (`<Host>`; set by [`send`]).
+    pub host: Option<&'a [u8]>,
+    /// OriginAffinity (ORG-6): one client, one address.
+    pub client_affinity: bool,
 }
 
 /// What cairn knows of the client-facing request, for `X-Forwarded-Host` and
@@ -91,7 +95,7 @@ pub fn origin_request(
         out[at..].make_ascii_lowercase();
     }
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(origin.host_header.as_bytes());
+    out.extend_from_slice(opts.host.unwrap_or(origin.host_header.as_bytes()));
     out.extend_from_slice(b"\r\n");
     let conn_values = || {
         req.headers()
@@ -175,24 +179,113 @@ pub fn origin_request(
     out
 }
 
-/// Sends a request for this exchange to the vhost's next origin address.
+/// Sends a request for this exchange to the vhost's origin, through the
+/// balancer: an idempotent request that fails before any response byte tries
+/// the next untried address, up to `<Retry>` more (ORG-4).
 pub async fn send(
     cx: &RequestCtx<'_>,
     opts: &OriginOpts<'_>,
     body: Option<std::rc::Rc<crate::spool::RequestBody>>,
 ) -> Result<OriginReply, ExchangeError> {
-    let (origin, oreq) = prepare(cx, opts, body);
-    Ok(exchange::send(&cx.shard.upstreams, cx.vhost, origin, &oreq).await?)
+    let candidates = candidates(cx, opts);
+    let retry = cx.vhost.origin_options.retry as usize;
+    let tries = retry.saturating_add(1).min(candidates.len());
+    let mut i = 0;
+    loop {
+        let origin = candidates[i];
+        let oreq = build(cx, opts, origin, body.clone());
+        match exchange::send(&cx.shard.upstreams, cx.vhost, origin, &oreq).await {
+            Ok(r) => return Ok(r),
+            Err(e) if e.before_response() && oreq.idempotent && i + 1 < tries => {
+                i += 1;
+                log::info!(
+                    "vhost {}: origin {}: {e}; retrying on {}",
+                    cx.vhost.name,
+                    origin,
+                    candidates[i]
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
-/// The address to ask and the request to send it, for [`send`] or for a task
-/// that outlives the exchange (a background revalidation).
+/// The address to ask and the request to send it, for a task that outlives
+/// the exchange (a background revalidation): the balancer's first choice.
 pub fn prepare<'v>(
     cx: &RequestCtx<'v>,
     opts: &OriginOpts<'_>,
     body: Option<std::rc::Rc<crate::spool::RequestBody>>,
 ) -> (&'v OriginAddr, OriginRequest) {
-    let up = &cx.shard.upstreams;
+    let origin = candidates(cx, opts)[0];
+    (origin, build(cx, opts, origin, body))
+}
+
+/// The addresses this request may go to, best first (ORG-1, ORG-2).
+fn candidates<'v>(cx: &RequestCtx<'v>, opts: &OriginOpts<'_>) -> Vec<&'v OriginAddr> {
+    use crate::config::{stable_hash, BalanceMode};
+    use crate::origin::balance::{self, Spread};
+    let v = cx.vhost;
+    let spread = match v.origin_options.balance {
+        // OriginAffinity (ORG-6): a client's pass-through requests stay on one
+        // address, whatever the vhost's mode.
+        _ if opts.client_affinity => {
+            Spread::Rendezvous(stable_hash(&[cx.req.conn.peer.ip().to_string().as_bytes()]))
+        }
+        BalanceMode::RoundRobin => {
+            Spread::Cursor(cx.shard.upstreams.balancers.cursor(&v.name, usize::MAX))
+        }
+        BalanceMode::Session => {
+            Spread::Rendezvous(stable_hash(&[&cx.req.conn.session_id.to_le_bytes()]))
+        }
+        BalanceMode::Hash => {
+            let url = super::cached::key_url(&v.options, &v.query_rules, cx.head.path());
+            Spread::Rendezvous(stable_hash(&[v.name.as_bytes(), &url]))
+        }
+    };
+    let route = v.affinity.as_ref().and_then(|a| session_route(cx.head, a));
+    let list = balance::order(&v.origins, &v.standby, spread, route);
+    if let Some(r) = route {
+        if list[0].route.as_deref() != Some(r)
+            && v.origins
+                .iter()
+                .chain(&v.standby)
+                .any(|o| o.route.as_deref() == Some(r))
+        {
+            log::warn!(
+                "vhost {}: session route {r} is out of service; failing over to {}",
+                v.name,
+                list[0]
+            );
+        }
+    }
+    list
+}
+
+/// The route suffix of the affinity cookie (`JSESSIONID=ABC.tomcat1` →
+/// `tomcat1`), Tomcat's `jvmRoute` convention.
+fn session_route<'h>(head: &'h RequestHead, a: &crate::config::Affinity) -> Option<&'h str> {
+    let value = head
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"cookie"))
+        .flat_map(|(_, v)| v.split(|&b| b == b';'))
+        .find_map(|c| {
+            let c = crate::http1::headers::trim(c);
+            let (n, v) = c.split_at(c.iter().position(|&b| b == b'=')?);
+            (n == a.cookie.as_bytes()).then(|| &v[1..])
+        })?;
+    let value = std::str::from_utf8(value).ok()?;
+    let (_, route) = value.rsplit_once(a.separator)?;
+    (!route.is_empty()).then_some(route)
+}
+
+/// The request for `origin`: its Host and path prefix differ per address.
+fn build(
+    cx: &RequestCtx<'_>,
+    opts: &OriginOpts<'_>,
+    origin: &OriginAddr,
+    body: Option<std::rc::Rc<crate::spool::RequestBody>>,
+) -> OriginRequest {
     let o = &cx.vhost.options;
     let opts = &OriginOpts {
         unkeyed: &o.unkeyed,
@@ -213,12 +306,18 @@ pub fn prepare<'v>(
     let key_target = opts
         .for_cache
         .then(|| super::cached::key_url(o, &cx.vhost.query_rules, cx.head.path()));
+    let client_host = cx.head.host();
+    let host = match &cx.vhost.origin_options.host {
+        None => None,
+        Some(crate::config::OriginHost::Fixed(h)) => Some(h.as_bytes()),
+        Some(crate::config::OriginHost::Client) => client_host,
+    };
     let opts = &OriginOpts {
         target: key_target.as_deref(),
         lower_path: opts.lower_path && key_target.is_none(),
+        host,
         ..*opts
     };
-    let origin = up.balancers.pick(&cx.vhost.name, &cx.vhost.origins);
     cx.origin.set(Some(origin.addr));
     let head = origin_request(
         cx.head,
@@ -227,13 +326,12 @@ pub fn prepare<'v>(
         body.as_ref().map(|b| b.len()),
         opts,
     );
-    let oreq = OriginRequest {
+    OriginRequest {
         head: Bytes::from(head),
         body,
         idempotent: opts.for_cache || cx.head.is_idempotent(),
         head_method: opts.method.unwrap_or(cx.head.method()) == b"HEAD",
-    };
-    (origin, oreq)
+    }
 }
 
 #[cfg(test)]

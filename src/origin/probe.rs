@@ -1,0 +1,181 @@
+//! Probes of origin addresses, off the shards (ORG-3): `<Recovery>` probes of
+//! excluded addresses and `<HealthChecker>` probes of every address. One
+//! thread for the process, so an address is probed once per cycle, not once
+//! per shard; its findings go to the addresses' shared health.
+//!
+//! Probes are blocking and one at a time, each bounded by its timeout: a
+//! handful of addresses per vhost, every few seconds, needs no more.
+
+use crate::config::{Config, OriginAddr, Vhost};
+use crate::health::{Event, Transition};
+use crate::http1::response;
+use ahash::AHashMap;
+use bytes::BytesMut;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the thread looks for due probes.
+const TICK: Duration = Duration::from_millis(250);
+/// A probe reads at most this much looking for the response head.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Starts the prober. `config` returns the configuration in force (a reload
+/// swaps it; probes follow).
+pub fn spawn(
+    config: impl Fn() -> Arc<Config> + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cairn-health".into())
+        .spawn(move || {
+            let mut due: AHashMap<(usize, usize), Instant> = AHashMap::new();
+            loop {
+                std::thread::sleep(TICK);
+                let cfg = config();
+                tick(&cfg, &mut due, Instant::now());
+            }
+        })
+}
+
+/// The probe kind: `usize::MAX` for recovery, else the health checker's index.
+const RECOVERY: usize = usize::MAX;
+
+fn tick(cfg: &Config, due: &mut AHashMap<(usize, usize), Instant>, now: Instant) {
+    let mut live = Vec::new();
+    for v in &cfg.vhosts {
+        let oo = &v.origin_options;
+        for o in v.origins.iter().chain(&v.standby) {
+            let id = Arc::as_ptr(&o.health) as usize;
+            for (i, hc) in oo.health_checkers.iter().enumerate() {
+                live.push((id, i));
+                let at = due.entry((id, i)).or_insert(now);
+                if now < *at {
+                    continue;
+                }
+                *at = now + hc.cycle;
+                let good = probe(v, o, &hc.path, &hc.res_codes, hc.timeout);
+                apply(v, o, good, hc.exclusion, hc.recovery);
+            }
+            // With health checkers they alone judge; otherwise an excluded
+            // address gets <Recovery> probes every Cycle.
+            let r = &oo.recovery;
+            if !oo.health_checkers.is_empty() || o.health.usable() || r.count == 0 {
+                continue;
+            }
+            live.push((id, RECOVERY));
+            let at = due.entry((id, RECOVERY)).or_insert(now + r.cycle);
+            if now < *at {
+                continue;
+            }
+            *at = now + r.cycle;
+            let timeout = oo.connect_timeout + oo.receive_timeout;
+            let good = probe(v, o, &r.uri, &r.res_codes, timeout);
+            apply(v, o, good, oo.exclusion, r.count);
+        }
+    }
+    due.retain(|k, _| live.contains(k));
+}
+
+fn apply(v: &Vhost, o: &OriginAddr, good: Result<u16, String>, exclusion: u32, recovery: u32) {
+    let (event, why) = match &good {
+        Ok(status) => (Event::ProbeSuccess, format!("probe answered {status}")),
+        Err(e) => (Event::ProbeFailure, format!("probe: {e}")),
+    };
+    let err = good.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+    if let Some(t) = o.health.record(event, err, exclusion, recovery) {
+        let n = match t {
+            Transition::Excluded => exclusion,
+            Transition::Recovered => recovery,
+        };
+        super::exchange::log_transition(&v.name, o, t, &why, n);
+    }
+}
+
+/// One probe: `GET path`, good if a head arrives with an expected status
+/// (`res_codes` empty: any). The status, or why it was not good.
+fn probe(
+    v: &Vhost,
+    o: &OriginAddr,
+    path: &str,
+    res_codes: &[u16],
+    timeout: Duration,
+) -> Result<u16, String> {
+    let deadline = Instant::now() + timeout;
+    let tcp = TcpStream::connect_timeout(&o.addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    let host = match &v.origin_options.host {
+        Some(crate::config::OriginHost::Fixed(h)) => h.as_str(),
+        _ => o.host_header.as_str(),
+    };
+    let req = format!(
+        "GET {}{path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: cairn-health\r\nConnection: close\r\n\r\n",
+        o.path_prefix
+    );
+    let status = match (&o.tls_name, &v.origin_tls) {
+        (Some(name), Some(t)) => {
+            let conn = rustls::ClientConnection::new(t.client.clone(), name.clone())
+                .map_err(|e| format!("TLS: {e}"))?;
+            exchange(
+                rustls::StreamOwned::new(conn, tcp.try_clone().map_err(|e| e.to_string())?),
+                &tcp,
+                &req,
+                deadline,
+            )?
+        }
+        (Some(_), None) => return Err("no TLS client configuration".into()),
+        (None, _) => exchange(
+            tcp.try_clone().map_err(|e| e.to_string())?,
+            &tcp,
+            &req,
+            deadline,
+        )?,
+    };
+    if res_codes.is_empty() || res_codes.contains(&status) {
+        Ok(status)
+    } else {
+        Err(format!("status {status}, expected {res_codes:?}"))
+    }
+}
+
+/// Writes `req` and reads up to the final response head, each step bounded
+/// by what is left of `deadline` (set on `tcp`, the socket under `s`).
+fn exchange(
+    mut s: impl Read + Write,
+    tcp: &TcpStream,
+    req: &str,
+    deadline: Instant,
+) -> Result<u16, String> {
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| "timed out".to_string())
+    };
+    tcp.set_write_timeout(Some(left()?))
+        .map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    s.flush().map_err(|e| format!("send: {e}"))?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        loop {
+            match response::parse(&mut buf, MAX_HEAD) {
+                Ok(Some(h)) if h.is_informational() => continue,
+                Ok(Some(h)) => return Ok(h.status),
+                Ok(None) => break,
+                Err(e) => return Err(format!("bad response: {e}")),
+            }
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err("response head too large".into());
+        }
+        tcp.set_read_timeout(Some(left()?))
+            .map_err(|e| e.to_string())?;
+        match s.read(&mut chunk) {
+            Ok(0) => return Err("closed before a response".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("receive: {e}")),
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Origin balancing, exclusion, recovery, retry, standby and session routes
+//! (ORG-1..4), against real origins that the tests kill and restart.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// An origin that answers every request with its name (uncacheable) and can
+/// be killed (its port refuses, its connections close) and restarted on the
+/// same port.
+struct Backend {
+    name: &'static str,
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(name: &'static str) -> Backend {
+        Backend::on(name, "127.0.0.1:0".parse().unwrap(), Arc::default())
+    }
+
+    fn on(name: &'static str, addr: SocketAddr, hits: Arc<AtomicUsize>) -> Backend {
+        let listener = TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, st) = (hits.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !st.load(SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let (h, st) = (h.clone(), st.clone());
+                        conns.push(std::thread::spawn(move || serve(s, name, &h, &st)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            drop(listener);
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        Backend {
+            name,
+            addr,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(&mut self) {
+        self.stop.store(true, SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        *self = Backend::on(self.name, self.addr, self.hits.clone());
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn serve(mut s: TcpStream, name: &str, hits: &AtomicUsize, stop: &AtomicBool) {
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !stop.load(SeqCst) {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match s.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if buf.len() < end + 4 + len {
+            match s.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+            continue;
+        }
+        buf.drain(..end + 4 + len);
+        hits.fetch_add(1, SeqCst);
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{name}",
+            name.len()
+        );
+        if s.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+/// A config with these `<OriginOptions>` and `<Origin>` children.
+fn dir_with(origin_options: &str, origin: &str) -> std::path::PathBuf {
+    let dir = temp_dir("origin");
+    std::fs::write(dir.join("server.xml"), server_xml("", origin_options)).unwrap();
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        format!("<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin>{origin}</Origin></Vhost><Default>test.local</Default></Vhosts>"),
+    )
+    .unwrap();
+    dir
+}
+
+fn addresses(bs: &[&Backend], tag: &str) -> String {
+    bs.iter()
+        .map(|b| format!("<{tag}>{}</{tag}>", b.addr))
+        .collect()
+}
+
+/// Fast exclusion and recovery for tests: 2 failures out, 2 good probes a
+/// second apart back in.
+const FAST: &str = r#"<Exclusion>2</Exclusion><Recovery Cycle="1" Uri="/health">2</Recovery><ConnectTimeout>1</ConnectTimeout>"#;
+
+fn get_text(c: &mut Client, path: &str, extra: &str) -> (u16, String) {
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n{extra}\r\n").as_bytes());
+    let r = c.response(false).expect("a response");
+    (r.status, r.text())
+}
+
+/// Polls `f` until it holds or `within` passes.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+#[test]
+fn a_killed_origin_is_excluded_without_a_client_error_and_recovered_by_probes() {
+    let a = Backend::start("a");
+    let mut b = Backend::start("b");
+    let c = Backend::start("c");
+    let dir = dir_with(FAST, &addresses(&[&a, &b, &c], "Address"));
+    let cairn = Cairn::start(dir, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..3)
+        .map(|t| {
+            let (stop, errors, served, addr) =
+                (stop.clone(), errors.clone(), served.clone(), cairn.addr);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut i = 0;
+                while !stop.load(SeqCst) {
+                    i += 1;
+                    let (status, _) = get_text(&mut c, &format!("/l/{t}/{i}"), "");
+                    if status == 200 {
+                        served.fetch_add(1, SeqCst);
+                    } else {
+                        errors.fetch_add(1, SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || b.hits() > 20));
+    b.kill();
+    let log = cairn.wait_log("excluded from service");
+    assert!(
+        log.contains(&format!("origin {} excluded from service", b.addr)),
+        "{log}"
+    );
+    let before = served.load(SeqCst);
+    assert!(eventually(Duration::from_secs(5), || served.load(SeqCst)
+        > before + 200));
+    b.restart();
+    let hits = b.hits();
+    let log = cairn.wait_log("recovered back in service");
+    assert!(
+        log.contains(&format!("origin {} recovered back in service", b.addr)),
+        "{log}"
+    );
+    // Traffic returns to it.
+    assert!(eventually(Duration::from_secs(5), || b.hits() > hits + 20));
+    stop.store(true, SeqCst);
+    for t in load {
+        t.join().unwrap();
+    }
+    let log = cairn.stderr();
+    let why: Vec<&str> = log.lines().filter(|l| l.contains("->")).collect();
+    assert_eq!(errors.load(SeqCst), 0, "clients saw errors: {why:#?}");
+    assert!(a.hits() > 0 && c.hits() > 0);
+}
+
+#[test]
+fn hash_mode_keeps_a_url_on_one_address_and_moves_a_third_when_one_goes() {
+    let bs = [
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    ];
+    let three = Cairn::start(
+        dir_with(
+            "<BalanceMode>Hash</BalanceMode>",
+            &addresses(&[&bs[0], &bs[1], &bs[2]], "Address"),
+        ),
+        2,
+    );
+    let two = Cairn::start(
+        dir_with(
+            "<BalanceMode>Hash</BalanceMode>",
+            &addresses(&[&bs[0], &bs[1]], "Address"),
+        ),
+        2,
+    );
+    let (mut c3, mut c2) = (three.connect(), two.connect());
+    let mut moved = 0;
+    for i in 0..3000 {
+        let path = format!("/h/{i}");
+        let (_, first) = get_text(&mut c3, &path, "");
+        if i % 10 == 0 {
+            // The same address every time (and from another connection).
+            let (_, again) = get_text(&mut three.connect(), &path, "");
+            assert_eq!(first, again, "{path}");
+        }
+        let (_, without_c) = get_text(&mut c2, &path, "");
+        if first != without_c {
+            assert_eq!(first, "c", "only c's URLs move");
+            moved += 1;
+        }
+    }
+    assert!((750..=1260).contains(&moved), "{moved} of 3000 URLs moved");
+}
+
+#[test]
+fn standby_addresses_serve_only_while_every_active_one_is_excluded() {
+    let mut a = Backend::start("a");
+    let mut b = Backend::start("b");
+    let s = Backend::start("s");
+    let origin = format!(
+        "{}{}",
+        addresses(&[&a, &b], "Address"),
+        addresses(&[&s], "Address2")
+    );
+    let cairn = Cairn::start(dir_with(FAST, &origin), 1);
+    let mut c = cairn.connect();
+    for i in 0..20 {
+        assert_eq!(get_text(&mut c, &format!("/s/{i}"), "").1.len(), 1);
+    }
+    assert_eq!(s.hits(), 0, "standby used while actives are up");
+    a.kill();
+    b.kill();
+    for i in 0..20 {
+        let (status, body) = get_text(&mut c, &format!("/t/{i}"), "");
+        assert_eq!((status, body.as_str()), (200, "s"));
+    }
+    a.restart();
+    b.restart();
+    assert!(eventually(Duration::from_secs(8), || {
+        cairn.stderr().matches("recovered back in service").count() >= 2
+    }));
+    let used = s.hits();
+    for i in 0..20 {
+        assert_ne!(get_text(&mut c, &format!("/u/{i}"), "").1, "s");
+    }
+    assert_eq!(s.hits(), used, "standby used after the actives recovered");
+}
+
+#[test]
+fn a_session_route_cookie_pins_its_address_fails_over_and_comes_back() {
+    let mut t1 = Backend::start("tomcat1");
+    let t2 = Backend::start("tomcat2");
+    let origin = format!(
+        r#"<Affinity Cookie="JSESSIONID" RouteSeparator="."/><Address Route="tomcat1">{}</Address><Address Route="tomcat2">{}</Address>"#,
+        t1.addr, t2.addr
+    );
+    let cairn = Cairn::start(dir_with(FAST, &origin), 2);
+    let cookie = "Cookie: theme=dark; JSESSIONID=8A3F9C.tomcat1\r\n";
+    let mut c = cairn.connect();
+    for i in 0..100 {
+        assert_eq!(get_text(&mut c, &format!("/app/{i}"), cookie).1, "tomcat1");
+    }
+    t1.kill();
+    for i in 0..20 {
+        let (status, body) = get_text(&mut c, &format!("/down/{i}"), cookie);
+        assert_eq!((status, body.as_str()), (200, "tomcat2"));
+    }
+    let log = cairn.wait_log("failing over");
+    assert!(
+        log.contains("session route tomcat1 is out of service"),
+        "{log}"
+    );
+    t1.restart();
+    cairn.wait_log("recovered back in service");
+    for i in 0..20 {
+        assert_eq!(get_text(&mut c, &format!("/back/{i}"), cookie).1, "tomcat1");
+    }
+    // POST pass-through without a route: OriginAffinity keeps one client on
+    // one address (round-robin would alternate).
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        c.send(b"POST /login HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nok");
+        seen.push(c.response(false).unwrap().text());
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+}
