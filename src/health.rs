@@ -105,6 +105,8 @@ pub struct AddrHealth {
     pub exclusions: AtomicU64,
     /// Taken only on a failure; read by the monitoring page.
     last_error: Mutex<Option<String>>,
+    /// The exclusion count when a session-route failover was last logged.
+    failover_noted: AtomicU64,
 }
 
 impl AddrHealth {
@@ -160,6 +162,13 @@ impl AddrHealth {
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// True once per exclusion: whether to log that a session route had to
+    /// fail over from this address.
+    pub fn note_failover(&self) -> bool {
+        let n = self.exclusions.load(Relaxed);
+        self.failover_noted.swap(n, Relaxed) != n
     }
 
     /// Counts a request in flight until the guard drops.

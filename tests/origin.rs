@@ -331,3 +331,65 @@ fn a_session_route_cookie_pins_its_address_fails_over_and_comes_back() {
     seen.dedup();
     assert_eq!(seen.len(), 1, "{seen:?}");
 }
+
+#[test]
+fn only_idempotent_requests_fail_over_and_the_manager_shows_each_address() {
+    let mut dead = Backend::start("dead");
+    let live = Backend::start("live");
+    dead.kill();
+    let dir = dir_with(
+        "<Exclusion>0</Exclusion>",
+        &addresses(&[&dead, &live], "Address"),
+    );
+    edit_server_xml(
+        &dir,
+        "<Server>",
+        r#"<Server><Host><Manager Port="0" Listen="127.0.0.1"><Allow>127.0.0.1</Allow></Manager></Host>"#,
+    );
+    let cairn = Cairn::start(dir, 1);
+    let mut c = cairn.connect();
+    let (mut gets, mut posts_failed) = (0, 0);
+    for i in 0..20 {
+        let (status, body) = get_text(&mut c, &format!("/g/{i}"), "");
+        assert_eq!((status, body.as_str()), (200, "live"), "a GET fails over");
+        gets += 1;
+        // A POST may have been acted on: never sent to a second address.
+        // (From several client addresses: OriginAffinity pins each to one.)
+        let from: SocketAddr = format!("127.0.0.{}:0", 2 + i).parse().unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&from.into()).unwrap();
+        sock.connect(&cairn.addr.into()).unwrap();
+        let mut p = Client::from_stream(sock.into());
+        p.send(b"POST /p HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nhi");
+        let r = p.response(false).unwrap();
+        if r.status == 502 {
+            posts_failed += 1;
+        } else {
+            assert_eq!((r.status, r.text().as_str()), (200, "live"));
+        }
+    }
+    assert_eq!(gets, 20);
+    // Exclusion 0: the dead address stays in rotation, so the POSTs that
+    // drew it got the error rather than a second try.
+    assert!(posts_failed > 0, "no POST drew the dead address");
+    let log = cairn.wait_log("manager listening on http://");
+    let rest = log.split("manager listening on http://").nth(1).unwrap();
+    let mgr: SocketAddr = rest[..rest.find('/').unwrap()].parse().unwrap();
+    let mut s = TcpStream::connect(mgr).unwrap();
+    s.write_all(b"GET /monitoring/origin HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let dead_entry = out
+        .split("{\"vhost\"")
+        .find(|e| e.contains(&dead.addr.to_string()))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(dead_entry.contains("\"state\":\"up\""), "{dead_entry}");
+    assert!(
+        dead_entry.contains("\"lastError\":\"connect failed"),
+        "{dead_entry}"
+    );
+    assert!(!dead_entry.contains("\"failures\":0,"), "{dead_entry}");
+    drop(live);
+}

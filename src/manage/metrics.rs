@@ -391,11 +391,16 @@ fn origin_health(o: &mut Out, shared: &Shared) {
     for (name, kind, help, get) in families {
         o.family(name, kind, help);
         for v in &live.config.vhosts {
-            for a in v.origins.iter().chain(&v.standby) {
+            let all = v
+                .origins
+                .iter()
+                .map(|a| (a, "active"))
+                .chain(v.standby.iter().map(|a| (a, "standby")));
+            for (a, role) in all {
                 let addr = a.addr.to_string();
                 o.sample(
                     name,
-                    &[("vhost", &v.name), ("address", &addr)],
+                    &[("vhost", &v.name), ("address", &addr), ("role", role)],
                     get(&a.health),
                 );
             }

@@ -75,16 +75,18 @@ pub fn order<'v>(
         Spread::Rendezvous(k) => v.sort_by_key(|o| std::cmp::Reverse(mix(k ^ o.id))),
     };
     arrange(&mut out);
-    // Retries after the active ones: a standby address is still better than
-    // an error when every active address failed this request.
-    arrange(&mut rest);
-    out.extend(rest);
+    // A route picks among the first group only: a cookie must not reach a
+    // standby address while an active one is in service.
     if let Some(r) = route {
         if let Some(i) = out.iter().position(|o| o.route.as_deref() == Some(r)) {
             let o = out.remove(i);
             out.insert(0, o);
         }
     }
+    // Retries after the active ones: a standby address is still better than
+    // an error when every active address failed this request.
+    arrange(&mut rest);
+    out.extend(rest);
     out
 }
 
@@ -181,6 +183,13 @@ mod tests {
         assert_eq!(first(&active), 33);
         exclude(&active[2]);
         assert_eq!(first(&active), 31);
+        // A route naming a standby address does not reach it while an active
+        // address is in service.
+        let mut standby = addrs(1, 5);
+        standby[0].route = Some("spare".into());
+        let active = addrs(2, 6);
+        let got = order(&active, &standby, Spread::Cursor(0), Some("spare"));
+        assert_eq!(last_octets(&got), [61, 62, 51]);
     }
 
     #[test]

@@ -16,8 +16,16 @@ pub enum OriginError {
     Send(String),
     #[error("no response within ReceiveTimeout ({0}s)")]
     ResponseTimeout(u64),
-    #[error("closed the connection before a complete response head")]
+    #[error("closed the connection before any response byte")]
     ClosedBeforeHead,
+    /// After part of a head (or an interim response): it may have acted.
+    #[error("closed the connection before a complete response head")]
+    ClosedMidHead,
+    /// Part of a head (or an interim response) came, the rest did not.
+    #[error("no complete response head within ReceiveTimeout ({0}s)")]
+    HeadTimeout(u64),
+    #[error("the shard is stopping")]
+    Stopped,
     /// Reset (or another socket error) before any response byte: the
     /// request may go to another address.
     #[error("the connection failed before any response byte: {0}")]
@@ -44,7 +52,9 @@ impl OriginError {
     /// The status a client gets when nothing has been sent to it yet.
     pub fn status(&self) -> u16 {
         match self {
-            OriginError::ConnectTimeout(_) | OriginError::ResponseTimeout(_) => 504,
+            OriginError::ConnectTimeout(_)
+            | OriginError::ResponseTimeout(_)
+            | OriginError::HeadTimeout(_) => 504,
             _ => 502,
         }
     }
@@ -52,6 +62,13 @@ impl OriginError {
     /// May the request go to another address (ORG-4)? Only when the origin cannot
     /// have acted on it: nothing of a response arrived.
     pub fn before_response(&self) -> bool {
-        !matches!(self, OriginError::BadHead(_) | OriginError::BodyBroken(_))
+        !matches!(
+            self,
+            OriginError::BadHead(_)
+                | OriginError::BodyBroken(_)
+                | OriginError::ClosedMidHead
+                | OriginError::HeadTimeout(_)
+                | OriginError::Stopped
+        )
     }
 }

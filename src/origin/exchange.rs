@@ -184,6 +184,7 @@ pub async fn send(
             .health
             .record(Event::Success, None, oo.exclusion, oo.recovery.count),
         // The shard stopping is not the origin's doing.
+        Err(OriginError::Stopped) => None,
         Err(OriginError::Connect(e)) if e.kind() == std::io::ErrorKind::Interrupted => None,
         Err(e) => {
             up.stats.failures.fetch_add(1, Relaxed);
@@ -393,7 +394,12 @@ enum HeadError {
     /// Closed before any byte arrived (a stale pooled connection, typically).
     ClosedEarly,
     Closed,
-    TimedOut,
+    /// `received`: some bytes (a 1xx, part of the head) had come.
+    TimedOut {
+        received: bool,
+    },
+    /// The shard is stopping.
+    Stopped,
     Io(std::io::Error),
     Bad(response::ResponseError),
 }
@@ -401,8 +407,11 @@ enum HeadError {
 impl HeadError {
     fn into_error(self, receive_secs: u64) -> OriginError {
         match self {
-            HeadError::ClosedEarly | HeadError::Closed => OriginError::ClosedBeforeHead,
-            HeadError::TimedOut => OriginError::ResponseTimeout(receive_secs),
+            HeadError::ClosedEarly => OriginError::ClosedBeforeHead,
+            HeadError::Closed => OriginError::ClosedMidHead,
+            HeadError::TimedOut { received: false } => OriginError::ResponseTimeout(receive_secs),
+            HeadError::TimedOut { received: true } => OriginError::HeadTimeout(receive_secs),
+            HeadError::Stopped => OriginError::Stopped,
             HeadError::Io(e) => OriginError::ResetBeforeHead(e.kind()),
             HeadError::Bad(e) => OriginError::BadHead(e),
         }
@@ -444,12 +453,12 @@ async fn read_head(
             Ok(0) if !received => return Err(HeadError::ClosedEarly),
             Ok(0) => return Err(HeadError::Closed),
             Ok(_) => received = true,
-            Err(IoError::TimedOut) => return Err(HeadError::TimedOut),
+            Err(IoError::TimedOut) => return Err(HeadError::TimedOut { received }),
             Err(IoError::Io(e)) if !received => return Err(HeadError::Io(e)),
             Err(IoError::Io(e)) => {
                 return Err(HeadError::Bad(response::ResponseError::Io(e.kind())))
             }
-            Err(IoError::Stopped) => return Err(HeadError::Closed),
+            Err(IoError::Stopped) => return Err(HeadError::Stopped),
         }
     }
 }

@@ -103,6 +103,11 @@ fn probe(
 ) -> Result<u16, String> {
     let deadline = Instant::now() + timeout;
     let tcp = TcpStream::connect_timeout(&o.addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    // Before anything reads or writes: a TLS handshake reads first, and a
+    // silent origin must not hold the one probe thread.
+    tcp.set_read_timeout(Some(timeout))
+        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
     let host = match &v.origin_options.host {
         Some(crate::config::OriginHost::Fixed(h)) => h.as_str(),
         _ => o.host_header.as_str(),

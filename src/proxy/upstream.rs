@@ -245,18 +245,17 @@ fn candidates<'v>(cx: &RequestCtx<'v>, opts: &OriginOpts<'_>) -> Vec<&'v OriginA
     };
     let route = v.affinity.as_ref().and_then(|a| session_route(cx.head, a));
     let list = balance::order(&v.origins, &v.standby, spread, route);
-    if let Some(r) = route {
-        if list[0].route.as_deref() != Some(r)
-            && v.origins
-                .iter()
-                .chain(&v.standby)
-                .any(|o| o.route.as_deref() == Some(r))
-        {
-            log::warn!(
-                "vhost {}: session route {r} is out of service; failing over to {}",
-                v.name,
-                list[0]
-            );
+    if let Some(r) = route.filter(|r| list[0].route.as_deref() != Some(*r)) {
+        // Once per exclusion of the route's address: the cookie is the
+        // client's, and a line per request would let it flood the log.
+        if let Some(o) = v.origins.iter().find(|o| o.route.as_deref() == Some(r)) {
+            if o.health.note_failover() {
+                log::warn!(
+                    "vhost {}: session route {r} is out of service; failing over to {}",
+                    v.name,
+                    list[0]
+                );
+            }
         }
     }
     list
@@ -306,11 +305,24 @@ fn build(
     let key_target = opts
         .for_cache
         .then(|| super::cached::key_url(o, &cx.vhost.query_rules, cx.head.path()));
-    let client_host = cx.head.host();
     let host = match &cx.vhost.origin_options.host {
         None => None,
         Some(crate::config::OriginHost::Fixed(h)) => Some(h.as_bytes()),
-        Some(crate::config::OriginHost::Client) => client_host,
+        // The key does not hold the Host: a fill shared by everyone may only
+        // carry a name the vhost answers to by name (not a default vhost's
+        // or a wildcard alias's any-name), or what a client made up would be
+        // stored for all. Without a usable one, the address's own Host.
+        Some(crate::config::OriginHost::Client) => cx.head.host().filter(|h| {
+            !opts.for_cache || {
+                let name = h.iter().rposition(|&b| b == b':').map_or(*h, |i| &h[..i]);
+                name.eq_ignore_ascii_case(cx.vhost.name.as_bytes())
+                    || cx
+                        .vhost
+                        .aliases
+                        .iter()
+                        .any(|a| !a.starts_with('*') && name.eq_ignore_ascii_case(a.as_bytes()))
+            }
+        }),
     };
     let opts = &OriginOpts {
         target: key_target.as_deref(),
@@ -379,6 +391,23 @@ mod tests {
         assert_eq!(
             out,
             "GET /base/ HTTP/1.1\r\nHost: www.test:8080\r\nX-Forwarded-For: ::1\r\n\r\n"
+        );
+        // <Host> and a fill's key URL replace the address's Host and the path.
+        let out = String::from_utf8(origin_request(
+            &g,
+            &o,
+            "::1".parse().unwrap(),
+            None,
+            &OriginOpts {
+                host: Some(b"origin.internal"),
+                target: Some(b"/k?a=1"),
+                ..OriginOpts::default()
+            },
+        ))
+        .unwrap();
+        assert!(
+            out.starts_with("GET /base/k?a=1 HTTP/1.1\r\nHost: origin.internal\r\n"),
+            "{out}"
         );
     }
 

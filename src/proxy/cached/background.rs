@@ -121,7 +121,8 @@ impl Job {
                     label()
                 );
                 let secs = match e {
-                    crate::origin::OriginError::ResponseTimeout(_) => p.receive_timeout,
+                    crate::origin::OriginError::ResponseTimeout(_)
+                    | crate::origin::OriginError::HeadTimeout(_) => p.receive_timeout,
                     _ => p.connect_timeout,
                 };
                 return extend(secs.saturating_mul(1000));

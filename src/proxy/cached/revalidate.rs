@@ -71,7 +71,9 @@ pub async fn revalidate<D: Downstream>(
                 String::from_utf8_lossy(cx.head.path())
             );
             let secs = match &e {
-                ExchangeError::Origin(OriginError::ResponseTimeout(_)) => p.receive_timeout,
+                ExchangeError::Origin(
+                    OriginError::ResponseTimeout(_) | OriginError::HeadTimeout(_),
+                ) => p.receive_timeout,
                 _ => p.connect_timeout,
             };
             extend(
