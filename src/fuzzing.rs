@@ -44,6 +44,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("manage", manage),
     ("origin_head", origin_head),
     ("querystring_txt", querystring_txt),
+    ("bypass_txt", bypass_txt),
 ];
 
 /// Upper bound on loop iterations per input (pipelined requests, body steps).
@@ -898,6 +899,31 @@ pub fn querystring_txt(data: &[u8]) {
                 }
             }
         }
+    }
+}
+
+/// `bypass.txt`: the verdict is the first matching line's, and every line
+/// is numbered.
+pub fn bypass_txt(data: &[u8]) {
+    use crate::policy::bypass;
+    let text = String::from_utf8_lossy(data);
+    let Ok(p) = bypass::parse(&text) else {
+        return;
+    };
+    let headers = policy::NoHeaders;
+    for url in [&b"/a.html"[..], b"/", data] {
+        let ctx = MatchCtx {
+            client_ip: "10.1.2.3".parse().expect("a literal address"),
+            method: b"GET",
+            url,
+            headers: &headers,
+            mime: None,
+            geo: None,
+        };
+        let got = bypass::decide(&p.rules, &ctx);
+        let first = p.rules.iter().find(|r| r.cond.matches(&ctx));
+        assert_eq!(got, first.map(|r| r.bypass));
+        assert!(p.rules.iter().all(|r| r.line >= 1));
     }
 }
 

@@ -393,3 +393,71 @@ fn only_idempotent_requests_fail_over_and_the_manager_shows_each_address() {
     assert!(!dead_entry.contains("\"failures\":0,"), "{dead_entry}");
     drop(live);
 }
+
+#[test]
+fn bypass_settings_refuse_methods_and_bypass_txt_decides_gets() {
+    let origin = Origin::start(|r| match r.path.as_str() {
+        p if p.starts_with("/login") => ok(b"login"),
+        _ => Reply::Bytes(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 2\r\n\r\nok"
+                .to_vec(),
+        ),
+    });
+    // Defaults: POST passes, PUT is refused.
+    let cairn = Cairn::start(
+        config_dir(
+            &origin.addr.to_string(),
+            "<CacheStatusHeader>ON</CacheStatusHeader>",
+            "",
+        ),
+        1,
+    );
+    let mut c = cairn.connect();
+    let send = |c: &mut Client, m: &str| {
+        c.send(
+            format!("{m} /form HTTP/1.1\r\nHost: test.local\r\nContent-Length: 1\r\n\r\nx")
+                .as_bytes(),
+        );
+        c.response(false).unwrap().status
+    };
+    assert_eq!(send(&mut c, "PUT"), 501);
+    assert_eq!(send(&mut c, "POST"), 200);
+    drop(cairn);
+    // GET bypassed but for bypass.txt's `cache` lines; POST refused.
+    let dir = config_dir(
+        &origin.addr.to_string(),
+        "<CacheStatusHeader>ON</CacheStatusHeader><BypassGetRequest>ON</BypassGetRequest><BypassPostRequest>OFF</BypassPostRequest>",
+        "",
+    );
+    std::fs::create_dir_all(dir.join("svc/test.local")).unwrap();
+    std::fs::write(
+        dir.join("svc/test.local/bypass.txt"),
+        "/login*, bypass\n/static/*, cache\n$HEADER[cookie: *nocache*]\n",
+    )
+    .unwrap();
+    let cairn = Cairn::start(dir, 1);
+    let mut c = cairn.connect();
+    assert_eq!(send(&mut c, "POST"), 501);
+    let xcache = |c: &mut Client, path: &str, extra: &str| {
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n{extra}\r\n").as_bytes());
+        let r = c.response(false).unwrap();
+        r.header("x-cache").unwrap_or_default().to_string()
+    };
+    xcache(&mut c, "/static/a.css", "");
+    assert_eq!(xcache(&mut c, "/static/a.css", ""), "TCP_HIT");
+    // The first matching line decides: the `cache` line before the cookie one.
+    assert_eq!(
+        xcache(&mut c, "/static/a.css", "Cookie: nocache=1\r\n"),
+        "TCP_HIT"
+    );
+    let before = origin.count();
+    for _ in 0..3 {
+        assert_eq!(xcache(&mut c, "/page", ""), "TCP_CLIENT_REFRESH_MISS");
+        assert_eq!(xcache(&mut c, "/login", ""), "TCP_CLIENT_REFRESH_MISS");
+    }
+    assert_eq!(
+        origin.count(),
+        before + 6,
+        "every bypassed GET reached the origin"
+    );
+}

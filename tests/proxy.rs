@@ -187,7 +187,15 @@ fn chunked_and_close_delimited_bodies_are_relayed() {
         _ => ok(&r.body),
     }
     });
-    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), "", ""), 1);
+    // PUT is refused (501) unless bypassed (ORG-6, STON's default OFF).
+    let cairn = Cairn::start(
+        config_dir(
+            &origin.addr.to_string(),
+            "<BypassPutRequest>ON</BypassPutRequest>",
+            "",
+        ),
+        1,
+    );
     let mut c = cairn.connect();
     let r = c.get("/chunked");
     assert_eq!(r.text(), "hello world");

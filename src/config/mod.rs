@@ -101,6 +101,10 @@ pub struct Options {
     pub vary_headers: Vec<Box<[u8]>>,
     /// `<Drm Status="Active">` (DRM-1..DRM-7).
     pub drm: Option<std::sync::Arc<crate::policy::drm::DrmSettings>>,
+    /// ORG-6: what POST, GET and PUT do (`<Bypass…Request>`).
+    pub bypass_post: Bypass,
+    pub bypass_get: Bypass,
+    pub bypass_put: Bypass,
 }
 
 /// `<Compression>` ON: gzip at `level` for objects whose identity size is
@@ -219,6 +223,35 @@ impl Default for Options {
             case_sensitive: true,
             apply_query: true,
             drm: None,
+            bypass_post: Bypass {
+                on: true,
+                ..Bypass::default()
+            },
+            bypass_get: Bypass::default(),
+            bypass_put: Bypass::default(),
+        }
+    }
+}
+
+/// `<BypassPostRequest OriginAffinity Sticky Private>` and its GET and PUT
+/// siblings (ORG-6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bypass {
+    /// ON: the method goes to the origin (GET: skipping the cache); OFF: POST
+    /// and PUT are refused with 501, GET is cached.
+    pub on: bool,
+    /// One client (by address) on one origin address.
+    pub origin_affinity: bool,
+    /// One client connection on one origin address.
+    pub sticky: bool,
+}
+
+impl Default for Bypass {
+    fn default() -> Self {
+        Bypass {
+            on: false,
+            origin_affinity: true,
+            sticky: true,
         }
     }
 }
@@ -246,6 +279,15 @@ pub struct OriginOptions {
     pub retry: u32,
     /// `<Host>`: the origin's Host header instead of STON's table.
     pub host: Option<OriginHost>,
+    /// `<XFFClientIPOnly>ON`: X-Forwarded-For is the client's address alone,
+    /// not appended to what the client sent.
+    pub xff_client_ip_only: bool,
+    /// `<UserAgent>`: `None` (`*`) forwards the client's.
+    pub user_agent: Option<String>,
+    /// `<OriginalETag>`: `Some(false)` (STON's OFF, when a config says so)
+    /// revalidates with If-Modified-Since only; unset or ON sends
+    /// If-None-Match too (RFC 9110 §13.1.2 prefers the entity tag).
+    pub original_etag: Option<bool>,
 }
 
 impl Default for OriginOptions {
@@ -260,6 +302,9 @@ impl Default for OriginOptions {
             health_checkers: Vec::new(),
             retry: u32::MAX,
             host: None,
+            xff_client_ip_only: false,
+            user_agent: Some("cairn".into()),
+            original_etag: None,
         }
     }
 }
@@ -343,6 +388,8 @@ pub struct Vhost {
     pub header_rules: std::sync::Arc<[crate::policy::HeaderRule]>,
     /// `svc/<vhost>/querystring.txt` (KEY-3).
     pub query_rules: std::sync::Arc<[crate::policy::querystring::QueryRule]>,
+    /// `svc/<vhost>/bypass.txt` (ORG-6).
+    pub bypass_rules: std::sync::Arc<[crate::policy::bypass::BypassRule]>,
     /// `svc/<vhost>/ttl.txt` (TTL-6): the `custom` TTLs of STON's policy.
     pub ttl_rules: std::sync::Arc<[crate::policy::ttl::TtlRule]>,
     /// `svc/<vhost>/compression.txt` (GZ-2), applied when `<Compression>` is ON.

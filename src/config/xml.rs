@@ -680,6 +680,7 @@ fn parse_vhost(
         compression_rules: std::sync::Arc::new([]),
         ttl_rules: std::sync::Arc::new([]),
         query_rules: std::sync::Arc::new([]),
+        bypass_rules: std::sync::Arc::new([]),
         log: defaults.log.clone(),
         access_log: None,
         origin_log: None,
@@ -855,6 +856,28 @@ fn apply_options(
             }
             "AgeHeader" => o.age_header = on_off(s, e)?,
             "CaseSensitive" => o.case_sensitive = on_off(s, e)?,
+            tag @ ("BypassPostRequest" | "BypassGetRequest" | "BypassPutRequest") => {
+                let flag = |name: &str, dflt: bool| match e.attribute(name) {
+                    Some(v) => on_off_str(s, e, v),
+                    None => Ok(dflt),
+                };
+                let b = super::Bypass {
+                    on: on_off(s, e)?,
+                    origin_affinity: flag("OriginAffinity", true)?,
+                    sticky: flag("Sticky", true)?,
+                };
+                if flag("Private", false)? {
+                    warnings.push(s.diag(
+                        e,
+                        format!("<{tag} Private=\"ON\">: a dedicated origin connection per client is not built; pooled connections are used"),
+                    ));
+                }
+                match tag {
+                    "BypassPostRequest" => o.bypass_post = b,
+                    "BypassGetRequest" => o.bypass_get = b,
+                    _ => o.bypass_put = b,
+                }
+            }
             "ApplyQueryString" => {
                 o.apply_query = on_off(s, e)?;
                 if e.attribute("Collective")
@@ -1004,6 +1027,26 @@ fn apply_origin_options(
                     exclusion: attr("Exclusion", 1, 1000, 3)?,
                     recovery: attr("Recovery", 1, 1000, 5)?,
                 });
+            }
+            "XFFClientIPOnly" => o.xff_client_ip_only = on_off(s, e)?,
+            "OriginalETag" => o.original_etag = Some(on_off(s, e)?),
+            "UserAgent" => {
+                o.user_agent = match text(e) {
+                    "*" => None,
+                    ua if !ua.is_empty()
+                        && ua
+                            .bytes()
+                            .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()) =>
+                    {
+                        Some(ua.to_string())
+                    }
+                    ua => {
+                        return Err(s.err(
+                            e,
+                            format!("<UserAgent> '{ua}': expected a printable value or *"),
+                        ))
+                    }
+                }
             }
             "Host" => {
                 o.host = match text(e) {
@@ -1481,6 +1524,11 @@ fn load_rule_files(
             crate::policy::querystring::parse(&text, case).map_err(|e| first_error(&file, e))?;
         warnings.extend(parsed.warnings.into_iter().map(|d| to_diag(&file, d)));
         vh.query_rules = parsed.rules.into();
+    }
+    if let Some((file, text)) = read("bypass.txt")? {
+        let parsed = crate::policy::bypass::parse(&text).map_err(|e| first_error(&file, e))?;
+        warnings.extend(parsed.warnings.into_iter().map(|d| to_diag(&file, d)));
+        vh.bypass_rules = parsed.rules.into();
     }
     if let Some((file, text)) = read("ttl.txt")? {
         let parsed = crate::policy::ttl::parse(&text).map_err(|e| first_error(&file, e))?;

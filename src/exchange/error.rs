@@ -47,6 +47,9 @@ pub enum ExchangeError {
     /// `Cache-Control: only-if-cached` and nothing usable stored (RFC 9111 §5.2.1.7).
     #[error("only-if-cached and no usable stored response")]
     NotCached,
+    /// `<BypassPostRequest>OFF` / `<BypassPutRequest>OFF` (ORG-6).
+    #[error("this method is not passed to the origin here")]
+    MethodRefused,
     #[error("internal: {0}")]
     Internal(&'static str),
     #[error("{0}")]
@@ -64,6 +67,7 @@ impl ExchangeError {
             | ExchangeError::ClientTooSlow
             | ExchangeError::UnknownVhost
             | ExchangeError::NotCached
+            | ExchangeError::MethodRefused
             | ExchangeError::Misdirected => Fault::Client,
             ExchangeError::Origin(_) | ExchangeError::FillFailed | ExchangeError::FillTimeout => {
                 Fault::Origin
@@ -74,8 +78,7 @@ impl ExchangeError {
 
     /// May the same request be tried again? Only an origin failure before any
     /// response byte (the origin cannot have acted on it); never a client's fault.
-    /// Today the origin exchange retries a stale pooled connection once; failover to
-    /// another address will ask this.
+    /// (`proxy::upstream::send` asks the origin error itself, with the method.)
     pub fn retry_allowed(&self) -> bool {
         match self {
             ExchangeError::Origin(e) => e.before_response(),
@@ -94,6 +97,7 @@ impl ExchangeError {
             ExchangeError::ClientGone | ExchangeError::ClientTooSlow => 0,
             ExchangeError::UnknownVhost => 404,
             ExchangeError::Misdirected => 421,
+            ExchangeError::MethodRefused => 501,
             ExchangeError::Origin(e) => e.status(),
             ExchangeError::FillFailed => 502,
             ExchangeError::FillTimeout | ExchangeError::NotCached => 504,

@@ -14,6 +14,7 @@
 //!
 //! Diagnostics carry the 1-based line number; the caller adds the file name.
 
+pub mod bypass;
 pub mod compression;
 pub mod cond;
 pub mod drm;

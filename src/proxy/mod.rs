@@ -164,10 +164,12 @@ pub async fn serve_with<D: Downstream>(
         Box::pin(redirect_https(&cx, down, code)).await
     } else if let Some(op) = purge::op_of(&config.server, head.method()) {
         Box::pin(purge::by_method(&cx, down, op)).await
-    } else if cached::eligible(head) {
-        cached::serve(&cx, down).await
     } else {
-        Box::pin(pass::forward(&cx, down, CacheResult::ClientRefreshMiss)).await
+        match way(vhost, head, req.conn.peer.ip()) {
+            Way::Cache => cached::serve(&cx, down).await,
+            Way::Pass => Box::pin(pass::forward(&cx, down, CacheResult::ClientRefreshMiss)).await,
+            Way::Refuse => Err(ExchangeError::MethodRefused),
+        }
     };
     if let Err(e) = r {
         Box::pin(fail(&cx, down, e)).await;
@@ -361,6 +363,46 @@ pub enum BodyUse {
     Forward,
 }
 
+/// Where a request goes (ORG-6): through the cache, to the origin as it is,
+/// or refused (`<BypassPostRequest>OFF`, `<BypassPutRequest>OFF`: 501).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    Cache,
+    Pass,
+    Refuse,
+}
+
+/// Pure: the method, the vhost's `<Bypass…Request>` and `bypass.txt`.
+pub fn way(vhost: &crate::config::Vhost, head: &RequestHead, client_ip: std::net::IpAddr) -> Way {
+    let o = &vhost.options;
+    match head.method() {
+        b"POST" if !o.bypass_post.on => Way::Refuse,
+        b"PUT" if !o.bypass_put.on => Way::Refuse,
+        _ if cached::eligible(head) => {
+            let rule = if vhost.bypass_rules.is_empty() {
+                None
+            } else {
+                let headers = crate::policy::HeaderIter(|| head.headers());
+                let ctx = crate::policy::MatchCtx {
+                    client_ip,
+                    method: head.method(),
+                    url: head.path(),
+                    headers: &headers,
+                    mime: None,
+                    geo: None,
+                };
+                crate::policy::bypass::decide(&vhost.bypass_rules, &ctx)
+            };
+            if rule.unwrap_or(o.bypass_get.on) {
+                Way::Pass
+            } else {
+                Way::Cache
+            }
+        }
+        _ => Way::Pass,
+    }
+}
+
 pub fn body_use(
     live: &Live,
     conn: &ConnFacts,
@@ -375,7 +417,7 @@ pub fn body_use(
     }
     let vhost = &live.config.vhosts[vi];
     let redirected = vhost.options.redirect_https.is_some() && conn.tls.is_none();
-    if redirected || cached::eligible(head) {
+    if redirected || cached::eligible(head) || way(vhost, head, conn.peer.ip()) == Way::Refuse {
         BodyUse::Drain
     } else {
         BodyUse::Forward

@@ -17,9 +17,7 @@ pub async fn forward<D: Downstream>(
     cx.bypass.set(true);
     let opts = OriginOpts {
         headers: cx.req_headers.as_ref(),
-        // OriginAffinity (ORG-6, STON's default ON): a client's unsafe
-        // requests (a login POST, then the next) reach the same address.
-        client_affinity: !cx.head.is_idempotent(),
+        pin: pin(cx),
         ..OriginOpts::default()
     };
     let body = cx.req.body.borrow_mut().take();
@@ -51,6 +49,33 @@ pub async fn forward<D: Downstream>(
         }
     }
     relay(cx, down, reply, &Extras::new(result)).await
+}
+
+/// ORG-6: OriginAffinity keeps a client (by address) on one origin address,
+/// Sticky keeps its connection on one; which applies is the method's
+/// `<Bypass…Request>` (GET's for GET and HEAD, PUT's for PUT, POST's for the
+/// rest). Neither: the vhost's balancing.
+fn pin(cx: &RequestCtx<'_>) -> Option<u64> {
+    let o = &cx.vhost.options;
+    let b = match cx.head.method() {
+        b"GET" | b"HEAD" => o.bypass_get,
+        b"PUT" => o.bypass_put,
+        _ => o.bypass_post,
+    };
+    let conn = &cx.req.conn;
+    if b.origin_affinity {
+        Some(crate::config::stable_hash(&[conn
+            .peer
+            .ip()
+            .to_string()
+            .as_bytes()]))
+    } else if b.sticky {
+        Some(crate::config::stable_hash(&[&conn
+            .session_id
+            .to_le_bytes()]))
+    } else {
+        None
+    }
 }
 
 /// Queues the origin's interim responses (103 Early Hints, 102) for this

@@ -41,8 +41,14 @@ pub struct OriginOpts<'a> {
     pub target: Option<&'a [u8]>,
     /// The Host header instead of the address's (`<Host>`; set by [`send`]).
     pub host: Option<&'a [u8]>,
-    /// OriginAffinity (ORG-6): one client, one address.
-    pub client_affinity: bool,
+    /// OriginAffinity / Sticky (ORG-6): a rendezvous key (the client's
+    /// address, or its connection) that keeps a bypassed request on one
+    /// address whatever the vhost's mode.
+    pub pin: Option<u64>,
+    /// `<XFFClientIPOnly>ON` (set by [`send`]).
+    pub xff_client_only: bool,
+    /// `<UserAgent>`: sent instead of the client's (set by [`send`]).
+    pub user_agent: Option<&'a [u8]>,
 }
 
 /// What cairn knows of the client-facing request, for `X-Forwarded-Host` and
@@ -141,6 +147,9 @@ pub fn origin_request(
             xff = Some(value);
             continue;
         }
+        if opts.user_agent.is_some() && name.eq_ignore_ascii_case(b"user-agent") {
+            continue;
+        }
         // The rewritten list had the client's Connection-named fields removed
         // before the rules ran, so a field a rule set survives (issue: a client
         // naming `X-Edge-Secret` in Connection must not strip the rule's value).
@@ -153,12 +162,17 @@ pub fn origin_request(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    if let Some(prev) = xff.filter(|v| !v.is_empty()) {
+    if let Some(prev) = xff.filter(|v| !v.is_empty() && !opts.xff_client_only) {
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(client_ip.to_string().as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(ua) = opts.user_agent {
+        out.extend_from_slice(b"User-Agent: ");
+        out.extend_from_slice(ua);
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(f) = opts.forwarded {
         for (name, value) in [("X-Forwarded-Host", f.host), ("X-Forwarded-Proto", f.proto)] {
             out.extend_from_slice(name.as_bytes());
@@ -227,11 +241,7 @@ fn candidates<'v>(cx: &RequestCtx<'v>, opts: &OriginOpts<'_>) -> Vec<&'v OriginA
     use crate::origin::balance::{self, Spread};
     let v = cx.vhost;
     let spread = match v.origin_options.balance {
-        // OriginAffinity (ORG-6): a client's pass-through requests stay on one
-        // address, whatever the vhost's mode.
-        _ if opts.client_affinity => {
-            Spread::Rendezvous(stable_hash(&[cx.req.conn.peer.ip().to_string().as_bytes()]))
-        }
+        _ if opts.pin.is_some() => Spread::Rendezvous(opts.pin.unwrap_or_default()),
         BalanceMode::RoundRobin => {
             Spread::Cursor(cx.shard.upstreams.balancers.cursor(&v.name, usize::MAX))
         }
@@ -324,10 +334,13 @@ fn build(
             }
         }),
     };
+    let oo = &cx.vhost.origin_options;
     let opts = &OriginOpts {
         target: key_target.as_deref(),
         lower_path: opts.lower_path && key_target.is_none(),
         host,
+        xff_client_only: oo.xff_client_ip_only,
+        user_agent: oo.user_agent.as_deref().map(str::as_bytes),
         ..*opts
     };
     cx.origin.set(Some(origin.addr));

@@ -38,7 +38,7 @@ pub(super) fn start(cx: &RequestCtx<'_>, hit: &Hit) -> bool {
     let Some(slot) = FillSlot::take(cx, cx.server.max_fills) else {
         return false;
     };
-    let extra = validators(hit);
+    let extra = validators(hit, cx.vhost.origin_options.original_etag != Some(false));
     let ask = origin_opts(cx, &extra);
     let opts = OriginOpts {
         method: Some(b"GET"),

@@ -24,7 +24,7 @@ pub async fn revalidate<D: Downstream>(
     hit: Hit,
 ) -> Result<(), ExchangeError> {
     let purged = hit.times.flags & freshness::FLAG_PURGED != 0;
-    let extra = validators(&hit);
+    let extra = validators(&hit, cx.vhost.origin_options.original_etag != Some(false));
     let request_time = now_ms();
     let ston = cx.vhost.options.ttl_mode == TtlMode::Ston;
     let ask = origin_opts(cx, &extra);
@@ -131,7 +131,8 @@ async fn extend<D: Downstream>(
 
 /// The conditional fields that ask the origin whether `hit` changed: none for a
 /// purged object (PRG-1: fetched again whole).
-pub(super) fn validators(hit: &Hit) -> Vec<u8> {
+/// `etag`: send If-None-Match (unless `<OriginalETag>OFF`).
+pub(super) fn validators(hit: &Hit, etag: bool) -> Vec<u8> {
     let mut extra = Vec::new();
     let purged = hit.times.flags & freshness::FLAG_PURGED != 0;
     // A generated ETag means nothing to the origin: ask with the date only. A
@@ -141,7 +142,7 @@ pub(super) fn validators(hit: &Hit) -> Vec<u8> {
         true => super::plan::origin_etag_of_gzip(&hit.etag),
         false => Some(hit.etag.to_vec()),
     };
-    if let Some(tag) = tag.filter(|t| !t.is_empty() && !generated) {
+    if let Some(tag) = tag.filter(|t| etag && !t.is_empty() && !generated) {
         extra.extend_from_slice(b"If-None-Match: ");
         extra.extend_from_slice(&tag);
         extra.extend_from_slice(b"\r\n");
