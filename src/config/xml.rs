@@ -1528,6 +1528,13 @@ fn load_rule_files(
     if let Some((file, text)) = read("bypass.txt")? {
         let parsed = crate::policy::bypass::parse(&text).map_err(|e| first_error(&file, e))?;
         warnings.extend(parsed.warnings.into_iter().map(|d| to_diag(&file, d)));
+        for r in parsed.rules.iter().filter(|r| r.cond.uses_geo()) {
+            warnings.push(Diag {
+                file: file.clone(),
+                line: r.line,
+                reason: "a GeoIP condition in bypass.txt: it never matches".into(),
+            });
+        }
         vh.bypass_rules = parsed.rules.into();
     }
     if let Some((file, text)) = read("ttl.txt")? {
