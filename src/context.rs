@@ -207,6 +207,19 @@ impl Shared {
         self.live.store(Arc::new(Live::new(config)));
         Ok(())
     }
+
+    /// Swaps in `new`, made from `old` (re-resolved origins), only while
+    /// `old` is still in force: a reload in between wins.
+    pub fn replace_config(&self, old: &Arc<Config>, new: Config) -> bool {
+        let cur = self.live.load_full();
+        if !Arc::ptr_eq(&cur.config, old) {
+            return false;
+        }
+        let prev = self
+            .live
+            .compare_and_swap(&cur, Arc::new(Live::new(Arc::new(new))));
+        Arc::ptr_eq(&prev, &cur)
+    }
 }
 
 /// A shard's own state, on its thread only (`Rc`, `Cell`, `RefCell`: no locks).

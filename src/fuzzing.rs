@@ -45,6 +45,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("origin_head", origin_head),
     ("querystring_txt", querystring_txt),
     ("bypass_txt", bypass_txt),
+    ("dns_answer", dns_answer),
 ];
 
 /// Upper bound on loop iterations per input (pipelined requests, body steps).
@@ -924,6 +925,26 @@ pub fn bypass_txt(data: &[u8]) {
         let first = p.rules.iter().find(|r| r.cond.matches(&ctx));
         assert_eq!(got, first.map(|r| r.bypass));
         assert!(p.rules.iter().all(|r| r.line >= 1));
+    }
+}
+
+/// A DNS answer from the network: bounded results, never a panic; and a
+/// query for any name either refused or well formed.
+pub fn dns_answer(data: &[u8]) {
+    let id = data
+        .get(..2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    if let Ok((addrs, ttl)) = crate::dns::parse_answer(data, id) {
+        assert!(!addrs.is_empty() && addrs.len() <= crate::dns::MAX_ADDRS);
+        assert!(ttl <= i32::MAX as u32);
+    }
+    let name = String::from_utf8_lossy(data);
+    if let Ok(q) = crate::dns::query(id, &name, crate::dns::TYPE_A) {
+        assert!(q.len() <= 12 + 255 + 4);
+        assert_eq!(
+            crate::dns::parse_answer(&q, id).err(),
+            Some(crate::dns::DnsError::Malformed("not a response"))
+        );
     }
 }
 

@@ -6,6 +6,7 @@ pub mod accesslog;
 pub mod cache;
 pub mod config;
 pub mod context;
+pub mod dns;
 pub mod downstream;
 pub mod exchange;
 #[cfg(test)]

@@ -282,8 +282,12 @@ fn run(args: &Args) -> Result<()> {
     let shared = Arc::new(shared);
     let handles = shard::spawn_all(shared.clone(), &groups, shards).context("starting shards")?;
     let probing = shared.clone();
-    cairn::origin::probe::spawn(move || probing.live.load().config.clone())
-        .context("starting the origin health thread")?;
+    let replacing = shared.clone();
+    cairn::origin::probe::spawn(
+        move || probing.live.load().config.clone(),
+        move |old, new| replacing.replace_config(old, new),
+    )
+    .context("starting the origin health thread")?;
     if !shard::wait_ready(&shared, shards, Duration::from_secs(10)) {
         bail!(
             "shards did not start within 10s (is io_uring available? see kernel.io_uring_disabled)"

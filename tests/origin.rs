@@ -461,3 +461,86 @@ fn bypass_settings_refuse_methods_and_bypass_txt_decides_gets() {
         "every bypassed GET reached the origin"
     );
 }
+
+/// A DNS server on loopback that answers A queries with `records` (TTL 1)
+/// and everything else with no answer: the resolver the test controls.
+fn dns_stub(records: Arc<std::sync::Mutex<Vec<[u8; 4]>>>) -> SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let q = &buf[..n];
+            // The question: labels from offset 12, then type and class.
+            let mut at = 12;
+            while at < n && q[at] != 0 {
+                at += 1 + q[at] as usize;
+            }
+            if at + 5 > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([q[at + 1], q[at + 2]]);
+            let mut m = q[..at + 5].to_vec();
+            m[2] = 0x81;
+            m[3] = 0x80;
+            let ips = if qtype == 1 {
+                records.lock().unwrap().clone()
+            } else {
+                Vec::new()
+            };
+            m[6..8].copy_from_slice(&(ips.len() as u16).to_be_bytes());
+            for ip in ips {
+                m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                m.extend_from_slice(&ip);
+            }
+            let _ = sock.send_to(&m, from);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_domain_origin_uses_every_address_it_resolves_to_and_follows_changes() {
+    let a = Backend::start("a");
+    let port = a.addr.port();
+    let b = Backend::on(
+        "b",
+        format!("127.0.0.2:{port}").parse().unwrap(),
+        Arc::default(),
+    );
+    let records = Arc::new(std::sync::Mutex::new(vec![[127, 0, 0, 1], [127, 0, 0, 2]]));
+    let dns = dns_stub(records.clone());
+    let dir = dir_with("", &format!("<Address>origin.test:{port}</Address>"));
+    add_cairn_settings(
+        &dir,
+        &format!(r#"<Resolver MaxTtlSec="1">{dns}</Resolver>"#),
+    );
+    let cairn = Cairn::start(dir, 1);
+    let mut c = cairn.connect();
+    for i in 0..20 {
+        assert_eq!(get_text(&mut c, &format!("/d/{i}"), "").0, 200);
+    }
+    assert!(
+        a.hits() >= 5 && b.hits() >= 5,
+        "a {} b {}",
+        a.hits(),
+        b.hits()
+    );
+    // The name now has one address: after its TTL, only that one is used.
+    *records.lock().unwrap() = vec![[127, 0, 0, 2]];
+    let log = cairn.wait_log("now resolves to");
+    assert!(
+        log.contains(&format!(
+            "origin origin.test:{port} now resolves to 127.0.0.2:{port}"
+        )),
+        "{log}"
+    );
+    let before = a.hits();
+    for i in 0..20 {
+        assert_eq!(
+            get_text(&mut c, &format!("/e/{i}"), ""),
+            (200, "b".to_string())
+        );
+    }
+    assert_eq!(a.hits(), before);
+}

@@ -34,7 +34,8 @@ fn proxies_a_get_and_rewrites_hop_by_hop_headers() {
         "headers named by Connection are hop-by-hop"
     );
     assert_eq!(seen.header("connection"), None);
-    assert_eq!(seen.header("user-agent"), Some("t"));
+    // ORG-5: origins see `<UserAgent>` (default cairn), not the client's.
+    assert_eq!(seen.header("user-agent"), Some("cairn"));
 }
 
 #[test]

@@ -8,7 +8,7 @@ pub mod secret;
 pub mod tls;
 mod xml;
 
-pub use origin_addr::{stable_hash, OriginAddr, OriginProtocol};
+pub use origin_addr::{stable_hash, OriginAddr, OriginProtocol, Resolver};
 
 use crate::http1::keepalive;
 use std::fmt;
@@ -642,6 +642,8 @@ pub struct ServerSettings {
     pub https_sni: bool,
     /// A TLS handshake must finish within this, else the connection is closed.
     pub handshake_timeout: Duration,
+    /// How domain origins are resolved, at load and again while running.
+    pub resolver: Resolver,
     /// `<Cache><Http2>`: HTTP/2 (h2 over TLS, h2c by prior knowledge).
     pub http2: Http2Settings,
     /// `<Host><Manager>`: the management listener (PRG-5); none without it.
@@ -707,6 +709,7 @@ impl Default for ServerSettings {
             https: Vec::new(),
             https_sni: false,
             handshake_timeout: Duration::from_secs(10),
+            resolver: Resolver::default(),
             http2: Http2Settings::default(),
             manager: None,
         }

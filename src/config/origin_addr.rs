@@ -25,6 +25,68 @@ pub struct OriginAddr {
     pub route: Option<Box<str>>,
     /// Stable across restarts and shards: the rendezvous-hash identity.
     pub id: u64,
+    /// The host name, for an address given by name (re-resolved while running).
+    pub domain: Option<Box<str>>,
+}
+
+/// `<Cairn><Resolver MaxTtlSec>`: the DNS servers domain origins are asked
+/// (none: the system's resolver, `getaddrinfo`), and the longest a resolution
+/// is kept before the name is asked again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    pub servers: Vec<SocketAddr>,
+    pub max_ttl: std::time::Duration,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver {
+            servers: Vec::new(),
+            max_ttl: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+impl Resolver {
+    /// `host`'s addresses and how long they may be kept. Blocking.
+    pub fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<(Vec<SocketAddr>, std::time::Duration), String> {
+        // Fuzz builds (`--cfg fuzzing`) must not send a DNS query per input.
+        if cfg!(fuzzing) && !host.eq_ignore_ascii_case("localhost") {
+            return Err(format!("{host} is not resolved in fuzzing builds"));
+        }
+        let (addrs, ttl): (Vec<SocketAddr>, _) = if self.servers.is_empty() {
+            let addrs = (host, port)
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .collect();
+            (addrs, self.max_ttl)
+        } else {
+            let (ips, ttl) =
+                crate::dns::resolve(&self.servers, host, std::time::Duration::from_secs(3))
+                    .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+            let ttl = std::time::Duration::from_secs(u64::from(ttl.max(1)));
+            (
+                ips.into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect(),
+                ttl.min(self.max_ttl),
+            )
+        };
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for a in addrs {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        if out.is_empty() {
+            return Err(format!("{host} has no address"));
+        }
+        Ok((out, ttl))
+    }
 }
 
 /// FNV-1a: fixed, unlike a seeded hasher, so Hash mode sends a URL to the
@@ -61,13 +123,24 @@ impl fmt::Display for OriginAddr {
 }
 
 impl OriginAddr {
+    /// This address as another IP its name now resolves to: the same Host,
+    /// path and TLS name; the health of that IP (kept if it had one).
+    pub fn at(&self, vhost_name: &str, addr: SocketAddr) -> OriginAddr {
+        OriginAddr {
+            addr,
+            health: crate::health::shared(vhost_name, &self.text, addr),
+            id: stable_hash(&[self.text.as_bytes(), addr.to_string().as_bytes()]),
+            ..self.clone()
+        }
+    }
+
     /// Parses and resolves an address; the first resolved IP only.
     pub fn parse(
         text: &str,
         vhost_name: &str,
         protocol: OriginProtocol,
     ) -> Result<OriginAddr, String> {
-        let mut all = Self::parse_all(text, vhost_name, protocol)?;
+        let mut all = Self::parse_all(text, vhost_name, protocol, &Resolver::default())?;
         Ok(all.swap_remove(0))
     }
 
@@ -78,6 +151,7 @@ impl OriginAddr {
         text: &str,
         vhost_name: &str,
         protocol: OriginProtocol,
+        resolver: &Resolver,
     ) -> Result<Vec<OriginAddr>, String> {
         let t = text.trim();
         let scheme = |p: &str| {
@@ -112,25 +186,13 @@ impl OriginAddr {
         let ip: Option<IpAddr> = host.parse().ok();
         let addrs: Vec<SocketAddr> = match ip {
             Some(ip) => vec![SocketAddr::new(ip, port)],
-            // Fuzz builds (`--cfg fuzzing`) must not send a DNS query per input.
-            None if cfg!(fuzzing) && !host.eq_ignore_ascii_case("localhost") => {
-                return Err(format!(
-                    "origin address '{text}': {host} is not resolved in fuzzing builds"
-                ));
+            None => {
+                resolver
+                    .lookup(host, port)
+                    .map_err(|e| format!("origin address '{text}': {e}"))?
+                    .0
             }
-            None => (host, port)
-                .to_socket_addrs()
-                .map_err(|e| format!("origin address '{text}': cannot resolve {host}: {e}"))?
-                .fold(Vec::new(), |mut v, a| {
-                    if !v.contains(&a) {
-                        v.push(a);
-                    }
-                    v
-                }),
         };
-        if addrs.is_empty() {
-            return Err(format!("origin address '{text}': {host} has no address"));
-        }
         let base = if ip.is_some() { vhost_name } else { host };
         let host_header = if port == default_port {
             base.to_string()
@@ -155,6 +217,7 @@ impl OriginAddr {
                 health: crate::health::shared(vhost_name, text, addr),
                 route: None,
                 id: stable_hash(&[text.as_bytes(), addr.to_string().as_bytes()]),
+                domain: ip.is_none().then(|| host.into()),
             })
             .collect())
     }

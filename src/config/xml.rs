@@ -206,6 +206,7 @@ pub(super) fn load(
                     origin: &default_origin,
                     log: &default_log,
                     base,
+                    resolver: &server.resolver,
                 };
                 if let Some(vh) = parse_vhost(&v, child, &defaults, &cache_listen, &mut warnings)? {
                     let dup = vhosts
@@ -524,6 +525,7 @@ struct Defaults<'a> {
     origin: &'a OriginOptions,
     log: &'a LogSettings,
     base: Option<&'a Path>,
+    resolver: &'a super::Resolver,
 }
 
 /// `<Origin Protocol="HTTP|HTTPS"><Address/>…<CA/></Origin>`.
@@ -531,9 +533,10 @@ fn parse_origin(
     s: &Src,
     node: Node,
     vh: &mut Vhost,
-    base: Option<&Path>,
+    defaults: &Defaults,
     warnings: &mut Vec<Diag>,
 ) -> Result<(), ConfigError> {
+    let base = defaults.base;
     let protocol = match node.attribute("Protocol").map(str::trim) {
         None => OriginProtocol::Http,
         Some(p) if p.eq_ignore_ascii_case("http") => OriginProtocol::Http,
@@ -555,8 +558,8 @@ fn parse_origin(
                     .map(str::trim)
                     .filter(|r| !r.is_empty())
                     .map(Box::<str>::from);
-                let addrs =
-                    OriginAddr::parse_all(text(a), &vh.name, protocol).map_err(|r| s.err(a, r))?;
+                let addrs = OriginAddr::parse_all(text(a), &vh.name, protocol, defaults.resolver)
+                    .map_err(|r| s.err(a, r))?;
                 let list = if tag == "Address" {
                     &mut vh.origins
                 } else {
@@ -688,7 +691,7 @@ fn parse_vhost(
     let mut listen_set = false;
     for e in elements(node) {
         match e.tag_name().name() {
-            "Origin" => parse_origin(s, e, &mut vh, defaults.base, warnings)?,
+            "Origin" => parse_origin(s, e, &mut vh, defaults, warnings)?,
             "Listen" => {
                 listen_set = true;
                 let t = text(e);
@@ -1769,6 +1772,22 @@ fn parse_cairn(
             "SpoolDir" => server.spool_dir = Some(PathBuf::from(text(e))),
             "HitSendTimeoutSec" => server.hit_send_timeout = secs()?,
             "TlsHandshakeTimeoutSec" => server.handshake_timeout = secs()?,
+            "Resolver" => {
+                let r = &mut server.resolver;
+                r.servers.clear();
+                for a in text(e).split([',', ' ']).filter(|a| !a.is_empty()) {
+                    let addr = a
+                        .parse::<SocketAddr>()
+                        .or_else(|_| a.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                        .map_err(|_| {
+                            s.err(e, format!("<Resolver> '{a}': expected IP or IP:PORT"))
+                        })?;
+                    r.servers.push(addr);
+                }
+                if let Some(t) = e.attribute("MaxTtlSec") {
+                    r.max_ttl = Duration::from_secs(u64::from(number(s, e, t.trim(), 1, 86_400)?));
+                }
+            }
             "MinSendRate" => {
                 server.min_send_rate = parse_size(text(e)).filter(|&n| n > 0).ok_or_else(|| {
                     s.err(

@@ -22,20 +22,113 @@ const TICK: Duration = Duration::from_millis(250);
 const MAX_HEAD: usize = 16 * 1024;
 
 /// Starts the prober. `config` returns the configuration in force (a reload
-/// swaps it; probes follow).
+/// swaps it; probes follow). `replace` puts a configuration whose domain
+/// origins were re-resolved in place of the one it was made from, unless a
+/// reload came first (then it returns false and the next round starts over).
 pub fn spawn(
     config: impl Fn() -> Arc<Config> + Send + 'static,
+    replace: impl Fn(&Arc<Config>, Config) -> bool + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cairn-health".into())
         .spawn(move || {
             let mut due: AHashMap<(usize, usize), Instant> = AHashMap::new();
+            let mut resolve_due: AHashMap<(String, String, bool), Instant> = AHashMap::new();
             loop {
                 std::thread::sleep(TICK);
                 let cfg = config();
                 tick(&cfg, &mut due, Instant::now());
+                if let Some(next) = reresolve(&cfg, &mut resolve_due, Instant::now()) {
+                    if !replace(&cfg, next) {
+                        resolve_due.clear();
+                    }
+                }
             }
         })
+}
+
+/// Domain origins whose resolution is due are asked again (ORG-1); a changed
+/// address set gives a new configuration (the addresses that stay keep their
+/// health). A failed lookup keeps the addresses the name had.
+fn reresolve(
+    cfg: &Config,
+    due: &mut AHashMap<(String, String, bool), Instant>,
+    now: Instant,
+) -> Option<Config> {
+    let r = &cfg.server.resolver;
+    let mut new: Option<Config> = None;
+    for (vi, v) in cfg.vhosts.iter().enumerate() {
+        for standby in [false, true] {
+            let list = if standby { &v.standby } else { &v.origins };
+            let mut texts: Vec<&str> = Vec::new();
+            for o in list.iter().filter(|o| o.domain.is_some()) {
+                if !texts.contains(&o.text.as_str()) {
+                    texts.push(&o.text);
+                }
+            }
+            for text in texts {
+                let at = due
+                    .entry((v.name.clone(), text.to_string(), standby))
+                    .or_insert(now + r.max_ttl);
+                if now < *at {
+                    continue;
+                }
+                let Some(first) = list.iter().find(|o| o.text == text) else {
+                    continue;
+                };
+                let host = first.domain.as_deref().unwrap_or_default();
+                let addrs = match r.lookup(host, first.addr.port()) {
+                    Ok((addrs, ttl)) => {
+                        *at = now + ttl;
+                        addrs
+                    }
+                    Err(e) => {
+                        *at = now + r.max_ttl.min(Duration::from_secs(10));
+                        log::warn!(
+                            "vhost {}: origin {text}: {e}; keeping its addresses",
+                            v.name
+                        );
+                        continue;
+                    }
+                };
+                let mut current: Vec<_> = list
+                    .iter()
+                    .filter(|o| o.text == text)
+                    .map(|o| o.addr)
+                    .collect();
+                let mut sorted = addrs.clone();
+                current.sort();
+                sorted.sort();
+                if current == sorted {
+                    continue;
+                }
+                log::info!(
+                    "vhost {}: origin {text} now resolves to {}",
+                    v.name,
+                    addrs
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let c = new.get_or_insert_with(|| cfg.clone());
+                let vh = &mut c.vhosts[vi];
+                let vl = if standby {
+                    &mut vh.standby
+                } else {
+                    &mut vh.origins
+                };
+                let Some(pos) = vl.iter().position(|o| o.text == text) else {
+                    continue;
+                };
+                let proto = vl[pos].clone();
+                vl.retain(|o| o.text != text);
+                let fresh: Vec<OriginAddr> = addrs.iter().map(|a| proto.at(&v.name, *a)).collect();
+                vl.splice(pos..pos, fresh);
+            }
+        }
+    }
+    new
 }
 
 /// The probe kind: `usize::MAX` for recovery, else the health checker's index.
