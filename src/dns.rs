@@ -86,6 +86,10 @@ pub fn parse_answer(msg: &[u8], id: u16) -> Result<(Vec<IpAddr>, u32), DnsError>
     if flags & 0x8000 == 0 {
         return Err(DnsError::Malformed("not a response"));
     }
+    // Truncated (TC): a partial set must not replace a whole one.
+    if flags & 0x0200 != 0 {
+        return Err(DnsError::Malformed("truncated (TC)"));
+    }
     match (flags & 0x000f) as u8 {
         0 => {}
         3 => return Err(DnsError::NoAddress),
@@ -176,7 +180,10 @@ pub fn resolve(
         let mut ttl = u32::MAX;
         let mut failed = None;
         for qtype in [TYPE_A, TYPE_AAAA] {
-            match exchange(*server, name, qtype, deadline) {
+            // Each server and query its own share of what is left, so a
+            // silent first server does not use up the second's time.
+            let share = deadline.saturating_duration_since(Instant::now()) / 2;
+            match exchange(*server, name, qtype, Instant::now() + share) {
                 Ok((a, t)) => {
                     for ip in a {
                         if !addrs.contains(&ip) {
@@ -189,14 +196,18 @@ pub fn resolve(
                 Err(e) => failed = Some(e),
             }
         }
+        // One family answered and the other failed: not the whole set, so
+        // not an answer (a dual-stack name must not lose half on one loss).
+        if let Some(e) = failed {
+            last = e;
+            continue;
+        }
         if !addrs.is_empty() {
             addrs.truncate(MAX_ADDRS);
             return Ok((addrs, ttl));
         }
-        last = failed.unwrap_or(DnsError::NoAddress);
-        if last == DnsError::NoAddress {
-            return Err(last);
-        }
+        // The name has no address: another server will not say otherwise.
+        return Err(DnsError::NoAddress);
     }
     Err(last)
 }
@@ -223,32 +234,41 @@ fn exchange(
             .build_hasher()
             .finish() as u16
     };
-    sock.send(&query(id, name, qtype)?).map_err(io)?;
+    let q = query(id, name, qtype)?;
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    loop {
-        let left = deadline
+    // Sent twice at most: UDP may lose the query or the answer.
+    let start = Instant::now();
+    let half = deadline.saturating_duration_since(start) / 2;
+    for resend_at in [start + half, deadline] {
+        sock.send(&q).map_err(io)?;
+        while let Some(left) = resend_at
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
-            .ok_or(DnsError::Timeout)?;
-        sock.set_read_timeout(Some(left)).map_err(io)?;
-        let n = match sock.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(DnsError::Timeout)
+        {
+            sock.set_read_timeout(Some(left)).map_err(io)?;
+            let n = match sock.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => return Err(io(e)),
+            };
+            let msg = &buf[..n];
+            // Ours: our id and our question echoed (RFC 5452 §9.1).
+            let echoed = msg.len() >= q.len() && msg[12..q.len()].eq_ignore_ascii_case(&q[12..]);
+            match parse_answer(msg, id) {
+                Err(DnsError::Malformed("another query's id")) => continue,
+                _ if !echoed => continue,
+                r => return r,
             }
-            Err(e) => return Err(io(e)),
-        };
-        match parse_answer(&buf[..n], id) {
-            // A stray datagram: keep waiting for ours.
-            Err(DnsError::Malformed("another query's id")) => continue,
-            r => return r,
         }
     }
+    Err(DnsError::Timeout)
 }
 
 #[cfg(test)]

@@ -412,16 +412,18 @@ fn bypass_settings_refuse_methods_and_bypass_txt_decides_gets() {
         ),
         1,
     );
-    let mut c = cairn.connect();
-    let send = |c: &mut Client, m: &str| {
+    // A new connection each: a refused body stays unread, so its connection
+    // is closed after the 501.
+    let send = |cairn: &Cairn, m: &str| {
+        let mut c = cairn.connect();
         c.send(
             format!("{m} /form HTTP/1.1\r\nHost: test.local\r\nContent-Length: 1\r\n\r\nx")
                 .as_bytes(),
         );
         c.response(false).unwrap().status
     };
-    assert_eq!(send(&mut c, "PUT"), 501);
-    assert_eq!(send(&mut c, "POST"), 200);
+    assert_eq!(send(&cairn, "PUT"), 501);
+    assert_eq!(send(&cairn, "POST"), 200);
     drop(cairn);
     // GET bypassed but for bypass.txt's `cache` lines; POST refused.
     let dir = config_dir(
@@ -436,8 +438,16 @@ fn bypass_settings_refuse_methods_and_bypass_txt_decides_gets() {
     )
     .unwrap();
     let cairn = Cairn::start(dir, 1);
+    assert_eq!(send(&cairn, "POST"), 501);
+    // A refused body is neither invited nor read: 501 at once, no 100.
+    let mut raw = TcpStream::connect(cairn.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(b"POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let mut got = String::new();
+    let _ = raw.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 501 "), "{got}");
     let mut c = cairn.connect();
-    assert_eq!(send(&mut c, "POST"), 501);
     let xcache = |c: &mut Client, path: &str, extra: &str| {
         c.send(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n{extra}\r\n").as_bytes());
         let r = c.response(false).unwrap();
@@ -543,4 +553,37 @@ fn a_domain_origin_uses_every_address_it_resolves_to_and_follows_changes() {
         );
     }
     assert_eq!(a.hits(), before);
+}
+
+#[test]
+fn origin_options_set_forwarded_for_user_agent_and_validators() {
+    let origin = Origin::start(|_| {
+        Reply::Bytes(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=1\r\nETag: \"v1\"\r\nLast-Modified: Mon, 07 Dec 2026 10:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"
+                .to_vec(),
+        )
+    });
+    let dir = config_dir(
+        &origin.addr.to_string(),
+        "",
+        "<XFFClientIPOnly>ON</XFFClientIPOnly><UserAgent>*</UserAgent><OriginalETag>OFF</OriginalETag>",
+    );
+    let cairn = Cairn::start(dir, 1);
+    let mut c = cairn.connect();
+    let ask = "X-Forwarded-For: 203.0.113.9\r\nUser-Agent: agent/1\r\n";
+    assert_eq!(get_text(&mut c, "/v", ask).0, 200);
+    let seen = origin.last();
+    // XFFClientIPOnly: the client's address alone; UserAgent *: the client's.
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("user-agent"), Some("agent/1"));
+    // OriginalETag OFF: the revalidation asks by date only.
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(get_text(&mut c, "/v", ask).0, 200);
+    let seen = origin.last();
+    assert!(
+        seen.header("if-modified-since").is_some(),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(seen.header("if-none-match"), None);
 }

@@ -58,7 +58,8 @@ impl Resolver {
         if cfg!(fuzzing) && !host.eq_ignore_ascii_case("localhost") {
             return Err(format!("{host} is not resolved in fuzzing builds"));
         }
-        let (addrs, ttl): (Vec<SocketAddr>, _) = if self.servers.is_empty() {
+        let system = self.servers.is_empty() || host.eq_ignore_ascii_case("localhost");
+        let (addrs, ttl): (Vec<SocketAddr>, _) = if system {
             let addrs = (host, port)
                 .to_socket_addrs()
                 .map_err(|e| format!("cannot resolve {host}: {e}"))?

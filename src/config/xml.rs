@@ -1775,7 +1775,10 @@ fn parse_cairn(
             "Resolver" => {
                 let r = &mut server.resolver;
                 r.servers.clear();
-                for a in text(e).split([',', ' ']).filter(|a| !a.is_empty()) {
+                for a in text(e)
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|a| !a.is_empty())
+                {
                     let addr = a
                         .parse::<SocketAddr>()
                         .or_else(|_| a.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))

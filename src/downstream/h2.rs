@@ -589,6 +589,7 @@ async fn serve_stream(
         let refusal = match using {
             proxy::BodyUse::Unrouted => Some(ExchangeError::UnknownVhost),
             proxy::BodyUse::Misdirected => Some(ExchangeError::Misdirected),
+            proxy::BodyUse::Refused => Some(ExchangeError::MethodRefused),
             _ if declared.is_some_and(|n| n > MAX_H2_BODY.min(limits.max_body)) => {
                 Some(ExchangeError::RequestBodyTooLarge)
             }

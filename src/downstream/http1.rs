@@ -423,6 +423,7 @@ pub async fn serve(
             let unread = match using {
                 proxy::BodyUse::Unrouted => Some(ExchangeError::UnknownVhost),
                 proxy::BodyUse::Misdirected => Some(ExchangeError::Misdirected),
+                proxy::BodyUse::Refused => Some(ExchangeError::MethodRefused),
                 _ => None,
             };
             let read = match unread {

@@ -25,26 +25,46 @@ const MAX_HEAD: usize = 16 * 1024;
 /// swaps it; probes follow). `replace` puts a configuration whose domain
 /// origins were re-resolved in place of the one it was made from, unless a
 /// reload came first (then it returns false and the next round starts over).
+///
+/// Two threads: probes, and name resolution (a slow resolver must not
+/// delay exclusion and recovery).
 pub fn spawn(
-    config: impl Fn() -> Arc<Config> + Send + 'static,
+    config: impl Fn() -> Arc<Config> + Send + Sync + 'static,
     replace: impl Fn(&Arc<Config>, Config) -> bool + Send + 'static,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> std::io::Result<()> {
+    let config = Arc::new(config);
+    let probing = config.clone();
     std::thread::Builder::new()
         .name("cairn-health".into())
         .spawn(move || {
             let mut due: AHashMap<(usize, usize), Instant> = AHashMap::new();
-            let mut resolve_due: AHashMap<(String, String, bool), Instant> = AHashMap::new();
+            loop {
+                std::thread::sleep(TICK);
+                let cfg = probing();
+                tick(&cfg, &mut due, Instant::now());
+            }
+        })?;
+    std::thread::Builder::new()
+        .name("cairn-resolve".into())
+        .spawn(move || {
+            let mut due: AHashMap<(String, String, bool), Instant> = AHashMap::new();
             loop {
                 std::thread::sleep(TICK);
                 let cfg = config();
-                tick(&cfg, &mut due, Instant::now());
-                if let Some(next) = reresolve(&cfg, &mut resolve_due, Instant::now()) {
-                    if !replace(&cfg, next) {
-                        resolve_due.clear();
+                due.retain(|(v, _, _), _| cfg.vhosts.iter().any(|x| &x.name == v));
+                if let Some((next, changes)) = reresolve(&cfg, &mut due, Instant::now()) {
+                    if replace(&cfg, next) {
+                        for line in changes {
+                            log::info!("{line}");
+                        }
+                    } else {
+                        // A reload came first: ask again against it.
+                        due.clear();
                     }
                 }
             }
-        })
+        })?;
+    Ok(())
 }
 
 /// Domain origins whose resolution is due are asked again (ORG-1); a changed
@@ -54,9 +74,10 @@ fn reresolve(
     cfg: &Config,
     due: &mut AHashMap<(String, String, bool), Instant>,
     now: Instant,
-) -> Option<Config> {
+) -> Option<(Config, Vec<String>)> {
     let r = &cfg.server.resolver;
     let mut new: Option<Config> = None;
+    let mut changes = Vec::new();
     for (vi, v) in cfg.vhosts.iter().enumerate() {
         for standby in [false, true] {
             let list = if standby { &v.standby } else { &v.origins };
@@ -102,7 +123,7 @@ fn reresolve(
                 if current == sorted {
                     continue;
                 }
-                log::info!(
+                changes.push(format!(
                     "vhost {}: origin {text} now resolves to {}",
                     v.name,
                     addrs
@@ -110,7 +131,7 @@ fn reresolve(
                         .map(|a| a.to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
-                );
+                ));
                 let c = new.get_or_insert_with(|| cfg.clone());
                 let vh = &mut c.vhosts[vi];
                 let vl = if standby {
@@ -128,7 +149,7 @@ fn reresolve(
             }
         }
     }
-    new
+    new.map(|c| (c, changes))
 }
 
 /// The probe kind: `usize::MAX` for recovery, else the health checker's index.

@@ -357,6 +357,8 @@ pub enum BodyUse {
     Unrouted,
     /// For a site the connection's certificate does not cover: 421, unread.
     Misdirected,
+    /// A method the vhost refuses (`<Bypass…Request>OFF`): 501, unread.
+    Refused,
     /// The cache (or a redirect) answers: the body is read and dropped, never held.
     Drain,
     /// Forwarded to the origin: held in memory or spooled.
@@ -417,7 +419,9 @@ pub fn body_use(
     }
     let vhost = &live.config.vhosts[vi];
     let redirected = vhost.options.redirect_https.is_some() && conn.tls.is_none();
-    if redirected || cached::eligible(head) || way(vhost, head, conn.peer.ip()) == Way::Refuse {
+    if !redirected && way(vhost, head, conn.peer.ip()) == Way::Refuse {
+        BodyUse::Refused
+    } else if redirected || cached::eligible(head) {
         BodyUse::Drain
     } else {
         BodyUse::Forward

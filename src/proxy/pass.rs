@@ -58,7 +58,15 @@ pub async fn forward<D: Downstream>(
 fn pin(cx: &RequestCtx<'_>) -> Option<u64> {
     let o = &cx.vhost.options;
     let b = match cx.head.method() {
-        b"GET" | b"HEAD" => o.bypass_get,
+        // Only a GET the bypass settings sent here; one that passes for
+        // another reason (Authorization, a client no-cache) is balanced.
+        b"GET" | b"HEAD"
+            if super::cached::eligible(cx.head)
+                && super::way(cx.vhost, cx.head, cx.req.conn.peer.ip()) == super::Way::Pass =>
+        {
+            o.bypass_get
+        }
+        b"GET" | b"HEAD" => return None,
         b"PUT" => o.bypass_put,
         _ => o.bypass_post,
     };

@@ -109,6 +109,7 @@ pub fn origin_request(
             .map(|(_, v)| v)
     };
     let mut xff: Option<&[u8]> = None;
+    let client_ua = req.header("user-agent");
     // MOD-1: request rules may have rewritten the client's headers.
     let rewritten = opts
         .headers
@@ -147,7 +148,12 @@ pub fn origin_request(
             xff = Some(value);
             continue;
         }
-        if opts.user_agent.is_some() && name.eq_ignore_ascii_case(b"user-agent") {
+        // <UserAgent> replaces the client's; a headers.txt rule's value (one
+        // the client did not send) wins.
+        if opts.user_agent.is_some()
+            && name.eq_ignore_ascii_case(b"user-agent")
+            && (opts.headers.is_none() || Some(value) == client_ua)
+        {
             continue;
         }
         // The rewritten list had the client's Connection-named fields removed
@@ -168,7 +174,11 @@ pub fn origin_request(
     }
     out.extend_from_slice(client_ip.to_string().as_bytes());
     out.extend_from_slice(b"\r\n");
-    if let Some(ua) = opts.user_agent {
+    let ruled_ua = opts.headers.is_some_and(|l| {
+        l.iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(b"user-agent") && Some(&v[..]) != client_ua)
+    });
+    if let Some(ua) = opts.user_agent.filter(|_| !ruled_ua) {
         out.extend_from_slice(b"User-Agent: ");
         out.extend_from_slice(ua);
         out.extend_from_slice(b"\r\n");
