@@ -213,7 +213,14 @@ pub async fn send(
 ) -> Result<OriginReply, ExchangeError> {
     let candidates = candidates(cx, opts);
     let retry = cx.vhost.origin_options.retry as usize;
-    let tries = retry.saturating_add(1).min(candidates.len());
+    // Every address excluded (the list is all of them, as a last resort):
+    // one try, not a walk through every dead one (N connect timeouts).
+    let all_out = candidates.iter().all(|o| !o.health.usable());
+    let tries = if all_out {
+        1
+    } else {
+        retry.saturating_add(1).min(candidates.len())
+    };
     let mut i = 0;
     loop {
         let origin = candidates[i];
