@@ -587,3 +587,28 @@ fn origin_options_set_forwarded_for_user_agent_and_validators() {
     );
     assert_eq!(seen.header("if-none-match"), None);
 }
+
+#[test]
+fn private_bypass_gives_each_client_connection_its_own_origin_connection() {
+    let run = |private: &str| {
+        let origin = Origin::start(|_| ok(b"posted"));
+        let dir = config_dir(
+            &origin.addr.to_string(),
+            &format!("<BypassPostRequest Private=\"{private}\">ON</BypassPostRequest>"),
+            "",
+        );
+        let cairn = Cairn::start(dir, 1);
+        let (mut a, mut b) = (cairn.connect(), cairn.connect());
+        for _ in 0..3 {
+            for c in [&mut a, &mut b] {
+                c.send(b"POST /p HTTP/1.1\r\nHost: test.local\r\nContent-Length: 1\r\n\r\nx");
+                assert_eq!(c.response(false).unwrap().status, 200);
+            }
+        }
+        origin.connections.load(SeqCst)
+    };
+    // Pooled: the two clients' sequential POSTs share one origin connection.
+    assert_eq!(run("OFF"), 1);
+    // Private: one each, kept across their requests.
+    assert_eq!(run("ON"), 2);
+}

@@ -244,6 +244,8 @@ pub struct Bypass {
     pub origin_affinity: bool,
     /// One client connection on one origin address.
     pub sticky: bool,
+    /// A dedicated origin connection per client connection.
+    pub private: bool,
 }
 
 impl Default for Bypass {
@@ -252,6 +254,7 @@ impl Default for Bypass {
             on: false,
             origin_affinity: true,
             sticky: true,
+            private: false,
         }
     }
 }

@@ -868,13 +868,8 @@ fn apply_options(
                     on: on_off(s, e)?,
                     origin_affinity: flag("OriginAffinity", true)?,
                     sticky: flag("Sticky", true)?,
+                    private: flag("Private", false)?,
                 };
-                if flag("Private", false)? {
-                    warnings.push(s.diag(
-                        e,
-                        format!("<{tag} Private=\"ON\">: a dedicated origin connection per client is not built; pooled connections are used"),
-                    ));
-                }
                 match tag {
                     "BypassPostRequest" => o.bypass_post = b,
                     "BypassGetRequest" => o.bypass_get = b,

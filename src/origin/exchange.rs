@@ -36,6 +36,9 @@ pub struct OriginRequest {
     pub idempotent: bool,
     /// The request method was HEAD: the response has no body whatever it says.
     pub head_method: bool,
+    /// `Private="ON"`: the client connection whose dedicated origin
+    /// connection this uses.
+    pub private: Option<u64>,
 }
 
 pub struct OriginReply {
@@ -235,6 +238,7 @@ async fn attempt(
     let key = PoolKey {
         addr: origin.addr,
         tls: tls.map(|(name, t)| (name.clone(), t.trust)),
+        owner: req.private,
     };
     let mut retried = false;
     loop {

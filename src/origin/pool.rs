@@ -16,15 +16,23 @@ use std::time::{Duration, Instant};
 pub struct PoolKey {
     pub addr: SocketAddr,
     pub tls: Option<(ServerName<'static>, u64)>,
+    /// `Private="ON"` (ORG-6): the client connection (session id) this
+    /// origin connection is dedicated to; no other request takes it.
+    pub owner: Option<u64>,
 }
 
 /// Most idle connections kept per origin address on one shard.
 const MAX_IDLE_PER_ADDR: usize = 256;
+/// Most idle private connections on one shard, all owners together: each
+/// owner has its own key, so the per-address bound alone would not hold.
+const MAX_PRIVATE_IDLE: usize = 1024;
 
 #[derive(Default)]
 pub struct Pool {
     idle: AHashMap<PoolKey, Vec<(Conn, Instant)>>,
     puts: u32,
+    /// Idle connections under keys with an owner.
+    private_idle: usize,
 }
 
 /// Every this many returns, expired connections under every key are closed, so
@@ -36,13 +44,23 @@ impl Pool {
     /// An idle connection for `key` not older than `reuse`, if any.
     pub fn take(&mut self, key: &PoolKey, reuse: Duration, now: Instant) -> Option<Conn> {
         let list = self.idle.get_mut(key)?;
+        let mut found = None;
+        let mut taken = 0;
         while let Some((c, since)) = list.pop() {
+            taken += 1;
             if now.duration_since(since) < reuse && c.is_idle_and_open() {
-                return Some(c);
+                found = Some(c);
+                break;
             }
             c.shutdown();
         }
-        None
+        if key.owner.is_some() {
+            self.private_idle = self.private_idle.saturating_sub(taken);
+            if list.is_empty() {
+                self.idle.remove(key);
+            }
+        }
+        found
     }
 
     /// Returns a connection whose last response ended cleanly.
@@ -54,6 +72,25 @@ impl Pool {
         self.puts = self.puts.wrapping_add(1);
         if self.puts.is_multiple_of(SWEEP_EVERY) {
             self.sweep(reuse, now);
+        }
+        if key.owner.is_some() {
+            if self.private_idle >= MAX_PRIVATE_IDLE {
+                self.sweep(reuse, now);
+            }
+            if self.private_idle >= MAX_PRIVATE_IDLE {
+                conn.shutdown();
+                return;
+            }
+            // One idle connection per owner and address: it is dedicated.
+            if let Some(old) = self.idle.remove(&key) {
+                self.private_idle = self.private_idle.saturating_sub(old.len());
+                for (c, _) in old {
+                    c.shutdown();
+                }
+            }
+            self.private_idle += 1;
+            self.idle.insert(key, vec![(conn, now)]);
+            return;
         }
         let list = self.idle.entry(key).or_default();
         // Drop expired ones while we are here: the pool has no timer of its own.
@@ -73,7 +110,8 @@ impl Pool {
 
     /// Closes connections idle for `reuse` or longer, under every key.
     fn sweep(&mut self, reuse: Duration, now: Instant) {
-        self.idle.retain(|_, list| {
+        let mut private = 0;
+        self.idle.retain(|k, list| {
             list.retain(|(c, since)| {
                 let keep = now.duration_since(*since) < reuse;
                 if !keep {
@@ -81,8 +119,12 @@ impl Pool {
                 }
                 keep
             });
+            if k.owner.is_some() {
+                private += list.len();
+            }
             !list.is_empty()
         });
+        self.private_idle = private;
     }
 
     pub fn idle_count(&self) -> usize {
@@ -96,5 +138,6 @@ impl Pool {
                 c.shutdown();
             }
         }
+        self.private_idle = 0;
     }
 }

@@ -15,9 +15,11 @@ pub async fn forward<D: Downstream>(
     result: CacheResult,
 ) -> Result<(), ExchangeError> {
     cx.bypass.set(true);
+    let pinned = pin(cx);
     let opts = OriginOpts {
         headers: cx.req_headers.as_ref(),
-        pin: pin(cx),
+        pin: pinned.map(|(k, _)| k),
+        private: pinned.and_then(|(_, p)| p.then_some(cx.req.conn.session_id)),
         ..OriginOpts::default()
     };
     let body = cx.req.body.borrow_mut().take();
@@ -55,7 +57,8 @@ pub async fn forward<D: Downstream>(
 /// Sticky keeps its connection on one; which applies is the method's
 /// `<Bypass…Request>` (GET's for GET and HEAD, PUT's for PUT, POST's for the
 /// rest). Neither: the vhost's balancing.
-fn pin(cx: &RequestCtx<'_>) -> Option<u64> {
+/// Also whether the request gets a private origin connection.
+fn pin(cx: &RequestCtx<'_>) -> Option<(u64, bool)> {
     let o = &cx.vhost.options;
     let b = match cx.head.method() {
         // Only a GET the bypass settings sent here; one that passes for
@@ -71,16 +74,13 @@ fn pin(cx: &RequestCtx<'_>) -> Option<u64> {
         _ => o.bypass_post,
     };
     let conn = &cx.req.conn;
+    // Private implies one address for the connection (its connection is there).
+    let ip = || crate::config::stable_hash(&[conn.peer.ip().to_string().as_bytes()]);
+    let session = || crate::config::stable_hash(&[&conn.session_id.to_le_bytes()]);
     if b.origin_affinity {
-        Some(crate::config::stable_hash(&[conn
-            .peer
-            .ip()
-            .to_string()
-            .as_bytes()]))
-    } else if b.sticky {
-        Some(crate::config::stable_hash(&[&conn
-            .session_id
-            .to_le_bytes()]))
+        Some((ip(), b.private))
+    } else if b.sticky || b.private {
+        Some((session(), b.private))
     } else {
         None
     }

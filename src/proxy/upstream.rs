@@ -45,6 +45,9 @@ pub struct OriginOpts<'a> {
     /// address, or its connection) that keeps a bypassed request on one
     /// address whatever the vhost's mode.
     pub pin: Option<u64>,
+    /// `Private="ON"` (ORG-6): the client connection (session id) that gets
+    /// an origin connection of its own.
+    pub private: Option<u64>,
     /// `<XFFClientIPOnly>ON` (set by [`send`]).
     pub xff_client_only: bool,
     /// `<UserAgent>`: sent instead of the client's (set by [`send`]).
@@ -369,6 +372,7 @@ fn build(
         opts,
     );
     OriginRequest {
+        private: opts.private,
         head: Bytes::from(head),
         body,
         idempotent: opts.for_cache || cx.head.is_idempotent(),
