@@ -109,8 +109,14 @@ fn serve(mut s: TcpStream, name: &str, hits: &AtomicUsize, stop: &AtomicBool) {
         }
         buf.drain(..end + 4 + len);
         hits.fetch_add(1, SeqCst);
+        // `/c/…` is cacheable for a second; everything else is not stored.
+        let cc = if head.contains(" /c/") {
+            "max-age=1"
+        } else {
+            "no-store"
+        };
         let reply = format!(
-            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{name}",
+            "HTTP/1.1 200 OK\r\nCache-Control: {cc}\r\nLast-Modified: Mon, 07 Dec 2026 10:00:00 GMT\r\nContent-Length: {}\r\n\r\n{name}",
             name.len()
         );
         if s.write_all(reply.as_bytes()).is_err() {
@@ -611,4 +617,42 @@ fn private_bypass_gives_each_client_connection_its_own_origin_connection() {
     assert_eq!(run("OFF"), 1);
     // Private: one each, kept across their requests.
     assert_eq!(run("ON"), 2);
+}
+
+#[test]
+fn a_stale_object_while_every_origin_is_excluded_follows_unvalidatable_object_res_code() {
+    for (res_code, want) in [("0", 200), ("503", 503)] {
+        let mut a = Backend::start("a");
+        let dir = dir_with(
+            r#"<Exclusion>1</Exclusion><Recovery Cycle="3600">5</Recovery>"#,
+            &addresses(&[&a], "Address"),
+        );
+        edit_server_xml(
+            &dir,
+            "<Options></Options>",
+            &format!("<Options><CacheStatusHeader>ON</CacheStatusHeader><UnvalidatableObjectResCode>{res_code}</UnvalidatableObjectResCode><TTL><OriginBusy>30</OriginBusy></TTL></Options>"),
+        );
+        let cairn = Cairn::start(dir, 1);
+        let mut c = cairn.connect();
+        assert_eq!(get_text(&mut c, "/c/obj", ""), (200, "a".to_string()));
+        a.kill();
+        // One failure excludes the only address.
+        assert_eq!(get_text(&mut c, "/other", "").0, 502);
+        cairn.wait_log("excluded from service");
+        std::thread::sleep(Duration::from_millis(1100));
+        c.send(b"GET /c/obj HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        let r = c.response(false).unwrap();
+        assert_eq!(r.status, want, "ResCode {res_code}");
+        if want == 200 {
+            assert_eq!(
+                (r.header("x-cache"), r.text().as_str()),
+                (Some("TCP_REF_FAIL_HIT"), "a")
+            );
+            assert!(cairn
+                .stderr()
+                .contains("every origin is excluded; serving stale"));
+            // Extended by OriginBusy: fresh again, a plain hit.
+            assert_eq!(c.get("/c/obj").header("x-cache"), Some("TCP_HIT"));
+        }
+    }
 }

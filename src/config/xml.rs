@@ -809,10 +809,11 @@ fn apply_options(
             "TTLExtensionByFail" => o.ttl.extension_fail = on_off(s, e)?,
             "UnvalidatableObjectResCode" => {
                 let n = number(s, e, text(e), 0, 599)? as u16;
-                if n != 0 && n < 100 {
+                // A status whose response has a body (cairn's error page).
+                if n != 0 && (n < 200 || n == 204 || n == 304) {
                     return Err(s.err(
                         e,
-                        format!("<UnvalidatableObjectResCode> {n}: 0 or a status code"),
+                        format!("<UnvalidatableObjectResCode> {n}: 0 or a status from 200 to 599 (not 204 or 304)"),
                     ));
                 }
                 o.ttl.unvalidatable_status = n;

@@ -47,6 +47,10 @@ pub enum ExchangeError {
     /// `Cache-Control: only-if-cached` and nothing usable stored (RFC 9111 §5.2.1.7).
     #[error("only-if-cached and no usable stored response")]
     NotCached,
+    /// TTL-7: a stale object while every origin is excluded, answered with
+    /// `<UnvalidatableObjectResCode>`.
+    #[error("every origin is excluded; answered with UnvalidatableObjectResCode {0}")]
+    Unvalidatable(u16),
     /// `<BypassPostRequest>OFF` / `<BypassPutRequest>OFF` (ORG-6).
     #[error("this method is not passed to the origin here")]
     MethodRefused,
@@ -69,9 +73,10 @@ impl ExchangeError {
             | ExchangeError::NotCached
             | ExchangeError::MethodRefused
             | ExchangeError::Misdirected => Fault::Client,
-            ExchangeError::Origin(_) | ExchangeError::FillFailed | ExchangeError::FillTimeout => {
-                Fault::Origin
-            }
+            ExchangeError::Origin(_)
+            | ExchangeError::FillFailed
+            | ExchangeError::FillTimeout
+            | ExchangeError::Unvalidatable(_) => Fault::Origin,
             ExchangeError::Internal(_) | ExchangeError::Spool(_) => Fault::Internal,
         }
     }
@@ -98,6 +103,7 @@ impl ExchangeError {
             ExchangeError::UnknownVhost => 404,
             ExchangeError::Misdirected => 421,
             ExchangeError::MethodRefused => 501,
+            ExchangeError::Unvalidatable(n) => *n,
             ExchangeError::Origin(e) => e.status(),
             ExchangeError::FillFailed => 502,
             ExchangeError::FillTimeout | ExchangeError::NotCached => 504,

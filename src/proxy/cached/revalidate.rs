@@ -27,6 +27,30 @@ pub async fn revalidate<D: Downstream>(
     let extra = validators(&hit, cx.vhost.origin_options.original_etag != Some(false));
     let request_time = now_ms();
     let ston = cx.vhost.options.ttl_mode == TtlMode::Ston;
+    // TTL-7: every origin address excluded (ORG-3): the origin is not asked.
+    // UnvalidatableObjectResCode 0 keeps the stale copy for OriginBusy
+    // seconds; a status code answers with it instead.
+    let v = cx.vhost;
+    if ston
+        && !purged
+        && v.origins
+            .iter()
+            .chain(&v.standby)
+            .all(|o| !o.health.usable())
+    {
+        let p = &v.options.ttl;
+        if p.unvalidatable_status != 0 {
+            return Err(ExchangeError::Unvalidatable(p.unvalidatable_status));
+        }
+        log::info!(
+            "vhost {}: every origin is excluded; serving stale {} for OriginBusy ({} s)",
+            v.name,
+            String::from_utf8_lossy(cx.head.path()),
+            p.origin_busy
+        );
+        let ms = p.origin_busy.saturating_mul(1000);
+        return extend(cx, down, hit, ms, CacheResult::RefFailHit).await;
+    }
     let ask = origin_opts(cx, &extra);
     match send_to_origin(cx, &ask).await {
         Ok(reply) if reply.head.status == 304 => {
