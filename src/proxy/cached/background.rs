@@ -30,6 +30,23 @@ impl Drop for Claim {
 /// the caller revalidates in the foreground.
 pub(super) fn start(cx: &RequestCtx<'_>, hit: &Hit) -> bool {
     let shared = cx.shard.shared.clone();
+    // TTL-7: every origin excluded: no origin to ask; the copy is kept for
+    // OriginBusy (the caller serves it stale either way).
+    let v = cx.vhost;
+    let ston = v.options.ttl_mode == crate::config::TtlMode::Ston;
+    let purged = hit.times.flags & crate::cache::freshness::FLAG_PURGED != 0;
+    if ston && !purged && v.origins.iter().chain(&v.standby).all(|o| !o.health.usable()) {
+        let now = now_ms();
+        let busy = v.options.ttl.origin_busy.saturating_mul(1000);
+        let times = crate::cache::freshness::Times {
+            lifetime_ms: hit.times.current_age_ms(now).saturating_add(busy),
+            ..hit.times
+        };
+        shared
+            .cache
+            .refresh(cx.key().stored(), hit.loc, times, hit.headers.clone());
+        return true;
+    }
     let key = cx.key().stored().to_vec();
     if !shared.cache.begin_refresh(&key) {
         return true;
