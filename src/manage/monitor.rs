@@ -18,6 +18,8 @@ pub struct VhostTotals {
     pub bytes_out: u64,
     pub hit_bytes_out: u64,
     pub time_us: u64,
+    /// Origin requests in flight now, over the vhost's addresses (a gauge).
+    pub origin_sessions: u64,
 }
 
 /// Everything at one moment.
@@ -32,6 +34,16 @@ pub struct Sample {
 
 impl Sample {
     pub fn take(shared: &Shared, at_ms: u64) -> Sample {
+        let live = shared.live.load();
+        let origin_sessions = |name: &str| -> u64 {
+            live.config
+                .vhosts
+                .iter()
+                .filter(|v| v.name == name)
+                .flat_map(|v| v.origins.iter().chain(&v.standby))
+                .map(|o| o.health.in_flight.load(Relaxed))
+                .sum()
+        };
         let vhosts = shared
             .vhost_stats
             .lock()
@@ -40,6 +52,7 @@ impl Sample {
             .map(|v| {
                 let mut t = VhostTotals {
                     name: v.name.clone(),
+                    origin_sessions: origin_sessions(&v.name),
                     ..Default::default()
                 };
                 for c in v.shards.iter() {
@@ -138,7 +151,7 @@ pub fn window_json(from: &Sample, to: &Sample) -> String {
         }
         let _ = write!(
             out,
-            "{{\"Name\":{},\"Requests\":{reqs},\"RequestsPerSec\":{:.2},\"Hits\":{hits},\"HitRatio\":{:.2},\"ByteHitRatio\":{:.2},\"BytesOutPerSec\":{:.1},\"Res1xx\":{},\"Res2xx\":{},\"Res3xx\":{},\"Res4xx\":{},\"Res5xx\":{},\"ResponseTimeMs\":{:.3}}}",
+            "{{\"Name\":{},\"Requests\":{reqs},\"RequestsPerSec\":{:.2},\"Hits\":{hits},\"HitRatio\":{:.2},\"ByteHitRatio\":{:.2},\"BytesOutPerSec\":{:.1},\"Res1xx\":{},\"Res2xx\":{},\"Res3xx\":{},\"Res4xx\":{},\"Res5xx\":{},\"ResponseTimeMs\":{:.3},\"OriginSessions\":{}}}",
             crate::json::string(&v.name),
             reqs as f64 / secs,
             ratio(hits, reqs),
@@ -154,6 +167,7 @@ pub fn window_json(from: &Sample, to: &Sample) -> String {
             } else {
                 d(v.time_us, f.time_us) as f64 / 1000.0 / reqs as f64
             },
+            v.origin_sessions,
         );
     }
     out.push_str("]}");
@@ -175,6 +189,7 @@ mod tests {
                 bytes_out: requests * 100,
                 hit_bytes_out: hits * 100,
                 time_us: requests * 2000,
+                origin_sessions: 2,
             }],
             ..Default::default()
         }
@@ -194,6 +209,7 @@ mod tests {
         assert!(j.contains("\"Requests\":10,"), "{j}");
         assert!(j.contains("\"HitRatio\":50.00"), "{j}");
         assert!(j.contains("\"ResponseTimeMs\":2.000"), "{j}");
+        assert!(j.contains("\"OriginSessions\":2}"), "{j}");
         let (a, b) = s.window(300).unwrap();
         assert_eq!(b.at_ms - a.at_ms, 300_000);
         // Longer than kept: from the oldest sample.
