@@ -101,8 +101,15 @@ fn one_object_per_language_and_none_for_a_request_without_the_field() {
     let log = c.wait_log("manager listening on http://");
     let rest = log.split("manager listening on http://").nth(1).unwrap();
     let mgr: std::net::SocketAddr = rest[..rest.find('/').unwrap()].parse().unwrap();
-    let mut s = std::net::TcpStream::connect(mgr).unwrap();
     use std::io::{Read, Write};
+    // fileinfo (STAT-2) lists the Vary variants too.
+    let mut s = std::net::TcpStream::connect(mgr).unwrap();
+    s.write_all(b"GET /monitoring/fileinfo?url=test.local/v HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut info = String::new();
+    s.read_to_string(&mut info).unwrap();
+    assert_eq!(info.matches("\"Variant\":\"vary:").count(), 3, "{info}");
+    let mut s = std::net::TcpStream::connect(mgr).unwrap();
     s.write_all(b"GET /command/hardpurge?url=test.local/v HTTP/1.1\r\nHost: m\r\n\r\n")
         .unwrap();
     let mut out = String::new();

@@ -313,23 +313,30 @@ impl Cache {
                 n.bytes += size;
             }
         }
-        // The Vary variants (`primary\0…\0vary\0…`); the coding variants are
-        // done above.
-        let mut prefix = primary.to_vec();
-        prefix.push(0);
-        let mut varied = Vec::new();
-        self.store.keys.for_prefix(&prefix, |k| {
-            if key::vary_of(k).is_some_and(|(base, _)| key::primary_of(base) == primary) {
-                varied.push(k.to_vec());
-            }
-        });
-        for k in varied {
+        // The Vary variants; the coding variants are done above.
+        for k in self.vary_variants(primary, usize::MAX) {
             if let Some(size) = self.apply(&k, op, now_ms) {
                 n.count += 1;
                 n.bytes += size;
             }
         }
         n
+    }
+
+    /// The stored keys of `primary`'s Vary variants (`primary\0…\0vary\0…`),
+    /// at most `max` of them.
+    pub fn vary_variants(&self, primary: &[u8], max: usize) -> Vec<Vec<u8>> {
+        let mut prefix = primary.to_vec();
+        prefix.push(0);
+        let mut varied = Vec::new();
+        self.store.keys.for_prefix(&prefix, |k| {
+            if varied.len() < max
+                && key::vary_of(k).is_some_and(|(base, _)| key::primary_of(base) == primary)
+            {
+                varied.push(k.to_vec());
+            }
+        });
+        varied
     }
 
     /// Applies `op` to the object stored under `key`; its body size when there

@@ -454,8 +454,26 @@ fn fileinfo(shared: &Shared, query: &str) -> (u16, &'static str, String) {
     );
     let key = CacheKey::new(&vhost.name, &url, Variant::Identity);
     let mut items = Vec::new();
-    for v in Variant::ALL {
-        let Some(hit) = shared.cache.peek(key.with_variant(v).stored()) else {
+    // The coding variants, then the Vary ones (at most 64 listed).
+    let mut keys: Vec<(String, Vec<u8>)> = Variant::ALL
+        .iter()
+        .map(|&v| {
+            let label = match v {
+                Variant::Identity => "identity",
+                Variant::Gzip => "gzip",
+            };
+            (label.to_string(), key.with_variant(v).stored().to_vec())
+        })
+        .collect();
+    for k in shared.cache.vary_variants(key.primary(), 64) {
+        let rest = &k[key.primary().len().min(k.len())..];
+        let label = String::from_utf8_lossy(rest)
+            .trim_matches('\0')
+            .replace('\0', "|");
+        keys.push((format!("vary:{label}"), k));
+    }
+    for (label, stored) in keys {
+        let Some(hit) = shared.cache.peek(&stored) else {
             continue;
         };
         let field = |name: &[u8]| {
@@ -475,10 +493,7 @@ fn fileinfo(shared: &Shared, query: &str) -> (u16, &'static str, String) {
         };
         items.push(format!(
             "{{\"Variant\":{},\"Status\":{},\"Size\":{},\"TTLLeft\":{ttl},\"Fresh\":{},\"ExpiresAt\":{},\"ContentType\":{},\"LastModified\":{},\"ETag\":{}}}",
-            json::string(match v {
-                Variant::Identity => "identity",
-                Variant::Gzip => "gzip",
-            }),
+            json::string(&label),
             hit.status,
             hit.body.len(),
             hit.times.is_fresh(now),
