@@ -84,8 +84,12 @@ pub fn response_facts(h: &ResponseHead) -> ResponseFacts {
         .iter()
         .find_map(|n| {
             let v: Vec<&[u8]> = named(n).collect();
-            (!v.is_empty() && v.iter().any(|l| !crate::http1::headers::trim(l).is_empty()))
-                .then(|| CacheControl::parse(v.into_iter()))
+            // A value without one directive (`,`, blanks) is no value.
+            let some = v.iter().any(|l| {
+                l.split(|&b| b == b',')
+                    .any(|m| !crate::http1::headers::trim(m).is_empty())
+            });
+            some.then(|| CacheControl::parse(v.into_iter()))
         })
         .or_else(|| surrogate_control(named("surrogate-control")));
     ResponseFacts {
@@ -416,6 +420,31 @@ mod tests {
         response::parse(&mut BytesMut::from(raw.as_bytes()), 65536)
             .unwrap()
             .unwrap()
+    }
+
+    #[test]
+    fn targeted_fields_need_a_directive_to_count() {
+        // (targeted field line, the max-age that decides)
+        let table = [
+            ("CDN-Cache-Control: max-age=5", Some(5)),
+            (
+                "Cairn-Cache-Control: max-age=7\r\nCDN-Cache-Control: max-age=5",
+                Some(7),
+            ),
+            // No directive: not a value, Cache-Control decides (RFC 9213 §2.1).
+            ("CDN-Cache-Control: ,", Some(60)),
+            ("CDN-Cache-Control:  , ,", Some(60)),
+            (
+                "Cairn-Cache-Control: ,\r\nCDN-Cache-Control: max-age=5",
+                Some(5),
+            ),
+        ];
+        for (field, want) in table {
+            let h = head(&format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n{field}\r\nContent-Length: 0\r\n"
+            ));
+            assert_eq!(response_facts(&h).cc.max_age, want, "{field}");
+        }
     }
 
     fn run(raw: &str, length: Option<u64>, req_cc: &str) -> Result<FillPlan, &'static str> {
