@@ -33,6 +33,8 @@ pub struct Pool {
     puts: u32,
     /// Idle connections under keys with an owner.
     private_idle: usize,
+    /// The keys each owner has idle connections under.
+    owners: AHashMap<u64, Vec<PoolKey>>,
 }
 
 /// Every this many returns, expired connections under every key are closed, so
@@ -54,13 +56,39 @@ impl Pool {
             }
             c.shutdown();
         }
-        if key.owner.is_some() {
+        if let Some(owner) = key.owner {
             self.private_idle = self.private_idle.saturating_sub(taken);
             if list.is_empty() {
                 self.idle.remove(key);
+                self.forget_owned(owner, key);
             }
         }
         found
+    }
+
+    fn forget_owned(&mut self, owner: u64, key: &PoolKey) {
+        if let Some(keys) = self.owners.get_mut(&owner) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.owners.remove(&owner);
+            }
+        }
+    }
+
+    /// Closes `owner`'s private connections: its client connection ended.
+    /// Nothing to do (one map probe) unless Private="ON" is in use.
+    pub fn drop_owner(&mut self, owner: u64) {
+        let Some(keys) = self.owners.remove(&owner) else {
+            return;
+        };
+        for k in keys {
+            if let Some(list) = self.idle.remove(&k) {
+                self.private_idle = self.private_idle.saturating_sub(list.len());
+                for (c, _) in list {
+                    c.shutdown();
+                }
+            }
+        }
     }
 
     /// Returns a connection whose last response ended cleanly.
@@ -73,11 +101,9 @@ impl Pool {
         if self.puts.is_multiple_of(SWEEP_EVERY) {
             self.sweep(reuse, now);
         }
-        if key.owner.is_some() {
-            if self.private_idle >= MAX_PRIVATE_IDLE {
-                self.sweep(reuse, now);
-            }
-            if self.private_idle >= MAX_PRIVATE_IDLE {
+        if let Some(owner) = key.owner {
+            let replaces = self.idle.contains_key(&key);
+            if !replaces && self.private_idle >= MAX_PRIVATE_IDLE {
                 conn.shutdown();
                 return;
             }
@@ -89,6 +115,10 @@ impl Pool {
                 }
             }
             self.private_idle += 1;
+            let keys = self.owners.entry(owner).or_default();
+            if !keys.contains(&key) {
+                keys.push(key.clone());
+            }
             self.idle.insert(key, vec![(conn, now)]);
             return;
         }
@@ -125,6 +155,11 @@ impl Pool {
             !list.is_empty()
         });
         self.private_idle = private;
+        let idle = &self.idle;
+        self.owners.retain(|_, keys| {
+            keys.retain(|k| idle.contains_key(k));
+            !keys.is_empty()
+        });
     }
 
     pub fn idle_count(&self) -> usize {
@@ -139,5 +174,6 @@ impl Pool {
             }
         }
         self.private_idle = 0;
+        self.owners.clear();
     }
 }

@@ -99,15 +99,19 @@ fn parse_rule(text: &str, case: Case) -> Result<(Pattern, QueryAction), QueryErr
                 (_, Some(n)) => (false, n),
                 _ => return Err(bad()),
             };
-            let names: Vec<Box<[u8]>> = names
-                .split('&')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(|n| match case {
+            // A name listed twice counts once: `+a&a` would repeat `a`'s
+            // parameters (found by the querystring_txt fuzz target).
+            let listed = names;
+            let mut names: Vec<Box<[u8]>> = Vec::new();
+            for n in listed.split('&').map(str::trim).filter(|n| !n.is_empty()) {
+                let n: Box<[u8]> = match case {
                     Case::Sensitive => n.as_bytes().into(),
                     Case::Insensitive => n.to_ascii_lowercase().into_bytes().into(),
-                })
-                .collect();
+                };
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
             if names.is_empty() {
                 return Err(bad());
             }
@@ -212,5 +216,9 @@ mod tests {
         // key_url lower-cases the target before it asks key_query.
         let got = key_query(true, &rules, b"/tab.html", b"end=2&x=1&start=1");
         assert_eq!(&got[..], b"start=1&end=2");
+        // A name listed twice keeps its parameters once.
+        let rules = parse("/d, +a&b&a\n", Case::Sensitive).unwrap().rules;
+        let got = key_query(true, &rules, b"/d", b"a=1&b=2&a=3");
+        assert_eq!(&got[..], b"a=1&a=3&b=2");
     }
 }

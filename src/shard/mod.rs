@@ -197,12 +197,15 @@ async fn accept_loop(
                     else {
                         return;
                     };
+                    let up = s.upstreams.clone();
                     if facts.tls.is_some_and(|t| t.h2) {
                         let none = bytes::BytesMut::new();
                         crate::downstream::h2::serve(s, conn, facts, certs, none).await;
                     } else {
                         crate::downstream::http1::serve(s, conn, facts, certs).await;
                     }
+                    // Its private origin connections (Private="ON") go with it.
+                    up.pool.borrow_mut().drop_owner(session_id);
                 });
             }
             Err(e) => {

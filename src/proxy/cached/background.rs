@@ -35,13 +35,7 @@ pub(super) fn start(cx: &RequestCtx<'_>, hit: &Hit) -> bool {
     let v = cx.vhost;
     let ston = v.options.ttl_mode == crate::config::TtlMode::Ston;
     let purged = hit.times.flags & crate::cache::freshness::FLAG_PURGED != 0;
-    if ston
-        && !purged
-        && v.origins
-            .iter()
-            .chain(&v.standby)
-            .all(|o| !o.health.usable())
-    {
+    if ston && !purged && super::all_origins_excluded(v) {
         let now = now_ms();
         let busy = v.options.ttl.origin_busy.saturating_mul(1000);
         let times = crate::cache::freshness::Times {

@@ -30,6 +30,14 @@ use std::sync::atomic::Ordering::Relaxed;
 
 /// May this request be answered from (and fill) the cache? GET and HEAD without
 /// `Authorization` (RFC 9111 §3.5).
+/// Every origin address of the vhost, active and standby, is out of service.
+pub(super) fn all_origins_excluded(v: &Vhost) -> bool {
+    v.origins
+        .iter()
+        .chain(&v.standby)
+        .all(|o| !o.health.usable())
+}
+
 pub fn eligible(req: &RequestHead) -> bool {
     matches!(req.method(), b"GET" | b"HEAD") && req.header("authorization").is_none()
 }
@@ -336,7 +344,13 @@ pub async fn serve<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D) -> Result<(
         }
         // A purged object is fetched again without validators, but kept until
         // then: it is served if the origin fails (PRG-1).
-        if purged || !hit.etag.is_empty() || hit.last_modified_s != 0 {
+        // TTL-7: with every origin excluded, revalidate() keeps or refuses it
+        // without asking, validators or not.
+        if purged
+            || !hit.etag.is_empty()
+            || hit.last_modified_s != 0
+            || (ston && all_origins_excluded(cx.vhost))
+        {
             return Box::pin(revalidate::revalidate(cx, down, hit)).await;
         }
         // Stale without validators: fetch it again (and release the old lease first).

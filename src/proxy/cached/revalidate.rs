@@ -31,13 +31,7 @@ pub async fn revalidate<D: Downstream>(
     // UnvalidatableObjectResCode 0 keeps the stale copy for OriginBusy
     // seconds; a status code answers with it instead.
     let v = cx.vhost;
-    if ston
-        && !purged
-        && v.origins
-            .iter()
-            .chain(&v.standby)
-            .all(|o| !o.health.usable())
-    {
+    if ston && !purged && super::all_origins_excluded(v) {
         let p = &v.options.ttl;
         if p.unvalidatable_status != 0 {
             return Err(ExchangeError::Unvalidatable(p.unvalidatable_status));
