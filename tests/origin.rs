@@ -658,3 +658,32 @@ fn a_stale_object_while_every_origin_is_excluded_follows_unvalidatable_object_re
         }
     }
 }
+
+#[test]
+fn ston_mode_caches_an_origin_failure_for_the_ttl_connect_timeout() {
+    // TTL-4: nothing cached and the origin down: the error is kept for
+    // <TTL><ConnectTimeout> seconds, so clients meanwhile do not each ask it.
+    let mut a = Backend::start("a");
+    a.kill();
+    let dir = dir_with("<Exclusion>0</Exclusion>", &addresses(&[&a], "Address"));
+    edit_server_xml(
+        &dir,
+        "<Options></Options>",
+        "<Options><CacheStatusHeader>ON</CacheStatusHeader><TTL><ConnectTimeout>1</ConnectTimeout></TTL></Options>",
+    );
+    let cairn = Cairn::start(dir, 1);
+    let mut c = cairn.connect();
+    let attempts = |cairn: &Cairn| cairn.stderr().matches("connect failed").count();
+    assert_eq!(get_text(&mut c, "/down", "").0, 502);
+    assert_eq!(attempts(&cairn), 1);
+    for _ in 0..5 {
+        c.send(b"GET /down HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        let r = c.response(false).unwrap();
+        assert_eq!((r.status, r.header("x-cache")), (502, Some("TCP_HIT")));
+    }
+    assert_eq!(attempts(&cairn), 1, "the cached error answered");
+    // Past its second, the origin is asked again.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(get_text(&mut c, "/down", "").0, 502);
+    assert_eq!(attempts(&cairn), 2);
+}

@@ -83,10 +83,64 @@ pub async fn miss<D: Downstream>(
             };
             let request_time = now_ms();
             // Dropping the leader on an error fails the fill for its followers.
-            let reply = send_to_origin(cx, &origin_opts(cx, b"")).await?;
+            let reply = match send_to_origin(cx, &origin_opts(cx, b"")).await {
+                Ok(r) => r,
+                Err(e) => {
+                    store_failure(cx, &e, request_time);
+                    return Err(e);
+                }
+            };
             fill_from(cx, down, reply, Some((leader, slot)), result, request_time).await
         }
         Role::Follower(fill) => follow(cx, down, fill, CacheResult::Miss).await,
+    }
+}
+
+/// TTL-4 (STON mode): with nothing cached, an origin failure is itself
+/// cached for `<TTL><ConnectTimeout>` (or `<ReceiveTimeout>`, after a
+/// response timeout) seconds, so the failing origin is not asked again by
+/// every client meanwhile. Stored as cairn's error page of the status the
+/// client got; 0 seconds stores nothing.
+fn store_failure(cx: &RequestCtx<'_>, e: &ExchangeError, request_time: u64) {
+    use crate::origin::OriginError;
+    let v = cx.vhost;
+    if v.options.ttl_mode != crate::config::TtlMode::Ston {
+        return;
+    }
+    let ExchangeError::Origin(oe) = e else {
+        return;
+    };
+    let p = &v.options.ttl;
+    let secs = match oe {
+        OriginError::ResponseTimeout(_) | OriginError::HeadTimeout(_) => p.receive_timeout,
+        OriginError::Stopped => return,
+        _ => p.connect_timeout,
+    };
+    if secs == 0 {
+        return;
+    }
+    let status = e.status();
+    let (_, body) = super::super::response::error_response(status, true);
+    let now = now_ms();
+    let meta = crate::cache::meta::Meta {
+        status,
+        times: crate::cache::freshness::Times {
+            request_time_ms: request_time,
+            response_time_ms: now,
+            date_s: now / 1000,
+            age_s: 0,
+            lifetime_ms: secs.saturating_mul(1000),
+            flags: 0,
+        },
+        last_modified_s: 0,
+        etag: b"",
+        head: b"Content-Type: text/html\r\n",
+    };
+    let cache = &cx.shard.shared.cache;
+    if let Some(mut w) = cache.writer(cx.shard.id, cx.key().stored(), &meta, body.len() as u64) {
+        if w.push(&body) {
+            w.commit();
+        }
     }
 }
 
