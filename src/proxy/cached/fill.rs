@@ -104,7 +104,8 @@ pub async fn miss<D: Downstream>(
 fn store_failure(cx: &RequestCtx<'_>, e: &ExchangeError, request_time: u64) {
     use crate::origin::OriginError;
     let v = cx.vhost;
-    if v.options.ttl_mode != crate::config::TtlMode::Ston {
+    // Not for a DRM request: its key is the source's, whose hits are encrypted.
+    if v.options.ttl_mode != crate::config::TtlMode::Ston || cx.drm.is_some() {
         return;
     }
     let ExchangeError::Origin(oe) = e else {
