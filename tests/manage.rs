@@ -514,6 +514,7 @@ fn metrics_parse_as_prometheus_text_and_match_the_access_log() {
         "TCP_CLIENT_REFRESH_MISS",
         "TCP_ERROR",
         "TCP_IMS_HIT",
+        "TCP_NEGATIVE_HIT",
     ] {
         assert_eq!(
             get(&format!(
@@ -533,7 +534,11 @@ fn metrics_parse_as_prometheus_text_and_match_the_access_log() {
         );
     }
     assert_eq!(get("cairn_sent_bytes_total{vhost=test.local}"), bytes);
-    let hits = by_result.get("TCP_HIT").copied().unwrap_or(0.0);
+    // Hits of every kind (a stored 404 is a negative hit).
+    let hits = ["TCP_HIT", "TCP_NEGATIVE_HIT"]
+        .iter()
+        .map(|c| by_result.get(*c).copied().unwrap_or(0.0))
+        .sum::<f64>();
     let ratio = get("cairn_hit_ratio{by=requests,vhost=test.local}");
     assert!((ratio - hits / lines.len() as f64).abs() < 1e-9, "{ratio}");
     // Per shard, summed by the reader.

@@ -45,11 +45,13 @@ pub enum CacheResult {
     /// Refused by an access rule (a PURGE from an address the manager does not
     /// trust).
     Denied,
+    /// A stored error (4xx/5xx, a cached origin failure) served from cache.
+    NegativeHit,
 }
 
 impl CacheResult {
     /// Every result, in [`index`](Self::index) order.
-    pub const ALL: [CacheResult; 10] = [
+    pub const ALL: [CacheResult; 11] = [
         CacheResult::Hit,
         CacheResult::ImsHit,
         CacheResult::RefreshHit,
@@ -60,6 +62,7 @@ impl CacheResult {
         CacheResult::Redirect,
         CacheResult::Error,
         CacheResult::Denied,
+        CacheResult::NegativeHit,
     ];
 
     pub fn index(self) -> usize {
@@ -75,6 +78,7 @@ impl CacheResult {
                 | CacheResult::RefreshHit
                 | CacheResult::RefFailHit
                 | CacheResult::Redirect
+                | CacheResult::NegativeHit
         )
     }
 
@@ -90,6 +94,7 @@ impl CacheResult {
             CacheResult::Redirect => "TCP_REDIRECT_HIT",
             CacheResult::Error => "TCP_ERROR",
             CacheResult::Denied => "TCP_DENIED",
+            CacheResult::NegativeHit => "TCP_NEGATIVE_HIT",
         }
     }
 }

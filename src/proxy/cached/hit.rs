@@ -72,6 +72,11 @@ async fn send<D: Downstream>(
     reply: Option<RangeReply>,
 ) -> Result<(), ExchangeError> {
     let o = &cx.vhost.options;
+    // A stored error answered as it is: STON's TCP_NEGATIVE_HIT.
+    let result = match result {
+        CacheResult::Hit if hit.status >= 400 => CacheResult::NegativeHit,
+        r => r,
+    };
     let mut x = Extras::new(result);
     x.ttl_left = Some(hit.times.ttl_left_s(now));
     x.age = super::age_to_send(o, &hit.times, now, true);
