@@ -24,7 +24,7 @@ mkdir -p "$out/conf"
 cd "$out"
 [[ -d node_modules/http-cache-tests ]] || npm install --silent http-cache-tests@0.4.5 >/dev/null
 cat > conf/server.xml <<'XML'
-<Server><Cache><Storage Quota="256MB"/></Cache><VHostDefault><Options><TTL Mode="rfc9111"/><AgeHeader>ON</AgeHeader><OriginalHeader>ON</OriginalHeader></Options><OriginOptions><ReceiveTimeout>30</ReceiveTimeout></OriginOptions></VHostDefault></Server>
+<Server><Cache><Storage Quota="256MB"/></Cache><VHostDefault><Options><TTL Mode="rfc9111"/><AgeHeader>ON</AgeHeader><OriginalHeader>ON</OriginalHeader><BypassPutRequest>ON</BypassPutRequest></Options><OriginOptions><ReceiveTimeout>30</ReceiveTimeout></OriginOptions></VHostDefault></Server>
 XML
 cat > conf/vhosts.xml <<'XML'
 <Vhosts><Vhost Name="ct.local"><Listen>127.0.0.1:8090</Listen><Origin><Address>127.0.0.1:8000</Address></Origin></Vhost><Default>ct.local</Default></Vhosts>

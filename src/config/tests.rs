@@ -112,6 +112,9 @@ fn embedded_default_is_valid() {
         "127.0.0.1:8081".parse().unwrap()
     );
     assert!(c.describe().contains("localhost (default)"));
+    // PUT passes in the embedded default; STON's default (no element) is 501.
+    assert!(c.vhosts[0].options.bypass_put.on);
+    assert!(!Options::default().bypass_put.on);
 }
 
 #[test]
