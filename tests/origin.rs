@@ -695,3 +695,41 @@ fn ston_mode_caches_an_origin_failure_for_the_ttl_connect_timeout() {
         cairn.stderr()
     );
 }
+
+#[test]
+fn with_every_address_excluded_a_request_makes_one_try_not_a_walk() {
+    let (mut a, mut b, mut c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    a.kill();
+    b.kill();
+    c.kill();
+    let dir = dir_with(
+        r#"<Exclusion>1</Exclusion><Recovery Cycle="3600">5</Recovery>"#,
+        &addresses(&[&a, &b, &c], "Address"),
+    );
+    let cairn = Cairn::start(dir, 1);
+    let mut cl = cairn.connect();
+    // One warning per attempt (the retry's own info line names the error too).
+    let attempts = |cairn: &Cairn| {
+        cairn
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("connect failed") && l.contains("-> 502"))
+            .count()
+    };
+    // In service: the request walks all three (and excludes each).
+    assert_eq!(get_text(&mut cl, "/w/1", "").0, 502);
+    assert!(eventually(Duration::from_secs(2), || attempts(&cairn) == 3));
+    assert!(eventually(Duration::from_secs(2), || {
+        cairn.stderr().matches("excluded from service").count() == 3
+    }));
+    // All excluded: one try each.
+    for i in 2..5 {
+        assert_eq!(get_text(&mut cl, &format!("/w/{i}"), "").0, 502);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(attempts(&cairn), 6, "{}", cairn.stderr());
+}
