@@ -37,23 +37,13 @@ pub enum BypassError {
 }
 
 pub fn parse(text: &str) -> Result<Parsed<BypassRule>, Vec<RuleDiag>> {
-    let mut out = Parsed::default();
-    let mut errors = Vec::new();
-    for line in rulefile::lines(text) {
-        match parse_rule(line.text) {
-            Ok((cond, bypass)) => out.rules.push(BypassRule {
-                line: line.no,
-                cond,
-                bypass,
-            }),
-            Err(e) => errors.push(RuleDiag::new(line.no, e)),
-        }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    rulefile::parse_each(text, |no, text| {
+        parse_rule(text).map(|(cond, bypass)| BypassRule {
+            line: no,
+            cond,
+            bypass,
+        })
+    })
 }
 
 fn parse_rule(text: &str) -> Result<(Condition, bool), BypassError> {

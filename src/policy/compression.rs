@@ -54,23 +54,13 @@ pub enum CompressionError {
 
 /// Parses compression.txt. Every malformed line is reported; any one fails the file.
 pub fn parse(text: &str) -> Result<Parsed<CompressionRule>, Vec<RuleDiag>> {
-    let mut out = Parsed::default();
-    let mut errors = Vec::new();
-    for line in rulefile::lines(text) {
-        match parse_rule(line.text) {
-            Ok((url, action)) => out.rules.push(CompressionRule {
-                line: line.no,
-                url,
-                action,
-            }),
-            Err(e) => errors.push(RuleDiag::new(line.no, e)),
-        }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    rulefile::parse_each(text, |no, text| {
+        parse_rule(text).map(|(url, action)| CompressionRule {
+            line: no,
+            url,
+            action,
+        })
+    })
 }
 
 fn parse_rule(text: &str) -> Result<(Pattern, Compress), CompressionError> {

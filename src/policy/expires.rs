@@ -84,24 +84,14 @@ pub enum ExpiresError {
 
 /// Parses expires.txt. Every malformed line is reported; any one fails the file.
 pub fn parse(text: &str) -> Result<Parsed<ExpiresRule>, Vec<RuleDiag>> {
-    let mut out = Parsed::default();
-    let mut errors = Vec::new();
-    for line in rulefile::lines(text) {
-        match parse_rule(line.text) {
-            Ok((cond, time, base)) => out.rules.push(ExpiresRule {
-                line: line.no,
-                cond,
-                time,
-                base,
-            }),
-            Err(e) => errors.push(RuleDiag::new(line.no, e)),
-        }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    rulefile::parse_each(text, |no, text| {
+        parse_rule(text).map(|(cond, time, base)| ExpiresRule {
+            line: no,
+            cond,
+            time,
+            base,
+        })
+    })
 }
 
 fn parse_rule(text: &str) -> Result<(Condition, ExpiresTime, Option<Base>), ExpiresError> {

@@ -58,23 +58,13 @@ pub enum QueryError {
 /// `case`: the vhost's `<CaseSensitive>`; `Insensitive` lower-cases the
 /// names, since [`key_query`] then sees a lower-cased query.
 pub fn parse(text: &str, case: Case) -> Result<Parsed<QueryRule>, Vec<RuleDiag>> {
-    let mut out = Parsed::default();
-    let mut errors = Vec::new();
-    for line in rulefile::lines(text) {
-        match parse_rule(line.text, case) {
-            Ok((url, action)) => out.rules.push(QueryRule {
-                line: line.no,
-                url,
-                action,
-            }),
-            Err(e) => errors.push(RuleDiag::new(line.no, e)),
-        }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    rulefile::parse_each(text, |no, text| {
+        parse_rule(text, case).map(|(url, action)| QueryRule {
+            line: no,
+            url,
+            action,
+        })
+    })
 }
 
 fn parse_rule(text: &str, case: Case) -> Result<(Pattern, QueryAction), QueryError> {

@@ -32,6 +32,27 @@ pub(crate) fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
     })
 }
 
+/// Parses every rule line with `rule(line number, text)`. Every malformed
+/// line is reported; any one fails the file.
+pub(crate) fn parse_each<R, E: std::fmt::Display>(
+    text: &str,
+    mut rule: impl FnMut(u32, &str) -> Result<R, E>,
+) -> Result<super::Parsed<R>, Vec<super::RuleDiag>> {
+    let mut out = super::Parsed::default();
+    let mut errors = Vec::new();
+    for line in lines(text) {
+        match rule(line.no, line.text) {
+            Ok(r) => out.rules.push(r),
+            Err(e) => errors.push(super::RuleDiag::new(line.no, e)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Walks `s`, calling `f(index, byte)` for every byte that lies outside the
 /// condition brackets. Stops early when `f` returns false. Errors if a bracket
 /// is left open at the end (only when the walk was not stopped).

@@ -400,19 +400,7 @@ pub enum TtlError {
 
 /// Parses ttl.txt. Every malformed line is reported; any one fails the file.
 pub fn parse(text: &str) -> Result<Parsed<TtlRule>, Vec<RuleDiag>> {
-    let mut out = Parsed::default();
-    let mut errors = Vec::new();
-    for line in rulefile::lines(text) {
-        match parse_rule(line.no, line.text) {
-            Ok(r) => out.rules.push(r),
-            Err(e) => errors.push(RuleDiag::new(line.no, e)),
-        }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    rulefile::parse_each(text, parse_rule)
 }
 
 fn parse_rule(no: u32, text: &str) -> Result<TtlRule, TtlError> {
