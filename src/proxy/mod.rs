@@ -384,16 +384,9 @@ pub fn way(vhost: &crate::config::Vhost, head: &RequestHead, client_ip: std::net
             let rule = if vhost.bypass_rules.is_empty() {
                 None
             } else {
-                let headers = crate::policy::HeaderIter(|| head.headers());
-                let ctx = crate::policy::MatchCtx {
-                    client_ip,
-                    method: head.method(),
-                    url: head.path(),
-                    headers: &headers,
-                    mime: None,
-                    geo: None,
-                };
-                crate::policy::bypass::decide(&vhost.bypass_rules, &ctx)
+                rules::with_request_ctx(head, client_ip, |ctx| {
+                    crate::policy::bypass::decide(&vhost.bypass_rules, ctx)
+                })
             };
             if rule.unwrap_or(o.bypass_get.on) {
                 Way::Pass

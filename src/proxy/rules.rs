@@ -14,6 +14,25 @@ use crate::policy::{
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+/// `f` with the facts a rule file's request conditions read (no MIME type,
+/// no GeoIP): for the rule files read outside the MOD/EXP phases (ttl.txt,
+/// bypass.txt).
+pub fn with_request_ctx<R>(
+    head: &RequestHead,
+    client_ip: IpAddr,
+    f: impl FnOnce(&MatchCtx<'_>) -> R,
+) -> R {
+    let headers = policy::HeaderIter(|| head.headers());
+    f(&MatchCtx {
+        client_ip,
+        method: head.method(),
+        url: head.path(),
+        headers: &headers,
+        mime: None,
+        geo: None,
+    })
+}
+
 /// The per-request facts the rules read.
 #[derive(Debug, Clone, Copy)]
 pub struct RuleFacts<'a> {

@@ -186,16 +186,9 @@ pub(super) fn custom_ttl_for(
     if v.ttl_rules.is_empty() || v.options.ttl_mode != crate::config::TtlMode::Ston {
         return None;
     }
-    let headers = crate::policy::HeaderIter(|| head.headers());
-    let ctx = crate::policy::MatchCtx {
-        client_ip,
-        method: head.method(),
-        url: head.path(),
-        headers: &headers,
-        mime: None,
-        geo: None,
-    };
-    crate::policy::ttl::custom_ttl(&v.ttl_rules, &ctx, status, now_s)
+    crate::proxy::rules::with_request_ctx(head, client_ip, |ctx| {
+        crate::policy::ttl::custom_ttl(&v.ttl_rules, ctx, status, now_s)
+    })
 }
 
 /// Answers from an origin response while storing it (when it may be stored) and,
