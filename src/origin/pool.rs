@@ -78,6 +78,9 @@ impl Pool {
     /// Closes `owner`'s private connections: its client connection ended.
     /// Nothing to do (one map probe) unless Private="ON" is in use.
     pub fn drop_owner(&mut self, owner: u64) {
+        if self.owners.is_empty() {
+            return;
+        }
         let Some(keys) = self.owners.remove(&owner) else {
             return;
         };
