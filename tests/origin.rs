@@ -650,9 +650,10 @@ fn a_stale_object_while_every_origin_is_excluded_follows_unvalidatable_object_re
                 (r.header("x-cache"), r.text().as_str()),
                 (Some("TCP_REF_FAIL_HIT"), "a")
             );
-            assert!(cairn
+            // (stderr is read by a thread: wait for the line.)
+            assert!(eventually(Duration::from_secs(2), || cairn
                 .stderr()
-                .contains("every origin is excluded; serving stale"));
+                .contains("every origin is excluded; serving stale")));
             // Extended by OriginBusy: fresh again, a plain hit.
             assert_eq!(c.get("/c/obj").header("x-cache"), Some("TCP_HIT"));
         }

@@ -86,7 +86,7 @@ pub async fn miss<D: Downstream>(
             let reply = match send_to_origin(cx, &origin_opts(cx, b"")).await {
                 Ok(r) => r,
                 Err(e) => {
-                    store_failure(cx, &e, request_time);
+                    store_failure(cx, &e, result);
                     return Err(e);
                 }
             };
@@ -101,11 +101,19 @@ pub async fn miss<D: Downstream>(
 /// response timeout) seconds, so the failing origin is not asked again by
 /// every client meanwhile. Stored as cairn's error page of the status the
 /// client got; 0 seconds stores nothing.
-fn store_failure(cx: &RequestCtx<'_>, e: &ExchangeError, request_time: u64) {
+///
+/// Only a plain miss (a stale copy is never replaced by an error page), and
+/// only failures of the address itself (refused, unreachable, TLS, silent):
+/// an origin that closes or resets on this request's own fields (which the
+/// key does not hold) must not give everyone its error.
+fn store_failure(cx: &RequestCtx<'_>, e: &ExchangeError, result: CacheResult) {
     use crate::origin::OriginError;
     let v = cx.vhost;
     // Not for a DRM request: its key is the source's, whose hits are encrypted.
-    if v.options.ttl_mode != crate::config::TtlMode::Ston || cx.drm.is_some() {
+    if v.options.ttl_mode != crate::config::TtlMode::Ston
+        || cx.drm.is_some()
+        || result != CacheResult::Miss
+    {
         return;
     }
     let ExchangeError::Origin(oe) = e else {
@@ -113,9 +121,11 @@ fn store_failure(cx: &RequestCtx<'_>, e: &ExchangeError, request_time: u64) {
     };
     let p = &v.options.ttl;
     let secs = match oe {
-        OriginError::ResponseTimeout(_) | OriginError::HeadTimeout(_) => p.receive_timeout,
-        OriginError::Stopped => return,
-        _ => p.connect_timeout,
+        OriginError::ResponseTimeout(_) => p.receive_timeout,
+        OriginError::Connect(_) | OriginError::ConnectTimeout(_) | OriginError::Tls(_) => {
+            p.connect_timeout
+        }
+        _ => return,
     };
     if secs == 0 {
         return;
@@ -126,7 +136,9 @@ fn store_failure(cx: &RequestCtx<'_>, e: &ExchangeError, request_time: u64) {
     let meta = crate::cache::meta::Meta {
         status,
         times: crate::cache::freshness::Times {
-            request_time_ms: request_time,
+            // From now: a fetch that took longer than the lifetime (a
+            // receive timeout) must not be stored already expired.
+            request_time_ms: now,
             response_time_ms: now,
             date_s: now / 1000,
             age_s: 0,
