@@ -341,3 +341,110 @@ fn past_the_waste_budget_fills_nobody_waits_for_are_finished_and_stored() {
         "the fills past the budget were finished and stored"
     );
 }
+
+/// Origin connections [`paced_pattern`] served, and how many wrote the whole body.
+static PATTERN_CONNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PATTERN_DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const PATTERN: usize = 1 << 20;
+
+fn pattern_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// A 1 MiB object whose byte `i` is `i % 251`, in 16 KiB pieces 5 ms apart
+/// (about a third of a second in all), so a range near the start is answered
+/// long before the body ends.
+fn paced_pattern(s: &mut TcpStream) {
+    use std::sync::atomic::Ordering::SeqCst;
+    PATTERN_CONNS.fetch_add(1, SeqCst);
+    let _ = s.set_nodelay(true);
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nETag: \"p1\"\r\nContent-Length: {PATTERN}\r\n\r\n"
+    );
+    if s.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let body: Vec<u8> = (0..PATTERN).map(pattern_byte).collect();
+    for piece in body.chunks(16 << 10) {
+        if s.write_all(piece).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    PATTERN_DONE.fetch_add(1, SeqCst);
+}
+
+#[test]
+fn a_range_on_a_miss_is_answered_from_the_fill_as_a_206() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let origin = scripted_origin(paced_pattern);
+    let dir = config_dir(
+        &origin.to_string(),
+        "<CacheStatusHeader>ON</CacheStatusHeader>",
+        "",
+    );
+    // By default a fill the ranged client left is abandoned below 90% (so a
+    // 1-byte range cannot make cairn fetch whole objects for free, RangeAmp):
+    // here it is finished, so the stored object can serve the next range.
+    add_cairn_settings(&dir, "<BackgroundFillPercent>0</BackgroundFillPercent>");
+    let cairn = Cairn::start(dir, 1);
+    let ask = |path: &str, range: &str| {
+        let mut c = cairn.connect();
+        c.send(
+            format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nRange: {range}\r\n\r\n").as_bytes(),
+        );
+        c.response(false).unwrap()
+    };
+    let want = |a: usize, b: usize| (a..b).map(pattern_byte).collect::<Vec<u8>>();
+
+    // One range: a 206 of exactly those bytes, before the origin has sent the rest.
+    let r = ask("/a", "bytes=100-109");
+    assert_eq!(PATTERN_DONE.load(SeqCst), 0, "answered while the fill runs");
+    assert_eq!(
+        (r.status, r.header("content-range"), r.header("x-cache")),
+        (206, Some("bytes 100-109/1048576"), Some("TCP_MISS"))
+    );
+    assert_eq!(r.body, want(100, 110));
+    assert_eq!(r.header("content-length"), Some("10"));
+
+    // The fill went on without the client and stored the object: any range is a hit.
+    wait_for("the fill of /a", Duration::from_secs(10), || {
+        PATTERN_DONE.load(SeqCst) >= 1
+    });
+    let mut r = ask("/a", "bytes=-5");
+    for _ in 0..50 {
+        if r.header("x-cache") == Some("TCP_HIT") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        r = ask("/a", "bytes=-5");
+    }
+    assert_eq!(
+        (r.status, r.header("x-cache"), r.header("content-range")),
+        (206, Some("TCP_HIT"), Some("bytes 1048571-1048575/1048576"))
+    );
+    assert_eq!(r.body, want(PATTERN - 5, PATTERN));
+    assert_eq!(PATTERN_CONNS.load(SeqCst), 1, "one origin fetch for /a");
+
+    // A range that ends past the body is clamped; one wholly past it is a 416.
+    let r = ask("/b", "bytes=1048000-2000000");
+    assert_eq!(
+        (r.status, r.header("content-range")),
+        (206, Some("bytes 1048000-1048575/1048576"))
+    );
+    assert_eq!(r.body, want(1_048_000, PATTERN));
+    let r = ask("/c", "bytes=2000000-");
+    assert_eq!(
+        (r.status, r.header("content-range"), r.body.len()),
+        (416, Some("bytes */1048576"), 0)
+    );
+    // Several ranges on a miss: the whole object (RFC 9110 §14.2 allows it).
+    let r = ask("/d", "bytes=0-1,10-11");
+    assert_eq!((r.status, r.body.len()), (200, PATTERN));
+    assert_eq!(r.body, want(0, PATTERN));
+    // If-Range on a miss: the whole object too.
+    let mut c = cairn.connect();
+    c.send(b"GET /e HTTP/1.1\r\nHost: test.local\r\nRange: bytes=0-1\r\nIf-Range: \"p1\"\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert_eq!((r.status, r.body.len()), (200, PATTERN));
+}
