@@ -233,6 +233,9 @@ pub struct ShardCtx {
     pub next_session: Cell<u64>,
     /// This shard's handles on the vhost counters, by vhost name.
     vhosts: RefCell<AHashMap<String, Arc<VhostStats>>>,
+    /// URLs answered `no-store` under NoStore `Bypass="ON"`, passed through
+    /// until their mark ends.
+    pub pass_marks: RefCell<crate::cache::passmark::PassMarks>,
 }
 
 impl ShardCtx {
@@ -247,6 +250,7 @@ impl ShardCtx {
             sessions: RefCell::new(AHashMap::default()),
             next_session: Cell::new(0),
             vhosts: RefCell::new(AHashMap::default()),
+            pass_marks: RefCell::default(),
         }
     }
     pub fn stats(&self) -> &ShardStats {

@@ -385,12 +385,31 @@ fn ttl_2_9_client_no_cache_nocache_expire_and_nostore_bypass() {
     assert_eq!(xc(&get(&c, "/nc", "")), "TCP_REFRESH_HIT");
     assert_eq!(xc(&get(&c, "/nc", "")), "TCP_REFRESH_HIT");
     let before = origin.count();
-    get(&c, "/ns", "");
-    get(&c, "/ns", "");
+    assert_eq!(xc(&get(&c, "/ns", "")), "TCP_MISS");
+    // Then the URL is bypassed (no lookup, no coalesced fill) for the NoStore TTL.
+    assert_eq!(xc(&get(&c, "/ns", "")), "TCP_CLIENT_REFRESH_MISS");
     assert_eq!(
         origin.count(),
         before + 2,
         "no-store with Bypass is never stored"
+    );
+    let (c, _) = start(
+        &origin,
+        r#"<TTL><NoStore Bypass="ON">1</NoStore></TTL>"#,
+        None,
+    );
+    assert_eq!(xc(&get(&c, "/ns", "")), "TCP_MISS");
+    assert_eq!(xc(&get(&c, "/ns", "")), "TCP_CLIENT_REFRESH_MISS");
+    assert_eq!(
+        xc(&get(&c, "/nc", "")),
+        "TCP_MISS",
+        "other URLs are not marked"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        xc(&get(&c, "/ns", "")),
+        "TCP_MISS",
+        "the mark lasts the TTL"
     );
 }
 

@@ -11,6 +11,7 @@ pub mod index;
 pub mod key;
 pub mod keys;
 pub mod meta;
+pub mod passmark;
 pub mod record;
 pub mod segment;
 pub mod store;

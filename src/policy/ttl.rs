@@ -205,6 +205,10 @@ pub struct TtlFacts<'a> {
     pub now_s: u64,
 }
 
+/// Why a `no-store` response under NoStore `Bypass="ON"` is passed: the
+/// caller also bypasses the URL for the NoStore TTL.
+pub const NO_STORE_BYPASS: &str = "no-store with <NoStore Bypass=\"ON\">";
+
 /// What the policy decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -241,7 +245,7 @@ pub fn decide(p: &TtlPolicy, f: &TtlFacts<'_>, custom: Option<u64>) -> Decision 
         match t {
             Token::CcNoStore if f.cc.no_store => {
                 if p.no_store_bypass {
-                    return Decision::Pass("no-store with <NoStore Bypass=\"ON\">");
+                    return Decision::Pass(NO_STORE_BYPASS);
                 }
                 return store(p.no_store.secs, Class::NoStore);
             }

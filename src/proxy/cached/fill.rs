@@ -157,6 +157,21 @@ fn store_failure(cx: &RequestCtx<'_>, e: &ExchangeError, result: CacheResult) {
     }
 }
 
+/// TTL-2: NoStore `Bypass="ON"` also sends the URL straight to the origin for
+/// the NoStore TTL (`cached::serve` checks the mark first).
+fn mark_bypass(cx: &RequestCtx<'_>, why: &str) {
+    let secs = cx.vhost.options.ttl.no_store.secs;
+    if why != crate::policy::ttl::NO_STORE_BYPASS || secs == 0 {
+        return;
+    }
+    let now = now_ms();
+    let until = now.saturating_add(secs.saturating_mul(1000));
+    cx.shard
+        .pass_marks
+        .borrow_mut()
+        .mark(cx.key().stored(), until, now);
+}
+
 /// What `plan` needs to know of an origin response to this request.
 pub(super) fn plan_input<'a>(
     cx: &'a RequestCtx<'_>,
@@ -290,6 +305,7 @@ pub(super) async fn fill_from<D: Downstream>(
                 cx.vhost.name,
                 String::from_utf8_lossy(cx.head.path())
             );
+            mark_bypass(cx, why);
             if let Some((l, slot)) = leader {
                 drop(slot); // a relay is not a fill: it must not hold a place
                 l.finish(FillEnd::Pass); // followers fetch for themselves

@@ -293,6 +293,21 @@ pub async fn serve<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D) -> Result<(
         ))
         .await;
     }
+    // TTL-2: a URL that answered no-store under NoStore Bypass="ON".
+    if ston
+        && cx
+            .shard
+            .pass_marks
+            .borrow_mut()
+            .active(cx.key().stored(), cx.now_ms)
+    {
+        return Box::pin(super::pass::forward(
+            cx,
+            down,
+            CacheResult::ClientRefreshMiss,
+        ))
+        .await;
+    }
     // Bound first: the key's borrow must end here (a fill may re-key).
     let found = cache.lookup(cx.key().stored());
     if let Some(hit) = found {
