@@ -80,6 +80,8 @@ pub struct VhostCounters {
     /// Bytes sent to clients, and those of them sent for hits.
     pub bytes_out: AtomicU64,
     pub hit_bytes_out: AtomicU64,
+    /// Bytes received from clients (request heads and bodies).
+    pub bytes_in: AtomicU64,
     /// Time taken, summed over requests, in microseconds.
     pub time_us: AtomicU64,
 }

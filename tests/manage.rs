@@ -448,6 +448,7 @@ fn metrics_parse_as_prometheus_text_and_match_the_access_log() {
     // A mixed run on several connections: misses, hits, 404s, an origin failure,
     // a POST passed through, a HEAD.
     let mut requests = 0;
+    let mut sent_in = 0usize;
     for conn in 0..4 {
         let mut c = cairn.connect();
         for i in 0..30 {
@@ -460,15 +461,19 @@ fn metrics_parse_as_prometheus_text_and_match_the_access_log() {
             let r = c.get(&path);
             assert!(r.status > 0);
             requests += 1;
+            sent_in += format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").len();
             if r.header("connection") == Some("close") {
                 c = cairn.connect();
             }
         }
-        c.send(b"POST /form HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nhi");
+        let post = b"POST /form HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nhi";
+        c.send(post);
         assert!(c.response(false).is_some());
-        c.send(b"HEAD /o/1 HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        let head = b"HEAD /o/1 HTTP/1.1\r\nHost: test.local\r\n\r\n";
+        c.send(head);
         assert!(c.response(true).is_some());
         requests += 2;
+        sent_in += post.len() + head.len();
     }
     let logs = dir.join("logs/test.local");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -534,6 +539,11 @@ fn metrics_parse_as_prometheus_text_and_match_the_access_log() {
         );
     }
     assert_eq!(get("cairn_sent_bytes_total{vhost=test.local}"), bytes);
+    // STAT-1's traffic in: every request's head and body, as the client sent them.
+    assert_eq!(
+        get("cairn_received_bytes_total{vhost=test.local}"),
+        sent_in as f64
+    );
     // Hits of every kind (a stored 404 is a negative hit).
     let hits = ["TCP_HIT", "TCP_NEGATIVE_HIT"]
         .iter()

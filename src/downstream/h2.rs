@@ -634,6 +634,7 @@ async fn serve_stream(
         }
     };
     let req = Request {
+        bytes_in: head.wire_len() + body.as_ref().map_or(0, |b| b.len()),
         head,
         body: std::cell::RefCell::new(body),
         protocol: Protocol::H2,

@@ -453,7 +453,14 @@ pub async fn serve(
         } else {
             None
         };
+        // A body nobody takes is drained, not kept: its declared length was read.
+        let body_in = match (&body, head.framing) {
+            (Some(b), _) => b.len(),
+            (None, Framing::Length(n)) => n,
+            (None, _) => 0,
+        };
         let req = Request {
+            bytes_in: head.wire_len() + body_in,
             head,
             body: std::cell::RefCell::new(body),
             protocol,

@@ -68,6 +68,8 @@ pub struct Request {
     /// The HTTP/2 stream it came on (httpd's `H2_STREAM_ID`), for the log.
     pub stream: Option<u32>,
     pub conn: ConnFacts,
+    /// Bytes the client sent for this request: head and body (STAT-1).
+    pub bytes_in: u64,
     /// When the request's head was complete, for `time-taken`.
     pub received: std::time::Instant,
     /// The certificates the connection's handshake chose among (`conn.tls.cert`

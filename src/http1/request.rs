@@ -109,6 +109,10 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// The head's size as received (HTTP/2: as rebuilt from its fields).
+    pub fn wire_len(&self) -> u64 {
+        self.raw.len() as u64
+    }
     pub fn method(&self) -> &[u8] {
         &self.raw[self.method.clone()]
     }

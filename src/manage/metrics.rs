@@ -95,6 +95,18 @@ pub fn render(shared: &Shared) -> String {
         );
     }
     o.family(
+        "cairn_received_bytes_total",
+        "counter",
+        "Bytes received from clients (request heads and bodies), by vhost.",
+    );
+    for v in &vhosts {
+        o.sample(
+            "cairn_received_bytes_total",
+            &[("vhost", &v.name)],
+            sum(v, |c| &c.bytes_in),
+        );
+    }
+    o.family(
         "cairn_hit_sent_bytes_total",
         "counter",
         "Bytes sent to clients for hits of any kind, by vhost.",

@@ -17,6 +17,7 @@ pub struct VhostTotals {
     pub classes: [u64; 6],
     pub bytes_out: u64,
     pub hit_bytes_out: u64,
+    pub bytes_in: u64,
     pub time_us: u64,
     /// Origin requests in flight now, over the vhost's addresses (a gauge).
     pub origin_sessions: u64,
@@ -68,6 +69,7 @@ impl Sample {
                     }
                     t.bytes_out += c.bytes_out.load(Relaxed);
                     t.hit_bytes_out += c.hit_bytes_out.load(Relaxed);
+                    t.bytes_in += c.bytes_in.load(Relaxed);
                     t.time_us += c.time_us.load(Relaxed);
                 }
                 t
@@ -151,12 +153,13 @@ pub fn window_json(from: &Sample, to: &Sample) -> String {
         }
         let _ = write!(
             out,
-            "{{\"Name\":{},\"Requests\":{reqs},\"RequestsPerSec\":{:.2},\"Hits\":{hits},\"HitRatio\":{:.2},\"ByteHitRatio\":{:.2},\"BytesOutPerSec\":{:.1},\"Res1xx\":{},\"Res2xx\":{},\"Res3xx\":{},\"Res4xx\":{},\"Res5xx\":{},\"ResponseTimeMs\":{:.3},\"OriginSessions\":{}}}",
+            "{{\"Name\":{},\"Requests\":{reqs},\"RequestsPerSec\":{:.2},\"Hits\":{hits},\"HitRatio\":{:.2},\"ByteHitRatio\":{:.2},\"BytesOutPerSec\":{:.1},\"BytesInPerSec\":{:.1},\"Res1xx\":{},\"Res2xx\":{},\"Res3xx\":{},\"Res4xx\":{},\"Res5xx\":{},\"ResponseTimeMs\":{:.3},\"OriginSessions\":{}}}",
             crate::json::string(&v.name),
             reqs as f64 / secs,
             ratio(hits, reqs),
             ratio(hit_bytes, bytes),
             bytes as f64 / secs,
+            d(v.bytes_in, f.bytes_in) as f64 / secs,
             d(v.classes[1], f.classes[1]),
             d(v.classes[2], f.classes[2]),
             d(v.classes[3], f.classes[3]),

@@ -24,6 +24,8 @@ pub struct Exchanged<'a> {
     pub sent: Sent,
     pub bytes_sent: u64,
     pub body_bytes: u64,
+    /// Bytes the client sent for the request (head and body).
+    pub bytes_in: u64,
     pub result: CacheResult,
     pub bypass: bool,
 }
@@ -101,6 +103,7 @@ fn count(shard: &ShardCtx, vhost: &str, x: &Exchanged<'_>) {
         };
         c.classes[class].fetch_add(1, Relaxed);
         c.bytes_out.fetch_add(x.bytes_sent, Relaxed);
+        c.bytes_in.fetch_add(x.bytes_in, Relaxed);
         if x.result.is_hit() {
             c.hit_bytes_out.fetch_add(x.bytes_sent, Relaxed);
         }

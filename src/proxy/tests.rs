@@ -87,6 +87,7 @@ fn request(raw: &str, body: Option<&[u8]>) -> Request {
             ))
         })),
         protocol: Protocol::Http11,
+        bytes_in: 0,
         stream: None,
         conn: ConnFacts {
             peer: "127.0.0.1:40000".parse().unwrap(),
