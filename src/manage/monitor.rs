@@ -191,6 +191,7 @@ mod tests {
                 classes: [0, 0, requests, 0, 0, 0],
                 bytes_out: requests * 100,
                 hit_bytes_out: hits * 100,
+                bytes_in: requests * 30,
                 time_us: requests * 2000,
                 origin_sessions: 2,
             }],
@@ -212,6 +213,7 @@ mod tests {
         assert!(j.contains("\"Requests\":10,"), "{j}");
         assert!(j.contains("\"HitRatio\":50.00"), "{j}");
         assert!(j.contains("\"ResponseTimeMs\":2.000"), "{j}");
+        assert!(j.contains("\"BytesInPerSec\":300.0,"), "{j}");
         assert!(j.contains("\"OriginSessions\":2}"), "{j}");
         let (a, b) = s.window(300).unwrap();
         assert_eq!(b.at_ms - a.at_ms, 300_000);
