@@ -22,6 +22,9 @@ use tokio::sync::watch;
 /// written by its own shard only, so relaxed atomics suffice and never contend.
 #[derive(Debug, Default)]
 pub struct ShardStats {
+    /// Set by `/debug/panic` (fault-injection builds): the shard panics.
+    #[cfg(feature = "fault-injection")]
+    pub fault: std::sync::atomic::AtomicBool,
     pub connections: AtomicU64,
     pub requests: AtomicU64,
     pub active: AtomicU64,

@@ -448,3 +448,52 @@ fn a_range_on_a_miss_is_answered_from_the_fill_as_a_206() {
     let r = c.response(false).unwrap();
     assert_eq!((r.status, r.body.len()), (200, PATTERN));
 }
+
+/// [`PATTERN`]'s bytes over about 3 s: slower than the follower's wait
+/// (`ConnectTimeout` + `ReceiveTimeout`, 2 s in the test) for the whole body,
+/// never idle for that long.
+fn slow_pattern(s: &mut TcpStream) {
+    let _ = s.set_nodelay(true);
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: {PATTERN}\r\n\r\n"
+    );
+    if s.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let body: Vec<u8> = (0..PATTERN).map(pattern_byte).collect();
+    for piece in body.chunks(16 << 10) {
+        if s.write_all(piece).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(45));
+    }
+}
+
+#[test]
+fn a_range_near_the_end_waits_for_a_slow_fill_without_timing_out() {
+    let origin = scripted_origin(slow_pattern);
+    let dir = config_dir(
+        &origin.to_string(),
+        "<CacheStatusHeader>ON</CacheStatusHeader>",
+        "<ConnectTimeout>1</ConnectTimeout><ReceiveTimeout>1</ReceiveTimeout>",
+    );
+    let cairn = Cairn::start(dir, 1);
+    let mut c = cairn.connect();
+    let started = Instant::now();
+    c.send(b"GET /far HTTP/1.1\r\nHost: test.local\r\nRange: bytes=-10\r\n\r\n");
+    let r = c.response(false).expect("a whole response");
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the fill took longer than the wait: the case under test"
+    );
+    assert_eq!(
+        (r.status, r.header("content-range")),
+        (206, Some("bytes 1048566-1048575/1048576"))
+    );
+    assert_eq!(
+        r.body,
+        (PATTERN - 10..PATTERN)
+            .map(pattern_byte)
+            .collect::<Vec<u8>>()
+    );
+}

@@ -1,34 +1,49 @@
 //! STON's NoStore `Bypass="ON"` (TTL-2): a URL whose response said `no-store`
-//! goes straight to the origin for the NoStore TTL, without a lookup or a
-//! coalesced fill (whose followers would each wait for the leader's head only
-//! to fetch for themselves). One list per shard, so no lock; bounded, and
-//! a full list only means the next such request misses as usual.
+//! goes straight to the origin for the NoStore TTL, without a coalesced fill
+//! (whose followers would each wait for the leader's head only to fetch for
+//! themselves). One list per shard, so no lock. Bounded in entries and, since
+//! a mark holds a 128-bit hash of the key and not the key, in bytes; a full
+//! list only means the next such request misses as usual.
 
 use ahash::AHashMap;
 
-/// Most URLs one shard keeps marked.
+/// Most URLs one shard keeps marked (about 100 KiB).
 pub const MAX_MARKS: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct PassMarks {
-    until: AHashMap<Box<[u8]>, u64>,
+    until: AHashMap<u128, u64>,
+    /// No mark ends before this: a sweep of a full list is only worth it then.
+    earliest_ms: u64,
+}
+
+fn id(key: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(key)
 }
 
 impl PassMarks {
     /// Marks `key` until `until_ms`. At the cap, expired marks are dropped
-    /// first; if none is, the mark is not kept.
+    /// first (once one can have expired); if none is, the mark is not kept.
     pub fn mark(&mut self, key: &[u8], until_ms: u64, now_ms: u64) {
-        if let Some(u) = self.until.get_mut(key) {
+        let k = id(key);
+        if let Some(u) = self.until.get_mut(&k) {
             *u = until_ms;
             return;
         }
         if self.until.len() >= MAX_MARKS {
+            if now_ms < self.earliest_ms {
+                return;
+            }
             self.until.retain(|_, u| *u > now_ms);
+            self.earliest_ms = self.until.values().copied().min().unwrap_or(0);
             if self.until.len() >= MAX_MARKS {
                 return;
             }
         }
-        self.until.insert(key.into(), until_ms);
+        if self.until.is_empty() || until_ms < self.earliest_ms {
+            self.earliest_ms = until_ms;
+        }
+        self.until.insert(k, until_ms);
     }
 
     /// Is `key` marked at `now_ms`? An expired mark is forgotten.
@@ -36,10 +51,11 @@ impl PassMarks {
         if self.until.is_empty() {
             return false;
         }
-        match self.until.get(key) {
+        let k = id(key);
+        match self.until.get(&k) {
             Some(&u) if u > now_ms => true,
             Some(_) => {
-                self.until.remove(key);
+                self.until.remove(&k);
                 false
             }
             None => false,
@@ -74,15 +90,18 @@ mod tests {
         assert!(!m.active(b"a", 25));
         // Full of live marks: a new one is not kept, nothing else is lost.
         for i in 0..MAX_MARKS {
-            m.mark(format!("k{i}").as_bytes(), 100, 0);
+            m.mark(format!("k{i}").as_bytes(), 100 + i as u64, 0);
         }
         m.mark(b"new", 100, 0);
         assert_eq!(m.len(), MAX_MARKS);
         assert!(!m.active(b"new", 1));
         assert!(m.active(b"k0", 1));
-        // Once they have expired, room is made.
-        m.mark(b"new", 300, 200);
-        assert_eq!(m.len(), 1);
-        assert!(m.active(b"new", 250));
+        // Once some have expired, room is made (the live ones stay).
+        m.mark(b"new", 300, 150);
+        assert!(m.active(b"new", 160));
+        // k0..=k50 (ending at 100..=150) went; k70 stays.
+        assert_eq!(m.len(), MAX_MARKS - 51 + 1);
+        assert!(m.active(b"k70", 160));
+        assert!(!m.active(b"k10", 160));
     }
 }

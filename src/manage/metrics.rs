@@ -290,6 +290,17 @@ pub fn render(shared: &Shared) -> String {
         }
     }
 
+    o.family(
+        "cairn_panics_total",
+        "counter",
+        "Panics in any thread, connection tasks included (each is logged at error level).",
+    );
+    o.sample(
+        "cairn_panics_total",
+        &[],
+        crate::logging::PANICS.load(Relaxed),
+    );
+
     // The cache (shared by every shard).
     let c = &shared.cache;
     let st = c.store_stats();

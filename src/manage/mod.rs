@@ -227,6 +227,8 @@ fn needs(path: &str) -> Option<Role> {
         | "/command/hardpurge"
         | "/command/encryptpassword"
         | "/conf/reload" => Role::Admin,
+        #[cfg(feature = "fault-injection")]
+        "/debug/panic" => Role::Admin,
         _ => return None,
     })
 }
@@ -281,6 +283,17 @@ fn route(m: &Manager, role: Role, path: &str, query: &str) -> (u16, &'static str
                     JSON,
                     json::reply(method, "Error", &json::string(&e.to_string())),
                 ),
+            }
+        }
+        #[cfg(feature = "fault-injection")]
+        "/debug/panic" => {
+            let shard = target::query_param(query, "shard").and_then(|v| v.parse::<usize>().ok());
+            match shard.and_then(|i| shared.stats.get(i)) {
+                Some(s) => {
+                    s.fault.store(true, std::sync::atomic::Ordering::Relaxed);
+                    (200, JSON, json::reply("panic", "OK", "{}"))
+                }
+                None => (400, JSON, json::reply("panic", "BadRequest", "{}")),
             }
         }
         "/conf/reload" => match (m.reload)() {

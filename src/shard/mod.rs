@@ -102,7 +102,12 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
             }
         });
         shared.ready.fetch_add(1, Relaxed);
-        shard.drain_started().await;
+        tokio::select! {
+            _ = shard.drain_started() => {}
+            _ = injected_fault(&shared, id) => {
+                panic!("injected fault: shard {id} was told to panic (a fault-injection build)")
+            }
+        }
         let deadline = tokio::time::Instant::now() + shared.drain_timeout;
         // Idle keep-alive sessions notice the drain themselves and close; busy ones
         // finish their response (with Connection: Close) first.
@@ -122,6 +127,23 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
         shard.upstreams.pool.borrow_mut().clear();
         shard.flush_log();
     });
+}
+
+/// Returns when `/debug/panic` asks this shard to die (fault-injection builds
+/// only; never otherwise). Polled, so the hook costs nothing on any request.
+async fn injected_fault(shared: &Shared, id: usize) {
+    #[cfg(feature = "fault-injection")]
+    loop {
+        if shared.stats[id].fault.swap(false, Relaxed) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = (shared, id);
+        std::future::pending::<()>().await
+    }
 }
 
 async fn accept_loop(

@@ -7,15 +7,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Runs `body` until it returns normally, restarting it after each panic with a
-/// backoff (100 ms doubling to 5 s) so a shard that dies at once does not spin.
+/// backoff (100 ms doubling to 5 s) so a shard that dies at once does not spin;
+/// a run that lasted a minute starts the backoff over. The panic itself is
+/// logged at error level by the process's panic hook (`logging::init`), with
+/// its location; this line says what follows from it.
 pub fn supervise(label: &str, restarts: &AtomicU64, mut body: impl FnMut()) {
-    let mut backoff = Duration::from_millis(100);
+    const FIRST: Duration = Duration::from_millis(100);
+    let mut backoff = FIRST;
     loop {
+        let started = std::time::Instant::now();
         match catch_unwind(AssertUnwindSafe(&mut body)) {
             Ok(()) => return,
             Err(payload) => {
                 let n = restarts.fetch_add(1, Ordering::Relaxed) + 1;
-                log::error!(
+                if started.elapsed() >= Duration::from_secs(60) {
+                    backoff = FIRST;
+                }
+                log::warn!(
                     "{label} died: {}; restarting it (restart #{n}) in {} ms",
                     panic_message(&*payload),
                     backoff.as_millis()

@@ -175,14 +175,18 @@ pub(super) async fn fill<D: Downstream>(
     request_time: u64,
     (level, held): (u8, Held),
 ) -> Result<(), ExchangeError> {
-    let Ok(p) = plan(&super::fill::plan_input(cx, &reply, request_time)) else {
-        // Not storable: this client gets the identity response as it came.
-        if let Some((l, slot)) = leader {
-            drop(slot);
-            l.finish(FillEnd::Pass);
+    let p = match plan(&super::fill::plan_input(cx, &reply, request_time)) {
+        Ok(p) => p,
+        Err(why) => {
+            // Not storable: this client gets the identity response as it came.
+            super::fill::mark_bypass(cx, why);
+            if let Some((l, slot)) = leader {
+                drop(slot);
+                l.finish(FillEnd::Pass);
+            }
+            drop(held);
+            return pass::relay(cx, down, reply, &Extras::new(result)).await;
         }
-        drop(held);
-        return pass::relay(cx, down, reply, &Extras::new(result)).await;
     };
     let length = p.length.unwrap_or(0);
     // Followers wait `ConnectTimeout + ReceiveTimeout` for a fill to show

@@ -159,7 +159,7 @@ fn store_failure(cx: &RequestCtx<'_>, e: &ExchangeError, result: CacheResult) {
 
 /// TTL-2: NoStore `Bypass="ON"` also sends the URL straight to the origin for
 /// the NoStore TTL (`cached::serve` checks the mark first).
-fn mark_bypass(cx: &RequestCtx<'_>, why: &str) {
+pub(super) fn mark_bypass(cx: &RequestCtx<'_>, why: &str) {
     let secs = cx.vhost.options.ttl.no_store.secs;
     if why != crate::policy::ttl::NO_STORE_BYPASS || secs == 0 {
         return;
@@ -252,7 +252,13 @@ pub(super) async fn fill_from<D: Downstream>(
         .is_some_and(|w| w.iter().all(|n| have.contains(n)));
     if !covered {
         let cache = &cx.shard.shared.cache;
-        let storable = plan(&plan_input(cx, &reply, request_time)).is_ok();
+        let storable = match plan(&plan_input(cx, &reply, request_time)) {
+            Ok(_) => true,
+            Err(why) => {
+                mark_bypass(cx, why);
+                false
+            }
+        };
         let rekeyed = match want {
             Some(w) if storable => {
                 let mut names = have;

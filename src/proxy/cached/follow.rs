@@ -16,11 +16,16 @@ pub async fn follow<D: Downstream>(
 ) -> Result<(), ExchangeError> {
     let oo = &cx.vhost.origin_options;
     let wait = oo.connect_timeout + oo.receive_timeout;
+    // `offset`: what this client has been sent; `seen`: what the fill had
+    // written when last asked. The wait is for the fill's progress, not this
+    // client's: a range far into the object waits for the fill to reach it,
+    // which may take longer than `wait`, while the fill is far from idle.
     let mut offset = 0u64;
+    let mut seen = 0u64;
     let mut started: Option<Started> = None;
     loop {
         let asked = tokio::time::Instant::now();
-        let next = tokio::time::timeout(wait, fill.next(offset, started.is_some())).await;
+        let next = tokio::time::timeout(wait, fill.next(seen, started.is_some())).await;
         // Time spent waiting for the origin is not the client's: the send's
         // deadline moves by it.
         if let Some(s) = &started {
@@ -32,6 +37,7 @@ pub async fn follow<D: Downstream>(
             }
             return Err(ExchangeError::FillTimeout);
         };
+        seen = p.written;
         let s = match &started {
             Some(s) => s,
             None => {

@@ -293,21 +293,6 @@ pub async fn serve<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D) -> Result<(
         ))
         .await;
     }
-    // TTL-2: a URL that answered no-store under NoStore Bypass="ON".
-    if ston
-        && cx
-            .shard
-            .pass_marks
-            .borrow_mut()
-            .active(cx.key().stored(), cx.now_ms)
-    {
-        return Box::pin(super::pass::forward(
-            cx,
-            down,
-            CacheResult::ClientRefreshMiss,
-        ))
-        .await;
-    }
     // Bound first: the key's borrow must end here (a fill may re-key).
     let found = cache.lookup(cx.key().stored());
     if let Some(hit) = found {
@@ -374,6 +359,24 @@ pub async fn serve<D: Downstream>(cx: &RequestCtx<'_>, down: &mut D) -> Result<(
     }
     if wants.cc.only_if_cached && !ston {
         return Err(ExchangeError::NotCached);
+    }
+    // TTL-2: a URL that answered no-store under NoStore Bypass="ON" skips
+    // the coalesced fill. Only on a miss: a stored copy still wins, so no
+    // one request's answer can send every client of it to the origin.
+    if ston
+        && p.no_store_bypass
+        && cx
+            .shard
+            .pass_marks
+            .borrow_mut()
+            .active(cx.key().stored(), cx.now_ms)
+    {
+        return Box::pin(super::pass::forward(
+            cx,
+            down,
+            CacheResult::ClientRefreshMiss,
+        ))
+        .await;
     }
     cache.stats.misses.fetch_add(1, Relaxed);
     Box::pin(fill::miss(cx, down, CacheResult::Miss)).await

@@ -1,0 +1,275 @@
+//! Operations under load, end to end: a shard that dies is loud and comes back
+//! while the others serve. (The panic hook exists only in fault-injection
+//! builds: `cargo test --release --features fault-injection`, which `.ci/run`
+//! runs; without the feature the test says so and is ignored.)
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn setup(origin: &Origin) -> PathBuf {
+    let dir = temp_dir("operations");
+    std::fs::write(
+        dir.join("server.xml"),
+        format!(
+            "<Server><Host><Manager Port=\"0\" Listen=\"127.0.0.1\"><Allow>127.0.0.1</Allow></Manager></Host>{TEST_CACHE}<VHostDefault><Options><CacheStatusHeader>ON</CacheStatusHeader></Options><Log Dir=\"logs\"><Access Local=\"ON\">ON</Access></Log></VHostDefault></Server>"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("vhosts.xml"),
+        format!(
+            "<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost><Default>test.local</Default></Vhosts>",
+            origin.addr
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn manager_addr(c: &Cairn) -> SocketAddr {
+    let log = c.wait_log("manager listening on http://");
+    let rest = log
+        .split("manager listening on http://")
+        .nth(1)
+        .expect("manager address in the log");
+    rest[..rest.find('/').unwrap()].parse().unwrap()
+}
+
+fn call(mgr: SocketAddr, target: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(mgr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: m\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// One sample of `/metrics`, by its exact name and labels.
+fn metric(mgr: SocketAddr, sample: &str) -> u64 {
+    let (_, text) = call(mgr, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{sample} in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+/// What one load client saw.
+#[derive(Default, Debug)]
+struct Seen {
+    ok: u64,
+    /// Connections that ended (closed or reset) under the client.
+    closed: Vec<Instant>,
+    /// Reads that waited past the client's timeout: a hang.
+    hangs: u64,
+}
+
+/// One keep-alive connection doing `GET /c/<id>/<n>` until `stop`; a broken
+/// connection is counted and replaced.
+fn load_client(addr: SocketAddr, id: usize, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
+    let connect = || {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s
+    };
+    let mut s = connect();
+    let mut n = 0u64;
+    while !stop.load(SeqCst) {
+        n += 1;
+        let req = format!("GET /c/{id}/{n} HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        let outcome = s
+            .write_all(req.as_bytes())
+            .and_then(|()| read_response(&mut s));
+        let mut seen = seen.lock().unwrap();
+        match outcome {
+            Ok(()) => seen.ok += 1,
+            Err(e) => {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    seen.hangs += 1;
+                }
+                seen.closed.push(Instant::now());
+                drop(seen);
+                s = connect();
+            }
+        }
+    }
+}
+
+/// Reads one response with a Content-Length body; an error when the
+/// connection ends first.
+fn read_response(s: &mut TcpStream) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 200") {
+                return Err(std::io::Error::other(head));
+            }
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Ok(());
+            }
+        }
+        let n = s.read(&mut b)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&b[..n]);
+    }
+}
+
+/// The shard of each load client, from the access log's `session-id` (the
+/// shard is in its top bits) for the client's `/c/<id>/...` requests.
+fn shards_of_clients(log: &str) -> HashMap<usize, u64> {
+    let fields: Vec<&str> = cairn::accesslog::format::W3C_FIELDS
+        .trim_start_matches("#Fields: ")
+        .split(' ')
+        .collect();
+    let at = |name: &str| fields.iter().position(|f| *f == name).unwrap();
+    let (stem, session) = (at("cs-uri-stem"), at("session-id"));
+    let mut out = HashMap::new();
+    for l in log.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = l.split(' ').collect();
+        let Some(id) = f[stem]
+            .strip_prefix("/c/")
+            .and_then(|r| r.split('/').next()?.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let shard = f[session].parse::<u64>().unwrap() >> 48;
+        out.entry(id).or_insert(shard);
+    }
+    out
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs a fault-injection build: cargo test --release --features fault-injection"
+)]
+fn a_shard_that_panics_is_logged_counted_and_restarted_while_the_other_serves() {
+    let origin = Origin::start(|r| {
+        let mut v =
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 5\r\n\r\n".to_vec();
+        v.extend_from_slice(&r.path.as_bytes()[..5]);
+        Reply::Bytes(v)
+    });
+    let dir = setup(&origin);
+    let log_file = dir.join("logs/test.local/access.log");
+    let cairn = Cairn::start(dir, 2);
+    let mgr = manager_addr(&cairn);
+
+    const CLIENTS: usize = 16;
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..CLIENTS).map(|_| Arc::default()).collect();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let (stop, seen) = (stop.clone(), seen[id].clone());
+            let addr = cairn.addr;
+            std::thread::spawn(move || load_client(addr, id, stop, seen))
+        })
+        .collect();
+
+    // Which client is on which shard: every client's lines reach the log
+    // (flushed each 100 ms) before the fault.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shard_of = loop {
+        let m = shards_of_clients(&std::fs::read_to_string(&log_file).unwrap_or_default());
+        if m.len() == CLIENTS || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(shard_of.len(), CLIENTS, "every client in the access log");
+    let on = |s: u64| shard_of.values().filter(|&&x| x == s).count();
+    assert!(
+        on(0) > 0 && on(1) > 0,
+        "16 connections over 2 SO_REUSEPORT sockets land on both: {shard_of:?}"
+    );
+    for s in &seen {
+        assert!(
+            s.lock().unwrap().closed.is_empty(),
+            "no errors before the fault"
+        );
+    }
+
+    let served_before = metric(mgr, "cairn_shard_requests_total{shard=\"1\"}");
+    let told = Instant::now();
+    assert_eq!(call(mgr, "/debug/panic?shard=1").0, 200);
+    // Within a second: restarted and serving on shard 1 again.
+    let back = loop {
+        let restarted = metric(mgr, "cairn_shard_restarts_total{shard=\"1\"}") == 1;
+        let served = metric(mgr, "cairn_shard_requests_total{shard=\"1\"}");
+        if restarted && served > served_before + 1 {
+            break told.elapsed();
+        }
+        assert!(
+            told.elapsed() < Duration::from_secs(5),
+            "shard 1 did not come back; log:\n{}",
+            cairn.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(back < Duration::from_secs(1), "served again after {back:?}");
+    // Keep the load on a while longer, then stop it.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+
+    for (id, s) in seen.iter().enumerate() {
+        let s = s.lock().unwrap();
+        assert_eq!(s.hangs, 0, "client {id} hung: {s:?}");
+        assert!(s.ok > 0, "client {id} was served: {s:?}");
+        if shard_of[&id] == 0 {
+            assert!(
+                s.closed.is_empty(),
+                "client {id} on shard 0 saw an error: {s:?}"
+            );
+        } else {
+            // Its connection died with the shard (closed, never left hanging),
+            // and the one it opened next was served.
+            assert!(s.closed.len() <= 1, "client {id}: {s:?}");
+        }
+    }
+    assert_eq!(metric(mgr, "cairn_shard_restarts_total{shard=\"1\"}"), 1);
+    assert_eq!(metric(mgr, "cairn_shard_restarts_total{shard=\"0\"}"), 0);
+    assert_eq!(metric(mgr, "cairn_panics_total"), 1);
+    let log = cairn.stderr();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {errors:?}");
+    assert!(
+        errors[0].contains("[shard-1]") && errors[0].contains("injected fault"),
+        "{}",
+        errors[0]
+    );
+    assert!(log.contains("shard 1 died: injected fault"), "{log}");
+    // SIGUSR1's dump counts it too.
+    cairn.signal("USR1");
+    let dump = cairn.wait_log("1 restarts");
+    assert!(
+        dump.contains("shard 1:") && dump.contains("1 restarts"),
+        "{dump}"
+    );
+}
