@@ -48,7 +48,17 @@ pub fn init(level: log::LevelFilter) {
     log::set_max_level(level);
     std::panic::set_hook(Box::new(|info| {
         PANICS.fetch_add(1, Ordering::Relaxed);
-        log::error!("panic: {info}");
+        // One line: the location, then the message.
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(non-string panic payload)");
+        match info.location() {
+            Some(l) => log::error!("panic at {}:{}: {msg}", l.file(), l.line()),
+            None => log::error!("panic: {msg}"),
+        }
     }));
 }
 

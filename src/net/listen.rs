@@ -65,6 +65,18 @@ pub fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, Listen
     Ok(out)
 }
 
+/// A new socket in the `SO_REUSEPORT` group already bound at `addr` (its
+/// actual address, port included): for a shard restarted after a panic, whose
+/// old socket was shut down so that the dying ring could not accept on it.
+pub fn rejoin(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = socket_for(addr)?;
+    s.set_reuse_port(true)?;
+    s.set_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(TcpListener::from(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +96,8 @@ mod tests {
         let other = TcpListener::bind("127.0.0.1:0").unwrap();
         let err = bind_group(other.local_addr().unwrap(), 1).unwrap_err();
         assert!(err.to_string().contains("already in use"), "{err}");
+        // A restarted shard's new socket joins the group.
+        let joined = rejoin(group[1].local_addr().unwrap()).unwrap();
+        assert_eq!(joined.local_addr().unwrap().port(), port);
     }
 }

@@ -87,8 +87,18 @@ impl Drop for SessionGuard {
 /// Starts shard `id` on the current thread and runs it until the drain completes.
 /// `listeners[g]` is this shard's listener for listen group `g`.
 pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
+    // Our own handles on the sockets, to stop accepting on them at a drain
+    // or a panic whatever the accept tasks are doing.
+    let own: Vec<TcpListener> = listeners
+        .iter()
+        .filter_map(|l| l.try_clone().ok())
+        .collect();
     tokio_uring::builder().entries(1024).start(async move {
         let shard = Rc::new(ShardCtx::new(id, shared.clone()));
+        let ends = EndOnPanic {
+            shard: shard.clone(),
+            listeners: own,
+        };
         for (group, l) in listeners.into_iter().enumerate() {
             let local = l.local_addr().ok();
             let l = tokio_uring::net::TcpListener::from_std(l);
@@ -108,6 +118,7 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
                 panic!("injected fault: shard {id} was told to panic (a fault-injection build)")
             }
         }
+        ends.stop_accepting();
         let deadline = tokio::time::Instant::now() + shared.drain_timeout;
         // Idle keep-alive sessions notice the drain themselves and close; busy ones
         // finish their response (with Connection: Close) first.
@@ -127,6 +138,45 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
         shard.upstreams.pool.borrow_mut().clear();
         shard.flush_log();
     });
+}
+
+/// When a shard dies, its clients see their connections end, and no new one
+/// is lost to it. As the shard's future is dropped in the unwind (before the
+/// ring is torn down):
+/// - its listening sockets are shut down, so the accepts in flight on the
+///   dying ring fail instead of completing into a ring that will never serve
+///   them (a client would hang on an accepted, unserved connection), and the
+///   connections queued on them are reset; the kernel sends new ones to the
+///   other sockets of the `SO_REUSEPORT` group, and the restarted shard joins
+///   it with new sockets (`spawn_all`);
+/// - each session's socket is shut down (a FIN, or a reset for unread bytes).
+struct EndOnPanic {
+    shard: Rc<ShardCtx>,
+    listeners: Vec<TcpListener>,
+}
+
+impl EndOnPanic {
+    fn stop_accepting(&self) {
+        for l in &self.listeners {
+            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
+        }
+    }
+}
+
+impl Drop for EndOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.stop_accepting();
+        // Not `borrow()`: a panic while the table was borrowed must not
+        // become a second panic (an abort) here.
+        if let Ok(sessions) = self.shard.sessions.try_borrow() {
+            for c in sessions.values() {
+                c.shutdown();
+            }
+        }
+    }
 }
 
 /// Returns when `/debug/panic` asks this shard to die (fault-injection builds
@@ -337,7 +387,13 @@ pub fn spawn_all(
                     }
                 }
                 let label = format!("shard {id}");
+                let mut mine = mine;
+                let mut first = true;
                 supervisor::supervise(&label, &shared.clone().stats[id].restarts, || {
+                    // A restart: the dead run shut its sockets down (`EndOnPanic`).
+                    if !std::mem::take(&mut first) {
+                        mine = mine.iter().map(rejoin_or_keep).collect();
+                    }
                     let clones = mine
                         .iter()
                         .map(|l| l.try_clone().expect("dup listener fd"))
@@ -348,6 +404,22 @@ pub fn spawn_all(
         handles.push(h);
     }
     Ok(handles)
+}
+
+/// A new socket in `old`'s group, or `old` itself (which accepts nothing
+/// more, loudly) when the address cannot be bound again.
+fn rejoin_or_keep(old: &TcpListener) -> TcpListener {
+    let again = old
+        .local_addr()
+        .and_then(crate::net::listen::rejoin)
+        .or_else(|e| {
+            log::error!(
+                "restarted shard cannot listen on {:?} again ({e}); the other shards serve it",
+                old.local_addr()
+            );
+            old.try_clone()
+        });
+    again.expect("dup of a listening socket")
 }
 
 /// Waits until every shard's ring is up (first start only), or `timeout` passes.
