@@ -74,6 +74,8 @@ struct Seen {
     closed: Vec<Instant>,
     /// Reads that waited past the client's timeout: a hang.
     hangs: u64,
+    /// Connections that ended inside a response.
+    truncated: u64,
 }
 
 /// One keep-alive connection doing `GET /c/<id>/<n>` until `stop`; a broken
@@ -132,7 +134,12 @@ fn read_response(s: &mut TcpStream) -> std::io::Result<()> {
         }
         let n = s.read(&mut b)?;
         if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+            let kind = match buf.is_empty() {
+                true => std::io::ErrorKind::UnexpectedEof,
+                // Part of a response, then the end.
+                false => std::io::ErrorKind::InvalidData,
+            };
+            return Err(kind.into());
         }
         buf.extend_from_slice(&b[..n]);
     }
@@ -272,4 +279,181 @@ fn a_shard_that_panics_is_logged_counted_and_restarted_while_the_other_serves() 
         dump.contains("shard 1:") && dump.contains("1 restarts"),
         "{dump}"
     );
+}
+
+fn write_server_xml(dir: &std::path::Path, status_header: &str) {
+    std::fs::write(
+        dir.join("server.xml"),
+        format!(
+            "<Server><Host><Manager Port=\"0\" Listen=\"127.0.0.1\"><Allow>127.0.0.1</Allow></Manager></Host>{TEST_CACHE}<VHostDefault><Options><CacheStatusHeader>{status_header}</CacheStatusHeader></Options><Log Dir=\"logs\"><Access Local=\"ON\">ON</Access></Log></VHostDefault></Server>"
+        ),
+    )
+    .unwrap();
+}
+
+/// Load clients that stop at the first failure of any kind, counting it.
+fn steady_load(
+    addr: SocketAddr,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Seen>> {
+    (0..clients)
+        .map(|id| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = Seen::default();
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut n = 0u64;
+                while !stop.load(SeqCst) {
+                    n += 1;
+                    let req = format!(
+                        "GET /r/{id}/{} HTTP/1.1\r\nHost: test.local\r\n\r\n",
+                        n % 50
+                    );
+                    match s
+                        .write_all(req.as_bytes())
+                        .and_then(|()| read_response(&mut s))
+                    {
+                        Ok(()) => seen.ok += 1,
+                        Err(e) => {
+                            match e.kind() {
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                                    seen.hangs += 1
+                                }
+                                std::io::ErrorKind::InvalidData => seen.truncated += 1,
+                                _ => {}
+                            }
+                            seen.closed.push(Instant::now());
+                            break;
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn ten_reloads_under_load_fail_no_request_and_each_takes_effect() {
+    let origin = Origin::start(|r| ok(r.path.as_bytes()));
+    let dir = setup(&origin);
+    let cairn = Cairn::start(dir.clone(), 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(cairn.addr, 6, &stop);
+    // A keep-alive connection of its own, to see each configuration.
+    let mut probe = cairn.connect();
+    let reloads = |c: &Cairn| c.stderr().matches("configuration reloaded").count();
+    let x_cache =
+        |probe: &mut Client, i: usize| probe.get(&format!("/v/{i}")).header("x-cache").is_some();
+    assert!(x_cache(&mut probe, 0), "CacheStatusHeader ON at start");
+    for i in 1..=10 {
+        let on = i % 2 == 0;
+        write_server_xml(&dir, if on { "ON" } else { "OFF" });
+        let before = reloads(&cairn);
+        cairn.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while reloads(&cairn) == before {
+            assert!(Instant::now() < deadline, "reload {i}:\n{}", cairn.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The next request on a connection opened before the reload sees it.
+        assert_eq!(x_cache(&mut probe, i), on, "reload {i}");
+        if i == 5 {
+            // A bad file in the middle: refused with file:line, nothing changes.
+            std::fs::write(dir.join("server.xml"), "<Server>\n<VHostDefault>\n<Options><CacheStatusHeader>MAYBE</CacheStatusHeader></Options></VHostDefault></Server>").unwrap();
+            cairn.signal("HUP");
+            let log = cairn.wait_log("reload failed");
+            let line = log
+                .lines()
+                .find(|l| l.contains("reload failed"))
+                .unwrap_or_else(|| panic!("refused:\n{log}"));
+            assert!(line.contains("server.xml:3"), "{line}");
+            assert_eq!(
+                x_cache(&mut probe, 100),
+                on,
+                "the running configuration stays"
+            );
+        }
+    }
+    stop.store(true, SeqCst);
+    let mut served = 0;
+    for t in load {
+        let seen = t.join().unwrap();
+        assert!(seen.closed.is_empty() && seen.hangs == 0, "{seen:?}");
+        served += seen.ok;
+    }
+    assert!(served > 100, "a steady load: {served} requests");
+    assert_eq!(reloads(&cairn), 10);
+}
+
+#[test]
+fn sigterm_under_load_finishes_in_flight_responses_and_exits_0() {
+    // `/slow/*` takes 800 ms at the origin: in flight when the drain starts.
+    let origin = Origin::start(|r| {
+        if r.path.starts_with("/slow/") {
+            let mut v = b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n".to_vec();
+            v.resize(v.len() + 65536, b's');
+            Reply::After(Duration::from_millis(800), v)
+        } else {
+            let mut v =
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 262144\r\n\r\n"
+                    .to_vec();
+            v.resize(v.len() + 262144, b'b');
+            Reply::Bytes(v)
+        }
+    });
+    let dir = setup(&origin);
+    let mut cairn = Cairn::start(dir, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Busy clients (256 KiB objects over keep-alive) until their connection ends.
+    let load = steady_load(cairn.addr, 6, &stop);
+    // Slow requests, each on its own connection, sent just before the signal.
+    let slow: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = cairn.addr;
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(
+                    format!("GET /slow/{i} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes(),
+                )
+                .unwrap();
+                let mut raw = Vec::new();
+                let r = s.read_to_end(&mut raw);
+                (r.map(|_| ()), raw)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    cairn.signal("TERM");
+    let code = cairn.wait_exit(Duration::from_secs(15));
+    let took = signalled.elapsed();
+    assert_eq!(code, Some(0), "exit status; log:\n{}", cairn.stderr());
+    assert!(
+        took < Duration::from_secs(12),
+        "gone within the drain deadline: {took:?}"
+    );
+    stop.store(true, SeqCst);
+    for t in slow {
+        let (r, raw) = t.join().unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a whole head");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body.len(), 65536, "the in-flight response completed");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+    }
+    for t in load {
+        // Each busy client's connection ended: between responses (closed, or
+        // refused), never inside one left open (a hang).
+        let seen = t.join().unwrap();
+        assert_eq!((seen.hangs, seen.truncated), (0, 0), "{seen:?}");
+        assert!(seen.ok > 0, "{seen:?}");
+    }
 }
