@@ -217,6 +217,15 @@ fn encrypt_password(args: &Args) -> Result<()> {
 }
 
 fn run(args: &Args) -> Result<()> {
+    #[cfg(feature = "fault-injection")]
+    log::warn!(
+        "this is a fault-injection build (a test build): /debug/panic on the management port {}; build without --features fault-injection for production",
+        if cairn::context::faults_armed() {
+            "can make shards panic (CAIRN_FAULT_INJECTION=1)"
+        } else {
+            "is off (CAIRN_FAULT_INJECTION is not 1)"
+        }
+    );
     let loaded = load(args)?;
     let config = Arc::new(loaded.config);
     let shards = args.shards.unwrap_or_else(shard::default_shards);

@@ -228,7 +228,7 @@ fn needs(path: &str) -> Option<Role> {
         | "/command/encryptpassword"
         | "/conf/reload" => Role::Admin,
         #[cfg(feature = "fault-injection")]
-        "/debug/panic" => Role::Admin,
+        "/debug/panic" if crate::context::faults_armed() => Role::Admin,
         _ => return None,
     })
 }

@@ -65,16 +65,18 @@ pub fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, Listen
     Ok(out)
 }
 
-/// A new socket in the `SO_REUSEPORT` group already bound at `addr` (its
-/// actual address, port included): for a shard restarted after a panic, whose
-/// old socket was shut down so that the dying ring could not accept on it.
-pub fn rejoin(addr: SocketAddr) -> io::Result<TcpListener> {
-    let s = socket_for(addr)?;
-    s.set_reuse_port(true)?;
-    s.set_nodelay(true)?;
-    s.bind(&addr.into())?;
-    s.listen(BACKLOG)?;
-    Ok(TcpListener::from(s))
+/// A listening socket watched for readiness by the shard's reactor, so a
+/// shard accepts with `accept4` only when it is ready to serve what it gets
+/// (see `shard::accept_one`). Must run inside the shard's runtime.
+#[allow(unsafe_code)]
+pub fn watch(l: TcpListener) -> io::Result<tokio::io::unix::AsyncFd<TcpListener>> {
+    l.set_nonblocking(true)?;
+    // SAFETY: the AsyncFd takes `l` by value and owns it until it is dropped
+    // or unwrapped, so the fd `l.as_raw_fd()` gives is open, is `l`'s own and
+    // stays the same for the AsyncFd's whole life (a std TcpListener never
+    // replaces its fd).
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 #[cfg(test)]
@@ -96,8 +98,5 @@ mod tests {
         let other = TcpListener::bind("127.0.0.1:0").unwrap();
         let err = bind_group(other.local_addr().unwrap(), 1).unwrap_err();
         assert!(err.to_string().contains("already in use"), "{err}");
-        // A restarted shard's new socket joins the group.
-        let joined = rejoin(group[1].local_addr().unwrap()).unwrap();
-        assert_eq!(joined.local_addr().unwrap().port(), port);
     }
 }

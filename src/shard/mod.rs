@@ -87,21 +87,16 @@ impl Drop for SessionGuard {
 /// Starts shard `id` on the current thread and runs it until the drain completes.
 /// `listeners[g]` is this shard's listener for listen group `g`.
 pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
-    // Our own handles on the sockets, to stop accepting on them at a drain
-    // or a panic whatever the accept tasks are doing.
-    let own: Vec<TcpListener> = listeners
-        .iter()
-        .filter_map(|l| l.try_clone().ok())
-        .collect();
     tokio_uring::builder().entries(1024).start(async move {
         let shard = Rc::new(ShardCtx::new(id, shared.clone()));
-        let ends = EndOnPanic {
-            shard: shard.clone(),
-            listeners: own,
-        };
+        let _ends = EndOnPanic(shard.clone());
         for (group, l) in listeners.into_iter().enumerate() {
             let local = l.local_addr().ok();
-            let l = tokio_uring::net::TcpListener::from_std(l);
+            let l = match crate::net::listen::watch(l) {
+                Ok(l) => l,
+                // A shard that cannot listen must not pass for one that serves.
+                Err(e) => panic!("shard {id}: cannot watch its listening socket: {e}"),
+            };
             tokio_uring::spawn(accept_loop(shard.clone(), l, group, local));
         }
         let flusher = shard.clone();
@@ -118,7 +113,6 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
                 panic!("injected fault: shard {id} was told to panic (a fault-injection build)")
             }
         }
-        ends.stop_accepting();
         let deadline = tokio::time::Instant::now() + shared.drain_timeout;
         // Idle keep-alive sessions notice the drain themselves and close; busy ones
         // finish their response (with Connection: Close) first.
@@ -140,38 +134,20 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
     });
 }
 
-/// When a shard dies, its clients see their connections end, and no new one
-/// is lost to it. As the shard's future is dropped in the unwind (before the
-/// ring is torn down):
-/// - its listening sockets are shut down, so the accepts in flight on the
-///   dying ring fail instead of completing into a ring that will never serve
-///   them (a client would hang on an accepted, unserved connection), and the
-///   connections queued on them are reset; the kernel sends new ones to the
-///   other sockets of the `SO_REUSEPORT` group, and the restarted shard joins
-///   it with new sockets (`spawn_all`);
-/// - each session's socket is shut down (a FIN, or a reset for unread bytes).
-struct EndOnPanic {
-    shard: Rc<ShardCtx>,
-    listeners: Vec<TcpListener>,
-}
-
-impl EndOnPanic {
-    fn stop_accepting(&self) {
-        for l in &self.listeners {
-            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
-        }
-    }
-}
+/// When a shard dies, its clients see their connections end at once: each
+/// session's socket is shut down (a FIN, or a reset for unread bytes) as the
+/// shard's future is dropped in the unwind, before the ring's teardown closes
+/// the sockets in its own time.
+struct EndOnPanic(Rc<ShardCtx>);
 
 impl Drop for EndOnPanic {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
-        self.stop_accepting();
         // Not `borrow()`: a panic while the table was borrowed must not
         // become a second panic (an abort) here.
-        if let Ok(sessions) = self.shard.sessions.try_borrow() {
+        if let Ok(sessions) = self.0.sessions.try_borrow() {
             for c in sessions.values() {
                 c.shutdown();
             }
@@ -196,9 +172,28 @@ async fn injected_fault(shared: &Shared, id: usize) {
     }
 }
 
+/// One connection from a listening socket, on readiness: `accept4` runs only
+/// when this future is polled and the socket is readable, so dropping the
+/// future (a drain, a shard's panic) never leaves a connection accepted for
+/// nobody. (A ring's accept would: once the kernel completes it, the new fd
+/// belongs to the process whether or not the ring is ever polled again, and a
+/// dying or draining ring drops it unclosed; the client hangs.) The accepted
+/// socket is blocking, as io_uring's own accept gives it.
+async fn accept_one(
+    listener: &tokio::io::unix::AsyncFd<TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        match ready.try_io(|l| l.get_ref().accept()) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
 async fn accept_loop(
     shard: Rc<ShardCtx>,
-    listener: tokio_uring::net::TcpListener,
+    listener: tokio::io::unix::AsyncFd<TcpListener>,
     group: usize,
     bound: Option<SocketAddr>,
 ) {
@@ -208,7 +203,7 @@ async fn accept_loop(
     let mut refusals = [Throttled::new(), Throttled::new()];
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            r = accept_one(&listener) => r,
             _ = shard.drain_started() => return,
         };
         match accepted {
@@ -234,7 +229,7 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let conn = match Conn::from_uring(stream) {
+                let conn = match Conn::from_uring(tokio_uring::net::TcpStream::from_std(stream)) {
                     Ok(c) => c,
                     Err(e) => {
                         log::warn!("shard {}: accepted socket unusable: {e}", shard.id);
@@ -387,13 +382,7 @@ pub fn spawn_all(
                     }
                 }
                 let label = format!("shard {id}");
-                let mut mine = mine;
-                let mut first = true;
                 supervisor::supervise(&label, &shared.clone().stats[id].restarts, || {
-                    // A restart: the dead run shut its sockets down (`EndOnPanic`).
-                    if !std::mem::take(&mut first) {
-                        mine = mine.iter().map(rejoin_or_keep).collect();
-                    }
                     let clones = mine
                         .iter()
                         .map(|l| l.try_clone().expect("dup listener fd"))
@@ -404,22 +393,6 @@ pub fn spawn_all(
         handles.push(h);
     }
     Ok(handles)
-}
-
-/// A new socket in `old`'s group, or `old` itself (which accepts nothing
-/// more, loudly) when the address cannot be bound again.
-fn rejoin_or_keep(old: &TcpListener) -> TcpListener {
-    let again = old
-        .local_addr()
-        .and_then(crate::net::listen::rejoin)
-        .or_else(|e| {
-            log::error!(
-                "restarted shard cannot listen on {:?} again ({e}); the other shards serve it",
-                old.local_addr()
-            );
-            old.try_clone()
-        });
-    again.expect("dup of a listening socket")
 }
 
 /// Waits until every shard's ring is up (first start only), or `timeout` passes.

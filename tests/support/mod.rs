@@ -335,6 +335,8 @@ impl Cairn {
 
     pub fn start_args(dir: PathBuf, extra: &[&str]) -> Cairn {
         let mut child = Command::new(BIN)
+            // Arms `/debug/panic` in fault-injection builds (inert otherwise).
+            .env("CAIRN_FAULT_INJECTION", "1")
             .arg("run")
             .arg("--config")
             .arg(&dir)
