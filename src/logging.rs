@@ -49,17 +49,21 @@ pub fn init(level: log::LevelFilter) {
     std::panic::set_hook(Box::new(|info| {
         PANICS.fetch_add(1, Ordering::Relaxed);
         // One line: the location, then the message.
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(non-string panic payload)");
+        let msg = panic_message(info.payload());
         match info.location() {
             Some(l) => log::error!("panic at {}:{}: {msg}", l.file(), l.line()),
             None => log::error!("panic: {msg}"),
         }
     }));
+}
+
+/// The text of a panic payload (`&str` or `String`), or a placeholder.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)")
 }
 
 /// `error`, `warn`, `info`, `debug`, `trace` (case-insensitive).

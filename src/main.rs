@@ -368,11 +368,12 @@ fn run(args: &Args) -> Result<()> {
         "draining: no new connections; in-flight responses have {:?}",
         shared.drain_timeout
     );
-    // Listeners first: an accept completing after the drain flag would have no task
-    // left to serve it.
+    // Listeners first: new connections are refused from here on, and those
+    // already queued are reset rather than left waiting for a shard that will
+    // not accept them.
     for g in &groups {
         for l in g {
-            // Stops accepting at once, and completes any accept in flight on the rings.
+            // The shards' readiness accepts see it and stop.
             let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
         }
     }

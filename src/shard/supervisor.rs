@@ -35,14 +35,7 @@ pub fn supervise(label: &str, restarts: &AtomicU64, mut body: impl FnMut()) {
     }
 }
 
-/// The text of a panic payload (`&str` or `String`), or a placeholder.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(non-string panic payload)")
-}
+pub use crate::logging::panic_message;
 
 #[cfg(test)]
 mod tests {
