@@ -520,8 +520,12 @@ impl Store {
         let Some(seg) = self.segments.get(e.seg as usize) else {
             return false;
         };
-        // A reclaim that only tried (and gave way to a lease) is waited out.
-        for _ in 0..3 {
+        // A reclaim that only tried (and gave way to a lease) is waited out. It
+        // holds the generation bumped only inside the allocator lock, so each
+        // failed try is one such reclaim caught in that window; giving up would
+        // leave a replaced record live on disk (back at the next start, after a
+        // later purge of its successor), so the bound is far past any real run.
+        for _ in 0..KILL_TRIES {
             // The lease keeps a reclaim from moving or reusing the region meanwhile.
             if let Some(lease) = Lease::acquire(seg, e.generation, e.off as usize, HEADER_LEN) {
                 self.kill_leased(key_hash, e, &lease);
@@ -532,6 +536,10 @@ impl Store {
                 return false; // reclaimed for good
             }
         }
+        log::error!(
+            "cache: a replaced record in segment {} could not be marked dead after {KILL_TRIES} tries; it may come back after a restart",
+            e.seg
+        );
         false
     }
 
@@ -561,6 +569,9 @@ impl Store {
         drop(self.alloc.lock().unwrap_or_else(|p| p.into_inner()));
     }
 }
+
+/// How often [`Store::kill_record`] waits out a reclaim that gave way.
+const KILL_TRIES: usize = 64;
 
 /// The dead form of a record's header (lengths and key kept).
 fn dead_of(h: &Header) -> Header {
