@@ -368,16 +368,16 @@ fn run(args: &Args) -> Result<()> {
         "draining: no new connections; in-flight responses have {:?}",
         shared.drain_timeout
     );
-    // Listeners first: new connections are refused from here on, and those
-    // already queued are reset rather than left waiting for a shard that will
-    // not accept them.
+    // The flag first: the shards' accept loops stop (a readiness accept that
+    // is dropped has taken nothing). Then the listeners: new connections are
+    // refused from here on, and those already queued are reset rather than
+    // left waiting for a shard that will not accept them.
+    shared.drain.send_replace(true);
     for g in &groups {
         for l in g {
-            // The shards' readiness accepts see it and stop.
             let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
         }
     }
-    shared.drain.send_replace(true);
     let deadline = Instant::now() + shared.drain_timeout + Duration::from_secs(2);
     while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

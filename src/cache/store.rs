@@ -520,32 +520,33 @@ impl Store {
         let Some(seg) = self.segments.get(e.seg as usize) else {
             return false;
         };
-        // A reclaim that only tried (and gave way to a lease) is waited out. It
-        // holds the generation bumped only inside the allocator lock, so each
-        // failed try is one such reclaim caught in that window; giving up would
-        // leave a replaced record live on disk (back at the next start, after a
-        // later purge of its successor), so the bound is far past any real run.
-        for _ in 0..KILL_TRIES {
-            // The lease keeps a reclaim from moving or reusing the region meanwhile.
-            if let Some(lease) = Lease::acquire(seg, e.generation, e.off as usize, HEADER_LEN) {
-                self.kill_leased(key_hash, e, &lease);
-                return true;
-            }
-            self.wait_reclaim();
-            if seg.generation.load(SeqCst) != e.generation {
-                return false; // reclaimed for good
-            }
+        // The lease keeps a reclaim from moving or reusing the region meanwhile.
+        if let Some(lease) = Lease::acquire(seg, e.generation, e.off as usize, HEADER_LEN) {
+            self.kill_leased(key_hash, e, &lease);
+            return true;
         }
-        log::error!(
-            "cache: a replaced record in segment {} could not be marked dead after {KILL_TRIES} tries; it may come back after a restart",
-            e.seg
-        );
-        false
+        // A reclaim holds the generation bumped only inside the allocator
+        // lock: under that lock none runs, so the generation read there is
+        // final and the header can be written without a lease. One bounded
+        // wait, and never a replaced record left live on disk (it would come
+        // back at the next start after a later purge of its successor).
+        let _no_reclaim = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        if seg.generation.load(SeqCst) != e.generation {
+            return false; // reclaimed for good
+        }
+        self.write_dead(key_hash, e);
+        true
     }
 
     /// [`kill_record`](Self::kill_record) under a lease the caller holds on
     /// `e`'s segment (its generation checked).
     pub fn kill_leased(&self, key_hash: u64, e: &Entry, _lease: &Lease) {
+        self.write_dead(key_hash, e);
+    }
+
+    /// Rewrites `e`'s header as dead; the caller keeps reclaims off the
+    /// region (a lease, or the allocator lock).
+    fn write_dead(&self, key_hash: u64, e: &Entry) {
         let seg = &self.segments[e.seg as usize];
         let h = Header {
             flags: FLAG_DEAD,
@@ -569,9 +570,6 @@ impl Store {
         drop(self.alloc.lock().unwrap_or_else(|p| p.into_inner()));
     }
 }
-
-/// How often [`Store::kill_record`] waits out a reclaim that gave way.
-const KILL_TRIES: usize = 64;
 
 /// The dead form of a record's header (lengths and key kept).
 fn dead_of(h: &Header) -> Header {

@@ -279,6 +279,14 @@ async fn accept_loop(
                 if shard.draining() {
                     return;
                 }
+                // The connection went away before it was taken (accept(2):
+                // these are to be retried at once).
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ECONNABORTED | libc::EPROTO | libc::EINTR)
+                ) {
+                    continue;
+                }
                 // EMFILE/ENFILE and friends: back off instead of spinning, and say
                 // so once per interval, not once per failed accept.
                 if let Some(held) = failures.due() {
