@@ -29,6 +29,7 @@ pub mod shard;
 pub mod spool;
 pub mod static_origin;
 pub mod transform;
+pub mod upgrade;
 pub mod vhost;
 
 /// `cairn/<version>`, for Via and the banner.

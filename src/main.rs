@@ -236,9 +236,47 @@ fn run(args: &Args) -> Result<()> {
     // Block the signals we handle before any shard thread exists; threads inherit it.
     signals::block().context("blocking signals")?;
 
+    // Started by an upgrade: the old process's sockets, checked against this
+    // configuration, and then (with nothing left that could fail on the
+    // configuration) the old one drains while this one waits for it to go.
+    let inherited = cairn::upgrade::inherited()?;
     let mut groups: Vec<Vec<TcpListener>> = Vec::new();
-    for g in &config.listeners {
-        groups.push(listen::bind_group(g.addr, shards)?);
+    match inherited {
+        None => {
+            for g in &config.listeners {
+                groups.push(listen::bind_group(g.addr, shards)?);
+            }
+        }
+        Some(inh) => {
+            let addrs: Vec<Vec<SocketAddr>> = inh
+                .groups
+                .iter()
+                .map(|g| {
+                    g.iter()
+                        .map(|l| l.local_addr())
+                        .collect::<std::io::Result<_>>()
+                })
+                .collect::<std::io::Result<_>>()?;
+            let same = addrs.len() == config.listeners.len()
+                && addrs.iter().zip(&config.listeners).all(|(got, want)| {
+                    got.len() == shards
+                        && got.iter().all(|a| {
+                            *a == want.addr || (want.addr.port() == 0 && a.ip() == want.addr.ip())
+                        })
+                });
+            if !same {
+                bail!("upgrade: the new configuration listens on other addresses or with another --shards than the running process ({addrs:?}); the old process keeps serving");
+            }
+            groups = inh.groups;
+            let parent = cairn::upgrade::Inherited {
+                pipe: inh.pipe,
+                parent: inh.parent,
+                groups: Vec::new(),
+            }
+            .take_over();
+            log::info!("upgrade: taking over from pid {parent}; waiting for it to drain before opening the cache");
+            cairn::upgrade::wait_for_exit(parent);
+        }
     }
     let bound: Vec<SocketAddr> = groups
         .iter()
@@ -354,6 +392,9 @@ fn run(args: &Args) -> Result<()> {
     }
     cairn::notify::ready();
 
+    // After a handover the listening sockets are the new process's too: they
+    // must not be shut down here.
+    let mut handed_over = false;
     loop {
         match signals::wait()? {
             signals::Signal::Hup => {
@@ -361,6 +402,16 @@ fn run(args: &Args) -> Result<()> {
             }
             signals::Signal::Stats => log_stats(&shared),
             signals::Signal::Stop => break,
+            signals::Signal::Upgrade => {
+                match cairn::upgrade::spawn(&groups).and_then(|p| p.wait(Duration::from_secs(30))) {
+                    Ok(pid) => {
+                        log::info!("upgrade: pid {pid} took over; draining");
+                        handed_over = true;
+                        break;
+                    }
+                    Err(e) => log::error!("upgrade failed: {e}"),
+                }
+            }
         }
     }
     let _ = cairn::notify::notify("STOPPING=1");
@@ -373,7 +424,7 @@ fn run(args: &Args) -> Result<()> {
     // refused from here on, and those already queued are reset rather than
     // left waiting for a shard that will not accept them.
     shared.drain.send_replace(true);
-    for g in &groups {
+    for g in groups.iter().filter(|_| !handed_over) {
         for l in g {
             let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
         }

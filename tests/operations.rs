@@ -486,3 +486,156 @@ fn sigterm_under_load_finishes_in_flight_responses_and_exits_0() {
         assert!(seen.ok > 0, "{seen:?}");
     }
 }
+
+/// Load clients that follow `Connection: close` (a draining process says it)
+/// by opening a new connection, and count every failure.
+fn polite_load(
+    addr: SocketAddr,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Seen>> {
+    (0..clients)
+        .map(|id| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = Seen::default();
+                let connect = || {
+                    let s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s
+                };
+                let mut s = connect();
+                // Requests answered on the current connection.
+                let mut used = 0u32;
+                let mut n = 0u64;
+                while !stop.load(SeqCst) {
+                    n += 1;
+                    let req = format!(
+                        "GET /u/{id}/{} HTTP/1.1\r\nHost: test.local\r\n\r\n",
+                        n % 20
+                    );
+                    let ask = |s: &TcpStream| {
+                        let mut w = s.try_clone().unwrap();
+                        let _ = w.write_all(req.as_bytes());
+                        Client::from_stream(s.try_clone().unwrap()).response(false)
+                    };
+                    let mut got = ask(&s);
+                    // An idle keep-alive connection the server closed as the
+                    // request went out (nothing of a response came back): a
+                    // GET is retried on a new connection, as RFC 9112 §9.3.1
+                    // allows and every browser does. Once, never on a fresh one.
+                    if got.is_none() && used > 0 {
+                        s = connect();
+                        used = 0;
+                        got = ask(&s);
+                    }
+                    match got {
+                        Some(r) if r.status == 200 => {
+                            seen.ok += 1;
+                            used += 1;
+                            if r.header("connection")
+                                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                            {
+                                s = connect();
+                                used = 0;
+                            }
+                        }
+                        other => {
+                            seen.closed.push(Instant::now());
+                            eprintln!("client {id}: {other:?}");
+                            s = connect();
+                            used = 0;
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
+    let origin = Origin::start(|r| ok(r.path.as_bytes()));
+    let dir = setup(&origin);
+    // Cached objects carry over: a disk cache in the config directory.
+    let server = std::fs::read_to_string(dir.join("server.xml")).unwrap();
+    assert!(
+        server.contains("<Storage"),
+        "TEST_CACHE is on disk: {server}"
+    );
+    let bin_dir = temp_dir("upgrade-bin");
+    let bin = bin_dir.join("cairn");
+    std::fs::copy(env!("CARGO_BIN_EXE_cairn"), &bin).unwrap();
+    let mut cairn = Cairn::start_bin(&bin, dir, &["--shards", "2"]);
+    let old_pid = cairn.pid();
+    let mut c = cairn.connect();
+    assert_eq!(c.get("/kept").header("x-cache"), Some("TCP_MISS"));
+    assert_eq!(c.get("/kept").header("x-cache"), Some("TCP_HIT"));
+    drop(c);
+
+    // A new binary that cannot start: the old one keeps serving.
+    std::fs::write(bin_dir.join("broken"), "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(
+        bin_dir.join("broken"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::rename(bin_dir.join("broken"), &bin).unwrap();
+    cairn.signal("USR2");
+    let log = cairn.wait_log("upgrade failed");
+    assert!(log.contains("exited before taking over"), "{log}");
+    assert_eq!(cairn.connect().get("/kept").status, 200, "still serving");
+
+    // A second copy of the real binary, installed over the first.
+    std::fs::copy(env!("CARGO_BIN_EXE_cairn"), bin_dir.join("next")).unwrap();
+    std::fs::rename(bin_dir.join("next"), &bin).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = polite_load(cairn.addr, 4, &stop);
+    std::thread::sleep(Duration::from_millis(300));
+    cairn.signal("USR2");
+    let log = cairn.wait_log("took over; draining");
+    let new_pid: u32 = log
+        .split("upgrade: pid ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the new pid in the log:\n{log}"));
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(
+        cairn.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "the old process drained"
+    );
+    // The new process serves: the old one is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = cairn.connect().get("/kept");
+        if r.status == 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, SeqCst);
+    let mut served = 0;
+    let mut failed = Vec::new();
+    for t in load {
+        let seen = t.join().unwrap();
+        served += seen.ok;
+        failed.extend(seen.closed);
+    }
+    let alive = std::path::Path::new(&format!("/proc/{new_pid}")).exists();
+    let _ = std::process::Command::new("kill")
+        .arg(new_pid.to_string())
+        .status();
+    assert!(alive, "the new process runs");
+    assert_eq!(failed.len(), 0, "no failed request during the upgrade");
+    assert!(served > 20, "{served}");
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (200, Some("TCP_HIT")),
+        "an object cached before the upgrade is a hit after it; log:\n{}",
+        cairn.stderr()
+    );
+}

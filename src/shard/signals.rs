@@ -13,6 +13,8 @@ pub enum Signal {
     Hup,
     /// SIGUSR1: log the per-shard counters.
     Stats,
+    /// SIGUSR2: start the binary again and hand it the listening sockets.
+    Upgrade,
 }
 
 fn set() -> libc::sigset_t {
@@ -25,6 +27,7 @@ fn set() -> libc::sigset_t {
         libc::sigaddset(&mut s, libc::SIGINT);
         libc::sigaddset(&mut s, libc::SIGHUP);
         libc::sigaddset(&mut s, libc::SIGUSR1);
+        libc::sigaddset(&mut s, libc::SIGUSR2);
         s
     }
 }
@@ -53,6 +56,7 @@ pub fn wait() -> io::Result<Signal> {
     Ok(match sig {
         libc::SIGHUP => Signal::Hup,
         libc::SIGUSR1 => Signal::Stats,
+        libc::SIGUSR2 => Signal::Upgrade,
         _ => Signal::Stop,
     })
 }

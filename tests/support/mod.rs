@@ -334,7 +334,12 @@ impl Cairn {
     }
 
     pub fn start_args(dir: PathBuf, extra: &[&str]) -> Cairn {
-        let mut child = Command::new(BIN)
+        Cairn::start_bin(Path::new(BIN), dir, extra)
+    }
+
+    /// From another copy of the binary (the upgrade test replaces it).
+    pub fn start_bin(bin: &Path, dir: PathBuf, extra: &[&str]) -> Cairn {
+        let mut child = Command::new(bin)
             // Arms `/debug/panic` in fault-injection builds (inert otherwise).
             .env("CAIRN_FAULT_INJECTION", "1")
             .arg("run")
