@@ -105,6 +105,8 @@ pub fn inherited() -> Result<Option<Inherited>, UpgradeError> {
     let Some(v) = std::env::var_os(VAR) else {
         return Ok(None);
     };
+    // Called from `main` before any thread is started (the logger, shards and
+    // manager come later), so changing the environment races with nothing.
     std::env::remove_var(VAR);
     let spec = parse(&v.to_string_lossy())?;
     let mut seen = std::collections::HashSet::new();
