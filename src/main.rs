@@ -274,6 +274,9 @@ fn run(args: &Args) -> Result<()> {
                 groups: Vec::new(),
             }
             .take_over();
+            // At once, before the old process exits: the service manager must
+            // not see its main pid leave (it would stop the unit, this included).
+            let _ = cairn::notify::notify(&format!("MAINPID={}", std::process::id()));
             log::info!("upgrade: taking over from pid {parent}; waiting for it to drain before opening the cache");
             cairn::upgrade::wait_for_exit(parent);
         }
@@ -414,7 +417,9 @@ fn run(args: &Args) -> Result<()> {
             }
         }
     }
-    let _ = cairn::notify::notify("STOPPING=1");
+    if !handed_over {
+        let _ = cairn::notify::notify("STOPPING=1");
+    }
     log::info!(
         "draining: no new connections; in-flight responses have {:?}",
         shared.drain_timeout

@@ -109,6 +109,14 @@ pub fn inherited() -> Result<Option<Inherited>, UpgradeError> {
     // manager come later), so changing the environment races with nothing.
     std::env::remove_var(VAR);
     let spec = parse(&v.to_string_lossy())?;
+    // Only the process that set it may have: a stray variable (exported in a
+    // shell) must not make this process adopt arbitrary descriptors.
+    // SAFETY: getppid has no preconditions and cannot fail.
+    if unsafe { libc::getppid() } as u32 != spec.parent {
+        return Err(UpgradeError::Malformed(
+            "not started by the process it names",
+        ));
+    }
     let mut seen = std::collections::HashSet::new();
     let all = spec.groups.iter().flatten().chain([&spec.pipe]);
     if !all.into_iter().all(|f| seen.insert(*f)) {
@@ -224,23 +232,30 @@ impl Pending {
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = within.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd for the call's duration.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        let deadline = std::time::Instant::now() + within;
+        let n = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd for the call's duration.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break n;
+            }
+        };
         let mut b = [0u8; 1];
         if n == 1 && matches!(self.ready.read(&mut b), Ok(1)) && b[0] == b'R' {
             return Ok(self.child.id());
         }
-        if n == 0 {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            return Err(UpgradeError::Timeout(within));
-        }
+        // Anything but "taken over": the child must not live on beside us.
+        let _ = self.child.kill();
         let status = self
             .child
             .wait()
             .map(|s| s.to_string())
             .unwrap_or_else(|e| e.to_string());
+        if n == 0 {
+            return Err(UpgradeError::Timeout(within));
+        }
         Err(UpgradeError::Exited(status))
     }
 }
