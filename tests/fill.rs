@@ -357,21 +357,29 @@ fn pattern_byte(i: usize) -> u8 {
 fn paced_pattern(s: &mut TcpStream) {
     use std::sync::atomic::Ordering::SeqCst;
     PATTERN_CONNS.fetch_add(1, SeqCst);
+    if write_pattern(s, Duration::from_millis(5)) {
+        PATTERN_DONE.fetch_add(1, SeqCst);
+    }
+}
+
+/// [`PATTERN`]'s object in 16 KiB pieces `pause` apart; `false` when the
+/// client went away first.
+fn write_pattern(s: &mut TcpStream, pause: Duration) -> bool {
     let _ = s.set_nodelay(true);
     let head = format!(
         "HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nETag: \"p1\"\r\nContent-Length: {PATTERN}\r\n\r\n"
     );
     if s.write_all(head.as_bytes()).is_err() {
-        return;
+        return false;
     }
     let body: Vec<u8> = (0..PATTERN).map(pattern_byte).collect();
     for piece in body.chunks(16 << 10) {
         if s.write_all(piece).is_err() {
-            return;
+            return false;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(pause);
     }
-    PATTERN_DONE.fetch_add(1, SeqCst);
+    true
 }
 
 #[test]
@@ -453,20 +461,7 @@ fn a_range_on_a_miss_is_answered_from_the_fill_as_a_206() {
 /// (`ConnectTimeout` + `ReceiveTimeout`, 2 s in the test) for the whole body,
 /// never idle for that long.
 fn slow_pattern(s: &mut TcpStream) {
-    let _ = s.set_nodelay(true);
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: {PATTERN}\r\n\r\n"
-    );
-    if s.write_all(head.as_bytes()).is_err() {
-        return;
-    }
-    let body: Vec<u8> = (0..PATTERN).map(pattern_byte).collect();
-    for piece in body.chunks(16 << 10) {
-        if s.write_all(piece).is_err() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(45));
-    }
+    write_pattern(s, Duration::from_millis(45));
 }
 
 #[test]

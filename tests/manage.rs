@@ -38,12 +38,7 @@ fn setup(origin: &Origin, allow: &str, extra_server: &str) -> PathBuf {
 }
 
 fn manager_addr(c: &Cairn) -> SocketAddr {
-    let log = c.wait_log("manager listening on http://");
-    let rest = log
-        .split("manager listening on http://")
-        .nth(1)
-        .expect("manager address in the log");
-    rest[..rest.find('/').unwrap()].parse().unwrap()
+    c.manager_addr()
 }
 
 /// A connection from `from` (a loopback address) to `to`.

@@ -35,12 +35,7 @@ fn setup(origin: &Origin) -> PathBuf {
 }
 
 fn manager_addr(c: &Cairn) -> SocketAddr {
-    let log = c.wait_log("manager listening on http://");
-    let rest = log
-        .split("manager listening on http://")
-        .nth(1)
-        .expect("manager address in the log");
-    rest[..rest.find('/').unwrap()].parse().unwrap()
+    c.manager_addr()
 }
 
 fn call(mgr: SocketAddr, target: &str) -> (u16, String) {
@@ -96,7 +91,7 @@ fn load_client(addr: SocketAddr, id: usize, stop: Arc<AtomicBool>, seen: Arc<Mut
             .and_then(|()| read_response(&mut s));
         let mut seen = seen.lock().unwrap();
         match outcome {
-            Ok(()) => seen.ok += 1,
+            Ok(_) => seen.ok += 1,
             Err(e) => {
                 if matches!(
                     e.kind(),
@@ -112,9 +107,10 @@ fn load_client(addr: SocketAddr, id: usize, stop: Arc<AtomicBool>, seen: Arc<Mut
     }
 }
 
-/// Reads one response with a Content-Length body; an error when the
-/// connection ends first.
-fn read_response(s: &mut TcpStream) -> std::io::Result<()> {
+/// Reads one 200 response with a Content-Length body; its head, lower case.
+/// An error when the connection ends first: `UnexpectedEof` before any byte
+/// of it, `InvalidData` inside it.
+fn read_response(s: &mut TcpStream) -> std::io::Result<String> {
     let mut buf = Vec::new();
     let mut b = [0u8; 4096];
     loop {
@@ -129,10 +125,14 @@ fn read_response(s: &mut TcpStream) -> std::io::Result<()> {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
-                return Ok(());
+                return Ok(head);
             }
         }
-        let n = s.read(&mut b)?;
+        let n = match s.read(&mut b) {
+            Ok(n) => n,
+            Err(e) if buf.is_empty() => return Err(e),
+            Err(_) => return Err(std::io::ErrorKind::InvalidData.into()),
+        };
         if n == 0 {
             let kind = match buf.is_empty() {
                 true => std::io::ErrorKind::UnexpectedEof,
@@ -325,7 +325,7 @@ fn steady_load(
                         .write_all(req.as_bytes())
                         .and_then(|()| read_response(&mut s))
                     {
-                        Ok(()) => seen.ok += 1,
+                        Ok(_) => seen.ok += 1,
                         Err(e) => {
                             match e.kind() {
                                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
@@ -516,26 +516,29 @@ fn polite_load(
                     );
                     let ask = |s: &TcpStream| {
                         let mut w = s.try_clone().unwrap();
-                        let _ = w.write_all(req.as_bytes());
-                        Client::from_stream(s.try_clone().unwrap()).response(false)
+                        w.write_all(req.as_bytes())
+                            .and_then(|()| read_response(&mut w))
                     };
                     let mut got = ask(&s);
                     // An idle keep-alive connection the server closed as the
-                    // request went out (nothing of a response came back): a
-                    // GET is retried on a new connection, as RFC 9112 §9.3.1
-                    // allows and every browser does. Once, never on a fresh one.
-                    if got.is_none() && used > 0 {
+                    // request went out (not one byte of a response came back):
+                    // a GET is retried on a new connection, as RFC 9112 §9.3.1
+                    // allows and every browser does. Once, never on a fresh
+                    // one, and never after part of a response.
+                    let nothing_came = |e: &std::io::Error| {
+                        use std::io::ErrorKind::*;
+                        matches!(e.kind(), UnexpectedEof | ConnectionReset | BrokenPipe)
+                    };
+                    if got.as_ref().is_err_and(nothing_came) && used > 0 {
                         s = connect();
                         used = 0;
                         got = ask(&s);
                     }
                     match got {
-                        Some(r) if r.status == 200 => {
+                        Ok(head) => {
                             seen.ok += 1;
                             used += 1;
-                            if r.header("connection")
-                                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-                            {
+                            if head.contains("\r\nconnection: close") {
                                 s = connect();
                                 used = 0;
                             }

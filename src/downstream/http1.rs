@@ -355,6 +355,7 @@ pub async fn serve(
             idle,
             request_timeout,
             h2c,
+            nth == 0,
         ))
         .await;
         let received = std::time::Instant::now();
@@ -569,6 +570,10 @@ async fn refuse_and_close(
     }
 }
 
+/// How long a drain waits for the first request of a connection accepted
+/// before it began (a keep-alive connection that has served is closed at once).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Parses the next request head, reading as needed. An empty buffer waits with the
 /// keep-alive idle timeout (KA-6) and gives up when the shard drains; once a head
 /// has started, all of it must arrive within `request_timeout` (one deadline, not
@@ -581,6 +586,7 @@ async fn next_head(
     idle: Duration,
     request_timeout: Duration,
     h2c: bool,
+    first: bool,
 ) -> Next {
     let mut deadline: Option<Instant> = None;
     // KA-6 counts from the start of the wait, not from each read: empty lines
@@ -601,11 +607,22 @@ async fn next_head(
         }
         let waiting_idle = rbuf.iter().all(|b| matches!(b, b'\r' | b'\n'));
         let r = if waiting_idle {
-            if shard.draining() {
-                return Next::Closed;
-            }
             let left = idle_deadline.saturating_duration_since(Instant::now());
-            conn.read_or_stop(rbuf, left, shard.drain_started()).await
+            if first {
+                // Accepted, its first request not read yet: the client has not
+                // been idle, and closing now would fail a request it is sending.
+                // A drain gives it FIRST_REQUEST_GRACE to arrive (then served
+                // with Connection: close).
+                let stop = async {
+                    shard.drain_started().await;
+                    tokio::time::sleep(FIRST_REQUEST_GRACE).await
+                };
+                conn.read_or_stop(rbuf, left, stop).await
+            } else if shard.draining() {
+                return Next::Closed;
+            } else {
+                conn.read_or_stop(rbuf, left, shard.drain_started()).await
+            }
         } else {
             let d = *deadline.get_or_insert_with(|| Instant::now() + request_timeout);
             conn.read(rbuf, d.saturating_duration_since(Instant::now()))

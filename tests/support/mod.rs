@@ -439,6 +439,16 @@ impl Cairn {
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
     }
+
+    /// The management listener's address, from its start-up log line.
+    pub fn manager_addr(&self) -> SocketAddr {
+        let log = self.wait_log("manager listening on http://");
+        let rest = log
+            .split("manager listening on http://")
+            .nth(1)
+            .expect("manager address in the log");
+        rest[..rest.find('/').unwrap()].parse().unwrap()
+    }
 }
 
 impl Drop for Cairn {
