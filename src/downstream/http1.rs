@@ -352,10 +352,12 @@ pub async fn serve(
             &conn,
             &mut rbuf,
             &limits,
-            idle,
-            request_timeout,
-            h2c,
-            nth == 0,
+            HeadWait {
+                idle,
+                request_timeout,
+                h2c,
+                first: nth == 0,
+            },
         ))
         .await;
         let received = std::time::Instant::now();
@@ -574,6 +576,16 @@ async fn refuse_and_close(
 /// before it began (a keep-alive connection that has served is closed at once).
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
+/// How [`next_head`] waits: the keep-alive idle timeout, the head's deadline,
+/// whether an h2c preface may come (first bytes only), and whether this is
+/// the connection's first request.
+struct HeadWait {
+    idle: Duration,
+    request_timeout: Duration,
+    h2c: bool,
+    first: bool,
+}
+
 /// Parses the next request head, reading as needed. An empty buffer waits with the
 /// keep-alive idle timeout (KA-6) and gives up when the shard drains; once a head
 /// has started, all of it must arrive within `request_timeout` (one deadline, not
@@ -583,11 +595,14 @@ async fn next_head(
     conn: &Conn,
     rbuf: &mut BytesMut,
     limits: &Limits,
-    idle: Duration,
-    request_timeout: Duration,
-    h2c: bool,
-    first: bool,
+    wait: HeadWait,
 ) -> Next {
+    let HeadWait {
+        idle,
+        request_timeout,
+        h2c,
+        first,
+    } = wait;
     let mut deadline: Option<Instant> = None;
     // KA-6 counts from the start of the wait, not from each read: empty lines
     // trickling in do not extend it.
