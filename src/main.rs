@@ -107,6 +107,11 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let args = parse_args()?;
+    // First, while this is the only thread: it removes its variable.
+    let inherited = match args.command.as_str() {
+        "run" => cairn::upgrade::inherited(),
+        _ => Ok(None),
+    };
     let level = match &args.log_level {
         Some(l) => cairn::logging::parse_level(l)
             .with_context(|| format!("--log-level '{l}': unknown level"))?,
@@ -128,7 +133,7 @@ fn real_main() -> Result<()> {
         "check" => check(&args),
         "drm-decrypt" => drm_decrypt(&args),
         "encrypt-password" => encrypt_password(&args),
-        _ => run(&args),
+        _ => run(&args, inherited?),
     }
 }
 
@@ -216,7 +221,12 @@ fn encrypt_password(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn run(args: &Args) -> Result<()> {
+/// Whether a socket bound at `got` serves the configured `want` (port 0: any).
+fn same_addr(got: SocketAddr, want: SocketAddr) -> bool {
+    got == want || (want.port() == 0 && got.ip() == want.ip())
+}
+
+fn run(args: &Args, inherited: Option<cairn::upgrade::Inherited>) -> Result<()> {
     #[cfg(feature = "fault-injection")]
     log::warn!(
         "this is a fault-injection build (a test build): /debug/panic on the management port {}; build without --features fault-injection for production",
@@ -237,15 +247,15 @@ fn run(args: &Args) -> Result<()> {
     signals::block().context("blocking signals")?;
 
     // Started by an upgrade: the old process's sockets, checked against this
-    // configuration, and then (with nothing left that could fail on the
-    // configuration) the old one drains while this one waits for it to go.
-    let inherited = cairn::upgrade::inherited()?;
+    // configuration. Everything else that can fail is tried before this
+    // process takes over (below): after that the old one is draining.
     let mut groups: Vec<Vec<TcpListener>> = Vec::new();
-    match inherited {
+    let (handover, handed_manager) = match inherited {
         None => {
             for g in &config.listeners {
                 groups.push(listen::bind_group(g.addr, shards)?);
             }
+            (None, None)
         }
         Some(inh) => {
             let addrs: Vec<Vec<SocketAddr>> = inh
@@ -259,27 +269,54 @@ fn run(args: &Args) -> Result<()> {
                 .collect::<std::io::Result<_>>()?;
             let same = addrs.len() == config.listeners.len()
                 && addrs.iter().zip(&config.listeners).all(|(got, want)| {
-                    got.len() == shards
-                        && got.iter().all(|a| {
-                            *a == want.addr || (want.addr.port() == 0 && a.ip() == want.addr.ip())
-                        })
+                    got.len() == shards && got.iter().all(|&a| same_addr(a, want.addr))
                 });
             if !same {
                 bail!("upgrade: the new configuration listens on other addresses or with another --shards than the running process ({addrs:?}); the old process keeps serving");
             }
             groups = inh.groups;
-            let parent = cairn::upgrade::Inherited {
-                pipe: inh.pipe,
-                parent: inh.parent,
-                groups: Vec::new(),
-            }
-            .take_over();
-            // At once, before the old process exits: the service manager must
-            // not see its main pid leave (it would stop the unit, this included).
-            let _ = cairn::notify::notify(&format!("MAINPID={}", std::process::id()));
-            log::info!("upgrade: taking over from pid {parent}; waiting for it to drain before opening the cache");
-            cairn::upgrade::wait_for_exit(parent);
+            (Some(inh.handover), inh.manager)
         }
+    };
+    // The management port: after an upgrade to the same address, the old
+    // process's socket (so it never closes); else bound here.
+    let manager: Option<TcpListener> = match &config.server.manager {
+        None => None,
+        Some(m) => {
+            match handed_manager.filter(|l| l.local_addr().is_ok_and(|a| same_addr(a, m.listen))) {
+                Some(l) => Some(l),
+                None => Some(
+                    TcpListener::bind(m.listen)
+                        .with_context(|| format!("manager: cannot listen on {}", m.listen))?,
+                ),
+            }
+        }
+    };
+    let geo = match &config.server.geoip {
+        Some(path) => {
+            let db = cairn::geoip::GeoDb::open(path)?;
+            log::info!("GeoIP: {} ({})", path.display(), db.database_type());
+            Some(Arc::new(db))
+        }
+        None => None,
+    };
+    let (queues, logger) = cairn::accesslog::LogQueues::channel(shards);
+    let logger = logger.spawn().context("starting the access-log thread")?;
+    let store = config.cache.store_config(shards);
+    let upgraded = handover.is_some();
+    if let Some(h) = handover {
+        cairn::cache::Cache::preflight(&store, shards)
+            .context("upgrade: the cache; the old process keeps serving")?;
+        shard::probe_ring().context(
+            "upgrade: a shard's io_uring ring cannot be made (see kernel.io_uring_disabled); the old process keeps serving",
+        )?;
+        let parent = h.parent();
+        let draining = h.take_over();
+        // At once, before the old process exits: the service manager must
+        // not see its main pid leave (it would stop the unit, this included).
+        let _ = cairn::notify::notify(&format!("MAINPID={}", std::process::id()));
+        log::info!("upgrade: taking over from pid {parent}; waiting for it to drain before opening the cache");
+        draining.wait_for_exit()?;
     }
     let bound: Vec<SocketAddr> = groups
         .iter()
@@ -287,12 +324,30 @@ fn run(args: &Args) -> Result<()> {
         .collect::<std::io::Result<_>>()?;
 
     let started = Instant::now();
-    let (cache, recovery) = cairn::cache::Cache::open(config.cache.store_config(shards), shards)
-        .context("opening the cache")?;
+    let (cache, recovery) = match cairn::cache::Cache::open(store.clone(), shards) {
+        Ok(c) => c,
+        // Checked before the handover, so a fault since (the disk's): the old
+        // process is gone, so serving without the disk beats not serving.
+        Err(e) if upgraded => {
+            let fallback = cairn::cache::StoreConfig {
+                dir: None,
+                quota: store
+                    .quota
+                    .min((256 << 20).max((shards as u64 + 1) * store.segment_size)),
+                ..store
+            };
+            log::error!(
+                "upgrade: the cache could not be opened after the handover ({e}); serving from {} MiB in memory until a restart",
+                fallback.quota >> 20
+            );
+            cairn::cache::Cache::open(fallback, shards).context("opening a cache in memory")?
+        }
+        Err(e) => return Err(e).context("opening the cache"),
+    };
     log::info!(
         "cache {}: {} objects ({} MiB) recovered from {} segments in {} ms{}",
-        config
-            .cache
+        cache
+            .config()
             .dir
             .as_ref()
             .map(|d| d.display().to_string())
@@ -321,14 +376,8 @@ fn run(args: &Args) -> Result<()> {
             shared.bodies.dir().display()
         );
     }
-    let (queues, logger) = cairn::accesslog::LogQueues::channel(shards);
     shared.log_queues = queues;
-    let logger = logger.spawn().context("starting the access-log thread")?;
-    if let Some(path) = &config.server.geoip {
-        let db = cairn::geoip::GeoDb::open(path)?;
-        log::info!("GeoIP: {} ({})", path.display(), db.database_type());
-        shared.geo = Some(Arc::new(db));
-    }
+    shared.geo = geo;
     let shared = Arc::new(shared);
     let handles = shard::spawn_all(shared.clone(), &groups, shards).context("starting shards")?;
     let probing = shared.clone();
@@ -376,11 +425,12 @@ fn run(args: &Args) -> Result<()> {
             log::info!("TLS: no kernel TLS (tls ULP) here: rustls builds the records");
         }
     }
-    if let Some(m) = &config.server.manager {
+    if let (Some(m), Some(l)) = (&config.server.manager, &manager) {
         let (dir, s) = (args.config.clone(), shared.clone());
         let reload_fn: cairn::manage::ReloadFn = Arc::new(move || reload(dir.as_deref(), &s));
-        let addr = cairn::manage::start(shared.clone(), m, reload_fn)
-            .with_context(|| format!("manager: cannot listen on {}", m.listen))?;
+        // A second handle: this one stays here to be handed to an upgrade.
+        let addr = cairn::manage::start(shared.clone(), l.try_clone()?, reload_fn)
+            .context("starting the manager")?;
         log::info!(
             "manager listening on http://{addr}/ ({} <Allow> entries; PURGE methods on the service ports {})",
             m.allow.len(),
@@ -406,7 +456,13 @@ fn run(args: &Args) -> Result<()> {
             signals::Signal::Stats => log_stats(&shared),
             signals::Signal::Stop => break,
             signals::Signal::Upgrade => {
-                match cairn::upgrade::spawn(&groups).and_then(|p| p.wait(Duration::from_secs(30))) {
+                let handing = cairn::upgrade::Handing {
+                    groups: &groups,
+                    manager: manager.as_ref(),
+                    drain: shared.drain_timeout,
+                };
+                match cairn::upgrade::spawn(&handing).and_then(|p| p.wait(Duration::from_secs(30)))
+                {
                     Ok(pid) => {
                         log::info!("upgrade: pid {pid} took over; draining");
                         handed_over = true;

@@ -557,6 +557,10 @@ fn polite_load(
         .collect()
 }
 
+fn log_count(log: &str, what: &str) -> usize {
+    log.matches(what).count()
+}
+
 #[test]
 fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
     let origin = Origin::start(|r| ok(r.path.as_bytes()));
@@ -570,8 +574,21 @@ fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
     let bin_dir = temp_dir("upgrade-bin");
     let bin = bin_dir.join("cairn");
     std::fs::copy(env!("CARGO_BIN_EXE_cairn"), &bin).unwrap();
-    let mut cairn = Cairn::start_bin(&bin, dir, &["--shards", "2"]);
+    // A service manager's notification socket (sd_notify): the new process
+    // must name itself the main pid before the old one exits.
+    let notify_path = bin_dir.join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut cairn = Cairn::start_env(
+        &bin,
+        dir,
+        &["--shards", "2"],
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
     let old_pid = cairn.pid();
+    let mgr = manager_addr(&cairn);
     let mut c = cairn.connect();
     assert_eq!(c.get("/kept").header("x-cache"), Some("TCP_MISS"));
     assert_eq!(c.get("/kept").header("x-cache"), Some("TCP_HIT"));
@@ -589,6 +606,34 @@ fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
     let log = cairn.wait_log("upgrade failed");
     assert!(log.contains("exited before taking over"), "{log}");
     assert_eq!(cairn.connect().get("/kept").status, 200, "still serving");
+
+    // A real binary whose cache directory cannot be made: refused before it
+    // takes over (after, the old one would be draining), so nothing changes.
+    std::fs::copy(env!("CARGO_BIN_EXE_cairn"), bin_dir.join("next")).unwrap();
+    std::fs::rename(bin_dir.join("next"), &bin).unwrap();
+    let conf = cairn.dir.clone();
+    std::fs::write(conf.join("blocker"), "a file").unwrap();
+    edit_server_xml(&conf, "<Disk>cache</Disk>", "<Disk>blocker/cache</Disk>");
+    cairn.signal("USR2");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log_count(&cairn.stderr(), "upgrade failed") < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = cairn.stderr();
+    assert!(
+        log.contains("upgrade: the cache; the old process keeps serving"),
+        "{log}"
+    );
+    assert!(!log.contains("upgrade: taking over"), "{log}");
+    assert_eq!(log_count(&log, "upgrade failed"), 2, "{log}");
+    let mut c = cairn.connect();
+    assert_eq!(
+        c.get("/kept").header("x-cache"),
+        Some("TCP_HIT"),
+        "still the old"
+    );
+    drop(c);
+    edit_server_xml(&conf, "<Disk>blocker/cache</Disk>", "<Disk>cache</Disk>");
 
     // A second copy of the real binary, installed over the first.
     std::fs::copy(env!("CARGO_BIN_EXE_cairn"), bin_dir.join("next")).unwrap();
@@ -610,6 +655,24 @@ fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
         Some(0),
         "the old process drained"
     );
+    // The management port was handed down, not bound again (port 0 would
+    // have given another): the new process answers on the same address.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        if log_count(&cairn.stderr(), "manager listening on http://") == 2
+            || Instant::now() > deadline
+        {
+            break cairn.stderr();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let managers: Vec<&str> = log
+        .split("manager listening on http://")
+        .skip(1)
+        .map(|r| &r[..r.find('/').unwrap()])
+        .collect();
+    assert_eq!(managers, [mgr.to_string(), mgr.to_string()], "{log}");
+    assert_eq!(call(mgr, "/metrics").0, 200, "the new manager answers");
     // The new process serves: the old one is gone.
     let deadline = Instant::now() + Duration::from_secs(10);
     let r = loop {
@@ -628,11 +691,29 @@ fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
         served += seen.ok;
         failed.extend(seen.closed);
     }
+    let mut said = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = notify.recv(&mut buf) {
+        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
     let alive = std::path::Path::new(&format!("/proc/{new_pid}")).exists();
     let _ = std::process::Command::new("kill")
         .arg(new_pid.to_string())
         .status();
     assert!(alive, "the new process runs");
+    // Old ready; new main pid at take-over; new ready. No STOPPING=1 from
+    // the old process: the unit is not stopping.
+    let at = |m: &str| said.iter().position(|s| s.starts_with(m));
+    let (old_ready, new_main, new_ready) = (
+        at(&format!("READY=1\nMAINPID={old_pid}\n")),
+        at(&format!("MAINPID={new_pid}")),
+        at(&format!("READY=1\nMAINPID={new_pid}\n")),
+    );
+    assert!(
+        old_ready < new_main && new_main < new_ready && old_ready.is_some(),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|s| s.contains("STOPPING")), "{said:?}");
     assert_eq!(failed.len(), 0, "no failed request during the upgrade");
     assert!(served > 20, "{served}");
     assert_eq!(

@@ -195,6 +195,11 @@ impl Cache {
         ))
     }
 
+    /// See [`Store::preflight`].
+    pub fn preflight(config: &StoreConfig, shards: usize) -> Result<(), StoreError> {
+        Store::preflight(config, shards)
+    }
+
     pub fn config(&self) -> &StoreConfig {
         &self.store.config
     }

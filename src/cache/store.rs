@@ -118,8 +118,9 @@ pub struct Region {
 }
 
 impl Store {
-    pub fn open(config: StoreConfig, shards: usize) -> Result<(Store, Recovery), StoreError> {
-        let started = Instant::now();
+    /// Segments this quota makes, if enough for `shards` (one open per shard,
+    /// and one to reclaim into).
+    fn segment_count(config: &StoreConfig, shards: usize) -> Result<u64, StoreError> {
         let count = config.quota / config.segment_size;
         let need = shards as u64 + 1;
         if count < need {
@@ -131,6 +132,48 @@ impl Store {
                 shards,
             });
         }
+        Ok(count)
+    }
+
+    /// What [`Store::open`] would refuse, found without taking the directory
+    /// (another process may hold it): the quota, the directory, and each
+    /// segment file that is there, opened for writing. An upgrade runs it
+    /// before it takes over from the process that holds the cache.
+    pub fn preflight(config: &StoreConfig, shards: usize) -> Result<(), StoreError> {
+        let count = Self::segment_count(config, shards)?;
+        let Some(dir) = &config.dir else {
+            return Ok(());
+        };
+        let io = |source| StoreError::Io {
+            dir: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("lock"))
+            .map_err(io)?;
+        for id in 0..count as u32 {
+            let path = dir.join(format!("seg-{id:05}.dat"));
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Segment { path, source }),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn open(config: StoreConfig, shards: usize) -> Result<(Store, Recovery), StoreError> {
+        let started = Instant::now();
+        let count = Self::segment_count(&config, shards)?;
+        let need = shards as u64 + 1;
         let len = config.segment_size as usize;
         let mut segments = Vec::with_capacity(count as usize);
         let mut usable = Vec::with_capacity(count as usize);

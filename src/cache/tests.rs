@@ -107,11 +107,13 @@ fn recovery_after_restart_and_corruption() {
         let mut w = c.writer(1, b"h/dead", &meta(b""), 100).unwrap();
         w.push(&[1; 50]);
         drop(w);
-        // A second process cannot open the same directory.
+        // A second process cannot open the same directory, but can check it
+        // (an upgrade does, before it takes over).
         assert!(matches!(
             Cache::open(cfg(&d, 8, 2), 2),
             Err(StoreError::Locked(_))
         ));
+        Cache::preflight(&cfg(&d, 8, 2), 2).unwrap();
     }
     {
         let (c, rec) = Cache::open(cfg(&d, 8, 2), 2).unwrap();
@@ -432,5 +434,33 @@ fn recovery_kills_older_live_records_so_a_later_purge_holds() {
     }
     let (c, _) = Cache::open(cfg(&d, 8, 2), 2).unwrap();
     assert!(c.lookup(b"h/a").is_none(), "the old version came back");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn preflight_finds_what_open_would_refuse_without_taking_the_directory() {
+    let d = dir("preflight");
+    // Too small for the shards: 2 segments, 2 shards need 3.
+    assert!(matches!(
+        Cache::preflight(&cfg(&d, 4, 2), 2),
+        Err(StoreError::TooSmall { .. })
+    ));
+    // A fresh directory is made and passes; open then works.
+    Cache::preflight(&cfg(&d, 8, 2), 2).unwrap();
+    drop(Cache::open(cfg(&d, 8, 2), 2).unwrap());
+    // A segment that cannot be opened for writing is named.
+    std::fs::remove_file(d.join("seg-00001.dat")).unwrap();
+    std::fs::create_dir(d.join("seg-00001.dat")).unwrap();
+    match Cache::preflight(&cfg(&d, 8, 2), 2) {
+        Err(StoreError::Segment { path, .. }) => assert!(path.ends_with("seg-00001.dat")),
+        other => panic!("{other:?}"),
+    }
+    assert!(Cache::open(cfg(&d, 8, 2), 2).is_err(), "open agrees");
+    // A directory that cannot be made.
+    let file = d.join("lock");
+    assert!(matches!(
+        Cache::preflight(&cfg(&file, 8, 2), 2),
+        Err(StoreError::Io { .. })
+    ));
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -9,7 +9,7 @@ pub mod monitor;
 pub mod target;
 
 use crate::cache::{CacheKey, PurgeCount, PurgeOp, Variant};
-use crate::config::manager::{ManagerSettings, Role};
+use crate::config::manager::Role;
 use crate::context::{Live, Shared};
 use crate::json;
 use bytes::BytesMut;
@@ -42,14 +42,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Binds the listener (an error is the caller's to report) and starts the
-/// accept and sampler threads. Returns the bound address.
+/// Starts the accept and sampler threads on `listener` (bound by the caller,
+/// or handed down by an upgrade). Returns its address.
 pub fn start(
     shared: Arc<Shared>,
-    settings: &ManagerSettings,
+    listener: TcpListener,
     reload: ReloadFn,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(settings.listen)?;
     let addr = listener.local_addr()?;
     let m = Arc::new(Manager {
         shared,

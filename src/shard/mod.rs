@@ -84,54 +84,72 @@ impl Drop for SessionGuard {
     }
 }
 
+/// Submission queue entries per shard ring.
+const RING_ENTRIES: u32 = 1024;
+
+/// Whether a shard's ring can be made here (io_uring allowed, within the
+/// memory limits). An upgrade checks before it takes over, when a shard that
+/// cannot start would leave nothing serving.
+pub fn probe_ring() -> std::io::Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)).map(drop)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("making a ring panicked")))
+    })
+}
+
 /// Starts shard `id` on the current thread and runs it until the drain completes.
 /// `listeners[g]` is this shard's listener for listen group `g`.
 pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
-    tokio_uring::builder().entries(1024).start(async move {
-        let shard = Rc::new(ShardCtx::new(id, shared.clone()));
-        let _ends = EndOnPanic(shard.clone());
-        for (group, l) in listeners.into_iter().enumerate() {
-            let local = l.local_addr().ok();
-            let l = match crate::net::listen::watch(l) {
-                Ok(l) => l,
-                // A shard that cannot listen must not pass for one that serves.
-                Err(e) => panic!("shard {id}: cannot watch its listening socket: {e}"),
-            };
-            tokio_uring::spawn(accept_loop(shard.clone(), l, group, local));
-        }
-        let flusher = shard.clone();
-        tokio_uring::spawn(async move {
-            loop {
-                tokio::time::sleep(LOG_FLUSH).await;
-                flusher.flush_log();
+    tokio_uring::builder()
+        .entries(RING_ENTRIES)
+        .start(async move {
+            let shard = Rc::new(ShardCtx::new(id, shared.clone()));
+            let _ends = EndOnPanic(shard.clone());
+            for (group, l) in listeners.into_iter().enumerate() {
+                let local = l.local_addr().ok();
+                let l = match crate::net::listen::watch(l) {
+                    Ok(l) => l,
+                    // A shard that cannot listen must not pass for one that serves.
+                    Err(e) => panic!("shard {id}: cannot watch its listening socket: {e}"),
+                };
+                tokio_uring::spawn(accept_loop(shard.clone(), l, group, local));
             }
+            let flusher = shard.clone();
+            tokio_uring::spawn(async move {
+                loop {
+                    tokio::time::sleep(LOG_FLUSH).await;
+                    flusher.flush_log();
+                }
+            });
+            shared.ready.fetch_add(1, Relaxed);
+            tokio::select! {
+                _ = shard.drain_started() => {}
+                _ = injected_fault(&shared, id) => {
+                    panic!("injected fault: shard {id} was told to panic (a fault-injection build)")
+                }
+            }
+            let deadline = tokio::time::Instant::now() + shared.drain_timeout;
+            // Idle keep-alive sessions notice the drain themselves and close; busy ones
+            // finish their response (with Connection: Close) first.
+            while !shard.sessions.borrow().is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let left = shard.sessions.borrow().len();
+            if left > 0 {
+                log::warn!(
+                    "shard {id}: drain deadline passed with {left} connections open; closing them"
+                );
+                for c in shard.sessions.borrow().values() {
+                    c.shutdown();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            shard.upstreams.pool.borrow_mut().clear();
+            shard.flush_log();
         });
-        shared.ready.fetch_add(1, Relaxed);
-        tokio::select! {
-            _ = shard.drain_started() => {}
-            _ = injected_fault(&shared, id) => {
-                panic!("injected fault: shard {id} was told to panic (a fault-injection build)")
-            }
-        }
-        let deadline = tokio::time::Instant::now() + shared.drain_timeout;
-        // Idle keep-alive sessions notice the drain themselves and close; busy ones
-        // finish their response (with Connection: Close) first.
-        while !shard.sessions.borrow().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = shard.sessions.borrow().len();
-        if left > 0 {
-            log::warn!(
-                "shard {id}: drain deadline passed with {left} connections open; closing them"
-            );
-            for c in shard.sessions.borrow().values() {
-                c.shutdown();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        shard.upstreams.pool.borrow_mut().clear();
-        shard.flush_log();
-    });
 }
 
 /// When a shard dies, its clients see their connections end at once: each

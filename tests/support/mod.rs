@@ -339,9 +339,15 @@ impl Cairn {
 
     /// From another copy of the binary (the upgrade test replaces it).
     pub fn start_bin(bin: &Path, dir: PathBuf, extra: &[&str]) -> Cairn {
+        Cairn::start_env(bin, dir, extra, &[])
+    }
+
+    /// With more environment variables (`NOTIFY_SOCKET`).
+    pub fn start_env(bin: &Path, dir: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Cairn {
         let mut child = Command::new(bin)
             // Arms `/debug/panic` in fault-injection builds (inert otherwise).
             .env("CAIRN_FAULT_INJECTION", "1")
+            .envs(env.iter().copied())
             .arg("run")
             .arg("--config")
             .arg(&dir)
