@@ -78,6 +78,8 @@ pub struct ShardStats {
     /// (a key out of range, a source over MaxSourceSize).
     pub drm_responses: AtomicU64,
     pub drm_refused: AtomicU64,
+    /// Body bytes of hits sent with sendfile (no copy into the socket).
+    pub sendfile_bytes: AtomicU64,
 }
 
 /// One vhost's counters on one shard (written by that shard only), on cache

@@ -38,29 +38,6 @@ fn manager_addr(c: &Cairn) -> SocketAddr {
     c.manager_addr()
 }
 
-fn call(mgr: SocketAddr, target: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(mgr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: m\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (status, body.to_string())
-}
-
-/// One sample of `/metrics`, by its exact name and labels.
-fn metric(mgr: SocketAddr, sample: &str) -> u64 {
-    let (_, text) = call(mgr, "/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{sample} in /metrics"))
-        .parse()
-        .unwrap()
-}
-
 /// What one load client saw.
 #[derive(Default, Debug)]
 struct Seen {
@@ -221,7 +198,7 @@ fn a_shard_that_panics_is_logged_counted_and_restarted_while_the_other_serves() 
     }
 
     let told = Instant::now();
-    assert_eq!(call(mgr, "/debug/panic?shard=1").0, 200);
+    assert_eq!(manager_call(mgr, "/debug/panic?shard=1").0, 200);
     let wait_until = |what: &str, done: &mut dyn FnMut() -> bool| {
         while !done() {
             assert!(
@@ -672,7 +649,11 @@ fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
         .map(|r| &r[..r.find('/').unwrap()])
         .collect();
     assert_eq!(managers, [mgr.to_string(), mgr.to_string()], "{log}");
-    assert_eq!(call(mgr, "/metrics").0, 200, "the new manager answers");
+    assert_eq!(
+        manager_call(mgr, "/metrics").0,
+        200,
+        "the new manager answers"
+    );
     // The new process serves: the old one is gone.
     let deadline = Instant::now() + Duration::from_secs(10);
     let r = loop {

@@ -23,6 +23,7 @@ use index::Entry;
 pub use key::{CacheKey, Variant};
 use meta::Meta;
 use record::{Header, HEADER_LEN};
+pub use segment::FileBody;
 use segment::Lease;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -166,6 +167,9 @@ pub struct Hit {
     pub headers: Bytes,
     /// The body, pointing into the segment mapping.
     pub body: Bytes,
+    /// The segment, when bodies in it may go out with sendfile
+    /// ([`FileBody`]).
+    pub file: Option<Arc<segment::Segment>>,
 }
 
 impl Cache {
@@ -260,6 +264,7 @@ impl Cache {
             etag,
             headers,
             body: rec.slice(meta_end..body_end),
+            file: seg.sendable().then(|| seg.clone()),
         })
     }
 

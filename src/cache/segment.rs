@@ -6,6 +6,17 @@
 //! straight into the mapping (`Bytes::from_owner`), so a cache hit's body reaches the
 //! socket without a userspace copy.
 //!
+//! A file-backed segment can also be sent with `sendfile` ([`FileBody`]). The
+//! kernel then keeps references to the page-cache pages, not copies, in the
+//! socket's queues (and, on loopback, in the receiver's) after the call, and
+//! the lease, returns. A reclaim must therefore never write those pages again:
+//! [`Segment::renew_pages`] punches the whole file out of the page cache
+//! (`FALLOC_FL_PUNCH_HOLE`, which runs `truncate_pagecache_range`: the pages
+//! leave the file's mapping even when other references remain, so queued skbs
+//! keep the old pages and old bytes) and allocates fresh blocks, so writes
+//! after it fault in new pages. Segments whose filesystem cannot punch holes
+//! are never sent this way (the send copies).
+//!
 //! This is the one place that writes through raw pointers into the mapping.
 #![allow(unsafe_code)]
 
@@ -13,7 +24,7 @@ use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -30,14 +41,35 @@ pub struct Segment {
     pub generation: AtomicU32,
     /// Leases alive: in-flight readers and writers.
     readers: AtomicUsize,
+    /// File-backed on a filesystem that punches holes: bodies may be sent
+    /// with sendfile, and every reuse renews the pages first.
+    sendable: bool,
+    /// A renewal failed once (logged once).
+    renew_failed: std::sync::atomic::AtomicBool,
     /// Keeps the file (and its preallocated blocks) open.
     _file: Option<File>,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("id", &self.id)
+            .field("len", &self.len)
+            .field("sendable", &self.sendable)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Segment {
     /// Opens (creating and preallocating if needed) a segment file of `len` bytes.
     /// Returns the segment and whether its previous contents are usable.
-    pub fn open_file(path: &Path, id: u32, len: usize) -> io::Result<(Segment, bool)> {
+    /// `sendable`: the directory's filesystem punches holes ([`can_punch`]).
+    pub fn open_file(
+        path: &Path,
+        id: u32,
+        len: usize,
+        sendable: bool,
+    ) -> io::Result<(Segment, bool)> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -63,7 +95,8 @@ impl Segment {
         }
         preallocate(&file, len)?;
         let map = MmapOptions::new().len(len).map_raw(&file)?;
-        let seg = Segment::from_map(id, map, len, Some(file));
+        let mut seg = Segment::from_map(id, map, len, Some(file));
+        seg.sendable = sendable;
         if !header_ok {
             seg.init();
         }
@@ -86,6 +119,8 @@ impl Segment {
             len,
             generation: AtomicU32::new(1),
             readers: AtomicUsize::new(0),
+            sendable: false,
+            renew_failed: Default::default(),
             _file: file,
         }
     }
@@ -202,6 +237,57 @@ impl Segment {
         }
     }
 
+    /// Whether bodies in it may go out with sendfile (see the module doc).
+    pub fn sendable(&self) -> bool {
+        self.sendable
+    }
+
+    /// Before a sendable segment is written again (a reclaim): its pages
+    /// leave the page cache and its blocks are allocated afresh, so pages
+    /// the kernel may still send keep their bytes (see the module doc). The
+    /// header is written anew (high-water mark at the header: empty). An
+    /// error leaves the segment unusable; the caller must not write it.
+    ///
+    /// The caller holds the segment with no leases (a reclaim).
+    pub fn renew_pages(&self) -> io::Result<()> {
+        let Some(f) = self._file.as_ref().filter(|_| self.sendable) else {
+            return Ok(());
+        };
+        // SAFETY: fallocate on a descriptor we own, on its own range; it
+        // touches no memory of ours. The mapping stays valid: punched pages
+        // fault in again (zero-filled) on the next access.
+        let rc = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                self.len as libc::off_t,
+            )
+        };
+        let r = if rc != 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            // Blocks again, so a full disk is this error, not a SIGBUS on a
+            // later write through the mapping.
+            preallocate(f, self.len)
+        };
+        match r {
+            Ok(()) => {
+                self.init();
+                Ok(())
+            }
+            Err(e) => {
+                if !self.renew_failed.swap(true, SeqCst) {
+                    log::error!(
+                        "cache segment {}: renewing its pages before reuse failed ({e}); it stays out of use",
+                        self.id
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
     pub fn leases(&self) -> usize {
         self.readers.load(SeqCst)
     }
@@ -253,6 +339,88 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.seg.readers.fetch_sub(1, SeqCst);
     }
+}
+
+/// A leased body in a sendable segment, for `sendfile`. The lease inside
+/// the `Bytes` keeps the region from reclaim, and the segment (and so the
+/// file descriptor) alive, for as long as this lives.
+pub struct FileBody {
+    bytes: Bytes,
+    seg: Arc<Segment>,
+}
+
+impl FileBody {
+    /// `bytes` must lie inside `seg`'s mapping (a hit's body or a slice of
+    /// it); handed back otherwise, or when `seg` is not sendable.
+    pub fn new(seg: &Arc<Segment>, bytes: Bytes) -> Result<FileBody, Bytes> {
+        let base = seg.map.as_ptr() as usize;
+        let at = bytes.as_ptr() as usize;
+        let inside = at >= base && at + bytes.len() <= base + seg.len;
+        if !(seg.sendable && seg._file.is_some() && inside) {
+            return Err(bytes);
+        }
+        Ok(FileBody {
+            bytes,
+            seg: seg.clone(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The segment file.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match &self.seg._file {
+            Some(f) => f.as_fd(),
+            None => unreachable!("FileBody::new takes file-backed segments only"),
+        }
+    }
+
+    /// Where the body starts in the file.
+    pub fn offset(&self) -> u64 {
+        (self.bytes.as_ptr() as usize - self.seg.map.as_ptr() as usize) as u64
+    }
+
+    /// The same bytes through the mapping, for a send that copies.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+}
+
+/// Whether `dir`'s filesystem punches holes: tried on a scratch file there.
+pub fn can_punch(dir: &Path) -> bool {
+    let path = dir.join(".punch-probe");
+    let probe = || -> io::Result<()> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        f.set_len(8192)?;
+        preallocate(&f, 8192)?;
+        // SAFETY: fallocate on a descriptor we own; no memory of ours.
+        let rc = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                4096,
+                4096,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    let ok = probe().is_ok();
+    let _ = std::fs::remove_file(&path);
+    ok
 }
 
 /// Reserves the file's blocks so a full disk shows up at start, not as SIGBUS later.

@@ -2,13 +2,17 @@
 //! active segment), eviction (FIFO over sealed segments with an in-place second
 //! chance for objects hit since they were written), and recovery (rebuilding the
 //! index from the segment files at start).
+//!
+//! A segment whose bodies may have gone out with sendfile is never written in
+//! place again: its reclaim copies what stays aside, renews the pages
+//! ([`Segment::renew_pages`]) and writes the copy back.
 
 use super::freshness::Times;
 use super::index::{new_index, Entry, Index};
 use super::keys::KeyIndex;
 use super::meta::Meta;
 use super::record::{Header, FLAG_DEAD, HEADER_LEN};
-use super::segment::{Lease, Segment, SEGMENT_HEADER};
+use super::segment::{can_punch, Lease, Segment, SEGMENT_HEADER};
 use papaya::Operation;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -211,9 +215,16 @@ impl Store {
                         dir.display()
                     );
                 }
+                let sendable = can_punch(dir);
+                if !sendable {
+                    log::warn!(
+                        "cache {}: the filesystem cannot punch holes; hits are sent by copy (no sendfile)",
+                        dir.display()
+                    );
+                }
                 for id in 0..count as u32 {
                     let path = dir.join(format!("seg-{id:05}.dat"));
-                    let (seg, ok) = Segment::open_file(&path, id, len)
+                    let (seg, ok) = Segment::open_file(&path, id, len, sendable)
                         .map_err(|source| StoreError::Segment { path, source })?;
                     segments.push(Arc::new(seg));
                     usable.push(ok);
@@ -404,9 +415,14 @@ impl Store {
     }
 
     fn take_segment(&self, a: &mut Allocator) -> Option<(u32, u64)> {
-        if let Some(id) = a.free.pop_front() {
+        while let Some(id) = a.free.pop_front() {
             let seg = &self.segments[id as usize];
             seg.generation.fetch_add(1, SeqCst);
+            // Empty, but a crash in a reclaim may have left sent pages below
+            // the mark (a previous process's, still queued after an upgrade).
+            if seg.renew_pages().is_err() {
+                continue; // out of use (logged)
+            }
             seg.set_high_water(SEGMENT_HEADER as u64);
             return Some((id, SEGMENT_HEADER as u64));
         }
@@ -444,6 +460,12 @@ impl Store {
         // Until compaction is done, recovery must see nothing of this segment: a crash
         // mid-way would otherwise leave half-moved records below the mark.
         seg.set_high_water(SEGMENT_HEADER as u64);
+        // Records that stay: moved in place, or (a sendable segment, whose
+        // pages the kernel may still be sending) copied aside to be written
+        // back into renewed pages. The copy is at most one segment, once.
+        let renew = seg.sendable();
+        let mut aside: Vec<u8> = Vec::new();
+        let mut stays: Vec<(Header, Vec<u8>, u64, u64)> = Vec::new();
         let mut off = SEGMENT_HEADER as u64;
         let mut write = SEGMENT_HEADER as u64;
         while off + HEADER_LEN as u64 <= hwm {
@@ -467,21 +489,7 @@ impl Store {
                     let key = seg
                         .bytes((off as usize) + HEADER_LEN, h.key_len as usize)
                         .to_vec();
-                    let mut gone = false;
-                    guard.compute(h.key_hash, |cur| match cur {
-                        Some((_, e)) if e.seg == id && e.off == off => {
-                            gone = true;
-                            Operation::Remove
-                        }
-                        _ => {
-                            gone = false;
-                            Operation::Abort(())
-                        }
-                    });
-                    if gone {
-                        self.stats.dropped.fetch_add(1, Relaxed);
-                        self.forget_key(h.key_hash, &key);
-                    }
+                    self.drop_entry(id, off, &h, &key);
                 }
             } else {
                 let (src, dst) = (off, write);
@@ -492,47 +500,81 @@ impl Store {
                 let hit = matches!(guard.get(&h.key_hash),
                     Some(e) if e.seg == id && e.off == src && e.generation == old_gen && e.hit.load(Relaxed));
                 if hit {
-                    // Move first, publish after: no reader can reach `dst` (new generation)
-                    // before its bytes are in place.
-                    seg.move_within(src as usize, dst as usize, h.total_len as usize);
+                    // Move (or copy) first, publish after: no reader can reach
+                    // `dst` (new generation) before its bytes are in place.
+                    if renew {
+                        aside.extend_from_slice(seg.bytes(src as usize, h.total_len as usize));
+                    } else {
+                        seg.move_within(src as usize, dst as usize, h.total_len as usize);
+                        seg.set_high_water(write + h.total_len);
+                    }
                     write += h.total_len;
-                    seg.set_high_water(write);
-                }
-                let mut kept = false;
-                guard.compute(h.key_hash, |cur| match cur {
-                    Some((_, e)) if e.seg == id && e.off == src => {
-                        if hit && e.generation == old_gen {
-                            kept = true;
-                            Operation::Insert(Entry {
-                                off: dst,
-                                generation: new_gen,
-                                hit: AtomicBool::new(false),
-                                head_override: e.head_override.clone(),
-                                ..*e
-                            })
-                        } else {
-                            // Unhit, or left over from an older generation: gone.
-                            Operation::Remove
-                        }
-                    }
-                    _ => Operation::Abort(()),
-                });
-                if kept {
-                    self.stats.second_chances.fetch_add(1, Relaxed);
+                    stays.push((h, key, src, dst));
                 } else {
-                    if hit {
-                        // Moved, then found replaced or purged meanwhile: the copy
-                        // must not come back at recovery.
-                        seg.write_at(dst as usize, &dead_of(&h).encode());
-                    }
-                    self.stats.dropped.fetch_add(1, Relaxed);
-                    self.forget_key(h.key_hash, &key);
+                    // Unhit, or left over from an older generation: gone.
+                    self.drop_entry(id, src, &h, &key);
                 }
             }
             off = end;
         }
+        if renew {
+            if seg.renew_pages().is_err() {
+                // Out of use until a later reclaim renews it: nothing stays.
+                for (h, key, src, _) in &stays {
+                    self.drop_entry(id, *src, h, key);
+                }
+                return None;
+            }
+            seg.write_at(SEGMENT_HEADER, &aside);
+        }
+        for (h, key, src, dst) in stays {
+            let mut kept = false;
+            guard.compute(h.key_hash, |cur| match cur {
+                Some((_, e)) if e.seg == id && e.off == src => {
+                    if e.generation == old_gen {
+                        kept = true;
+                        Operation::Insert(Entry {
+                            off: dst,
+                            generation: new_gen,
+                            hit: AtomicBool::new(false),
+                            head_override: e.head_override.clone(),
+                            ..*e
+                        })
+                    } else {
+                        Operation::Remove
+                    }
+                }
+                _ => Operation::Abort(()),
+            });
+            if kept {
+                self.stats.second_chances.fetch_add(1, Relaxed);
+            } else {
+                // Moved, then found replaced or purged meanwhile: the copy
+                // must not come back at recovery.
+                seg.write_at(dst as usize, &dead_of(&h).encode());
+                self.stats.dropped.fetch_add(1, Relaxed);
+                self.forget_key(h.key_hash, &key);
+            }
+        }
         seg.set_high_water(write);
         Some(write)
+    }
+
+    /// A reclaim drops the record at `off` of segment `id`: its index entry,
+    /// if still that record's, and its key.
+    fn drop_entry(&self, id: u32, off: u64, h: &Header, key: &[u8]) {
+        let mut gone = false;
+        self.index.pin().compute(h.key_hash, |cur| match cur {
+            Some((_, e)) if e.seg == id && e.off == off => {
+                gone = true;
+                Operation::Remove
+            }
+            _ => Operation::Abort(()),
+        });
+        if gone {
+            self.stats.dropped.fetch_add(1, Relaxed);
+            self.forget_key(h.key_hash, key);
+        }
     }
 
     /// Publishes a committed record in the index (newest write wins). The

@@ -257,7 +257,8 @@ fn recovery_reads_with_pread_and_excludes_a_segment_it_cannot_read() {
     // Reopen the segment, then cut its file short under the mapping, as a failing
     // disk or a careless operator would: reading the records through the mapping
     // would be SIGBUS; with pread it is an error and the segment is left out.
-    let (seg, usable) = segment::Segment::open_file(&d.join("seg-00000.dat"), 0, 2 << 20).unwrap();
+    let (seg, usable) =
+        segment::Segment::open_file(&d.join("seg-00000.dat"), 0, 2 << 20, true).unwrap();
     assert!(usable && !seg.is_empty());
     std::fs::OpenOptions::new()
         .write(true)

@@ -250,6 +250,37 @@ impl Downstream for H1Exchange<'_> {
         Ok(())
     }
 
+    async fn send_file(&mut self, piece: crate::cache::FileBody) -> Result<(), ClientGone> {
+        if self.state != State::Streaming {
+            return Err(ClientGone);
+        }
+        if self.head_request || piece.is_empty() || self.framing == ClientFraming::NoBody {
+            return Ok(());
+        }
+        if self.framing == ClientFraming::Chunked || !self.conn.can_send_file() {
+            return self.send_body(piece.into_bytes()).await;
+        }
+        // The head (and anything queued) first: sendfile carries only the file.
+        self.flush().await?;
+        let (sent, r) = self
+            .conn
+            .send_file(piece.fd(), piece.offset(), piece.len(), SEND_TIMEOUT)
+            .await;
+        self.sent += sent as u64;
+        self.shard
+            .stats()
+            .sendfile_bytes
+            .fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                log::debug!("client sendfile failed: {e}");
+                self.state = State::Aborted;
+                Err(ClientGone)
+            }
+        }
+    }
+
     async fn flush(&mut self) -> Result<(), ClientGone> {
         if self.state == State::Aborted {
             return Err(ClientGone);

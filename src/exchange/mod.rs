@@ -111,6 +111,12 @@ pub trait Downstream {
     }
     /// Queues a piece of body; may write when enough is queued.
     async fn send_body(&mut self, piece: Bytes) -> Result<(), ClientGone>;
+    /// A piece of body in a cache segment file: a connection that can send it
+    /// with sendfile does (the kernel takes the pages, no copy); by default
+    /// it is [`send_body`](Downstream::send_body).
+    async fn send_file(&mut self, piece: crate::cache::FileBody) -> Result<(), ClientGone> {
+        self.send_body(piece.into_bytes()).await
+    }
     /// Writes what is queued (before the caller waits for more).
     async fn flush(&mut self) -> Result<(), ClientGone>;
     /// Ends the response cleanly.

@@ -259,6 +259,12 @@ pub fn render(shared: &Shared) -> String {
             |s| s.gz_objects.load(Relaxed),
         ),
         (
+            "cairn_sendfile_bytes_total",
+            "counter",
+            "Hit body bytes sent with sendfile, not copied.",
+            |s| s.sendfile_bytes.load(Relaxed),
+        ),
+        (
             "cairn_drm_responses_total",
             "counter",
             "DRM responses sent.",

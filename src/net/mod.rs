@@ -12,6 +12,7 @@
 pub mod admission;
 pub mod ktls;
 pub mod listen;
+mod sendfile;
 pub mod tls;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -450,6 +451,35 @@ impl Conn {
                 Err(IoError::Stopped)
             }
         }
+    }
+
+    /// Whether [`send_file`](Self::send_file) can carry this connection's
+    /// bytes: a plain socket (TLS records are made here or, under kTLS,
+    /// counted here).
+    pub fn can_send_file(&self) -> bool {
+        self.tls.is_none() && self.kernel.is_none()
+    }
+
+    /// Sends `len` bytes of `file` from `offset` with sendfile: the kernel
+    /// queues references to the file's pages, not copies (the caller keeps
+    /// them unchanged, see `cache::segment`). The socket is non-blocking only
+    /// for these calls: io_uring's ops on it would fail with `EAGAIN` instead
+    /// of waiting if it stayed so (no other op is in flight during a
+    /// response's write). A full socket is waited on through the runtime's
+    /// readiness (epoll), each wait bounded by `timeout`, which then shuts
+    /// the socket down. Returns the bytes sent, also on error.
+    pub async fn send_file(
+        &self,
+        file: std::os::fd::BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        timeout: Duration,
+    ) -> (usize, Result<(), IoError>) {
+        let (sent, r) = sendfile::send(&*self.inner, file, offset, len, timeout).await;
+        if matches!(r, Err(IoError::TimedOut)) {
+            self.shutdown();
+        }
+        (sent, r)
     }
 
     /// Writes all of `bufs` (head and body pieces) as vectored writes, re-slicing after

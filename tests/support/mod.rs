@@ -659,3 +659,27 @@ pub fn wait_logs(dir: &Path, paths: &[&str]) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A GET to the management port: status and body.
+pub fn manager_call(mgr: SocketAddr, target: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(mgr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: m\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// One sample of `/metrics`, by its exact name and labels.
+pub fn metric(mgr: SocketAddr, sample: &str) -> u64 {
+    let (_, text) = manager_call(mgr, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{sample} in /metrics"))
+        .parse()
+        .unwrap()
+}

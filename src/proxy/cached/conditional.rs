@@ -90,6 +90,7 @@ mod tests {
             etag: Bytes::from_static(etag),
             headers: Bytes::new(),
             body: Bytes::new(),
+            file: None,
         }
     }
 
