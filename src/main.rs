@@ -99,19 +99,19 @@ fn parse_args() -> Result<Args> {
 }
 
 fn main() {
-    if let Err(e) = real_main() {
+    // SAFETY: first in main: no other thread exists yet, and no descriptor
+    // has been opened or closed since exec.
+    let inherited = unsafe { cairn::upgrade::inherited() };
+    if let Err(e) = real_main(inherited) {
         eprintln!("cairn: error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn real_main() -> Result<()> {
+fn real_main(
+    inherited: Result<Option<cairn::upgrade::Inherited>, cairn::upgrade::UpgradeError>,
+) -> Result<()> {
     let args = parse_args()?;
-    // First, while this is the only thread: it removes its variable.
-    let inherited = match args.command.as_str() {
-        "run" => cairn::upgrade::inherited(),
-        _ => Ok(None),
-    };
     let level = match &args.log_level {
         Some(l) => cairn::logging::parse_level(l)
             .with_context(|| format!("--log-level '{l}': unknown level"))?,
@@ -279,16 +279,26 @@ fn run(args: &Args, inherited: Option<cairn::upgrade::Inherited>) -> Result<()> 
         }
     };
     // The management port: after an upgrade to the same address, the old
-    // process's socket (so it never closes); else bound here.
-    let manager: Option<TcpListener> = match &config.server.manager {
+    // process's socket (so it never closes); else bound here. An old build
+    // that hands none down still holds it: bound once it has exited.
+    let mut manager_later = None;
+    let mut manager: Option<TcpListener> = match &config.server.manager {
         None => None,
         Some(m) => {
             match handed_manager.filter(|l| l.local_addr().is_ok_and(|a| same_addr(a, m.listen))) {
                 Some(l) => Some(l),
-                None => Some(
-                    TcpListener::bind(m.listen)
-                        .with_context(|| format!("manager: cannot listen on {}", m.listen))?,
-                ),
+                None => match TcpListener::bind(m.listen) {
+                    Ok(l) => Some(l),
+                    Err(e) if handover.is_some() && e.kind() == std::io::ErrorKind::AddrInUse => {
+                        log::warn!("upgrade: the running process did not hand down the management port {}; it is bound once that process exits", m.listen);
+                        manager_later = Some(m.listen);
+                        None
+                    }
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("manager: cannot listen on {}", m.listen))
+                    }
+                },
             }
         }
     };
@@ -307,16 +317,26 @@ fn run(args: &Args, inherited: Option<cairn::upgrade::Inherited>) -> Result<()> 
     if let Some(h) = handover {
         cairn::cache::Cache::preflight(&store, shards)
             .context("upgrade: the cache; the old process keeps serving")?;
-        shard::probe_ring().context(
-            "upgrade: a shard's io_uring ring cannot be made (see kernel.io_uring_disabled); the old process keeps serving",
+        shard::probe_rings(shards).context(
+            "upgrade: the shards' io_uring rings cannot be made (see kernel.io_uring_disabled and the memlock limit); the old process keeps serving",
         )?;
         let parent = h.parent();
-        let draining = h.take_over();
+        let draining = h.take_over()?;
         // At once, before the old process exits: the service manager must
         // not see its main pid leave (it would stop the unit, this included).
-        let _ = cairn::notify::notify(&format!("MAINPID={}", std::process::id()));
+        if let Err(e) = cairn::notify::notify(&format!("MAINPID={}", std::process::id())) {
+            log::warn!("upgrade: could not tell the service manager the new main pid: {e}");
+        }
         log::info!("upgrade: taking over from pid {parent}; waiting for it to drain before opening the cache");
         draining.wait_for_exit()?;
+        if let Some(addr) = manager_later {
+            match TcpListener::bind(addr) {
+                Ok(l) => manager = Some(l),
+                Err(e) => log::error!(
+                    "upgrade: the management port {addr} cannot be bound ({e}); serving without it until a restart"
+                ),
+            }
+        }
     }
     let bound: Vec<SocketAddr> = groups
         .iter()
@@ -329,13 +349,7 @@ fn run(args: &Args, inherited: Option<cairn::upgrade::Inherited>) -> Result<()> 
         // Checked before the handover, so a fault since (the disk's): the old
         // process is gone, so serving without the disk beats not serving.
         Err(e) if upgraded => {
-            let fallback = cairn::cache::StoreConfig {
-                dir: None,
-                quota: store
-                    .quota
-                    .min((256 << 20).max((shards as u64 + 1) * store.segment_size)),
-                ..store
-            };
+            let fallback = store.memory_fallback(shards);
             log::error!(
                 "upgrade: the cache could not be opened after the handover ({e}); serving from {} MiB in memory until a restart",
                 fallback.quota >> 20
@@ -429,13 +443,21 @@ fn run(args: &Args, inherited: Option<cairn::upgrade::Inherited>) -> Result<()> 
         let (dir, s) = (args.config.clone(), shared.clone());
         let reload_fn: cairn::manage::ReloadFn = Arc::new(move || reload(dir.as_deref(), &s));
         // A second handle: this one stays here to be handed to an upgrade.
-        let addr = cairn::manage::start(shared.clone(), l.try_clone()?, reload_fn)
-            .context("starting the manager")?;
-        log::info!(
-            "manager listening on http://{addr}/ ({} <Allow> entries; PURGE methods on the service ports {})",
-            m.allow.len(),
-            if m.http_method { "ON" } else { "OFF" }
-        );
+        let started = l
+            .try_clone()
+            .and_then(|l| cairn::manage::start(shared.clone(), l, reload_fn));
+        match started {
+            Ok(addr) => log::info!(
+                "manager listening on http://{addr}/ ({} <Allow> entries; PURGE methods on the service ports {})",
+                m.allow.len(),
+                if m.http_method { "ON" } else { "OFF" }
+            ),
+            // After a handover the old process is gone: serve without it.
+            Err(e) if upgraded => log::error!(
+                "upgrade: the manager cannot start ({e}); serving without it until a restart"
+            ),
+            Err(e) => return Err(e).context("starting the manager"),
+        }
     }
     for url in shard::urls(&bound, &tls) {
         println!("cairn listening on {url}");
@@ -447,7 +469,7 @@ fn run(args: &Args, inherited: Option<cairn::upgrade::Inherited>) -> Result<()> 
 
     // After a handover the listening sockets are the new process's too: they
     // must not be shut down here.
-    let mut handed_over = false;
+    let mut successor: Option<cairn::upgrade::Handed> = None;
     loop {
         match signals::wait()? {
             signals::Signal::Hup => {
@@ -463,9 +485,9 @@ fn run(args: &Args, inherited: Option<cairn::upgrade::Inherited>) -> Result<()> 
                 };
                 match cairn::upgrade::spawn(&handing).and_then(|p| p.wait(Duration::from_secs(30)))
                 {
-                    Ok(pid) => {
-                        log::info!("upgrade: pid {pid} took over; draining");
-                        handed_over = true;
+                    Ok(handed) => {
+                        log::info!("upgrade: pid {} took over; draining", handed.pid);
+                        successor = Some(handed);
                         break;
                     }
                     Err(e) => log::error!("upgrade failed: {e}"),
@@ -473,6 +495,7 @@ fn run(args: &Args, inherited: Option<cairn::upgrade::Inherited>) -> Result<()> 
             }
         }
     }
+    let handed_over = successor.is_some();
     if !handed_over {
         let _ = cairn::notify::notify("STOPPING=1");
     }
@@ -491,9 +514,15 @@ fn run(args: &Args, inherited: Option<cairn::upgrade::Inherited>) -> Result<()> 
         }
     }
     let deadline = Instant::now() + shared.drain_timeout + Duration::from_secs(2);
+    let mut orphaned = false;
     while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
+        if !orphaned && successor.as_ref().is_some_and(|s| s.successor_died()) {
+            orphaned = true;
+            log::error!("upgrade: the new process died while this one drains; nothing will serve after this exits (it exits 1)");
+        }
     }
+    orphaned |= successor.as_ref().is_some_and(|s| s.successor_died());
     // The shards have handed over their last lines; write them out.
     logger.stop();
     log_stats(&shared);
@@ -501,6 +530,9 @@ fn run(args: &Args, inherited: Option<cairn::upgrade::Inherited>) -> Result<()> 
         "stopped ({} panics during the run)",
         cairn::logging::PANICS.load(Relaxed)
     );
+    if orphaned {
+        bail!("upgrade: the new process died during the handover");
+    }
     Ok(())
 }
 

@@ -540,7 +540,16 @@ fn log_count(log: &str, what: &str) -> usize {
 
 #[test]
 fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
-    let origin = Origin::start(|r| ok(r.path.as_bytes()));
+    // /slow keeps the old process draining for a while after the handover.
+    let origin = Origin::start(|r| match r.path.as_str() {
+        "/slow" => Reply::After(Duration::from_millis(1500), {
+            let Reply::Bytes(b) = ok(b"slow") else {
+                unreachable!()
+            };
+            b
+        }),
+        p => ok(p.as_bytes()),
+    });
     let dir = setup(&origin);
     // Cached objects carry over: a disk cache in the config directory.
     let server = std::fs::read_to_string(dir.join("server.xml")).unwrap();
@@ -555,9 +564,15 @@ fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
     // must name itself the main pid before the old one exits.
     let notify_path = bin_dir.join("notify");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let said: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let heard = said.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = notify.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            heard.lock().unwrap().push((Instant::now(), m));
+        }
+    });
     let mut cairn = Cairn::start_env(
         &bin,
         dir,
@@ -618,6 +633,9 @@ fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = polite_load(cairn.addr, 4, &stop);
     std::thread::sleep(Duration::from_millis(300));
+    let addr = cairn.addr;
+    let slow = std::thread::spawn(move || Client::connect(addr).get("/slow").status);
+    std::thread::sleep(Duration::from_millis(100));
     cairn.signal("USR2");
     let log = cairn.wait_log("took over; draining");
     let new_pid: u32 = log
@@ -627,11 +645,23 @@ fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("the new pid in the log:\n{log}"));
     assert_ne!(new_pid, old_pid);
+    // Killed however the test ends.
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.to_string())
+                .status();
+        }
+    }
+    let _kill_new = Kill(new_pid);
     assert_eq!(
         cairn.wait_exit(Duration::from_secs(15)),
         Some(0),
         "the old process drained"
     );
+    let old_gone = Instant::now();
+    assert_eq!(slow.join().unwrap(), 200, "the in-flight request finished");
     // The management port was handed down, not bound again (port 0 would
     // have given another): the new process answers on the same address.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -672,19 +702,13 @@ fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
         served += seen.ok;
         failed.extend(seen.closed);
     }
-    let mut said = Vec::new();
-    let mut buf = [0u8; 512];
-    while let Ok(n) = notify.recv(&mut buf) {
-        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
+    let said = said.lock().unwrap().clone();
     let alive = std::path::Path::new(&format!("/proc/{new_pid}")).exists();
-    let _ = std::process::Command::new("kill")
-        .arg(new_pid.to_string())
-        .status();
     assert!(alive, "the new process runs");
-    // Old ready; new main pid at take-over; new ready. No STOPPING=1 from
-    // the old process: the unit is not stopping.
-    let at = |m: &str| said.iter().position(|s| s.starts_with(m));
+    // Old ready; new main pid at take-over, while the old one still drains
+    // (its slow request holds it a second after); new ready. No STOPPING=1
+    // from the old process: the unit is not stopping.
+    let at = |m: &str| said.iter().position(|(_, s)| s.starts_with(m));
     let (old_ready, new_main, new_ready) = (
         at(&format!("READY=1\nMAINPID={old_pid}\n")),
         at(&format!("MAINPID={new_pid}")),
@@ -694,7 +718,16 @@ fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
         old_ready < new_main && new_main < new_ready && old_ready.is_some(),
         "{said:?}"
     );
-    assert!(!said.iter().any(|s| s.contains("STOPPING")), "{said:?}");
+    let named = said[new_main.unwrap()].0;
+    assert!(
+        named + Duration::from_millis(500) < old_gone,
+        "MAINPID={new_pid} came {:?} before the old process was seen gone",
+        old_gone.saturating_duration_since(named)
+    );
+    assert!(
+        !said.iter().any(|(_, s)| s.contains("STOPPING")),
+        "{said:?}"
+    );
     assert_eq!(failed.len(), 0, "no failed request during the upgrade");
     assert!(served > 20, "{served}");
     assert_eq!(

@@ -54,6 +54,15 @@ fn readiness_reload_and_stop_are_notified() {
 
 #[test]
 fn the_systemd_unit_verifies() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dist/cairn.service"))
+            .unwrap();
+    // A binary upgrade's new process names itself the main pid: systemd must
+    // take that from a process other than the main one.
+    assert!(
+        shipped.lines().any(|l| l.trim() == "NotifyAccess=all"),
+        "{shipped}"
+    );
     let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
         eprintln!("systemd-analyze is not installed: the unit is not verified here");
         return;

@@ -30,6 +30,20 @@ pub struct StoreConfig {
     pub max_object: u64,
 }
 
+impl StoreConfig {
+    /// In memory, for when the directory fails where nothing else may (after
+    /// an upgrade's handover): the quota capped at 256 MiB, or at the least
+    /// `shards` need (a segment each and one to reclaim).
+    pub fn memory_fallback(&self, shards: usize) -> StoreConfig {
+        let least = (shards as u64 + 1).saturating_mul(self.segment_size);
+        StoreConfig {
+            dir: None,
+            quota: self.quota.min((256 << 20).max(least)),
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cache directory {dir}: {source}")]
@@ -160,7 +174,7 @@ impl Store {
             .open(dir.join("lock"))
             .map_err(io)?;
         for id in 0..count as u32 {
-            let path = dir.join(format!("seg-{id:05}.dat"));
+            let path = segment_path(dir, id);
             match std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -223,7 +237,7 @@ impl Store {
                     );
                 }
                 for id in 0..count as u32 {
-                    let path = dir.join(format!("seg-{id:05}.dat"));
+                    let path = segment_path(dir, id);
                     let (seg, ok) = Segment::open_file(&path, id, len, sendable)
                         .map_err(|source| StoreError::Segment { path, source })?;
                     segments.push(Arc::new(seg));
@@ -812,4 +826,9 @@ pub(super) fn scan(
         }
     }
     r
+}
+
+/// Segment `id`'s file in `dir`.
+fn segment_path(dir: &std::path::Path, id: u32) -> PathBuf {
+    dir.join(format!("seg-{id:05}.dat"))
 }

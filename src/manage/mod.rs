@@ -74,8 +74,18 @@ pub fn start(
     Ok(addr)
 }
 
+/// Accepts until the drain starts: then the socket stays open but unserved,
+/// so that after an upgrade its queue waits for the new process (which holds
+/// the same socket) rather than meet the old process's answers.
 fn accept_loop(m: Arc<Manager>, listener: TcpListener) {
     loop {
+        if *m.shared.drain.borrow() {
+            log::info!("manager: draining; no more management connections here");
+            return;
+        }
+        if !crate::net::listen::wait_readable(&listener, Duration::from_millis(100)) {
+            continue;
+        }
         let (stream, peer) = match listener.accept() {
             Ok(c) => c,
             Err(e) => {

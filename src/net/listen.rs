@@ -65,6 +65,21 @@ pub fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, Listen
     Ok(out)
 }
 
+/// Whether a connection waits on the (blocking) listener `l`, within `wait`:
+/// a thread that must notice a flag between accepts polls first.
+#[allow(unsafe_code)]
+pub fn wait_readable(l: &TcpListener, wait: std::time::Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: l.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the call, on a descriptor `l` keeps open.
+    unsafe { libc::poll(&mut pfd, 1, ms) == 1 }
+}
+
 /// A listening socket watched for readiness by the shard's reactor, so a
 /// shard accepts with `accept4` only when it is ready to serve what it gets
 /// (see `shard::accept_one`). Must run inside the shard's runtime.

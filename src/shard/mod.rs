@@ -87,13 +87,17 @@ impl Drop for SessionGuard {
 /// Submission queue entries per shard ring.
 const RING_ENTRIES: u32 = 1024;
 
-/// Whether a shard's ring can be made here (io_uring allowed, within the
-/// memory limits). An upgrade checks before it takes over, when a shard that
-/// cannot start would leave nothing serving.
-pub fn probe_ring() -> std::io::Result<()> {
+/// Whether `shards` rings can be made here at once (io_uring allowed, within
+/// the memory limits). An upgrade checks before it takes over, when a shard
+/// that cannot start would leave nothing serving. (Stricter than needed
+/// where the old process's rings count against the same limit.)
+pub fn probe_rings(shards: usize) -> std::io::Result<()> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)).map(drop)
+            (0..shards)
+                .map(|_| tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map(drop)
         })
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("making a ring panicked")))
