@@ -12,8 +12,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use support::*;
 
-/// Over `SENDFILE_MIN` (64 KiB), so hits go out by sendfile; six fit a segment.
-const LEN: usize = 300 << 10;
+/// Over `SENDFILE_MIN` (1 MiB), so hits go out by sendfile; three fit a
+/// segment (4 MiB, a multiple of 2 MiB as sendfile needs).
+const LEN: usize = 1100 << 10;
 
 /// Object `key`'s bytes: every 8 bytes say (key, word number), so a page of
 /// another object, or of zeros, is caught and named.
@@ -45,8 +46,9 @@ fn first_wrong(key: u32, got: &[u8]) -> Option<(usize, u32, u32)> {
     })
 }
 
-/// A client that asks for `key` and reads nothing until told: its receive
-/// buffer is large enough to take the whole response into the kernel.
+/// A client that asks for `key` and reads nothing until told: the whole
+/// response waits in the kernel (its receive queue, up to `rmem_max`, and
+/// the server's send queue: page references either way).
 fn slow_reader(addr: SocketAddr, key: u32) -> TcpStream {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(4 << 20).unwrap();
@@ -106,7 +108,7 @@ fn sendfile_hits_stay_byte_exact_while_their_segments_are_reclaimed_and_rewritte
     let dir = temp_dir("sendfile");
     std::fs::write(
         dir.join("server.xml"),
-        r#"<Server><Host><Manager Port="0" Listen="127.0.0.1"><Allow>127.0.0.1</Allow></Manager></Host><Cache><Storage SegmentSize="2MB" Quota="6MB"><Disk>cache</Disk></Storage></Cache><VHostDefault><Options><CacheStatusHeader>ON</CacheStatusHeader></Options></VHostDefault></Server>"#,
+        r#"<Server><Host><Manager Port="0" Listen="127.0.0.1"><Allow>127.0.0.1</Allow></Manager></Host><Cache><Storage SegmentSize="4MB" Quota="12MB"><Disk>cache</Disk></Storage></Cache><VHostDefault><Options><CacheStatusHeader>ON</CacheStatusHeader></Options></VHostDefault></Server>"#,
     )
     .unwrap();
     std::fs::write(
@@ -119,6 +121,13 @@ fn sendfile_hits_stay_byte_exact_while_their_segments_are_reclaimed_and_rewritte
     .unwrap();
     let cairn = Cairn::start(dir, 1);
     let mgr = cairn.manager_addr();
+    if cairn.stderr().contains("hits are sent by copy") {
+        eprintln!(
+            "this filesystem cannot renew pages under sendfile: nothing to test here\n{}",
+            cairn.stderr()
+        );
+        return;
+    }
     let sent = "cairn_sendfile_bytes_total{shard=\"0\"}";
     let reclaims = "cairn_cache_segment_reclaims_total";
     let rounds: u32 = std::env::var("CAIRN_STRESS_ROUNDS")
@@ -128,8 +137,9 @@ fn sendfile_hits_stay_byte_exact_while_their_segments_are_reclaimed_and_rewritte
     let mut c = cairn.connect();
     for round in 0..rounds {
         let base = round * 1000;
-        // Six objects, cached and then hit (hits are what sendfile sends).
-        let held: Vec<u32> = (base..base + 6).collect();
+        // Three objects (one segment), cached and then hit (hits are what
+        // sendfile sends).
+        let held: Vec<u32> = (base..base + 3).collect();
         for &k in &held {
             let r = c.get(&format!("/obj/{k}"));
             assert_eq!((r.status, r.body.len()), (200, LEN));
@@ -159,12 +169,24 @@ fn sendfile_hits_stay_byte_exact_while_their_segments_are_reclaimed_and_rewritte
         // only: objects hit here would take second chances and crowd out the
         // next round's.)
         let r0 = metric(mgr, reclaims);
-        for k in base + 100..base + 140 {
+        let mut checked = false;
+        for k in base + 100..base + 120 {
             let r = c.get(&format!("/obj/{k}"));
             assert_eq!(first_wrong(k, &r.body), None, "a miss of {k}");
+            // Every segment reclaimed once: a held one kept (hit; a reclaim
+            // keeps at most half a segment) was copied aside and written back
+            // into renewed pages, the others went; hit or miss, each byte is
+            // the object's. (Which are kept: tested in the cache's own tests.)
+            if !checked && metric(mgr, reclaims) >= r0 + 3 {
+                checked = true;
+                for &h in &held {
+                    let r = c.get(&format!("/obj/{h}"));
+                    assert_eq!(first_wrong(h, &r.body), None, "{h} after its renewal");
+                }
+            }
         }
-        assert!(metric(mgr, reclaims) >= r0 + 4, "segments were reclaimed");
-        for k in base + 137..base + 140 {
+        assert!(checked, "segments were reclaimed");
+        for k in base + 117..base + 120 {
             let r = c.get(&format!("/obj/{k}"));
             assert_eq!(r.header("x-cache"), Some("TCP_HIT"), "{k}");
             assert_eq!(first_wrong(k, &r.body), None, "a hit of {k}");

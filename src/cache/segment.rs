@@ -14,8 +14,14 @@
 //! (`FALLOC_FL_PUNCH_HOLE`, which runs `truncate_pagecache_range`: the pages
 //! leave the file's mapping even when other references remain, so queued skbs
 //! keep the old pages and old bytes) and allocates fresh blocks, so writes
-//! after it fault in new pages. Segments whose filesystem cannot punch holes
-//! are never sent this way (the send copies).
+//! after it fault in new pages. The file's size never changes, so the mapping
+//! stays valid throughout (a read of a hole maps the zero page). Whether the
+//! directory's filesystem does all this is tried at start on a scratch file
+//! ([`renews_pages`]): a page spliced into a pipe must keep its bytes across a
+//! punch and a rewrite. Where it does not, or where the segment size is not
+//! a multiple of 2 MiB (a large folio across the end of the file would be
+//! zeroed in place), nothing is sent this way (the send copies). Only a
+//! segment something was sent from since its last renewal is renewed.
 //!
 //! This is the one place that writes through raw pointers into the mapping.
 #![allow(unsafe_code)]
@@ -24,7 +30,7 @@ use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -41,10 +47,13 @@ pub struct Segment {
     pub generation: AtomicU32,
     /// Leases alive: in-flight readers and writers.
     readers: AtomicUsize,
-    /// File-backed on a filesystem that punches holes: bodies may be sent
-    /// with sendfile, and every reuse renews the pages first.
+    /// File-backed on a filesystem that renews pages ([`renews_pages`]):
+    /// bodies may be sent with sendfile.
     sendable: bool,
-    /// A renewal failed once (logged once).
+    /// Something may have been sent from it with sendfile since its pages
+    /// were last renewed (set at open: a previous process may have).
+    sent: std::sync::atomic::AtomicBool,
+    /// The last renewal failed (logged once per run of failures).
     renew_failed: std::sync::atomic::AtomicBool,
     /// Keeps the file (and its preallocated blocks) open.
     _file: Option<File>,
@@ -96,7 +105,8 @@ impl Segment {
         preallocate(&file, len)?;
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         let mut seg = Segment::from_map(id, map, len, Some(file));
-        seg.sendable = sendable;
+        seg.sendable = sendable && len.is_multiple_of(SENDABLE_ALIGN);
+        seg.sent = std::sync::atomic::AtomicBool::new(seg.sendable);
         if !header_ok {
             seg.init();
         }
@@ -120,6 +130,7 @@ impl Segment {
             generation: AtomicU32::new(1),
             readers: AtomicUsize::new(0),
             sendable: false,
+            sent: Default::default(),
             renew_failed: Default::default(),
             _file: file,
         }
@@ -242,20 +253,30 @@ impl Segment {
         self.sendable
     }
 
-    /// Before a sendable segment is written again (a reclaim): its pages
-    /// leave the page cache and its blocks are allocated afresh, so pages
-    /// the kernel may still send keep their bytes (see the module doc). The
-    /// header is written anew (high-water mark at the header: empty). An
-    /// error leaves the segment unusable; the caller must not write it.
+    /// Whether a reclaim must renew the pages before writing: something may
+    /// have been sent from them with sendfile.
+    pub fn needs_renewal(&self) -> bool {
+        self.sendable && self.sent.load(SeqCst)
+    }
+
+    /// Before a segment that bodies were sent from is written again (a
+    /// reclaim): its pages leave the page cache and its blocks are allocated
+    /// afresh, so pages the kernel may still send keep their bytes (see the
+    /// module doc). The header is written anew (high-water mark at the
+    /// header: empty). An error leaves holes: the caller must not write the
+    /// segment until a later renewal succeeds (reads see zeros, no SIGBUS).
     ///
     /// The caller holds the segment with no leases (a reclaim).
-    pub fn renew_pages(&self) -> io::Result<()> {
-        let Some(f) = self._file.as_ref().filter(|_| self.sendable) else {
+    pub(super) fn renew_pages(&self) -> io::Result<()> {
+        let Some(f) = self._file.as_ref().filter(|_| self.needs_renewal()) else {
             return Ok(());
         };
-        // SAFETY: fallocate on a descriptor we own, on its own range; it
-        // touches no memory of ours. The mapping stays valid: punched pages
-        // fault in again (zero-filled) on the next access.
+        assert_eq!(self.leases(), 0, "renewing a leased segment");
+        // SAFETY: fallocate on a descriptor we own, over its own range. It
+        // changes the mapped bytes (to zeros, on the next access): sound only
+        // because nothing borrows them now (no leases, asserted above; a
+        // reclaim's caller reads nothing of the segment until it returns).
+        // The mapping stays valid: the file keeps its size.
         let rc = unsafe {
             libc::fallocate(
                 f.as_raw_fd(),
@@ -274,12 +295,16 @@ impl Segment {
         match r {
             Ok(()) => {
                 self.init();
+                self.sent.store(false, SeqCst);
+                if self.renew_failed.swap(false, SeqCst) {
+                    log::info!("cache segment {}: renewed; back in use", self.id);
+                }
                 Ok(())
             }
             Err(e) => {
                 if !self.renew_failed.swap(true, SeqCst) {
                     log::error!(
-                        "cache segment {}: renewing its pages before reuse failed ({e}); it stays out of use",
+                        "cache segment {}: renewing its pages before reuse failed ({e}); it stays out of use until a retry succeeds",
                         self.id
                     );
                 }
@@ -359,6 +384,8 @@ impl FileBody {
         if !(seg.sendable && seg._file.is_some() && inside) {
             return Err(bytes);
         }
+        // Before the send: a reclaim that follows renews the pages.
+        seg.sent.store(true, SeqCst);
         Ok(FileBody {
             bytes,
             seg: seg.clone(),
@@ -392,9 +419,17 @@ impl FileBody {
     }
 }
 
-/// Whether `dir`'s filesystem punches holes: tried on a scratch file there.
-pub fn can_punch(dir: &Path) -> bool {
-    let path = dir.join(".punch-probe");
+/// Segment sizes whose pages may be sent: a multiple of the largest folio
+/// the page cache commonly uses (2 MiB), so none straddles the file's end.
+pub const SENDABLE_ALIGN: usize = 2 << 20;
+
+/// Whether `dir`'s filesystem renews pages as [`Segment::renew_pages`] needs,
+/// tried on a scratch file there: a page spliced into a pipe (a reference, as
+/// sendfile takes) must keep its bytes across a punch, a reallocation and a
+/// rewrite of the file. `Err` says why not.
+pub fn renews_pages(dir: &Path) -> io::Result<()> {
+    const PAGE: usize = 4096;
+    let path = dir.join(".renew-probe");
     let probe = || -> io::Result<()> {
         let f = OpenOptions::new()
             .read(true)
@@ -402,25 +437,62 @@ pub fn can_punch(dir: &Path) -> bool {
             .create(true)
             .truncate(true)
             .open(&path)?;
-        f.set_len(8192)?;
-        preallocate(&f, 8192)?;
+        let len = (2 * PAGE) as libc::off_t;
+        // A real allocation: a filesystem without fallocate would leave the
+        // renewed segment sparse (a full disk would then be a SIGBUS).
         // SAFETY: fallocate on a descriptor we own; no memory of ours.
-        let rc = unsafe {
+        if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0xA5; PAGE], 0)?;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded: two fresh descriptors owned by nobody else.
+        let (r, w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let mut off: libc::loff_t = 0;
+        // SAFETY: valid descriptors; `off` is a live local the call updates.
+        let n = unsafe {
+            libc::splice(
+                f.as_raw_fd(),
+                &mut off,
+                w.as_raw_fd(),
+                std::ptr::null_mut(),
+                PAGE,
+                0,
+            )
+        };
+        if n != PAGE as isize {
+            return Err(io::Error::other("splice into a pipe took no page"));
+        }
+        // SAFETY: as the first fallocate.
+        let punched = unsafe {
             libc::fallocate(
                 f.as_raw_fd(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                4096,
-                4096,
+                0,
+                len,
             )
         };
-        if rc != 0 {
+        // SAFETY: as the first fallocate.
+        if punched != 0 || unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) } != 0 {
             return Err(io::Error::last_os_error());
+        }
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0x5A; PAGE], 0)?;
+        let mut got = vec![0u8; PAGE];
+        std::io::Read::read_exact(&mut &r, &mut got)?;
+        if got.iter().any(|&b| b != 0xA5) {
+            return Err(io::Error::other(
+                "a page held by a pipe changed when the file was rewritten",
+            ));
         }
         Ok(())
     };
-    let ok = probe().is_ok();
+    let r = probe();
     let _ = std::fs::remove_file(&path);
-    ok
+    r
 }
 
 /// Reserves the file's blocks so a full disk shows up at start, not as SIGBUS later.

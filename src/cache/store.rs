@@ -12,7 +12,7 @@ use super::index::{new_index, Entry, Index};
 use super::keys::KeyIndex;
 use super::meta::Meta;
 use super::record::{Header, FLAG_DEAD, HEADER_LEN};
-use super::segment::{can_punch, Lease, Segment, SEGMENT_HEADER};
+use super::segment::{renews_pages, Lease, Segment, SEGMENT_HEADER};
 use papaya::Operation;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -97,6 +97,18 @@ pub struct StoreStats {
     pub evictions: AtomicU64,
     pub second_chances: AtomicU64,
     pub dropped: AtomicU64,
+    /// Renewals of sent pages that failed (a full disk): the segment waits.
+    pub renew_failures: AtomicU64,
+}
+
+/// How a reclaim ended.
+enum Reclaimed {
+    /// Ready for writing at this position.
+    At(u64),
+    /// A reader leased it meanwhile: untouched; another may do.
+    Leased,
+    /// Its pages could not be renewed: emptied, out of use until a retry.
+    Unrenewed,
 }
 
 struct Active {
@@ -229,13 +241,23 @@ impl Store {
                         dir.display()
                     );
                 }
-                let sendable = can_punch(dir);
-                if !sendable {
-                    log::warn!(
-                        "cache {}: the filesystem cannot punch holes; hits are sent by copy (no sendfile)",
-                        dir.display()
-                    );
-                }
+                let sendable = match renews_pages(dir) {
+                    Ok(()) if len.is_multiple_of(super::segment::SENDABLE_ALIGN) => true,
+                    Ok(()) => {
+                        log::warn!(
+                            "cache {}: the segment size is not a multiple of 2 MiB; hits are sent by copy (no sendfile)",
+                            dir.display()
+                        );
+                        false
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "cache {}: the filesystem cannot renew pages under sendfile ({e}); hits are sent by copy",
+                            dir.display()
+                        );
+                        false
+                    }
+                };
                 for id in 0..count as u32 {
                     let path = segment_path(dir, id);
                     let (seg, ok) = Segment::open_file(&path, id, len, sendable)
@@ -429,14 +451,18 @@ impl Store {
     }
 
     fn take_segment(&self, a: &mut Allocator) -> Option<(u32, u64)> {
-        while let Some(id) = a.free.pop_front() {
+        if let Some(&id) = a.free.front() {
             let seg = &self.segments[id as usize];
             seg.generation.fetch_add(1, SeqCst);
             // Empty, but a crash in a reclaim may have left sent pages below
             // the mark (a previous process's, still queued after an upgrade).
             if seg.renew_pages().is_err() {
-                continue; // out of use (logged)
+                // It stays first, for a later try; this miss goes uncached
+                // (a full disk: another segment would fail the same way).
+                self.stats.renew_failures.fetch_add(1, Relaxed);
+                return None;
             }
+            a.free.pop_front();
             seg.set_high_water(SEGMENT_HEADER as u64);
             return Some((id, SEGMENT_HEADER as u64));
         }
@@ -445,19 +471,27 @@ impl Store {
             if self.segments[id as usize].leases() > 0 {
                 continue;
             }
-            if let Some(write) = self.reclaim(id) {
-                a.sealed.remove(pos);
-                self.stats.evictions.fetch_add(1, Relaxed);
-                return Some((id, write));
+            match self.reclaim(id) {
+                Reclaimed::At(write) => {
+                    a.sealed.remove(pos);
+                    self.stats.evictions.fetch_add(1, Relaxed);
+                    return Some((id, write));
+                }
+                Reclaimed::Leased => {}
+                Reclaimed::Unrenewed => {
+                    // Kept where it is, retried first next time; nothing
+                    // else is emptied for this miss.
+                    self.stats.renew_failures.fetch_add(1, Relaxed);
+                    return None;
+                }
             }
         }
         None
     }
 
     /// Reclaims a sealed segment: objects hit since they were written are compacted to
-    /// its front (their second chance), everything else leaves the index. Returns the
-    /// new write position, or `None` if a reader appeared meanwhile.
-    fn reclaim(&self, id: u32) -> Option<u64> {
+    /// its front (their second chance), everything else leaves the index.
+    fn reclaim(&self, id: u32) -> Reclaimed {
         let seg = &self.segments[id as usize];
         let old_gen = seg.generation.fetch_add(1, SeqCst);
         let new_gen = old_gen.wrapping_add(1);
@@ -466,18 +500,25 @@ impl Store {
             // yet (and the allocator lock is held): put the generation back and try
             // another segment.
             seg.generation.store(old_gen, SeqCst);
-            return None;
+            return Reclaimed::Leased;
         }
         let guard = self.index.pin();
         let hwm = seg.high_water();
 
+        // Records that stay: moved in place, or (a segment bodies were sent
+        // from, whose pages the kernel may still hold) copied aside to be
+        // written back into renewed pages: at most half a segment, so a
+        // client that hits everything cannot make a reclaim hold a whole one.
+        let renew = seg.needs_renewal();
+        let aside_cap = seg.len() / 2;
         // Until compaction is done, recovery must see nothing of this segment: a crash
-        // mid-way would otherwise leave half-moved records below the mark.
-        seg.set_high_water(SEGMENT_HEADER as u64);
-        // Records that stay: moved in place, or (a sendable segment, whose
-        // pages the kernel may still be sending) copied aside to be written
-        // back into renewed pages. The copy is at most one segment, once.
-        let renew = seg.sendable();
+        // mid-way would otherwise leave half-moved records below the mark. (A
+        // renewal moves nothing in place, and rewrites the header itself:
+        // no write before it, which a failed renewal would make a fault on
+        // a hole.)
+        if !renew {
+            seg.set_high_water(SEGMENT_HEADER as u64);
+        }
         let mut aside: Vec<u8> = Vec::new();
         let mut stays: Vec<(Header, Vec<u8>, u64, u64)> = Vec::new();
         let mut off = SEGMENT_HEADER as u64;
@@ -512,7 +553,8 @@ impl Store {
                     .bytes((off as usize) + HEADER_LEN, h.key_len as usize)
                     .to_vec();
                 let hit = matches!(guard.get(&h.key_hash),
-                    Some(e) if e.seg == id && e.off == src && e.generation == old_gen && e.hit.load(Relaxed));
+                    Some(e) if e.seg == id && e.off == src && e.generation == old_gen && e.hit.load(Relaxed))
+                    && (!renew || aside.len() + h.total_len as usize <= aside_cap);
                 if hit {
                     // Move (or copy) first, publish after: no reader can reach
                     // `dst` (new generation) before its bytes are in place.
@@ -537,7 +579,7 @@ impl Store {
                 for (h, key, src, _) in &stays {
                     self.drop_entry(id, *src, h, key);
                 }
-                return None;
+                return Reclaimed::Unrenewed;
             }
             seg.write_at(SEGMENT_HEADER, &aside);
         }
@@ -571,7 +613,7 @@ impl Store {
             }
         }
         seg.set_high_water(write);
-        Some(write)
+        Reclaimed::At(write)
     }
 
     /// A reclaim drops the record at `off` of segment `id`: its index entry,

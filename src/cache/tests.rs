@@ -465,3 +465,48 @@ fn preflight_finds_what_open_would_refuse_without_taking_the_directory() {
     ));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_reclaim_after_sendfile_renews_the_pages_and_keeps_hit_objects_byte_exact() {
+    let d = dir("renew");
+    std::fs::create_dir_all(&d).unwrap();
+    if let Err(e) = segment::renews_pages(&d) {
+        eprintln!("this filesystem cannot renew pages ({e}): nothing to test");
+        return;
+    }
+    // 4 segments of 2 MiB (sendable), 1 shard; objects of 300 KB, each its own bytes.
+    let (c, _) = Cache::open(cfg(&d, 8, 2), 1).unwrap();
+    let body = |i: usize| -> Vec<u8> { (0..300_000).map(|j| (i * 31 + j / 7) as u8).collect() };
+    for i in 0..24 {
+        assert!(put(&c, 0, format!("r/{i}").as_bytes(), &body(i)));
+    }
+    assert_eq!(c.store.stats.evictions.load(Relaxed), 0);
+    // r/0 and r/1 are hit and sent by file: their segment must be renewed.
+    let seg0 = c.store.segments[0].clone();
+    for k in [&b"r/0"[..], b"r/1"] {
+        let hit = c.lookup(k).unwrap();
+        let file = hit.file.clone().expect("a sendable segment");
+        drop(
+            FileBody::new(&file, hit.body.clone()).unwrap_or_else(|_| panic!("inside the mapping")),
+        );
+    }
+    assert!(seg0.needs_renewal());
+    for i in 24..30 {
+        assert!(put(&c, 0, format!("r/{i}").as_bytes(), &body(i)), "put {i}");
+    }
+    assert!(c.store.stats.evictions.load(Relaxed) >= 1);
+    assert!(!seg0.needs_renewal(), "renewed by its reclaim");
+    for i in [0, 1] {
+        let hit = c
+            .lookup(format!("r/{i}").as_bytes())
+            .expect("kept: it was hit");
+        assert_eq!(hit.body, body(i), "r/{i} written back byte-exact");
+    }
+    assert!(c.lookup(b"r/2").is_none(), "unhit: gone");
+    // Objects written since are intact too.
+    for i in 24..30 {
+        assert_eq!(c.lookup(format!("r/{i}").as_bytes()).unwrap().body, body(i));
+    }
+    drop(c);
+    let _ = std::fs::remove_dir_all(&d);
+}

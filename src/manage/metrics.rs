@@ -355,6 +355,12 @@ pub fn render(shared: &Shared) -> String {
             st.evictions.load(Relaxed),
         ),
         (
+            "cairn_cache_page_renewal_failures_total",
+            "counter",
+            "Reclaims that could not renew the pages bodies were sent from (a full disk): the segment waits.",
+            st.renew_failures.load(Relaxed),
+        ),
+        (
             "cairn_cache_second_chances_total",
             "counter",
             "Objects kept through a reclaim because they were hit.",

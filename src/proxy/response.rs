@@ -223,9 +223,12 @@ pub async fn send_piece<D: Downstream>(
 }
 
 /// Hit bodies at least this long go out with sendfile where the connection
-/// and the segment allow it; shorter ones cost less as part of the head's
-/// vectored write (one syscall, no readiness wait).
-pub const SENDFILE_MIN: usize = 64 * 1024;
+/// and the segment allow it. Measured on loopback (docs/benchmarks.md): per
+/// server CPU-second, sendfile equals the vectored write at 4 MiB (the
+/// kernel's page-frag path costs what the copy does there) and loses 18% at
+/// 256 KiB (the head's separate write, the flag toggles and the readiness
+/// waits): shorter bodies go with the head's vectored write.
+pub const SENDFILE_MIN: usize = 1 << 20;
 
 /// A piece of a hit's body: by sendfile when it can be ([`SENDFILE_MIN`], no
 /// transform, a sendable segment), else as [`send_piece`].
