@@ -146,3 +146,44 @@ fn accepted_framings_are_answered_exactly_once_each() {
     }
     assert_eq!(origin.count(), 8);
 }
+
+/// RFC 9112 §9.6: a connection closed with the client's bytes unread is
+/// reset, and a reset can destroy the response before the client reads it.
+/// So a refusal with bytes behind it lingers and drains; a `Connection:
+/// close` exchange with nothing behind it closes at once (its FIN, no wait).
+#[test]
+fn close_lingers_only_when_client_bytes_are_unread() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let origin = Origin::start(|_| ok(b"fine"));
+    let cairn = Cairn::start(config_dir(&origin.addr.to_string(), "", ""), 1);
+    // A refused head (400) followed by 256 KiB the server never parses.
+    let mut s = std::net::TcpStream::connect(cairn.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut req = b"GET / HTTP/1.1\r\nHost: test.local\r\nContent-Length: abc\r\n\r\n".to_vec();
+        req.extend(std::iter::repeat_n(b'x', 256 << 10));
+        let _ = w.write_all(&req);
+    });
+    let mut got = Vec::new();
+    let r = s.read_to_end(&mut got);
+    writer.join().unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(r.is_ok(), "no reset before the end: {r:?} after {text:?}");
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    // Nothing behind: the close is immediate.
+    let mut s = std::net::TcpStream::connect(cairn.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed at once, not after a linger: {:?}",
+        started.elapsed()
+    );
+}

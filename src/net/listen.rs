@@ -98,6 +98,16 @@ pub fn watch(l: TcpListener) -> io::Result<tokio::io::unix::AsyncFd<TcpListener>
 mod tests {
     use super::*;
 
+    /// `shard::accept_loop` relies on it: accepted sockets are not set again.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_group() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let client = std::net::TcpStream::connect(group[0].local_addr().unwrap()).unwrap();
+        let (accepted, _) = group[0].accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+        drop(client);
+    }
+
     #[test]
     fn group_shares_port_and_refuses_foreign_holder() {
         let group = bind_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();

@@ -56,6 +56,17 @@ fn consume(bufs: &mut [Bytes], mut n: usize) -> usize {
     whole
 }
 
+/// What a peek at a socket found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peek {
+    /// Nothing to read; open.
+    Nothing,
+    /// The peer's end of stream, nothing before it.
+    Closed,
+    /// Bytes to read (or an error, which a read will report).
+    Data,
+}
+
 /// One TCP connection on this shard's ring. Cloning shares the socket, so a read and
 /// a write can be in flight together (every tokio-uring method takes `&self`).
 /// With TLS, the same methods carry plaintext: records are made and taken apart
@@ -73,11 +84,18 @@ pub struct Conn {
 impl Conn {
     pub fn from_uring(stream: tokio_uring::net::TcpStream) -> io::Result<Conn> {
         stream.set_nodelay(true)?;
-        Ok(Conn {
+        Ok(Conn::accepted(stream))
+    }
+
+    /// A connection accepted from one of our listeners: it inherited
+    /// `TCP_NODELAY` from the listening socket (`listen::bind_group`), so no
+    /// syscall is spent setting it again on every new connection.
+    pub fn accepted(stream: tokio_uring::net::TcpStream) -> Conn {
+        Conn {
             inner: Rc::new(stream),
             tls: None,
             kernel: None,
-        })
+        }
     }
 
     /// The server side of a TLS handshake on this (plain) connection, within
@@ -568,8 +586,13 @@ impl Conn {
     /// True if the socket is idle and usable: nothing to read, not closed by the
     /// peer. A pooled origin connection that fails this would hand the next request
     /// a stale close or stray bytes, so the pool drops it instead.
-    #[allow(unsafe_code)]
     pub fn is_idle_and_open(&self) -> bool {
+        self.peek() == Peek::Nothing
+    }
+
+    /// What waits to be read, without reading it (one `recv` with `MSG_PEEK`).
+    #[allow(unsafe_code)]
+    fn peek(&self) -> Peek {
         use std::os::fd::AsRawFd;
         if self.tls.as_ref().is_some_and(|t| !t.holds_nothing())
             || self
@@ -577,7 +600,7 @@ impl Conn {
                 .as_ref()
                 .is_some_and(|k| !k.pending.borrow().is_empty())
         {
-            return false;
+            return Peek::Data;
         }
         let mut byte = 0u8;
         // SAFETY: recv on our own open fd into a valid 1-byte buffer; MSG_PEEK leaves
@@ -590,7 +613,12 @@ impl Conn {
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
             )
         };
-        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+        match n {
+            0 => Peek::Closed,
+            n if n > 0 => Peek::Data,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Peek::Nothing,
+            _ => Peek::Data,
+        }
     }
 
     /// The local address of the connection (which address the client reached).
@@ -623,16 +651,19 @@ impl Conn {
                 let _ = self.flush_records(Duration::from_secs(1)).await;
             }
         }
-        let _ = self.inner.shutdown(Shutdown::Write);
-        // Nothing unread: no reset can destroy the response, close at once (the
-        // common `Connection: close` case). Otherwise linger and drain. A kTLS
-        // socket's peek cannot tell: it says nothing while half a record is
-        // queued, and closing on that would reset the connection. So it lingers
-        // (until the client's end of stream, at most as below).
-        if self.kernel.is_none() && self.is_idle_and_open() {
-            self.shutdown();
+        // Nothing unread, or the client has closed already: no reset can
+        // destroy the response, so a plain close (the common `Connection:
+        // close` case), which the last handle's drop makes at the end of the
+        // connection's task: its FIN, no shutdown calls, no read. Otherwise
+        // linger and drain. A kTLS socket's peek cannot tell: it says nothing
+        // while half a record is queued, and closing on that would reset the
+        // connection. So it lingers (until the client's end of stream, at most
+        // as below). No operation is in flight here (the connection's loop is
+        // sequential), so nothing needs a shutdown to complete.
+        if self.kernel.is_none() && matches!(self.peek(), Peek::Nothing | Peek::Closed) {
             return;
         }
+        let _ = self.inner.shutdown(Shutdown::Write);
         let mut scratch = BytesMut::with_capacity(READ_CHUNK);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         let mut drained = 0usize;

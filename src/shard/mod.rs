@@ -251,13 +251,7 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let conn = match Conn::from_uring(tokio_uring::net::TcpStream::from_std(stream)) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        log::warn!("shard {}: accepted socket unusable: {e}", shard.id);
-                        continue;
-                    }
-                };
+                let conn = Conn::accepted(tokio_uring::net::TcpStream::from_std(stream));
                 shard.stats().connections.fetch_add(1, Relaxed);
                 let guard = SessionGuard::new(shard.clone(), conn.clone(), ticket);
                 let s = shard.clone();
