@@ -737,3 +737,58 @@ fn sigusr2_hands_the_sockets_to_a_new_binary_without_a_failed_request() {
         cairn.stderr()
     );
 }
+
+/// A vhost added by a reload serves at once on the running listener, and one
+/// removed is gone; a listener added is refused until a restart (docs say so).
+#[test]
+fn a_reload_adds_and_removes_a_vhost_without_a_restart() {
+    let first = Origin::start(|_| ok(b"first"));
+    let second = Origin::start(|_| ok(b"second"));
+    let dir = setup(&first);
+    let cairn = Cairn::start(dir.clone(), 1);
+    let reloads = |c: &Cairn| c.stderr().matches("configuration reloaded").count();
+    let get = |host: &str| {
+        let mut c = cairn.connect();
+        c.send(format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        c.response(false).expect("a response")
+    };
+    let vhosts = |extra: &str| {
+        std::fs::write(
+            dir.join("vhosts.xml"),
+            format!(
+                "<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost>{extra}<Default>test.local</Default></Vhosts>",
+                first.addr
+            ),
+        )
+        .unwrap()
+    };
+    let reload = |what: &str| {
+        let before = reloads(&cairn);
+        cairn.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while reloads(&cairn) == before {
+            assert!(Instant::now() < deadline, "{what}:\n{}", cairn.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    assert_eq!(get("second.local").body, b"first", "the default vhost at first");
+    vhosts(&format!(
+        "<Vhost Name=\"second.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost>",
+        second.addr
+    ));
+    reload("adding a vhost");
+    assert_eq!(get("second.local").body, b"second", "the added vhost serves");
+    assert_eq!(get("test.local").body, b"first");
+    vhosts("");
+    reload("removing it");
+    assert_eq!(get("second.local").body, b"first", "removed: the default again");
+    // A new listener cannot be opened by a reload: refused, nothing changes.
+    vhosts(&format!(
+        "<Vhost Name=\"third.local\"><Listen>127.0.0.3:0</Listen><Origin><Address>{}</Address></Origin></Vhost>",
+        second.addr
+    ));
+    cairn.signal("HUP");
+    let log = cairn.wait_log("listen addresses changed; restart cairn to apply them");
+    assert!(log.contains("reload refused"), "{log}");
+    assert_eq!(get("test.local").body, b"first");
+}

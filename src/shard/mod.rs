@@ -95,7 +95,7 @@ pub fn probe_rings(shards: usize) -> std::io::Result<()> {
     std::thread::scope(|s| {
         s.spawn(|| {
             (0..shards)
-                .map(|_| tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)))
+                .map(|_| new_ring())
                 .collect::<std::io::Result<Vec<_>>>()
                 .map(drop)
         })
@@ -104,12 +104,24 @@ pub fn probe_rings(shards: usize) -> std::io::Result<()> {
     })
 }
 
+/// A shard's runtime and ring. One thread submits to it (`SINGLE_ISSUER`),
+/// and completions wait for that thread's next entry into the kernel instead
+/// of interrupting it (`COOP_TASKRUN`); a kernel without them (before 6.0)
+/// gets a plain ring.
+fn new_ring() -> std::io::Result<tokio_uring::Runtime> {
+    let mut tuned = tokio_uring::uring_builder();
+    tuned.setup_coop_taskrun().setup_single_issuer();
+    let mut b = tokio_uring::builder();
+    b.entries(RING_ENTRIES).uring_builder(&tuned);
+    tokio_uring::Runtime::new(&b)
+        .or_else(|_| tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)))
+}
+
 /// Starts shard `id` on the current thread and runs it until the drain completes.
 /// `listeners[g]` is this shard's listener for listen group `g`.
 pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
-    tokio_uring::builder()
-        .entries(RING_ENTRIES)
-        .start(async move {
+    let rt = new_ring().unwrap_or_else(|e| panic!("shard {id}: no io_uring ring: {e}"));
+    rt.block_on(async move {
             let shard = Rc::new(ShardCtx::new(id, shared.clone()));
             let _ends = EndOnPanic(shard.clone());
             for (group, l) in listeners.into_iter().enumerate() {
