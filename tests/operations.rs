@@ -771,17 +771,29 @@ fn a_reload_adds_and_removes_a_vhost_without_a_restart() {
             std::thread::sleep(Duration::from_millis(10));
         }
     };
-    assert_eq!(get("second.local").body, b"first", "the default vhost at first");
+    assert_eq!(
+        get("second.local").body,
+        b"first",
+        "the default vhost at first"
+    );
     vhosts(&format!(
         "<Vhost Name=\"second.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost>",
         second.addr
     ));
     reload("adding a vhost");
-    assert_eq!(get("second.local").body, b"second", "the added vhost serves");
+    assert_eq!(
+        get("second.local").body,
+        b"second",
+        "the added vhost serves"
+    );
     assert_eq!(get("test.local").body, b"first");
     vhosts("");
     reload("removing it");
-    assert_eq!(get("second.local").body, b"first", "removed: the default again");
+    assert_eq!(
+        get("second.local").body,
+        b"first",
+        "removed: the default again"
+    );
     // A new listener cannot be opened by a reload: refused, nothing changes.
     vhosts(&format!(
         "<Vhost Name=\"third.local\"><Listen>127.0.0.3:0</Listen><Origin><Address>{}</Address></Origin></Vhost>",

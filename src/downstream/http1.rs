@@ -26,8 +26,10 @@ use tokio::time::Instant;
 /// (per write that makes progress, like nginx's send_timeout).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A connection's read buffer between requests: enough for a typical request head.
-const IDLE_BUFFER: usize = 2048;
+/// A connection's read buffer between requests: a typical request head (curl's,
+/// wrk's, an API client's) fits; a browser's larger one grows it once. Every
+/// idle keep-alive connection holds one.
+const IDLE_BUFFER: usize = 1024;
 /// Read buffers above this size are not kept across idle keep-alive periods.
 const KEEP_BUFFER: usize = 64 * 1024;
 /// Pending pieces before a flush.

@@ -324,9 +324,12 @@ impl Conn {
         timeout: Duration,
         stop: impl Future<Output = ()>,
     ) -> Result<usize, IoError> {
+        // The TLS reads are boxed: their futures (records to flush, control
+        // records to take) are large, and an idle plain connection holds
+        // this future for as long as it waits.
         match (&self.tls, &self.kernel) {
-            (Some(t), _) => self.tls_read_or_stop(t, buf, timeout, stop).await,
-            (None, Some(k)) => self.kernel_read_or_stop(k, buf, timeout, stop).await,
+            (Some(t), _) => Box::pin(self.tls_read_or_stop(t, buf, timeout, stop)).await,
+            (None, Some(k)) => Box::pin(self.kernel_read_or_stop(k, buf, timeout, stop)).await,
             (None, None) => self.raw_read_or_stop(buf, timeout, stop).await,
         }
     }
