@@ -186,4 +186,12 @@ fn close_lingers_only_when_client_bytes_are_unread() {
         "closed at once, not after a linger: {:?}",
         started.elapsed()
     );
+    // Closed for good, not half-closed and draining: a byte sent now is
+    // answered with a reset (a lingering server would read it quietly).
+    let _ = s.write_all(b"x");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut b = [0u8; 1];
+    let reset = matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        || s.write_all(b"y").is_err();
+    assert!(reset, "a plain close, no lingering read");
 }

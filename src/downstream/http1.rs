@@ -373,8 +373,16 @@ pub async fn serve(
     let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
     let mut nth: u32 = 0;
     loop {
-        if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
-            rbuf = BytesMut::with_capacity(IDLE_BUFFER);
+        // Between requests: a large buffer goes; otherwise the room that
+        // taking heads off its front used up is given back (in place when the
+        // last request no longer holds the allocation), so the idle read
+        // never has to grow it to READ_CHUNK.
+        if rbuf.is_empty() {
+            if rbuf.capacity() > KEEP_BUFFER {
+                rbuf = BytesMut::with_capacity(IDLE_BUFFER);
+            } else {
+                rbuf.reserve(IDLE_BUFFER);
+            }
         }
         // Read per request: a reload reaches keep-alive connections too.
         let request_timeout = shared.live.load().config.server.request_timeout;
@@ -513,7 +521,13 @@ pub async fn serve(
         match ex.state {
             State::Done if !ex.closes() => {}
             State::Done => {
-                Box::pin(conn.close_gracefully()).await;
+                // A client that sent `Connection: close` (RFC 9112 §9.6: it
+                // sends no further request), or HTTP/1.0 without keep-alive;
+                // its body was read before the response.
+                let f = ex.facts;
+                let client_done =
+                    f.client_close || (f.version == Version::Http10 && !f.client_keep_alive);
+                Box::pin(conn.close_gracefully(client_done)).await;
                 return;
             }
             State::Aborted | State::Streaming | State::Fresh => {
@@ -601,7 +615,7 @@ async fn refuse_and_close(
     if gone {
         conn.shutdown();
     } else {
-        conn.close_gracefully().await;
+        conn.close_gracefully(false).await;
     }
 }
 

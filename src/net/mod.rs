@@ -61,10 +61,13 @@ fn consume(bufs: &mut [Bytes], mut n: usize) -> usize {
 enum Peek {
     /// Nothing to read; open.
     Nothing,
-    /// The peer's end of stream, nothing before it.
+    /// End of stream: the peer's FIN, or our own `shutdown(Read)` (a timed
+    /// out read), with nothing before it.
     Closed,
-    /// Bytes to read (or an error, which a read will report).
+    /// Bytes to read (TLS: buffered records or plaintext).
     Data,
+    /// The connection failed (reset, timed out): nothing left to protect.
+    Failed,
 }
 
 /// One TCP connection on this shard's ring. Cloning shares the socket, so a read and
@@ -620,7 +623,8 @@ impl Conn {
             0 => Peek::Closed,
             n if n > 0 => Peek::Data,
             _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Peek::Nothing,
-            _ => Peek::Data,
+            // The socket's pending error, which the peek itself clears.
+            _ => Peek::Failed,
         }
     }
 
@@ -644,8 +648,10 @@ impl Conn {
 
     /// Lingering close (RFC 9112 §9.6): stop sending, drain what the client still sends
     /// for a short while so that its pipelined bytes do not turn into a reset that
-    /// destroys the response in flight, then close.
-    pub async fn close_gracefully(&self) {
+    /// destroys the response in flight, then close. `client_done`: the client
+    /// said it sends nothing more (`Connection: close`, or HTTP/1.0 without
+    /// keep-alive) and its body was read.
+    pub async fn close_gracefully(&self, client_done: bool) {
         self.kernel_close_notify();
         if let Some(t) = &self.tls {
             if let Ok(_writer) = tokio::time::timeout(Duration::from_secs(1), t.writer.lock()).await
@@ -654,17 +660,24 @@ impl Conn {
                 let _ = self.flush_records(Duration::from_secs(1)).await;
             }
         }
-        // Nothing unread, or the client has closed already: no reset can
-        // destroy the response, so a plain close (the common `Connection:
-        // close` case), which the last handle's drop makes at the end of the
-        // connection's task: its FIN, no shutdown calls, no read. Otherwise
-        // linger and drain. A kTLS socket's peek cannot tell: it says nothing
-        // while half a record is queued, and closing on that would reset the
-        // connection. So it lingers (until the client's end of stream, at most
-        // as below). No operation is in flight here (the connection's loop is
-        // sequential), so nothing needs a shutdown to complete.
-        if self.kernel.is_none() && matches!(self.peek(), Peek::Nothing | Peek::Closed) {
-            return;
+        // A plain close, which the last handle's drop makes at the end of the
+        // connection's task (its FIN; no shutdown calls, no read), where no
+        // reset can destroy the response: the client has closed already or
+        // failed, or it said it sends nothing more and nothing of its is
+        // unread (the common `Connection: close` case). Where the server
+        // decides to close (keep-alive limits, a drain, a refusal), bytes the
+        // peek cannot see yet may be on their way: linger and drain. A kTLS
+        // socket's peek cannot tell: it says nothing while half a record is
+        // queued, and closing on that would reset the connection. So it
+        // lingers (until the client's end of stream, at most as below). No
+        // operation is in flight here (the connection's loop is sequential),
+        // so nothing needs a shutdown to complete.
+        if self.kernel.is_none() {
+            match self.peek() {
+                Peek::Closed | Peek::Failed => return,
+                Peek::Nothing if client_done => return,
+                Peek::Nothing | Peek::Data => {}
+            }
         }
         let _ = self.inner.shutdown(Shutdown::Write);
         let mut scratch = BytesMut::with_capacity(READ_CHUNK);

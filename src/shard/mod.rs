@@ -104,17 +104,43 @@ pub fn probe_rings(shards: usize) -> std::io::Result<()> {
     })
 }
 
-/// A shard's runtime and ring. One thread submits to it (`SINGLE_ISSUER`),
+/// A shard's runtime and ring. One thread submits to it (`SINGLE_ISSUER`:
+/// tokio-uring's driver is `!Send`, and a restarted shard gets a new ring),
 /// and completions wait for that thread's next entry into the kernel instead
-/// of interrupting it (`COOP_TASKRUN`); a kernel without them (before 6.0)
-/// gets a plain ring.
+/// of interrupting it (`COOP_TASKRUN`: the shard sleeps in `epoll_wait`,
+/// which the kernel still wakes for task work). Kernels that refuse a flag
+/// (`EINVAL`: `SINGLE_ISSUER` before 6.0, `COOP_TASKRUN` before 5.19) get
+/// the ones they take. Not `DEFER_TASKRUN` or `TASKRUN_FLAG`: tokio-uring
+/// never enters the kernel to reap (`GETEVENTS`), so deferred work would
+/// never run.
 fn new_ring() -> std::io::Result<tokio_uring::Runtime> {
-    let mut tuned = tokio_uring::uring_builder();
-    tuned.setup_coop_taskrun().setup_single_issuer();
-    let mut b = tokio_uring::builder();
-    b.entries(RING_ENTRIES).uring_builder(&tuned);
-    tokio_uring::Runtime::new(&b)
-        .or_else(|_| tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)))
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let mut last = None;
+    for step in 0..3 {
+        let mut tuned = tokio_uring::uring_builder();
+        let flags = match step {
+            0 => {
+                tuned.setup_coop_taskrun().setup_single_issuer();
+                "COOP_TASKRUN and SINGLE_ISSUER"
+            }
+            1 => {
+                tuned.setup_coop_taskrun();
+                "COOP_TASKRUN"
+            }
+            _ => "no setup flags",
+        };
+        let mut b = tokio_uring::builder();
+        b.entries(RING_ENTRIES).uring_builder(&tuned);
+        match tokio_uring::Runtime::new(&b) {
+            Ok(rt) => {
+                SAID.call_once(|| log::info!("shard rings: io_uring with {flags}"));
+                return Ok(rt);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::Unsupported)))
 }
 
 /// Starts shard `id` on the current thread and runs it until the drain completes.
