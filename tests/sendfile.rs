@@ -102,10 +102,9 @@ fn wait_metric(mgr: SocketAddr, sample: &str, at_least: u64) -> u64 {
     }
 }
 
-#[test]
-fn sendfile_hits_stay_byte_exact_while_their_segments_are_reclaimed_and_rewritten() {
-    let origin = Origin::start(|r| ok(&body_of(key_of(&r.path))));
-    let dir = temp_dir("sendfile");
+/// A small disk cache (three 4 MiB segments), one shard, and a manager.
+fn small_cache(origin: &Origin, tag: &str) -> std::path::PathBuf {
+    let dir = temp_dir(tag);
     std::fs::write(
         dir.join("server.xml"),
         r#"<Server><Host><Manager Port="0" Listen="127.0.0.1"><Allow>127.0.0.1</Allow></Manager></Host><Cache><Storage SegmentSize="4MB" Quota="12MB"><Disk>cache</Disk></Storage></Cache><VHostDefault><Options><CacheStatusHeader>ON</CacheStatusHeader></Options></VHostDefault></Server>"#,
@@ -119,7 +118,13 @@ fn sendfile_hits_stay_byte_exact_while_their_segments_are_reclaimed_and_rewritte
         ),
     )
     .unwrap();
-    let cairn = Cairn::start(dir, 1);
+    dir
+}
+
+#[test]
+fn sendfile_hits_stay_byte_exact_while_their_segments_are_reclaimed_and_rewritten() {
+    let origin = Origin::start(|r| ok(&body_of(key_of(&r.path))));
+    let cairn = Cairn::start(small_cache(&origin, "sendfile"), 1);
     let mgr = cairn.manager_addr();
     if cairn.stderr().contains("hits are sent by copy") {
         eprintln!(
@@ -202,4 +207,64 @@ fn sendfile_hits_stay_byte_exact_while_their_segments_are_reclaimed_and_rewritte
             );
         }
     }
+}
+
+/// A renewal that fails (a full disk, injected in a fault-injection build)
+/// costs caching, never a wrong byte or a crash, and the cache recovers when
+/// the disk does.
+#[test]
+fn failed_renewals_serve_misses_uncached_and_the_cache_recovers() {
+    let origin = Origin::start(|r| ok(&body_of(key_of(&r.path))));
+    let cairn = Cairn::start(small_cache(&origin, "renew-fail"), 1);
+    let mgr = cairn.manager_addr();
+    if manager_call(mgr, "/debug/renew?fail=1").0 != 200 {
+        eprintln!("not a fault-injection build: cargo test --release --features fault-injection");
+        return;
+    }
+    if cairn.stderr().contains("hits are sent by copy") {
+        eprintln!("this filesystem cannot renew pages under sendfile: nothing to test here");
+        return;
+    }
+    manager_call(mgr, "/debug/renew?fail=0");
+    let failures = "cairn_cache_page_renewal_failures_total";
+    let mut c = cairn.connect();
+    // Every segment gets objects sent by file: each would need a renewal.
+    for k in 0..9 {
+        c.get(&format!("/obj/{k}"));
+        let r = c.get(&format!("/obj/{k}"));
+        assert_eq!(r.header("x-cache"), Some("TCP_HIT"), "{k}");
+    }
+    assert_eq!(manager_call(mgr, "/debug/renew?fail=1").0, 200);
+    for k in 100..110 {
+        let r = c.get(&format!("/obj/{k}"));
+        assert_eq!((r.status, first_wrong(k, &r.body)), (200, None), "{k}");
+    }
+    assert!(metric(mgr, failures) > 0, "renewals were tried and failed");
+    let log = cairn.stderr();
+    assert!(
+        log.contains("renewing its pages before reuse failed"),
+        "{log}"
+    );
+    // The disk is back: the next reclaims renew, and new objects are stored.
+    assert_eq!(manager_call(mgr, "/debug/renew?fail=0").0, 200);
+    let before = metric(mgr, failures);
+    let mut stored = 0;
+    for k in 200..215 {
+        let r = c.get(&format!("/obj/{k}"));
+        assert_eq!(first_wrong(k, &r.body), None, "{k}");
+        let r = c.get(&format!("/obj/{k}"));
+        assert_eq!(first_wrong(k, &r.body), None, "{k}");
+        stored += usize::from(r.header("x-cache") == Some("TCP_HIT"));
+    }
+    assert_eq!(
+        metric(mgr, failures),
+        before,
+        "no failure once the disk is back"
+    );
+    assert!(stored >= 10, "cached again: {stored} of 15");
+    assert!(
+        cairn.stderr().contains("renewed; back in use"),
+        "{}",
+        cairn.stderr()
+    );
 }

@@ -204,6 +204,12 @@ impl Cache {
         Store::preflight(config, shards)
     }
 
+    /// Makes renewals of sent pages fail as on a full disk (`/debug/renew`).
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_renewals(&self, on: bool) {
+        self.store.fail_renewals.store(on, Relaxed);
+    }
+
     pub fn config(&self) -> &StoreConfig {
         &self.store.config
     }

@@ -292,14 +292,21 @@ impl Segment {
             // later write through the mapping.
             preallocate(f, self.len)
         };
+        if r.is_ok() {
+            self.init();
+            self.sent.store(false, SeqCst);
+        }
+        r
+    }
+
+    /// Logs a renewal's outcome: the first failure of a run of them, and the
+    /// success that ends it.
+    pub(super) fn report_renewal(&self, r: &io::Result<()>) {
         match r {
             Ok(()) => {
-                self.init();
-                self.sent.store(false, SeqCst);
                 if self.renew_failed.swap(false, SeqCst) {
                     log::info!("cache segment {}: renewed; back in use", self.id);
                 }
-                Ok(())
             }
             Err(e) => {
                 if !self.renew_failed.swap(true, SeqCst) {
@@ -308,7 +315,6 @@ impl Segment {
                         self.id
                     );
                 }
-                Err(e)
             }
         }
     }

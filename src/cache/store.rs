@@ -136,6 +136,10 @@ pub struct Store {
     pub config: StoreConfig,
     pub stats: StoreStats,
     _lock: Option<File>,
+    /// Set by `/debug/renew?fail=1` (fault-injection builds): renewals fail
+    /// as on a full disk.
+    #[cfg(feature = "fault-injection")]
+    pub fail_renewals: AtomicBool,
 }
 
 /// A reserved region of a segment, leased so it cannot be reclaimed while written.
@@ -386,6 +390,8 @@ impl Store {
             config,
             stats: StoreStats::default(),
             _lock: lock,
+            #[cfg(feature = "fault-injection")]
+            fail_renewals: AtomicBool::new(false),
         };
         Ok((store, recovery))
     }
@@ -434,6 +440,20 @@ impl Store {
         None
     }
 
+    /// [`Segment::renew_pages`], or its injected failure (a test build).
+    fn renew(&self, seg: &Segment) -> std::io::Result<()> {
+        #[cfg(feature = "fault-injection")]
+        let r = if seg.needs_renewal() && self.fail_renewals.load(Relaxed) {
+            Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+        } else {
+            seg.renew_pages()
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let r = seg.renew_pages();
+        seg.report_renewal(&r);
+        r
+    }
+
     /// Could [`reserve`](Self::reserve) find `len` bytes for `shard` now?
     pub fn can_reserve(&self, shard: usize, len: u64) -> bool {
         if len > self.max_record() {
@@ -456,7 +476,7 @@ impl Store {
             seg.generation.fetch_add(1, SeqCst);
             // Empty, but a crash in a reclaim may have left sent pages below
             // the mark (a previous process's, still queued after an upgrade).
-            if seg.renew_pages().is_err() {
+            if self.renew(seg).is_err() {
                 // It stays first, for a later try; this miss goes uncached
                 // (a full disk: another segment would fail the same way).
                 self.stats.renew_failures.fetch_add(1, Relaxed);
@@ -574,7 +594,7 @@ impl Store {
             off = end;
         }
         if renew {
-            if seg.renew_pages().is_err() {
+            if self.renew(seg).is_err() {
                 // Out of use until a later reclaim renews it: nothing stays.
                 for (h, key, src, _) in &stays {
                     self.drop_entry(id, *src, h, key);

@@ -237,7 +237,7 @@ fn needs(path: &str) -> Option<Role> {
         | "/command/encryptpassword"
         | "/conf/reload" => Role::Admin,
         #[cfg(feature = "fault-injection")]
-        "/debug/panic" if crate::context::faults_armed() => Role::Admin,
+        "/debug/panic" | "/debug/renew" if crate::context::faults_armed() => Role::Admin,
         _ => return None,
     })
 }
@@ -305,6 +305,16 @@ fn route(m: &Manager, role: Role, path: &str, query: &str) -> (u16, &'static str
                 None => (400, JSON, json::reply("panic", "BadRequest", "{}")),
             }
         }
+        #[cfg(feature = "fault-injection")]
+        "/debug/renew" => match target::query_param(query, "fail").as_deref() {
+            Some("1") | Some("0") => {
+                shared
+                    .cache
+                    .fail_renewals(target::query_param(query, "fail").as_deref() == Some("1"));
+                (200, JSON, json::reply("renew", "OK", "{}"))
+            }
+            _ => (400, JSON, json::reply("renew", "BadRequest", "{}")),
+        },
         "/conf/reload" => match (m.reload)() {
             Ok(msg) => (200, JSON, json::reply("reload", "OK", &json::string(&msg))),
             Err(e) => (500, JSON, json::reply("reload", "Error", &json::string(&e))),
