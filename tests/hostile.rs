@@ -49,17 +49,7 @@ fn poisonable_origin() -> Origin {
 /// A config directory whose `server.xml` is `server` and whose one vhost
 /// `test.local` fronts `origin`.
 fn dir_with(server: &str, origin: &Origin) -> PathBuf {
-    let dir = temp_dir("conf");
-    std::fs::write(dir.join("server.xml"), server).unwrap();
-    std::fs::write(
-        dir.join("vhosts.xml"),
-        format!(
-            "<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost><Default>test.local</Default></Vhosts>",
-            origin.addr
-        ),
-    )
-    .unwrap();
-    dir
+    write_config(temp_dir("conf"), server, &origin.addr.to_string())
 }
 
 fn get_with(c: &Cairn, path: &str, extra: &str) -> Response {

@@ -15,23 +15,25 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn setup(origin: &Origin) -> PathBuf {
-    let dir = temp_dir("operations");
-    std::fs::write(
-        dir.join("server.xml"),
-        format!(
+    write_config(
+        temp_dir("operations"),
+        &format!(
             "<Server><Host><Manager Port=\"0\" Listen=\"127.0.0.1\"><Allow>127.0.0.1</Allow></Manager></Host>{TEST_CACHE}<VHostDefault><Options><CacheStatusHeader>ON</CacheStatusHeader></Options><Log Dir=\"logs\"><Access Local=\"ON\">ON</Access></Log></VHostDefault></Server>"
         ),
+        &origin.addr.to_string(),
     )
-    .unwrap();
-    std::fs::write(
-        dir.join("vhosts.xml"),
-        format!(
-            "<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost><Default>test.local</Default></Vhosts>",
-            origin.addr
-        ),
-    )
-    .unwrap();
-    dir
+}
+
+/// SIGHUP, and waits (5 s at most) for the reload it makes to be logged.
+fn reload(cairn: &Cairn, what: &str) {
+    let reloads = |c: &Cairn| c.stderr().matches("configuration reloaded").count();
+    let before = reloads(cairn);
+    cairn.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reloads(cairn) == before {
+        assert!(Instant::now() < deadline, "{what}:\n{}", cairn.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn manager_addr(c: &Cairn) -> SocketAddr {
@@ -338,13 +340,7 @@ fn ten_reloads_under_load_fail_no_request_and_each_takes_effect() {
     for i in 1..=10 {
         let on = i % 2 == 0;
         write_server_xml(&dir, if on { "ON" } else { "OFF" });
-        let before = reloads(&cairn);
-        cairn.signal("HUP");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while reloads(&cairn) == before {
-            assert!(Instant::now() < deadline, "reload {i}:\n{}", cairn.stderr());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        reload(&cairn, &format!("reload {i}"));
         // The next request on a connection opened before the reload sees it.
         assert_eq!(x_cache(&mut probe, i), on, "reload {i}");
         if i == 5 {
@@ -746,7 +742,6 @@ fn a_reload_adds_and_removes_a_vhost_without_a_restart() {
     let second = Origin::start(|_| ok(b"second"));
     let dir = setup(&first);
     let cairn = Cairn::start(dir.clone(), 1);
-    let reloads = |c: &Cairn| c.stderr().matches("configuration reloaded").count();
     let get = |host: &str| {
         let mut c = cairn.connect();
         c.send(format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
@@ -762,15 +757,6 @@ fn a_reload_adds_and_removes_a_vhost_without_a_restart() {
         )
         .unwrap()
     };
-    let reload = |what: &str| {
-        let before = reloads(&cairn);
-        cairn.signal("HUP");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while reloads(&cairn) == before {
-            assert!(Instant::now() < deadline, "{what}:\n{}", cairn.stderr());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
     assert_eq!(
         get("second.local").body,
         b"first",
@@ -780,7 +766,7 @@ fn a_reload_adds_and_removes_a_vhost_without_a_restart() {
         "<Vhost Name=\"second.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost>",
         second.addr
     ));
-    reload("adding a vhost");
+    reload(&cairn, "adding a vhost");
     assert_eq!(
         get("second.local").body,
         b"second",
@@ -788,7 +774,7 @@ fn a_reload_adds_and_removes_a_vhost_without_a_restart() {
     );
     assert_eq!(get("test.local").body, b"first");
     vhosts("");
-    reload("removing it");
+    reload(&cairn, "removing it");
     assert_eq!(
         get("second.local").body,
         b"first",

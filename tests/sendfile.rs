@@ -104,21 +104,11 @@ fn wait_metric(mgr: SocketAddr, sample: &str, at_least: u64) -> u64 {
 
 /// A small disk cache (three 4 MiB segments), one shard, and a manager.
 fn small_cache(origin: &Origin, tag: &str) -> std::path::PathBuf {
-    let dir = temp_dir(tag);
-    std::fs::write(
-        dir.join("server.xml"),
+    write_config(
+        temp_dir(tag),
         r#"<Server><Host><Manager Port="0" Listen="127.0.0.1"><Allow>127.0.0.1</Allow></Manager></Host><Cache><Storage SegmentSize="4MB" Quota="12MB"><Disk>cache</Disk></Storage></Cache><VHostDefault><Options><CacheStatusHeader>ON</CacheStatusHeader></Options></VHostDefault></Server>"#,
+        &origin.addr.to_string(),
     )
-    .unwrap();
-    std::fs::write(
-        dir.join("vhosts.xml"),
-        format!(
-            "<Vhosts><Vhost Name=\"test.local\"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost><Default>test.local</Default></Vhosts>",
-            origin.addr
-        ),
-    )
-    .unwrap();
-    dir
 }
 
 #[test]

@@ -167,9 +167,6 @@ pub struct Hit {
     pub headers: Bytes,
     /// The body, pointing into the segment mapping.
     pub body: Bytes,
-    /// The segment, when bodies in it may go out with sendfile
-    /// ([`FileBody`]).
-    pub file: Option<Arc<segment::Segment>>,
 }
 
 impl Cache {
@@ -208,6 +205,16 @@ impl Cache {
     #[cfg(feature = "fault-injection")]
     pub fn fail_renewals(&self, on: bool) {
         self.store.fail_renewals.store(on, Relaxed);
+    }
+
+    /// `piece` (of a hit's body, from segment `seg`: [`Hit::loc`]) for
+    /// sendfile, or handed back where it cannot go that way. Asked only for
+    /// large pieces, so a hit costs nothing for it.
+    pub fn file_body(&self, seg: u32, piece: Bytes) -> Result<FileBody, Bytes> {
+        match self.store.segments.get(seg as usize) {
+            Some(s) => FileBody::new(s, piece),
+            None => Err(piece),
+        }
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -270,7 +277,6 @@ impl Cache {
             etag,
             headers,
             body: rec.slice(meta_end..body_end),
-            file: seg.sendable().then(|| seg.clone()),
         })
     }
 

@@ -485,9 +485,9 @@ fn a_reclaim_after_sendfile_renews_the_pages_and_keeps_hit_objects_byte_exact() 
     let seg0 = c.store.segments[0].clone();
     for k in [&b"r/0"[..], b"r/1"] {
         let hit = c.lookup(k).unwrap();
-        let file = hit.file.clone().expect("a sendable segment");
         drop(
-            FileBody::new(&file, hit.body.clone()).unwrap_or_else(|_| panic!("inside the mapping")),
+            c.file_body(hit.loc.0, hit.body.clone())
+                .unwrap_or_else(|_| panic!("a sendable segment, inside the mapping")),
         );
     }
     assert!(seg0.needs_renewal());

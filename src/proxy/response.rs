@@ -230,23 +230,23 @@ pub async fn send_piece<D: Downstream>(
 /// waits): shorter bodies go with the head's vectored write.
 pub const SENDFILE_MIN: usize = 1 << 20;
 
-/// A piece of a hit's body: by sendfile when it can be ([`SENDFILE_MIN`], no
-/// transform, a sendable segment), else as [`send_piece`].
+/// A piece of a hit's body from segment `seg`: by sendfile when it can be
+/// ([`SENDFILE_MIN`], no transform, a sendable segment), else as
+/// [`send_piece`].
 pub async fn send_cached<D: Downstream>(
     cx: &RequestCtx<'_>,
     down: &mut D,
     offset: Option<u64>,
     piece: Bytes,
-    file: Option<&std::sync::Arc<crate::cache::segment::Segment>>,
+    seg: u32,
 ) -> Result<(), ClientGone> {
-    let piece = match file {
-        Some(seg) if cx.transform.is_none() && piece.len() >= SENDFILE_MIN => {
-            match crate::cache::FileBody::new(seg, piece) {
-                Ok(body) => return down.send_file(body).await,
-                Err(piece) => piece,
-            }
+    let piece = if cx.transform.is_none() && piece.len() >= SENDFILE_MIN {
+        match cx.shard.shared.cache.file_body(seg, piece) {
+            Ok(body) => return down.send_file(body).await,
+            Err(piece) => piece,
         }
-        _ => piece,
+    } else {
+        piece
     };
     send_piece(cx, down, offset, piece).await
 }

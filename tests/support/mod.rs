@@ -316,8 +316,14 @@ pub fn status_kb(pid: u32, field: &str) -> u64 {
 
 /// Like [`config_dir`], in a given directory (to restart on the same cache).
 pub fn config_dir_in(dir: PathBuf, origin: &str, options: &str, origin_options: &str) -> PathBuf {
+    write_config(dir, &server_xml(options, origin_options), origin)
+}
+
+/// `server.xml` as given, and `vhosts.xml` with one vhost `test.local` in
+/// front of `origin` on an ephemeral port, in `dir` (made if missing).
+pub fn write_config(dir: PathBuf, server: &str, origin: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("server.xml"), server_xml(options, origin_options)).unwrap();
+    std::fs::write(dir.join("server.xml"), server).unwrap();
     std::fs::write(
         dir.join("vhosts.xml"),
         format!(

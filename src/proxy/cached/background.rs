@@ -78,7 +78,6 @@ pub(super) fn start(cx: &RequestCtx<'_>, hit: &Hit) -> bool {
             headers: bytes::Bytes::copy_from_slice(&hit.headers),
             etag: bytes::Bytes::copy_from_slice(&hit.etag),
             body: bytes::Bytes::new(),
-            file: None,
             ..hit.clone()
         },
     };

@@ -90,7 +90,6 @@ mod tests {
             etag: Bytes::from_static(etag),
             headers: Bytes::new(),
             body: Bytes::new(),
-            file: None,
         }
     }
 

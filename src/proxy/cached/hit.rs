@@ -99,7 +99,7 @@ async fn send<D: Downstream>(
             let head = Head::from_lines(hit.status, &hit.headers, body);
             response::send_head(cx, down, head, &x).await?;
             if body != BodyLen::Empty {
-                response::send_cached(cx, down, Some(0), hit.body.clone(), hit.file.as_ref())
+                response::send_cached(cx, down, Some(0), hit.body.clone(), hit.loc.0)
                     .await
                     .map_err(gone)?;
             }
@@ -118,7 +118,7 @@ async fn send<D: Downstream>(
             );
             response::send_head(cx, down, head, &x).await?;
             let piece = hit.body.slice(r.start as usize..r.end as usize);
-            response::send_cached(cx, down, Some(r.start), piece, hit.file.as_ref())
+            response::send_cached(cx, down, Some(r.start), piece, hit.loc.0)
                 .await
                 .map_err(gone)?;
         }
