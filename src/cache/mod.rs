@@ -209,7 +209,10 @@ impl Cache {
 
     /// `piece` (of a hit's body, from segment `seg`: [`Hit::loc`]) for
     /// sendfile, or handed back where it cannot go that way. Asked only for
-    /// large pieces, so a hit costs nothing for it.
+    /// large pieces, so a hit costs nothing for it. A wrong `seg` cannot send
+    /// other bytes: [`FileBody::new`] takes only a piece inside that
+    /// segment's own mapping, and segments are never remapped while a piece
+    /// (which holds a lease) points into them.
     pub fn file_body(&self, seg: u32, piece: Bytes) -> Result<FileBody, Bytes> {
         match self.store.segments.get(seg as usize) {
             Some(s) => FileBody::new(s, piece),
