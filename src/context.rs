@@ -37,6 +37,8 @@ pub struct ShardStats {
     pub connections: AtomicU64,
     pub requests: AtomicU64,
     pub active: AtomicU64,
+    /// Keep-alive connections parked between requests (`shard::keepalive`).
+    pub parked: AtomicU64,
     pub restarts: AtomicU64,
     pub origin: Arc<OriginStats>,
     /// Access-log lines produced and lines dropped because the logger fell behind.

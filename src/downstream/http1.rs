@@ -12,7 +12,7 @@ use crate::http1::headers::{reason, write_decimal};
 use crate::http1::keepalive::{self, Decision, RequestFacts};
 use crate::http1::request::{self, Framing, Version};
 use crate::http1::{Limits, RequestHead};
-use crate::net::{Conn, IoError};
+use crate::net::{Conn, IdleRead, IoError};
 use crate::proxy::{self, Refused};
 use crate::spool::{Budget, Charge, RequestBody, Spool, SpoolError, MEMORY_BODY};
 use bytes::{Bytes, BytesMut};
@@ -352,26 +352,107 @@ enum Next {
     Closed,
     /// The request cannot be read: answer and close.
     Refuse(ExchangeError),
+    /// Quiet past [`PARK_AFTER`]: nothing of the connection is in flight.
+    Park,
 }
 
-/// Serves one client connection until it closes.
+/// How long a keep-alive connection waits with a read posted (and its buffer
+/// in the kernel's hands) before it is parked: a client that sends its next
+/// request within this pays nothing, one that stays quiet longer pays a
+/// cancel and a readiness watch once, and holds no buffer or task meanwhile.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// A plain HTTP/1 keep-alive connection between requests, with nothing in
+/// flight and no buffer: what serving it again needs (the rest of what a
+/// connection holds, its admission and session entry, goes with it in
+/// `shard::keepalive`).
+pub struct Idle {
+    pub conn: Conn,
+    pub wait: Waiting,
+}
+
+/// Where a quiet connection is in its keep-alive life.
+pub struct Waiting {
+    pub facts: ConnFacts,
+    nth: u32,
+    timeout: Duration,
+    /// When its wait began (KA-6 counts from there, across the parking).
+    since: Instant,
+    parkable: bool,
+}
+
+impl Waiting {
+    /// When the keep-alive timeout ends it.
+    pub fn deadline(&self) -> Instant {
+        self.since + self.timeout
+    }
+
+    /// Served from now on without parking (its socket could not be watched).
+    pub fn unparkable(mut self) -> Waiting {
+        self.parkable = false;
+        self
+    }
+}
+
+/// Where a connection's loop starts: its first request, or a parked wait.
+struct Start {
+    nth: u32,
+    idle: Option<Duration>,
+    since: Option<Instant>,
+    parkable: bool,
+}
+
+/// Serves one client connection until it closes, or until it is quiet
+/// between requests: then it is returned to be parked.
 pub async fn serve(
     shard: Rc<ShardCtx>,
     conn: Conn,
     facts: ConnFacts,
     certs: Option<Arc<crate::config::tls::CertSet>>,
-) {
+) -> Option<Idle> {
+    let parkable = facts.tls.is_none() && certs.is_none();
+    let start = Start {
+        nth: 0,
+        idle: None,
+        since: None,
+        parkable,
+    };
+    run(shard, conn, facts, certs, start).await
+}
+
+/// Serves a parked connection that became readable.
+pub async fn resume(shard: Rc<ShardCtx>, conn: Conn, wait: Waiting) -> Option<Idle> {
+    let start = Start {
+        nth: wait.nth,
+        idle: Some(wait.timeout),
+        since: Some(wait.since),
+        parkable: wait.parkable,
+    };
+    run(shard, conn, wait.facts, None, start).await
+}
+
+async fn run(
+    shard: Rc<ShardCtx>,
+    conn: Conn,
+    facts: ConnFacts,
+    certs: Option<Arc<crate::config::tls::CertSet>>,
+    start: Start,
+) -> Option<Idle> {
     let shared = shard.shared.clone();
-    let start = shared.live.load_full();
-    let config = &start.config;
     let limits = shared.limits;
-    let first_vhost = config.listeners[facts.group].vhosts[0];
-    let mut idle = Duration::from_secs(u64::from(
-        config.vhosts[first_vhost].options.keep_alive.timeout_secs,
-    ));
-    drop(start);
+    let mut idle = start.idle.unwrap_or_else(|| {
+        let live = shared.live.load();
+        let first_vhost = live.config.listeners[facts.group].vhosts[0];
+        Duration::from_secs(u64::from(
+            live.config.vhosts[first_vhost]
+                .options
+                .keep_alive
+                .timeout_secs,
+        ))
+    });
+    let mut resumed_since = start.since;
     let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
-    let mut nth: u32 = 0;
+    let mut nth: u32 = start.nth;
     loop {
         // Between requests: a large buffer goes; otherwise the room that
         // taking heads off its front used up is given back (in place when the
@@ -388,6 +469,7 @@ pub async fn serve(
         let request_timeout = shared.live.load().config.server.request_timeout;
         // h2c by prior knowledge: only as the connection's first bytes.
         let h2c = nth == 0 && facts.tls.is_none() && shared.live.load().config.server.http2.enabled;
+        let since = resumed_since.take().unwrap_or_else(Instant::now);
         let next = Box::pin(next_head(
             &shard,
             &conn,
@@ -398,6 +480,8 @@ pub async fn serve(
                 request_timeout,
                 h2c,
                 first: nth == 0,
+                since,
+                park: start.parkable,
             },
         ))
         .await;
@@ -410,13 +494,23 @@ pub async fn serve(
                     shard, conn, facts, certs, rbuf,
                 ))
                 .await;
-                return;
+                return None;
             }
             Next::Closed => {
                 // A TLS peer is told with close_notify (idle timeout, drain), so
                 // it does not see a truncation.
                 Box::pin(conn.close_idle()).await;
-                return;
+                return None;
+            }
+            Next::Park => {
+                let wait = Waiting {
+                    facts,
+                    nth,
+                    timeout: idle,
+                    since,
+                    parkable: true,
+                };
+                return Some(Idle { conn, wait });
             }
             Next::Refuse(e) => {
                 let r = Refused {
@@ -427,7 +521,7 @@ pub async fn serve(
                 };
                 let live = shard.shared.live.load_full();
                 Box::pin(refuse_and_close(&shard, &live, &conn, &r, nth + 1, e)).await;
-                return;
+                return None;
             }
         };
         // h2c by Upgrade: plaintext only, with HTTP/2 on, for a request
@@ -443,7 +537,7 @@ pub async fn serve(
             if let Some(up) = crate::downstream::h2c::upgrade_frame(&head) {
                 let rbuf = std::mem::take(&mut rbuf);
                 Box::pin(upgrade_h2c(shard, conn, facts, certs, rbuf, up)).await;
-                return;
+                return None;
             }
         }
         nth = nth.saturating_add(1);
@@ -491,7 +585,7 @@ pub async fn serve(
                 Err(e) => {
                     let r = refused(&head);
                     Box::pin(refuse_and_close(&shard, &live, &conn, &r, nth, e)).await;
-                    return;
+                    return None;
                 }
             }
         } else {
@@ -528,11 +622,11 @@ pub async fn serve(
                 let client_done =
                     f.client_close || (f.version == Version::Http10 && !f.client_keep_alive);
                 Box::pin(conn.close_gracefully(client_done)).await;
-                return;
+                return None;
             }
             State::Aborted | State::Streaming | State::Fresh => {
                 conn.shutdown();
-                return;
+                return None;
             }
         }
     }
@@ -631,6 +725,10 @@ struct HeadWait {
     request_timeout: Duration,
     h2c: bool,
     first: bool,
+    /// When the wait began: the idle timeout counts from here.
+    since: Instant,
+    /// May go quiet and be parked (plain, nothing buffered).
+    park: bool,
 }
 
 /// Parses the next request head, reading as needed. An empty buffer waits with the
@@ -649,11 +747,13 @@ async fn next_head(
         request_timeout,
         h2c,
         first,
+        since,
+        park,
     } = wait;
     let mut deadline: Option<Instant> = None;
     // KA-6 counts from the start of the wait, not from each read: empty lines
     // trickling in do not extend it.
-    let idle_deadline = Instant::now() + idle;
+    let idle_deadline = since + idle;
     loop {
         let preface = crate::downstream::h2::PREFACE;
         let maybe_h2 =
@@ -682,6 +782,13 @@ async fn next_head(
                 conn.read_or_stop(rbuf, left, stop).await
             } else if shard.draining() {
                 return Next::Closed;
+            } else if park && rbuf.is_empty() {
+                let stop = shard.drain_started();
+                match conn.read_until_quiet(rbuf, left, stop, PARK_AFTER).await {
+                    Ok(IdleRead::Quiet) => return Next::Park,
+                    Ok(IdleRead::Bytes(n)) => Ok(n),
+                    Err(e) => Err(e),
+                }
             } else {
                 conn.read_or_stop(rbuf, left, shard.drain_started()).await
             }

@@ -181,6 +181,12 @@ pub fn render(shared: &Shared) -> String {
             |s| s.active.load(Relaxed),
         ),
         (
+            "cairn_connections_parked",
+            "gauge",
+            "Keep-alive connections parked between requests: no buffer, no task.",
+            |s| s.parked.load(Relaxed),
+        ),
+        (
             "cairn_shard_requests_total",
             "counter",
             "Requests read, on every vhost and none.",

@@ -12,6 +12,7 @@
 pub mod admission;
 pub mod ktls;
 pub mod listen;
+pub mod readiness;
 mod sendfile;
 pub mod tls;
 
@@ -54,6 +55,65 @@ fn consume(bufs: &mut [Bytes], mut n: usize) -> usize {
         }
     }
     whole
+}
+
+/// What an idle wait for a client's next bytes ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleRead {
+    /// Bytes read (`0`: end of stream).
+    Bytes(usize),
+    /// Nothing arrived; the read was withdrawn and nothing is in flight.
+    Quiet,
+}
+
+/// Withdrawing an in-flight ring operation: `IORING_OP_ASYNC_CANCEL` with
+/// `IORING_ASYNC_CANCEL_FD` (Linux 5.19), which tokio-uring does not offer.
+/// Cancel by fd needs no handle to the operation (tokio-uring keeps its
+/// `user_data` private); the caller makes sure the socket's only operation is
+/// the one to withdraw.
+mod withdraw {
+    use std::io;
+    use std::os::fd::RawFd;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+    /// Cleared, for the whole process, by the first kernel that refuses it.
+    pub static SUPPORTED: AtomicBool = AtomicBool::new(true);
+
+    struct Result;
+
+    impl tokio_uring::OneshotOutputTransform for Result {
+        type Output = io::Result<u32>;
+        type StoredData = ();
+        fn transform_oneshot_output(self, _: (), cqe: io_uring::cqueue::Entry) -> io::Result<u32> {
+            match cqe.result() {
+                r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+                r => Ok(r as u32),
+            }
+        }
+    }
+
+    /// Cancels every operation on `fd`. True when the kernel took the cancel
+    /// (the operations then complete, cancelled or done); false, and never
+    /// tried again, where it does not know cancel by fd.
+    pub async fn by_fd(fd: RawFd) -> bool {
+        use io_uring::types::{CancelBuilder, Fd};
+        let sqe = io_uring::opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all()).build();
+        match tokio_uring::UnsubmittedOneshot::new((), Result, sqe)
+            .submit()
+            .await
+        {
+            // ENOENT: nothing left to cancel (it completed); EALREADY: it is
+            // completing.
+            Ok(_) => true,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EALREADY)) => true,
+            Err(e) => {
+                if SUPPORTED.swap(false, Relaxed) {
+                    log::warn!("io_uring: this kernel cannot cancel by fd ({e}); idle keep-alive connections keep their read buffers (Linux 5.19 or later parks them)");
+                }
+                false
+            }
+        }
+    }
 }
 
 /// What a peek at a socket found.
@@ -477,6 +537,69 @@ impl Conn {
         }
     }
 
+    /// Like [`read_or_stop`](Self::read_or_stop), for a connection waiting
+    /// between requests with an empty `buf`: when nothing has arrived within
+    /// `quiet`, the read is withdrawn (cancelled in the ring, which hands the
+    /// buffer back) and the wait ends `Quiet`, with nothing of this socket
+    /// in flight, so the connection can be parked (see `shard::keepalive`).
+    /// TLS connections never go quiet: their reads carry session state.
+    pub async fn read_until_quiet(
+        &self,
+        buf: &mut BytesMut,
+        timeout: Duration,
+        stop: impl Future<Output = ()>,
+        quiet: Duration,
+    ) -> Result<IdleRead, IoError> {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::Ordering::Relaxed;
+        use tokio_uring::buf::BoundedBuf;
+        if self.tls.is_some() || self.kernel.is_some() || !withdraw::SUPPORTED.load(Relaxed) {
+            return self
+                .read_or_stop(buf, timeout, stop)
+                .await
+                .map(IdleRead::Bytes);
+        }
+        if buf.capacity() - buf.len() < MIN_SPARE {
+            buf.reserve(READ_CHUNK);
+        }
+        let owned = std::mem::take(buf);
+        let start = owned.len();
+        let mut op = std::pin::pin!(self.inner.read(owned.slice(start..)));
+        let mut stop = std::pin::pin!(stop);
+        let expire = tokio::time::sleep(timeout);
+        let mut expire = std::pin::pin!(expire);
+        let calm = tokio::time::sleep(quiet);
+        let mut calm = std::pin::pin!(calm);
+        let mut withdrawn = false;
+        loop {
+            tokio::select! {
+                (res, slice) = &mut op => {
+                    *buf = slice.into_inner();
+                    return match res {
+                        Err(e) if withdrawn && matches!(e.raw_os_error(), Some(libc::ECANCELED | libc::EINTR)) => {
+                            Ok(IdleRead::Quiet)
+                        }
+                        r => Ok(IdleRead::Bytes(r?)),
+                    };
+                }
+                _ = &mut expire => {
+                    let _ = self.inner.shutdown(Shutdown::Read);
+                    return Err(IoError::TimedOut);
+                }
+                _ = &mut stop => {
+                    let _ = self.inner.shutdown(Shutdown::Read);
+                    return Err(IoError::Stopped);
+                }
+                // The read then completes: cancelled, or with bytes that
+                // beat the cancel (a kernel without cancel-by-fd: it waits
+                // on as a plain read, and no read goes quiet again).
+                _ = &mut calm, if !withdrawn => {
+                    withdrawn = withdraw::by_fd(self.inner.as_raw_fd()).await;
+                }
+            }
+        }
+    }
+
     /// Whether [`send_file`](Self::send_file) can carry this connection's
     /// bytes: a plain socket (TLS records are made here or, under kTLS,
     /// counted here).
@@ -589,6 +712,29 @@ impl Conn {
         self.writev_all(vec![buf], timeout).await
     }
 
+    /// The socket alone, for a plain connection with nothing in flight, so
+    /// that a parked connection holds no allocation of the runtime's (they
+    /// would pin the pages its busy phases used). The fd is duplicated, as
+    /// tokio-uring gives none up; other handles of this `Conn` must be gone,
+    /// or the socket stays open with them.
+    pub fn park(self) -> Result<ParkedSocket, (Conn, io::Error)> {
+        if self.tls.is_some() || self.kernel.is_some() {
+            return Err((self, io::Error::other("a TLS connection is not parked")));
+        }
+        match self.fd().try_clone_to_owned() {
+            Ok(fd) => Ok(ParkedSocket(fd)),
+            Err(e) => Err((self, e)),
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the fd belongs to `self.inner`, which outlives the borrow
+        // (tied to `&self`) and closes it only when dropped.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.inner.as_raw_fd()) }
+    }
+
     /// True if the socket is idle and usable: nothing to read, not closed by the
     /// peer. A pooled origin connection that fails this would hand the next request
     /// a stale close or stray bytes, so the pool drops it instead.
@@ -597,9 +743,7 @@ impl Conn {
     }
 
     /// What waits to be read, without reading it (one `recv` with `MSG_PEEK`).
-    #[allow(unsafe_code)]
     fn peek(&self) -> Peek {
-        use std::os::fd::AsRawFd;
         if self.tls.as_ref().is_some_and(|t| !t.holds_nothing())
             || self
                 .kernel
@@ -608,24 +752,7 @@ impl Conn {
         {
             return Peek::Data;
         }
-        let mut byte = 0u8;
-        // SAFETY: recv on our own open fd into a valid 1-byte buffer; MSG_PEEK leaves
-        // the data in place and MSG_DONTWAIT never blocks the shard.
-        let n = unsafe {
-            libc::recv(
-                self.inner.as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => Peek::Closed,
-            n if n > 0 => Peek::Data,
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Peek::Nothing,
-            // The socket's pending error, which the peek itself clears.
-            _ => Peek::Failed,
-        }
+        peek_fd(self.fd())
     }
 
     /// The local address of the connection (which address the client reached).
@@ -695,5 +822,59 @@ impl Conn {
             }
         }
         self.shutdown();
+    }
+}
+
+/// What waits to be read on a socket, without reading it.
+#[allow(unsafe_code)]
+fn peek_fd(fd: std::os::fd::BorrowedFd<'_>) -> Peek {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: recv on an open fd (borrowed for the call) into a valid 1-byte
+    // buffer; MSG_PEEK leaves the data in place and MSG_DONTWAIT never
+    // blocks the shard.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Peek::Closed,
+        n if n > 0 => Peek::Data,
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Peek::Nothing,
+        // The socket's pending error, which the peek itself clears.
+        _ => Peek::Failed,
+    }
+}
+
+/// A parked connection's socket (see [`Conn::park`]): nothing in flight,
+/// owned here alone.
+pub struct ParkedSocket(std::os::fd::OwnedFd);
+
+impl ParkedSocket {
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+
+    /// The peer has closed, or the connection failed: nothing to serve.
+    pub fn peer_gone(&self) -> bool {
+        use std::os::fd::AsFd;
+        matches!(peek_fd(self.0.as_fd()), Peek::Closed | Peek::Failed)
+    }
+
+    /// Back on the ring, to be served.
+    pub fn resume(self) -> Conn {
+        let std = std::net::TcpStream::from(self.0);
+        Conn::accepted(tokio_uring::net::TcpStream::from_std(std))
+    }
+
+    /// Closes it as an idle connection is closed: a FIN now (also for other
+    /// handles, should any be left), then the fd.
+    pub fn close(self) {
+        let _ = socket2::SockRef::from(&self.0).shutdown(Shutdown::Both);
     }
 }

@@ -4,6 +4,7 @@
 //! A connection lives and dies on the shard that accepted it; nothing on that path
 //! takes a lock.
 
+pub mod keepalive;
 pub mod signals;
 pub mod supervisor;
 
@@ -31,6 +32,9 @@ pub struct SessionGuard {
     shard: Rc<ShardCtx>,
     id: u64,
     _ticket: Ticket,
+    /// In the session table (not while parked: the keep-alive table then
+    /// holds the socket, and closes it on a drain).
+    listed: bool,
 }
 
 impl SessionGuard {
@@ -43,12 +47,26 @@ impl SessionGuard {
             shard,
             id,
             _ticket: ticket,
+            listed: true,
         }
+    }
+
+    /// Off the session table, still counted open and admitted.
+    fn unlist(&mut self) {
+        if std::mem::take(&mut self.listed) {
+            self.shard.sessions.borrow_mut().remove(&self.id);
+        }
+    }
+
+    /// Back on the table with its new handle.
+    fn relist(&mut self, conn: Conn) {
+        self.shard.sessions.borrow_mut().insert(self.id, conn);
+        self.listed = true;
     }
 }
 
 /// A warning said at most once per interval, with a count of the ones held back.
-struct Throttled {
+pub(crate) struct Throttled {
     last: Option<tokio::time::Instant>,
     held: u64,
 }
@@ -79,7 +97,7 @@ impl Throttled {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.shard.sessions.borrow_mut().remove(&self.id);
+        self.unlist();
         self.shard.stats().active.fetch_sub(1, Relaxed);
     }
 }
@@ -150,6 +168,11 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
     rt.block_on(async move {
         let shard = Rc::new(ShardCtx::new(id, shared.clone()));
         let _ends = EndOnPanic(shard.clone());
+        let parked = match keepalive::KeepAlive::new() {
+            Ok(k) => Rc::new(k),
+            Err(e) => panic!("shard {id}: no epoll instance for idle connections: {e}"),
+        };
+        tokio_uring::spawn(parked.clone().run(shard.clone()));
         for (group, l) in listeners.into_iter().enumerate() {
             let local = l.local_addr().ok();
             let l = match crate::net::listen::watch(l) {
@@ -157,7 +180,7 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
                 // A shard that cannot listen must not pass for one that serves.
                 Err(e) => panic!("shard {id}: cannot watch its listening socket: {e}"),
             };
-            tokio_uring::spawn(accept_loop(shard.clone(), l, group, local));
+            tokio_uring::spawn(accept_loop(shard.clone(), parked.clone(), l, group, local));
         }
         let flusher = shard.clone();
         tokio_uring::spawn(async move {
@@ -253,6 +276,7 @@ async fn accept_one(
 
 async fn accept_loop(
     shard: Rc<ShardCtx>,
+    parked: Rc<keepalive::KeepAlive>,
     listener: tokio::io::unix::AsyncFd<TcpListener>,
     group: usize,
     bound: Option<SocketAddr>,
@@ -313,25 +337,37 @@ async fn accept_loop(
                     session_id,
                     tls: None,
                 };
+                let parked = parked.clone();
                 tokio_uring::spawn(async move {
-                    let _guard = guard;
                     let Some((conn, facts, certs)) = Box::pin(handshake(&s, conn, facts)).await
                     else {
+                        keepalive::ended(&s, guard, session_id);
                         return;
                     };
-                    let up = s.upstreams.clone();
                     if facts.tls.is_some_and(|t| t.h2) {
                         // Boxed: an HTTP/2 connection's future is twice an
                         // HTTP/1 one's, which every connection would carry.
                         let none = bytes::BytesMut::new();
-                        Box::pin(crate::downstream::h2::serve(s, conn, facts, certs, none)).await;
+                        Box::pin(crate::downstream::h2::serve(
+                            s.clone(),
+                            conn,
+                            facts,
+                            certs,
+                            none,
+                        ))
+                        .await;
                     } else {
                         // Boxed too: this task's own future then holds only
                         // what it captured, not a copy of the largest phase.
-                        Box::pin(crate::downstream::http1::serve(s, conn, facts, certs)).await;
+                        let http1 = crate::downstream::http1::serve(s.clone(), conn, facts, certs);
+                        if let Some(idle) = Box::pin(http1).await {
+                            // Quiet between requests: this task ends, and the
+                            // connection waits in the shard's table.
+                            parked.park(&s, idle, guard);
+                            return;
+                        }
                     }
-                    // Its private origin connections (Private="ON") go with it.
-                    up.pool.borrow_mut().drop_owner(session_id);
+                    keepalive::ended(&s, guard, session_id);
                 });
             }
             Err(e) => {
