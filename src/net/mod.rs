@@ -566,10 +566,12 @@ impl Conn {
         let start = owned.len();
         let mut op = std::pin::pin!(self.inner.read(owned.slice(start..)));
         let mut stop = std::pin::pin!(stop);
-        let expire = tokio::time::sleep(timeout);
-        let mut expire = std::pin::pin!(expire);
-        let calm = tokio::time::sleep(quiet);
-        let mut calm = std::pin::pin!(calm);
+        // One timer: first to the end of the quiet period, then (the read
+        // withdrawn, or not withdrawable) to the idle deadline.
+        let now = tokio::time::Instant::now();
+        let expire_at = now + timeout;
+        let sleep = tokio::time::sleep_until((now + quiet).min(expire_at));
+        let mut sleep = std::pin::pin!(sleep);
         let mut withdrawn = false;
         loop {
             tokio::select! {
@@ -582,19 +584,20 @@ impl Conn {
                         r => Ok(IdleRead::Bytes(r?)),
                     };
                 }
-                _ = &mut expire => {
-                    let _ = self.inner.shutdown(Shutdown::Read);
-                    return Err(IoError::TimedOut);
+                _ = &mut sleep => {
+                    if tokio::time::Instant::now() >= expire_at {
+                        let _ = self.inner.shutdown(Shutdown::Read);
+                        return Err(IoError::TimedOut);
+                    }
+                    // The read then completes: cancelled, or with bytes that
+                    // beat the cancel (a kernel without cancel-by-fd: it
+                    // waits on as a plain read, and no read goes quiet again).
+                    withdrawn = withdraw::by_fd(self.inner.as_raw_fd()).await;
+                    sleep.as_mut().reset(expire_at);
                 }
                 _ = &mut stop => {
                     let _ = self.inner.shutdown(Shutdown::Read);
                     return Err(IoError::Stopped);
-                }
-                // The read then completes: cancelled, or with bytes that
-                // beat the cancel (a kernel without cancel-by-fd: it waits
-                // on as a plain read, and no read goes quiet again).
-                _ = &mut calm, if !withdrawn => {
-                    withdrawn = withdraw::by_fd(self.inner.as_raw_fd()).await;
                 }
             }
         }
