@@ -7,7 +7,9 @@
 //!
 //! tokio-uring cannot cancel an in-flight operation: a dropped read keeps its buffer
 //! and the fd until the kernel completes it. So every timeout here shuts the socket
-//! down, which completes the operation at once and releases both.
+//! down, which completes the operation at once and releases both. The one
+//! withdrawal that keeps the connection (an idle read going quiet) is our own
+//! cancel by fd ([`Conn::read_until_quiet`]).
 
 pub mod admission;
 pub mod ktls;
@@ -79,9 +81,9 @@ mod withdraw {
     /// Cleared, for the whole process, by the first kernel that refuses it.
     pub static SUPPORTED: AtomicBool = AtomicBool::new(true);
 
-    struct Result;
+    struct Outcome;
 
-    impl tokio_uring::OneshotOutputTransform for Result {
+    impl tokio_uring::OneshotOutputTransform for Outcome {
         type Output = io::Result<u32>;
         type StoredData = ();
         fn transform_oneshot_output(self, _: (), cqe: io_uring::cqueue::Entry) -> io::Result<u32> {
@@ -92,20 +94,40 @@ mod withdraw {
         }
     }
 
+    /// A fault-injection build's stand-in for a kernel before 5.19
+    /// (`CAIRN_FAULT_NO_CANCEL=1` next to `CAIRN_FAULT_INJECTION=1`).
+    fn refused_by_test() -> bool {
+        #[cfg(feature = "fault-injection")]
+        {
+            static REFUSE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *REFUSE.get_or_init(|| {
+                let on = |k: &str| std::env::var_os(k).is_some_and(|v| v == "1");
+                on("CAIRN_FAULT_INJECTION") && on("CAIRN_FAULT_NO_CANCEL")
+            })
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        false
+    }
+
     /// Cancels every operation on `fd`. True when the kernel took the cancel
     /// (the operations then complete, cancelled or done); false, and never
     /// tried again, where it does not know cancel by fd.
     pub async fn by_fd(fd: RawFd) -> bool {
         use io_uring::types::{CancelBuilder, Fd};
         let sqe = io_uring::opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all()).build();
-        match tokio_uring::UnsubmittedOneshot::new((), Result, sqe)
-            .submit()
-            .await
-        {
-            // ENOENT: nothing left to cancel (it completed); EALREADY: it is
-            // completing.
+        let r = match refused_by_test() {
+            true => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            false => {
+                tokio_uring::UnsubmittedOneshot::new((), Outcome, sqe)
+                    .submit()
+                    .await
+            }
+        };
+        match r {
+            // With CANCEL_ALL the kernel answers the number cancelled (0:
+            // the operation completed first); an error is a refusal (EINVAL
+            // before Linux 5.19).
             Ok(_) => true,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EALREADY)) => true,
             Err(e) => {
                 if SUPPORTED.swap(false, Relaxed) {
                     log::warn!("io_uring: this kernel cannot cancel by fd ({e}); idle keep-alive connections keep their read buffers (Linux 5.19 or later parks them)");
@@ -718,11 +740,15 @@ impl Conn {
     /// The socket alone, for a plain connection with nothing in flight, so
     /// that a parked connection holds no allocation of the runtime's (they
     /// would pin the pages its busy phases used). The fd is duplicated, as
-    /// tokio-uring gives none up; other handles of this `Conn` must be gone,
-    /// or the socket stays open with them.
+    /// tokio-uring gives none up, so this must be the socket's last handle
+    /// (checked) with no operation in flight (the caller's word: a read
+    /// that ended `Quiet`).
     pub fn park(self) -> Result<ParkedSocket, (Conn, io::Error)> {
         if self.tls.is_some() || self.kernel.is_some() {
             return Err((self, io::Error::other("a TLS connection is not parked")));
+        }
+        if Rc::strong_count(&self.inner) != 1 {
+            return Err((self, io::Error::other("the socket has another handle")));
         }
         match self.fd().try_clone_to_owned() {
             Ok(fd) => Ok(ParkedSocket(fd)),
@@ -863,10 +889,10 @@ impl ParkedSocket {
         self.0.as_raw_fd()
     }
 
-    /// The peer has closed, or the connection failed: nothing to serve.
-    pub fn peer_gone(&self) -> bool {
+    /// The peer sent bytes (not only its end of stream or a failure).
+    pub fn has_data(&self) -> bool {
         use std::os::fd::AsFd;
-        matches!(peek_fd(self.0.as_fd()), Peek::Closed | Peek::Failed)
+        peek_fd(self.0.as_fd()) == Peek::Data
     }
 
     /// Back on the ring, to be served.

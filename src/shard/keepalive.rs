@@ -2,12 +2,12 @@
 //!
 //! A plain HTTP/1 connection quiet for [`PARK_AFTER`] between requests ends
 //! its task: its read is withdrawn, its buffer and futures are freed, and
-//! what is left (socket, facts, admission ticket, session entry: about
-//! 0.2 KiB) waits here, watched by the shard's [`ReadySet`]. One task per
-//! shard serves the table: a socket that becomes readable gets a new
-//! connection task; one whose keep-alive timeout passes is closed; a drain
-//! closes them all. nginx keeps idle connections the same way (a small
-//! connection struct in epoll, the buffer freed).
+//! what is left (socket, facts, admission ticket: a slot of about 0.2 KiB)
+//! waits here, watched by the shard's [`ReadySet`]. One task per shard
+//! serves the table: a socket that becomes readable gets a new connection
+//! task; one whose keep-alive timeout passes is closed; a drain empties it.
+//! nginx keeps idle connections the same way (a small connection struct in
+//! epoll, the buffer freed).
 //!
 //! The table holds at most `MaxSockets` entries: each holds the admission
 //! ticket its connection was accepted with.
@@ -19,40 +19,46 @@ use crate::context::ShardCtx;
 use crate::downstream::http1::{self, Idle, Waiting};
 use crate::net::readiness::ReadySet;
 use crate::net::{Conn, ParkedSocket};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 use tokio::time::Instant;
 
-/// Slots with their deadlines, a free list, and a heap of deadlines whose
-/// stale entries (taken slots) are skipped, and dropped in one rebuild once
-/// they outnumber the live ones. Tokens carry a generation, so a token of a
-/// slot since reused takes nothing.
+/// Slots with their deadlines, a free list (lowest first, so the tail
+/// empties and is given back), and a heap of deadlines whose stale entries
+/// (taken slots) are skipped, and dropped in one rebuild once they outnumber
+/// the live ones. Every entry gets a new 64-bit generation: a stale heap
+/// entry never takes a later entry of its slot. Tokens (for the readiness
+/// set) carry the slot and the generation's low 32 bits; they name only
+/// entries that are still watched.
 pub struct Table<T> {
     slots: Vec<Slot<T>>,
-    free: Vec<u32>,
-    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    free: BinaryHeap<Reverse<u32>>,
+    deadlines: BinaryHeap<Reverse<(Instant, u32, u64)>>,
     len: usize,
+    next_generation: u64,
 }
 
 struct Slot<T> {
-    generation: u32,
+    generation: u64,
     entry: Option<(T, Instant)>,
 }
 
-fn token(slot: u32, generation: u32) -> u64 {
-    (u64::from(generation) << 32) | u64::from(slot)
+fn token(slot: u32, generation: u64) -> u64 {
+    (generation << 32) | u64::from(slot)
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
             slots: Vec::new(),
-            free: Vec::new(),
+            free: BinaryHeap::new(),
             deadlines: BinaryHeap::new(),
             len: 0,
+            next_generation: 0,
         }
     }
 }
@@ -70,34 +76,60 @@ impl<T> Table<T> {
     /// deadline is now the earliest (the waiter must look again).
     pub fn insert(&mut self, item: T, deadline: Instant) -> (u64, bool) {
         let sooner = self.next_deadline().is_none_or(|d| deadline < d);
-        let slot = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    entry: None,
-                });
-                (self.slots.len() - 1) as u32
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let slot = loop {
+            match self.free.pop() {
+                // Indices past a shrunk tail are stale.
+                Some(Reverse(i)) if (i as usize) < self.slots.len() => break i,
+                Some(_) => continue,
+                None => {
+                    self.slots.push(Slot {
+                        generation,
+                        entry: None,
+                    });
+                    break (self.slots.len() - 1) as u32;
+                }
             }
         };
         let s = &mut self.slots[slot as usize];
+        s.generation = generation;
         s.entry = Some((item, deadline));
         self.len += 1;
-        self.deadlines.push(Reverse((deadline, slot, s.generation)));
-        (token(slot, s.generation), sooner)
+        self.deadlines.push(Reverse((deadline, slot, generation)));
+        (token(slot, generation), sooner)
     }
 
     /// Takes the entry `token` names, if it is still here.
     pub fn take(&mut self, token: u64) -> Option<T> {
-        let (slot, generation) = ((token & 0xffff_ffff) as u32, (token >> 32) as u32);
+        let slot = (token & 0xffff_ffff) as u32;
+        let low = token >> 32;
+        let generation = self.slots.get(slot as usize)?.generation;
+        if generation & 0xffff_ffff != low {
+            return None;
+        }
+        self.take_exact(slot, generation)
+    }
+
+    fn take_exact(&mut self, slot: u32, generation: u64) -> Option<T> {
         let s = self.slots.get_mut(slot as usize)?;
         if s.generation != generation {
             return None;
         }
         let (item, _) = s.entry.take()?;
-        s.generation = s.generation.wrapping_add(1);
-        self.free.push(slot);
+        self.free.push(Reverse(slot));
         self.len -= 1;
+        while self.slots.last().is_some_and(|s| s.entry.is_none()) {
+            self.slots.pop();
+        }
+        if self.slots.capacity() > 2 * self.slots.len() + 64 {
+            self.slots
+                .shrink_to(self.slots.len() + self.slots.len() / 2);
+        }
+        if self.free.len() > 2 * self.slots.len() + 64 {
+            let n = self.slots.len();
+            self.free.retain(|Reverse(i)| (*i as usize) < n);
+        }
         if self.deadlines.len() > 2 * self.len + 64 {
             self.rebuild();
         }
@@ -117,7 +149,7 @@ impl<T> Table<T> {
                 return None;
             }
             self.deadlines.pop();
-            if let Some(item) = self.take(token(slot, generation)) {
+            if let Some(item) = self.take_exact(slot, generation) {
                 return Some(item);
             }
         }
@@ -126,15 +158,15 @@ impl<T> Table<T> {
 
     /// Takes every entry.
     pub fn take_all(&mut self) -> Vec<T> {
-        self.deadlines.clear();
-        self.free.clear();
-        self.len = 0;
         let all = self
             .slots
             .iter_mut()
             .filter_map(|s| s.entry.take().map(|(t, _)| t))
             .collect();
-        self.slots.clear();
+        *self = Table {
+            next_generation: self.next_generation,
+            ..Table::default()
+        };
         all
     }
 
@@ -161,25 +193,60 @@ pub struct Parked {
 
 /// One shard's parked connections.
 pub struct KeepAlive {
+    shard: Rc<ShardCtx>,
     table: RefCell<Table<Parked>>,
     ready: ReadySet,
-    /// An entry's deadline became the earliest.
+    /// An entry's deadline became the earliest, or a trim was scheduled.
     sooner: tokio::sync::Notify,
     watch_failures: RefCell<super::Throttled>,
-    /// Connections parked since the heap was last trimmed, and when the next
-    /// trim is due.
-    parks: Cell<usize>,
-    trim_at: Cell<Option<Instant>>,
+    wait_failures: RefCell<super::Throttled>,
+    trim: RefCell<TrimPlan>,
 }
 
-/// After this many connections parked, the heap is trimmed (`malloc_trim`):
-/// their busy phases left free pages among the live allocations of the
-/// connections still busy, which glibc returns only from the heap's top. One
-/// burst of idle clients would otherwise keep the memory of its peak.
-const TRIM_AFTER_PARKS: usize = 256;
-/// The trim waits this long after the count is reached, so that one trim
-/// follows a burst.
-const TRIM_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// When the heap is trimmed (`malloc_trim`): connections that park leave the
+/// free pages of their busy phases among the live allocations of the ones
+/// still busy, which glibc gives back only from the heap's top, so one burst
+/// of idle clients would keep the memory of its peak. A trim follows a net
+/// growth of the table by [`TRIM_GROWTH`] entries, [`TRIM_DELAY`] after the
+/// last of them (at most [`TRIM_DELAY_MAX`] after the first), and no sooner
+/// than [`TRIM_INTERVAL`] after the process's last trim: a trim walks every
+/// arena, each under its lock, so it costs the other shards a short wait.
+/// Clients that wake and park again do not grow the table.
+#[derive(Default)]
+struct TrimPlan {
+    /// The table's size after the last trim (or its smallest since).
+    low: usize,
+    first: Option<Instant>,
+    at: Option<Instant>,
+}
+
+const TRIM_GROWTH: usize = 256;
+const TRIM_DELAY: Duration = Duration::from_secs(1);
+const TRIM_DELAY_MAX: Duration = Duration::from_secs(5);
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+impl TrimPlan {
+    /// The table has `len` entries at `now`: when to trim, if at all.
+    fn parked(&mut self, len: usize, now: Instant) -> Option<Instant> {
+        if len < self.low + TRIM_GROWTH {
+            return self.at;
+        }
+        let first = *self.first.get_or_insert(now);
+        self.at = Some((now + TRIM_DELAY).min(first + TRIM_DELAY_MAX));
+        self.at
+    }
+
+    fn left(&mut self, len: usize) {
+        self.low = self.low.min(len);
+    }
+
+    fn done(&mut self, len: usize) {
+        *self = TrimPlan {
+            low: len,
+            ..TrimPlan::default()
+        };
+    }
+}
 
 enum Event {
     Ready(std::io::Result<Vec<u64>>),
@@ -190,30 +257,32 @@ enum Event {
 }
 
 impl KeepAlive {
-    pub fn new() -> std::io::Result<KeepAlive> {
+    pub fn new(shard: Rc<ShardCtx>) -> std::io::Result<KeepAlive> {
         Ok(KeepAlive {
+            shard,
             table: RefCell::new(Table::default()),
             ready: ReadySet::new()?,
             sooner: tokio::sync::Notify::new(),
             watch_failures: RefCell::new(super::Throttled::new()),
-            parks: Cell::new(0),
-            trim_at: Cell::new(None),
+            wait_failures: RefCell::new(super::Throttled::new()),
+            trim: RefCell::new(TrimPlan::default()),
         })
     }
 
     /// Takes over a quiet connection. While draining it is closed instead;
     /// where its socket cannot be watched, it is served on without parking.
-    pub fn park(self: &Rc<Self>, shard: &Rc<ShardCtx>, idle: Idle, mut guard: SessionGuard) {
+    pub fn park(self: &Rc<Self>, idle: Idle, mut guard: SessionGuard) {
+        let shard = &self.shard;
         let Idle { conn, wait } = idle;
         if shard.draining() {
             conn.shutdown();
-            return ended(shard, guard, wait.facts.session_id);
+            return guard.end();
         }
         // The table's handle must be the socket's last one.
         guard.unlist();
         let sock = match conn.park() {
             Ok(s) => s,
-            Err((conn, e)) => return self.unparkable(shard, conn, wait, guard, &e),
+            Err((conn, e)) => return self.serve_unparked(conn, wait, guard, &e),
         };
         let fd = sock.raw_fd();
         let deadline = wait.deadline();
@@ -223,22 +292,19 @@ impl KeepAlive {
             .insert(Parked { sock, wait, guard }, deadline);
         if let Err(e) = self.ready.watch(fd, token) {
             let p = self.table.borrow_mut().take(token).expect("inserted above");
-            return self.unparkable(shard, p.sock.resume(), p.wait, p.guard, &e);
+            return self.serve_unparked(p.sock.resume(), p.wait, p.guard, &e);
         }
         shard.stats().parked.fetch_add(1, Relaxed);
-        self.parks.set(self.parks.get() + 1);
-        let trim = self.parks.get() >= TRIM_AFTER_PARKS && self.trim_at.get().is_none();
-        if trim {
-            self.trim_at.set(Some(Instant::now() + TRIM_DELAY));
-        }
-        if sooner || trim {
+        let len = self.table.borrow().len();
+        let before = self.trim.borrow().at;
+        let trim = self.trim.borrow_mut().parked(len, Instant::now());
+        if sooner || (trim.is_some() && before.is_none()) {
             self.sooner.notify_one();
         }
     }
 
-    fn unparkable(
+    fn serve_unparked(
         self: &Rc<Self>,
-        shard: &Rc<ShardCtx>,
         conn: Conn,
         wait: Waiting,
         mut guard: SessionGuard,
@@ -247,15 +313,16 @@ impl KeepAlive {
         if let Some(held) = self.watch_failures.borrow_mut().due() {
             log::warn!(
                 "shard {}: an idle connection cannot be parked ({e}; {held} more since the last report): it keeps its buffer (see fs.epoll.max_user_watches and the open-file limit)",
-                shard.id
+                self.shard.id
             );
         }
         guard.relist(conn.clone());
-        self.serve(shard, conn, wait.unparkable(), guard);
+        self.spawn_resumed(conn, wait.unparkable(), guard);
     }
 
-    /// Serves the table until the shard drains, then closes what is parked.
-    pub async fn run(self: Rc<Self>, shard: Rc<ShardCtx>) {
+    /// Serves the table until the shard drains, then empties it.
+    pub async fn run(self: Rc<Self>) {
+        let shard = self.shard.clone();
         let mut drain = std::pin::pin!(shard.drain_started());
         loop {
             let next = self.table.borrow().next_deadline();
@@ -265,7 +332,7 @@ impl KeepAlive {
                     None => std::future::pending().await,
                 }
             };
-            let trim_at = self.trim_at.get();
+            let trim_at = self.trim.borrow().at;
             let trim = async {
                 match trim_at {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -286,47 +353,41 @@ impl KeepAlive {
                 Event::Ready(Ok(tokens)) => {
                     for t in tokens {
                         let p = self.table.borrow_mut().take(t);
-                        let Some(p) = p else { continue };
-                        let p = self.unwatched(&shard, p);
-                        if p.sock.peer_gone() {
-                            close(&shard, p);
-                        } else {
-                            let Parked {
-                                sock,
-                                wait,
-                                mut guard,
-                            } = p;
-                            let conn = sock.resume();
-                            guard.relist(conn.clone());
-                            self.serve(&shard, conn, wait, guard);
+                        if let Some(p) = p {
+                            self.woke(p);
                         }
                     }
                 }
                 Event::Ready(Err(e)) => {
                     // Not expected of epoll_wait on our own fd; do not spin.
-                    log::error!("shard {}: keep-alive readiness wait failed: {e}", shard.id);
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    if let Some(held) = self.wait_failures.borrow_mut().due() {
+                        log::error!(
+                            "shard {}: keep-alive readiness wait failed: {e} ({held} more since the last report)",
+                            shard.id
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Event::Due => {
                     let now = Instant::now();
                     loop {
                         let p = self.table.borrow_mut().pop_expired(now);
                         let Some(p) = p else { break };
-                        let p = self.unwatched(&shard, p);
-                        close(&shard, p);
+                        self.close(p);
                     }
                 }
                 Event::Sooner => {}
                 Event::Trim => {
-                    self.parks.set(0);
-                    self.trim_at.set(None);
                     trim_heap(shard.id);
+                    let len = self.table.borrow().len();
+                    self.trim.borrow_mut().done(len);
                 }
                 Event::Drain => {
+                    // Served (with `Connection: close`) where a request is
+                    // waiting, closed otherwise.
                     let all = self.table.borrow_mut().take_all();
                     for p in all {
-                        let p = self.unwatched(&shard, p);
-                        close(&shard, p);
+                        self.woke(p);
                     }
                     return;
                 }
@@ -334,41 +395,92 @@ impl KeepAlive {
         }
     }
 
+    /// A connection taken from the table because its socket is readable (or
+    /// the shard drains): served if its client sent bytes, closed if it
+    /// closed or failed (or sent nothing, in a drain).
+    fn woke(self: &Rc<Self>, p: Parked) {
+        let p = self.unwatched(p);
+        if !p.sock.has_data() {
+            return self.close_unwatched(p);
+        }
+        let Parked {
+            sock,
+            wait,
+            mut guard,
+        } = p;
+        let conn = sock.resume();
+        guard.relist(conn.clone());
+        self.spawn_resumed(conn, wait, guard);
+    }
+
     /// A connection just taken from the table: no longer watched or counted.
-    fn unwatched(&self, shard: &ShardCtx, p: Parked) -> Parked {
+    fn unwatched(&self, p: Parked) -> Parked {
         self.ready.unwatch(p.sock.raw_fd());
-        shard.stats().parked.fetch_sub(1, Relaxed);
+        self.shard.stats().parked.fetch_sub(1, Relaxed);
+        let len = self.table.borrow().len();
+        self.trim.borrow_mut().left(len);
         p
+    }
+
+    /// Its idle timeout: its FIN, then its fd.
+    fn close(&self, p: Parked) {
+        let p = self.unwatched(p);
+        self.close_unwatched(p);
+    }
+
+    fn close_unwatched(&self, p: Parked) {
+        let Parked { sock, guard, .. } = p;
+        sock.close();
+        guard.end();
     }
 
     /// A new task for a connection with bytes to read; parked again if it
     /// goes quiet again.
-    fn serve(
-        self: &Rc<Self>,
-        shard: &Rc<ShardCtx>,
-        conn: Conn,
-        wait: Waiting,
-        guard: SessionGuard,
-    ) {
-        let (ka, s) = (self.clone(), shard.clone());
+    fn spawn_resumed(self: &Rc<Self>, conn: Conn, wait: Waiting, guard: SessionGuard) {
+        let ka = self.clone();
         tokio_uring::spawn(async move {
-            let session_id = wait.facts.session_id;
-            match Box::pin(http1::resume(s.clone(), conn, wait)).await {
-                Some(idle) => ka.park(&s, idle, guard),
-                None => ended(&s, guard, session_id),
+            let s = ka.shard.clone();
+            match Box::pin(http1::resume(s, conn, wait)).await {
+                Some(idle) => ka.park(idle, guard),
+                None => guard.end(),
             }
         });
     }
 }
 
+/// Whatever is still parked when the shard's runtime goes (a panic's
+/// unwind) is closed by its fds' drops; the gauge forgets it here.
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        let n = self.table.get_mut().len() as u64;
+        self.shard.stats().parked.fetch_sub(n, Relaxed);
+    }
+}
+
 /// Gives the heap's free pages back to the kernel (glibc; other C libraries
-/// have their own policy, and nothing is done).
+/// have their own policy, and nothing is done). Process-wide, at most once
+/// per [`TRIM_INTERVAL`].
 fn trim_heap(shard: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        use std::sync::atomic::AtomicU64;
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        static LAST_MS: AtomicU64 = AtomicU64::new(0);
+        let start = *START.get_or_init(std::time::Instant::now);
+        let now_ms = start.elapsed().as_millis() as u64 + TRIM_INTERVAL.as_millis() as u64;
+        let last = LAST_MS.load(Relaxed);
+        if now_ms < last + TRIM_INTERVAL.as_millis() as u64
+            || LAST_MS
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_err()
+        {
+            return;
+        }
         let t = std::time::Instant::now();
-        // SAFETY: malloc_trim takes no pointers and is thread-safe (it locks
-        // each arena in turn); 0 keeps no pad at the top.
+        // SAFETY: malloc_trim takes no pointers and is thread-safe: it locks
+        // each arena in turn (other threads' mallocs on that arena wait,
+        // which the interval above bounds); 0 keeps no pad at the top.
         #[allow(unsafe_code)]
         let released = unsafe { libc::malloc_trim(0) };
         log::debug!(
@@ -381,25 +493,9 @@ fn trim_heap(shard: usize) {
     let _ = shard;
 }
 
-/// A parked connection closed (its idle timeout, a drain, its peer's close):
-/// its FIN, then its fd.
-fn close(shard: &ShardCtx, p: Parked) {
-    let Parked { sock, wait, guard } = p;
-    sock.close();
-    ended(shard, guard, wait.facts.session_id);
-}
-
-/// What the end of every connection does: its session entry and admission
-/// ticket go, and so do its private origin connections (Private="ON").
-pub fn ended(shard: &ShardCtx, guard: SessionGuard, session_id: u64) {
-    drop(guard);
-    shard.upstreams.pool.borrow_mut().drop_owner(session_id);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn tokens_take_once_and_not_after_reuse() {
@@ -465,7 +561,67 @@ mod tests {
             t.deadlines.len()
         );
         assert!(t.slots.len() <= 2, "slots are reused");
+        assert!(t.free.len() <= 2 * t.slots.len() + 65, "{}", t.free.len());
         assert_eq!(t.take(keep), Some(0));
+    }
+
+    #[test]
+    fn the_tail_is_given_back_and_free_slots_fill_lowest_first() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        let tokens: Vec<u64> = (0..1000).map(|i| t.insert(i, t0).0).collect();
+        for &tok in &tokens[10..] {
+            t.take(tok).unwrap();
+        }
+        assert_eq!(t.slots.len(), 10, "empty tail slots go");
+        assert!(t.slots.capacity() < 100, "{}", t.slots.capacity());
+        t.take(tokens[3]).unwrap();
+        let (tok, _) = t.insert(99, t0);
+        assert_eq!(tok & 0xffff_ffff, 3, "the lowest free slot");
+        assert_eq!(t.take(tokens[3]), None, "the slot's old token");
+        assert_eq!(t.take(tok), Some(99));
+    }
+
+    #[test]
+    fn a_stale_deadline_never_takes_a_later_entry_of_its_slot() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut t = Table::default();
+        let (a, _) = t.insert("early", t0 + s(1));
+        t.take(a).unwrap();
+        // Same slot, later deadline: the stale (1 s) heap entry is skipped.
+        let (b, _) = t.insert("late", t0 + s(60));
+        assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff);
+        assert_eq!(t.pop_expired(t0 + s(2)), None);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn trims_follow_net_growth_not_churn() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let g = TRIM_GROWTH;
+        let mut p = TrimPlan::default();
+        // (table size, ms since t0, trim due then, in ms since t0)
+        let growth: [(usize, u64, Option<u64>); 5] = [
+            (g - 1, 0, None),
+            (g, 100, Some(1100)),
+            (g + 10, 900, Some(1900)),
+            // A burst longer than the cap: no later than 5 s after its first.
+            (g + 20, 4500, Some(5100)),
+            (g + 30, 4800, Some(5100)),
+        ];
+        for (len, at, want) in growth {
+            let got = p.parked(len, t0 + ms(at));
+            assert_eq!(got, want.map(|w| t0 + ms(w)), "size {len} at {at} ms");
+        }
+        p.done(g + 30);
+        // Clients that wake and park again: the size dips and returns.
+        for _ in 0..1000 {
+            p.left(g + 29);
+            assert_eq!(p.parked(g + 30, t0 + ms(6000)), None);
+        }
+        assert!(p.parked(2 * g + 29, t0 + ms(7000)).is_some(), "grown again");
     }
 
     #[test]

@@ -63,6 +63,19 @@ impl SessionGuard {
         self.shard.sessions.borrow_mut().insert(self.id, conn);
         self.listed = true;
     }
+
+    /// Unique across shards: the shard in the top bits.
+    fn session_id(&self) -> u64 {
+        ((self.shard.id as u64) << 48) | self.id
+    }
+
+    /// The end of a connection: its session entry and admission ticket go,
+    /// and so do its private origin connections (Private="ON").
+    fn end(self) {
+        let (shard, session_id) = (self.shard.clone(), self.session_id());
+        drop(self);
+        shard.upstreams.pool.borrow_mut().drop_owner(session_id);
+    }
 }
 
 /// A warning said at most once per interval, with a count of the ones held back.
@@ -168,11 +181,14 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
     rt.block_on(async move {
         let shard = Rc::new(ShardCtx::new(id, shared.clone()));
         let _ends = EndOnPanic(shard.clone());
-        let parked = match keepalive::KeepAlive::new() {
-            Ok(k) => Rc::new(k),
-            Err(e) => panic!("shard {id}: no epoll instance for idle connections: {e}"),
+        let parked = match keepalive::KeepAlive::new(shard.clone()) {
+            Ok(k) => Some(Rc::new(k)),
+            Err(e) => {
+                log::error!("shard {id}: no epoll instance for idle connections ({e}): they are not parked, and keep their buffers");
+                None
+            }
         };
-        tokio_uring::spawn(parked.clone().run(shard.clone()));
+        let parker = parked.clone().map(|k| tokio_uring::spawn(k.run()));
         for (group, l) in listeners.into_iter().enumerate() {
             let local = l.local_addr().ok();
             let l = match crate::net::listen::watch(l) {
@@ -197,6 +213,11 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
             }
         }
         let deadline = tokio::time::Instant::now() + shared.drain_timeout;
+        // Parked connections: closed, or handed to tasks (on the session
+        // table) where a request was waiting.
+        if let Some(p) = parker {
+            let _ = tokio::time::timeout_at(deadline, p).await;
+        }
         // Idle keep-alive sessions notice the drain themselves and close; busy ones
         // finish their response (with Connection: Close) first.
         while !shard.sessions.borrow().is_empty() && tokio::time::Instant::now() < deadline {
@@ -220,7 +241,8 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
 /// When a shard dies, its clients see their connections end at once: each
 /// session's socket is shut down (a FIN, or a reset for unread bytes) as the
 /// shard's future is dropped in the unwind, before the ring's teardown closes
-/// the sockets in its own time.
+/// the sockets in its own time. (Parked connections are not sessions: their
+/// fds close as the keep-alive table is dropped with the runtime.)
 struct EndOnPanic(Rc<ShardCtx>);
 
 impl Drop for EndOnPanic {
@@ -276,7 +298,7 @@ async fn accept_one(
 
 async fn accept_loop(
     shard: Rc<ShardCtx>,
-    parked: Rc<keepalive::KeepAlive>,
+    parked: Option<Rc<keepalive::KeepAlive>>,
     listener: tokio::io::unix::AsyncFd<TcpListener>,
     group: usize,
     bound: Option<SocketAddr>,
@@ -318,7 +340,7 @@ async fn accept_loop(
                 let guard = SessionGuard::new(shard.clone(), conn.clone(), ticket);
                 let s = shard.clone();
                 // Unique across shards: the shard in the top bits.
-                let session_id = ((shard.id as u64) << 48) | guard.id;
+                let session_id = guard.session_id();
                 // The connection's futures stay small (the task's own 0.3 KiB,
                 // HTTP/1's 1.3 KiB, its wait for a head 1.2 KiB): the rare and the
                 // large phases are boxed, so 10k idle keep-alive connections cost
@@ -341,8 +363,7 @@ async fn accept_loop(
                 tokio_uring::spawn(async move {
                     let Some((conn, facts, certs)) = Box::pin(handshake(&s, conn, facts)).await
                     else {
-                        keepalive::ended(&s, guard, session_id);
-                        return;
+                        return guard.end();
                     };
                     if facts.tls.is_some_and(|t| t.h2) {
                         // Boxed: an HTTP/2 connection's future is twice an
@@ -359,15 +380,19 @@ async fn accept_loop(
                     } else {
                         // Boxed too: this task's own future then holds only
                         // what it captured, not a copy of the largest phase.
-                        let http1 = crate::downstream::http1::serve(s.clone(), conn, facts, certs);
-                        if let Some(idle) = Box::pin(http1).await {
+                        use crate::downstream::http1;
+                        let mut quiet = Box::pin(http1::serve(s.clone(), conn, facts, certs)).await;
+                        while let Some(idle) = quiet {
                             // Quiet between requests: this task ends, and the
                             // connection waits in the shard's table.
-                            parked.park(&s, idle, guard);
-                            return;
+                            if let Some(k) = &parked {
+                                return k.park(idle, guard);
+                            }
+                            let (conn, wait) = (idle.conn, idle.wait.unparkable());
+                            quiet = Box::pin(http1::resume(s.clone(), conn, wait)).await;
                         }
                     }
-                    keepalive::ended(&s, guard, session_id);
+                    guard.end();
                 });
             }
             Err(e) => {
