@@ -63,6 +63,7 @@ fn hit_path(c: &mut Criterion) {
 
     c.bench_function("hit_path: parse + route + lookup + head", |b| {
         let mut key = Vec::with_capacity(128);
+        let mut head_buf = BytesMut::new();
         b.iter(|| {
             let mut buf = BytesMut::from(black_box(REQ));
             let head = request::parse(&mut buf, &limits).unwrap().unwrap();
@@ -75,7 +76,7 @@ fn hit_path(c: &mut Criterion) {
             let mut head = Head::from_lines(hit.status, &hit.headers, BodyLen::Known(n));
             let o = &loaded.config.vhosts[v].options;
             header_policy(o, None, 0, &mut head, &Extras::new(CacheResult::Hit));
-            let out = render_head(&head, ClientFraming::Length(n), ka);
+            let out = render_head(&head, ClientFraming::Length(n), ka, &mut head_buf);
             black_box((out, hit.body));
         })
     });
@@ -137,7 +138,12 @@ fn rules_pass(c: &mut Criterion) {
     let build = |rules: Option<&cairn::proxy::rules::RuleFacts>| {
         let mut head = Head::from_lines(200, headers, BodyLen::Known(16384));
         header_policy(&vhost.options, rules, 1_700_000_000, &mut head, &x);
-        render_head(&head, ClientFraming::Length(16384), ka)
+        render_head(
+            &head,
+            ClientFraming::Length(16384),
+            ka,
+            &mut BytesMut::new(),
+        )
     };
     c.bench_function("head build: rules OFF", |b| {
         b.iter(|| black_box(build(None)))

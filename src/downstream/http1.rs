@@ -59,14 +59,24 @@ pub fn framing_for(body: BodyLen, version: Version) -> ClientFraming {
     }
 }
 
-/// The HTTP/1.1 bytes of a head: status line, fields, framing, connection fields.
-pub fn render_head(head: &Head<'_>, framing: ClientFraming, ka: Decision) -> Vec<u8> {
+/// The HTTP/1.1 bytes of a head: status line, fields, framing, connection
+/// fields. Rendered into `buf`, the connection's own, and split off it: once
+/// the previous head is written and dropped, `reserve` takes its room back,
+/// so a keep-alive connection's heads cost no allocation each.
+pub fn render_head(
+    head: &Head<'_>,
+    framing: ClientFraming,
+    ka: Decision,
+    buf: &mut BytesMut,
+) -> Bytes {
     let (block, fields) = head.parts();
     let size: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
-    let mut out = Vec::with_capacity(block.len() + size + 128);
+    buf.clear();
+    buf.reserve(block.len() + size + 160);
+    let out = buf;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa3(head.status).as_slice());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     match head.reason {
         Some(r) => out.extend_from_slice(r),
         None => out.extend_from_slice(reason(head.status).as_bytes()),
@@ -83,15 +93,15 @@ pub fn render_head(head: &Head<'_>, framing: ClientFraming, ka: Decision) -> Vec
     match framing {
         ClientFraming::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
-            write_decimal(&mut out, n);
+            write_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         ClientFraming::NoBody | ClientFraming::Close => {}
     }
-    ka.write_headers(&mut out);
+    ka.write_headers(out);
     out.extend_from_slice(b"\r\n");
-    out
+    out.split().freeze()
 }
 
 fn itoa3(status: u16) -> [u8; 3] {
@@ -112,6 +122,14 @@ enum State {
     Aborted,
 }
 
+/// What a connection keeps across its exchanges so that each does not
+/// allocate its own: the head's bytes and the list of pieces to write.
+#[derive(Default)]
+pub struct Buffers {
+    head: BytesMut,
+    pending: Vec<Bytes>,
+}
+
 /// One exchange on an HTTP/1 connection.
 pub struct H1Exchange<'c> {
     conn: &'c Conn,
@@ -126,7 +144,8 @@ pub struct H1Exchange<'c> {
     /// KA-6: the vhost's idle timeout for the wait that follows.
     idle: Option<Duration>,
     framing: ClientFraming,
-    pending: Vec<Bytes>,
+    /// The connection's buffers, lent to each exchange in turn.
+    bufs: Buffers,
     sent: u64,
     head_len: u64,
     /// Interim (1xx) heads queued before the final one: neither head nor body.
@@ -141,6 +160,7 @@ impl<'c> H1Exchange<'c> {
         head: Option<&RequestHead>,
         nth: u32,
         force_close: bool,
+        bufs: Buffers,
     ) -> H1Exchange<'c> {
         let facts = match head {
             Some(h) => RequestFacts {
@@ -165,7 +185,7 @@ impl<'c> H1Exchange<'c> {
             ka: Decision::Close,
             idle: None,
             framing: ClientFraming::NoBody,
-            pending: Vec::new(),
+            bufs,
             sent: 0,
             head_len: 0,
             interim_len: 0,
@@ -198,9 +218,9 @@ impl Downstream for H1Exchange<'_> {
         {
             self.ka = Decision::Close;
         }
-        let rendered = render_head(head, self.framing, self.ka);
+        let rendered = render_head(head, self.framing, self.ka, &mut self.bufs.head);
         self.head_len = rendered.len() as u64;
-        self.pending.push(Bytes::from(rendered));
+        self.bufs.pending.push(rendered);
         self.state = State::Streaming;
         Ok(())
     }
@@ -228,7 +248,7 @@ impl Downstream for H1Exchange<'_> {
         }
         out.extend_from_slice(b"\r\n");
         self.interim_len += out.len() as u64;
-        self.pending.push(Bytes::from(out));
+        self.bufs.pending.push(Bytes::from(out));
         Ok(())
     }
 
@@ -240,13 +260,13 @@ impl Downstream for H1Exchange<'_> {
             return Ok(());
         }
         if self.framing == ClientFraming::Chunked {
-            self.pending.push(chunk_header(piece.len()));
-            self.pending.push(piece);
-            self.pending.push(Bytes::from_static(b"\r\n"));
+            self.bufs.pending.push(chunk_header(piece.len()));
+            self.bufs.pending.push(piece);
+            self.bufs.pending.push(Bytes::from_static(b"\r\n"));
         } else {
-            self.pending.push(piece);
+            self.bufs.pending.push(piece);
         }
-        if self.pending.len() >= MAX_PENDING {
+        if self.bufs.pending.len() >= MAX_PENDING {
             self.flush().await?;
         }
         Ok(())
@@ -287,13 +307,14 @@ impl Downstream for H1Exchange<'_> {
         if self.state == State::Aborted {
             return Err(ClientGone);
         }
-        if self.pending.is_empty() {
+        if self.bufs.pending.is_empty() {
             return Ok(());
         }
-        let bufs = std::mem::take(&mut self.pending);
+        let bufs = std::mem::take(&mut self.bufs.pending);
         let n: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        match self.conn.writev_all(bufs, SEND_TIMEOUT).await {
-            Ok(()) => {
+        match self.conn.writev_all_reusing(bufs, SEND_TIMEOUT).await {
+            Ok(emptied) => {
+                self.bufs.pending = emptied;
                 self.sent += n;
                 Ok(())
             }
@@ -313,7 +334,7 @@ impl Downstream for H1Exchange<'_> {
             return Err(ClientGone);
         }
         if self.framing == ClientFraming::Chunked && !self.head_request {
-            self.pending.push(Bytes::from_static(LAST_CHUNK));
+            self.bufs.pending.push(Bytes::from_static(LAST_CHUNK));
         }
         self.flush().await?;
         self.state = State::Done;
@@ -321,7 +342,7 @@ impl Downstream for H1Exchange<'_> {
     }
 
     fn abort(&mut self) {
-        self.pending.clear();
+        self.bufs.pending.clear();
         self.state = State::Aborted;
         // At once, not when the loop sees the state: a write dropped mid-flight
         // (a send deadline) still owns its buffer, a lease on the cache, until
@@ -403,14 +424,16 @@ struct Start {
 }
 
 /// Serves one client connection until it closes, or until it is quiet
-/// between requests: then it is returned to be parked.
+/// between requests (where it is `parkable`): then it is returned to be
+/// parked.
 pub async fn serve(
     shard: Rc<ShardCtx>,
     conn: Conn,
     facts: ConnFacts,
     certs: Option<Arc<crate::config::tls::CertSet>>,
+    parkable: bool,
 ) -> Option<Idle> {
-    let parkable = facts.tls.is_none() && certs.is_none();
+    let parkable = parkable && facts.tls.is_none() && certs.is_none();
     let start = Start {
         nth: 0,
         idle: None,
@@ -452,6 +475,7 @@ async fn run(
     });
     let mut resumed_since = start.since;
     let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
+    let mut bufs = Buffers::default();
     let mut nth: u32 = start.nth;
     loop {
         // Between requests: a large buffer goes; otherwise the room that
@@ -470,7 +494,10 @@ async fn run(
         // h2c by prior knowledge: only as the connection's first bytes.
         let h2c = nth == 0 && facts.tls.is_none() && shared.live.load().config.server.http2.enabled;
         let since = resumed_since.take().unwrap_or_else(Instant::now);
-        let next = Box::pin(next_head(
+        // Not boxed (a box per request): while it waits, this future is
+        // the connection's largest phase anyway, and a quiet plain
+        // connection gives the whole task up when it parks.
+        let next = next_head(
             &shard,
             &conn,
             &mut rbuf,
@@ -483,7 +510,7 @@ async fn run(
                 since,
                 park: start.parkable,
             },
-        ))
+        )
         .await;
         let received = std::time::Instant::now();
         let head = match next {
@@ -607,8 +634,11 @@ async fn run(
             received,
             certs: certs.clone(),
         };
-        let mut ex = H1Exchange::new(&conn, &shard, Some(&req.head), nth, shard.draining());
+        let lent = std::mem::take(&mut bufs);
+        let mut ex = H1Exchange::new(&conn, &shard, Some(&req.head), nth, shard.draining(), lent);
         Box::pin(proxy::serve(&shard, &live, &req, &mut ex)).await;
+        bufs = std::mem::take(&mut ex.bufs);
+        bufs.pending.clear();
         if let Some(t) = ex.idle {
             idle = t;
         }
@@ -704,7 +734,7 @@ async fn refuse_and_close(
     e: ExchangeError,
 ) {
     let gone = matches!(e, ExchangeError::ClientGone);
-    let mut ex = H1Exchange::new(conn, shard, r.head, nth, true);
+    let mut ex = H1Exchange::new(conn, shard, r.head, nth, true, Buffers::default());
     proxy::refuse(shard, live, r, &mut ex, e).await;
     if gone {
         conn.shutdown();
@@ -781,7 +811,13 @@ async fn next_head(
                 };
                 conn.read_or_stop(rbuf, left, stop).await
             } else if shard.draining() {
-                return Next::Closed;
+                // A request already here (a parked connection woken by it,
+                // or by the drain) is read and served, with Connection:
+                // close; otherwise the connection closes now.
+                if !rbuf.is_empty() || !conn.has_bytes() {
+                    return Next::Closed;
+                }
+                conn.read(rbuf, request_timeout).await
             } else if park && rbuf.is_empty() {
                 let stop = shard.drain_started();
                 match conn.read_until_quiet(rbuf, left, stop, PARK_AFTER).await {
@@ -990,9 +1026,11 @@ mod tests {
         h.push(b"ETag", &b"\"e\""[..]);
         h.fields_mut()
             .push((Cow::Borrowed(b"X-Cache"), Cow::Borrowed(b"TCP_MISS")));
-        let out = render_head(&h, ClientFraming::Chunked, Decision::Close);
+        // One buffer for all three, as a connection's exchanges share one.
+        let mut buf = BytesMut::new();
+        let out = render_head(&h, ClientFraming::Chunked, Decision::Close, &mut buf);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            std::str::from_utf8(&out).unwrap(),
             "HTTP/1.1 200 Fine\r\nETag: \"e\"\r\nX-Cache: TCP_MISS\r\nTransfer-Encoding: chunked\r\nConnection: Close\r\n\r\n"
         );
         let mut h = Head::new(304, BodyLen::Empty);
@@ -1001,17 +1039,24 @@ mod tests {
             timeout: Some(10),
             max: Some(3),
         };
-        let out = render_head(&h, framing_for(h.body, Version::Http11), ka);
+        let first = out;
+        let out = render_head(&h, framing_for(h.body, Version::Http11), ka, &mut buf);
+        assert!(
+            first.starts_with(b"HTTP/1.1 200 Fine"),
+            "a head held is not overwritten"
+        );
+        drop(first);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            std::str::from_utf8(&out).unwrap(),
             "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=10, max=3\r\n\r\n"
         );
         let out = render_head(
             &Head::new(404, BodyLen::Known(0)),
             ClientFraming::Length(0),
             Decision::Close,
+            &mut buf,
         );
-        assert!(String::from_utf8(out)
+        assert!(std::str::from_utf8(&out)
             .unwrap()
             .starts_with("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"));
     }

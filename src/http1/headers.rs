@@ -184,7 +184,7 @@ mod tests {
 
 /// `n` in decimal, without the formatting machinery: response heads and log
 /// lines write numbers on every request.
-pub fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub fn write_decimal(out: &mut impl bytes::BufMut, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -195,7 +195,7 @@ pub fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&buf[i..]);
+    out.put_slice(&buf[i..]);
 }
 
 /// Where `part` lies inside `whole`, as a range, checked. httparse hands back

@@ -74,20 +74,20 @@ impl Decision {
     }
 
     /// Appends the header lines for this decision.
-    pub fn write_headers(&self, out: &mut Vec<u8>) {
+    pub fn write_headers(&self, out: &mut impl bytes::BufMut) {
         match *self {
-            Decision::Close => out.extend_from_slice(b"Connection: Close\r\n"),
+            Decision::Close => out.put_slice(b"Connection: Close\r\n"),
             Decision::KeepAlive { timeout, max } => {
-                out.extend_from_slice(b"Connection: Keep-Alive\r\n");
+                out.put_slice(b"Connection: Keep-Alive\r\n");
                 // Written by hand: this runs for every keep-alive response.
                 if let Some(t) = timeout {
-                    out.extend_from_slice(b"Keep-Alive: timeout=");
+                    out.put_slice(b"Keep-Alive: timeout=");
                     super::headers::write_decimal(out, u64::from(t));
                     if let Some(m) = max {
-                        out.extend_from_slice(b", max=");
+                        out.put_slice(b", max=");
                         super::headers::write_decimal(out, u64::from(m));
                     }
-                    out.extend_from_slice(b"\r\n");
+                    out.put_slice(b"\r\n");
                 }
             }
         }

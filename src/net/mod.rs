@@ -110,8 +110,9 @@ mod withdraw {
     }
 
     /// Cancels every operation on `fd`. True when the kernel took the cancel
-    /// (the operations then complete, cancelled or done); false, and never
-    /// tried again, where it does not know cancel by fd.
+    /// (the operations then complete, cancelled or done); false where it
+    /// refused: never tried again after `EINVAL` (no cancel by fd), and this
+    /// once after anything else.
     pub async fn by_fd(fd: RawFd) -> bool {
         use io_uring::types::{CancelBuilder, Fd};
         let sqe = io_uring::opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all()).build();
@@ -128,6 +129,10 @@ mod withdraw {
             // the operation completed first); an error is a refusal (EINVAL
             // before Linux 5.19).
             Ok(_) => true,
+            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
+                log::debug!("io_uring: an idle read's cancel failed ({e}); it waits unparked");
+                false
+            }
             Err(e) => {
                 if SUPPORTED.swap(false, Relaxed) {
                     log::warn!("io_uring: this kernel cannot cancel by fd ({e}); idle keep-alive connections keep their read buffers (Linux 5.19 or later parks them)");
@@ -657,11 +662,23 @@ impl Conn {
     /// Writes all of `bufs` (head and body pieces) as vectored writes, re-slicing after
     /// short writes. No byte of any buffer is copied.
     pub async fn writev_all(&self, bufs: Vec<Bytes>, timeout: Duration) -> Result<(), IoError> {
+        self.writev_all_reusing(bufs, timeout).await.map(drop)
+    }
+
+    /// [`writev_all`](Self::writev_all), handing the list back emptied, so
+    /// that a connection's next response reuses its allocation.
+    pub async fn writev_all_reusing(
+        &self,
+        mut bufs: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<Vec<Bytes>, IoError> {
         match &self.tls {
             None => self.raw_writev_all(bufs, timeout).await,
             Some(t) => {
                 let _writer = t.writer.lock().await;
-                self.tls_writev_all(t, bufs, timeout).await
+                self.tls_writev_all(t, &mut bufs, timeout).await?;
+                bufs.clear();
+                Ok(bufs)
             }
         }
     }
@@ -671,10 +688,9 @@ impl Conn {
     async fn tls_writev_all(
         &self,
         t: &tls::TlsSession,
-        bufs: Vec<Bytes>,
+        bufs: &mut Vec<Bytes>,
         timeout: Duration,
     ) -> Result<(), IoError> {
-        let mut bufs = bufs;
         bufs.retain(|b| !b.is_empty());
         let mut first = 0;
         while first < bufs.len() {
@@ -699,7 +715,11 @@ impl Conn {
         self.flush_records(timeout).await
     }
 
-    async fn raw_writev_all(&self, mut bufs: Vec<Bytes>, timeout: Duration) -> Result<(), IoError> {
+    async fn raw_writev_all(
+        &self,
+        mut bufs: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<Vec<Bytes>, IoError> {
         bufs.retain(|b| !b.is_empty());
         while !bufs.is_empty() {
             // IOV_MAX is 1024; stay well under it.
@@ -730,7 +750,7 @@ impl Conn {
             sent.extend(rest);
             bufs = sent;
         }
-        Ok(())
+        Ok(bufs)
     }
 
     pub async fn write_all(&self, buf: Bytes, timeout: Duration) -> Result<(), IoError> {
@@ -762,6 +782,11 @@ impl Conn {
         // SAFETY: the fd belongs to `self.inner`, which outlives the borrow
         // (tied to `&self`) and closes it only when dropped.
         unsafe { std::os::fd::BorrowedFd::borrow_raw(self.inner.as_raw_fd()) }
+    }
+
+    /// True if the client's bytes wait to be read (not only its end of stream).
+    pub fn has_bytes(&self) -> bool {
+        self.peek() == Peek::Data
     }
 
     /// True if the socket is idle and usable: nothing to read, not closed by the

@@ -129,6 +129,7 @@ impl<T> Table<T> {
         if self.free.len() > 2 * self.slots.len() + 64 {
             let n = self.slots.len();
             self.free.retain(|Reverse(i)| (*i as usize) < n);
+            self.free.shrink_to(2 * n + 64);
         }
         if self.deadlines.len() > 2 * self.len + 64 {
             self.rebuild();
@@ -170,17 +171,22 @@ impl<T> Table<T> {
         all
     }
 
+    /// Keeps the live heap entries only (a fresh, tight allocation).
     fn rebuild(&mut self) {
-        self.deadlines = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                s.entry
-                    .as_ref()
-                    .map(|(_, d)| Reverse((*d, i as u32, s.generation)))
-            })
+        let slots = &self.slots;
+        let live = |&Reverse((_, i, g)): &Reverse<(Instant, u32, u64)>| {
+            slots
+                .get(i as usize)
+                .is_some_and(|s| s.generation == g && s.entry.is_some())
+        };
+        let kept: Vec<_> = std::mem::take(&mut self.deadlines)
+            .into_vec()
+            .into_iter()
+            .filter(live)
             .collect();
+        let mut kept = kept;
+        kept.shrink_to_fit();
+        self.deadlines = BinaryHeap::from(kept);
     }
 }
 
@@ -218,6 +224,8 @@ struct TrimPlan {
     low: usize,
     first: Option<Instant>,
     at: Option<Instant>,
+    /// The process-wide interval's end, where a trim was refused for it.
+    not_before: Option<Instant>,
 }
 
 const TRIM_GROWTH: usize = 256;
@@ -232,8 +240,15 @@ impl TrimPlan {
             return self.at;
         }
         let first = *self.first.get_or_insert(now);
-        self.at = Some((now + TRIM_DELAY).min(first + TRIM_DELAY_MAX));
+        let at = (now + TRIM_DELAY).min(first + TRIM_DELAY_MAX);
+        self.at = Some(self.not_before.map_or(at, |n| at.max(n)));
         self.at
+    }
+
+    /// Refused until `when` by the process-wide interval.
+    fn wait(&mut self, when: Instant) {
+        self.not_before = Some(when);
+        self.at = Some(when);
     }
 
     fn left(&mut self, len: usize) {
@@ -254,6 +269,22 @@ enum Event {
     Sooner,
     Trim,
     Drain,
+}
+
+/// A fault-injection build's parker that ignores readiness
+/// (`CAIRN_FAULT_PARKER_DEAF=1` next to `CAIRN_FAULT_INJECTION=1`), so that a
+/// test can make the drain, not a wake, find a waiting request.
+fn deaf() -> bool {
+    #[cfg(feature = "fault-injection")]
+    {
+        static DEAF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DEAF.get_or_init(|| {
+            let on = |k: &str| std::env::var_os(k).is_some_and(|v| v == "1");
+            on("CAIRN_FAULT_INJECTION") && on("CAIRN_FAULT_PARKER_DEAF")
+        })
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    false
 }
 
 impl KeepAlive {
@@ -343,7 +374,7 @@ impl KeepAlive {
                 r = async {
                     let mut woke = Vec::new();
                     self.ready.ready(&mut woke).await.map(|()| woke)
-                } => Event::Ready(r),
+                }, if !deaf() => Event::Ready(r),
                 _ = due => Event::Due,
                 _ = trim => Event::Trim,
                 _ = self.sooner.notified() => Event::Sooner,
@@ -377,11 +408,15 @@ impl KeepAlive {
                     }
                 }
                 Event::Sooner => {}
-                Event::Trim => {
-                    trim_heap(shard.id);
-                    let len = self.table.borrow().len();
-                    self.trim.borrow_mut().done(len);
-                }
+                Event::Trim => match trim_heap(shard.id) {
+                    Ok(()) => {
+                        let len = self.table.borrow().len();
+                        self.trim.borrow_mut().done(len);
+                    }
+                    // Another trim (this shard's or another's) was too
+                    // recent: this one waits its turn, it is not dropped.
+                    Err(wait) => self.trim.borrow_mut().wait(Instant::now() + wait),
+                },
                 Event::Drain => {
                     // Served (with `Connection: close`) where a request is
                     // waiting, closed otherwise.
@@ -392,6 +427,14 @@ impl KeepAlive {
                     return;
                 }
             }
+        }
+    }
+
+    /// Closes everything parked (the table's task failed in a drain).
+    pub fn close_all(&self) {
+        let all = self.table.borrow_mut().take_all();
+        for p in all {
+            self.close_unwatched(self.unwatched(p));
         }
     }
 
@@ -459,8 +502,8 @@ impl Drop for KeepAlive {
 
 /// Gives the heap's free pages back to the kernel (glibc; other C libraries
 /// have their own policy, and nothing is done). Process-wide, at most once
-/// per [`TRIM_INTERVAL`].
-fn trim_heap(shard: usize) {
+/// per [`TRIM_INTERVAL`]: sooner, it says how long to wait.
+fn trim_heap(shard: usize) -> Result<(), Duration> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::sync::atomic::AtomicU64;
@@ -468,14 +511,19 @@ fn trim_heap(shard: usize) {
         static START: OnceLock<std::time::Instant> = OnceLock::new();
         static LAST_MS: AtomicU64 = AtomicU64::new(0);
         let start = *START.get_or_init(std::time::Instant::now);
-        let now_ms = start.elapsed().as_millis() as u64 + TRIM_INTERVAL.as_millis() as u64;
+        let interval = TRIM_INTERVAL.as_millis() as u64;
+        // Offset by one interval, so that the first trim may come at once.
+        let now_ms = start.elapsed().as_millis() as u64 + interval;
         let last = LAST_MS.load(Relaxed);
-        if now_ms < last + TRIM_INTERVAL.as_millis() as u64
-            || LAST_MS
-                .compare_exchange(last, now_ms, Relaxed, Relaxed)
-                .is_err()
+        if now_ms < last + interval {
+            return Err(Duration::from_millis(last + interval - now_ms));
+        }
+        if LAST_MS
+            .compare_exchange(last, now_ms, Relaxed, Relaxed)
+            .is_err()
         {
-            return;
+            // Another shard trims now.
+            return Err(TRIM_INTERVAL);
         }
         let t = std::time::Instant::now();
         // SAFETY: malloc_trim takes no pointers and is thread-safe: it locks
@@ -491,6 +539,7 @@ fn trim_heap(shard: usize) {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = shard;
+    Ok(())
 }
 
 #[cfg(test)]

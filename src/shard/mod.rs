@@ -188,7 +188,7 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
                 None
             }
         };
-        let parker = parked.clone().map(|k| tokio_uring::spawn(k.run()));
+        let mut parker = parked.clone().map(|k| tokio_uring::spawn(k.run()));
         for (group, l) in listeners.into_iter().enumerate() {
             let local = l.local_addr().ok();
             let l = match crate::net::listen::watch(l) {
@@ -208,6 +208,13 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
         shared.ready.fetch_add(1, Relaxed);
         tokio::select! {
             _ = shard.drain_started() => {}
+            // Parked connections would wait for nobody: the shard restarts.
+            r = async {
+                match &mut parker {
+                    Some(h) => h.await,
+                    None => std::future::pending().await,
+                }
+            } => panic!("shard {id}: the keep-alive table's task ended: {r:?}"),
             _ = injected_fault(&shared, id) => {
                 panic!("injected fault: shard {id} was told to panic (a fault-injection build)")
             }
@@ -215,8 +222,11 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
         let deadline = tokio::time::Instant::now() + shared.drain_timeout;
         // Parked connections: closed, or handed to tasks (on the session
         // table) where a request was waiting.
-        if let Some(p) = parker {
-            let _ = tokio::time::timeout_at(deadline, p).await;
+        if let (Some(p), Some(k)) = (parker, &parked) {
+            if let Ok(Err(e)) = tokio::time::timeout_at(deadline, p).await {
+                log::error!("shard {id}: the keep-alive table's task failed in the drain ({e}); closing what it held");
+                k.close_all();
+            }
         }
         // Idle keep-alive sessions notice the drain themselves and close; busy ones
         // finish their response (with Connection: Close) first.
@@ -342,9 +352,10 @@ async fn accept_loop(
                 // Unique across shards: the shard in the top bits.
                 let session_id = guard.session_id();
                 // The connection's futures stay small (the task's own 0.3 KiB,
-                // HTTP/1's 1.3 KiB, its wait for a head 1.2 KiB): the rare and the
-                // large phases are boxed, so 10k idle keep-alive connections cost
-                // little memory and spawning copies little.
+                // HTTP/1's about 2.5 KiB with its wait for a head inline): the
+                // rare and the large phases (serving a request, TLS reads,
+                // HTTP/2) are boxed, so spawning copies little; a quiet plain
+                // connection gives its task up (`keepalive`).
                 // A wildcard listener does not say which address the client reached.
                 let local = match bound {
                     Some(a) if !a.ip().is_unspecified() => a,
@@ -381,7 +392,9 @@ async fn accept_loop(
                         // Boxed too: this task's own future then holds only
                         // what it captured, not a copy of the largest phase.
                         use crate::downstream::http1;
-                        let mut quiet = Box::pin(http1::serve(s.clone(), conn, facts, certs)).await;
+                        let parkable = parked.is_some();
+                        let serve = http1::serve(s.clone(), conn, facts, certs, parkable);
+                        let mut quiet = Box::pin(serve).await;
                         while let Some(idle) = quiet {
                             // Quiet between requests: this task ends, and the
                             // connection waits in the shard's table.
