@@ -261,6 +261,13 @@ fn idle_connections_cost_under_a_kib_each() {
     let per_conn = per(after);
     eprintln!("RssAnon {before} -> {after} kB with {N} idle connections: {per_conn} B each");
     assert!(per_conn < 1024, "{per_conn} B per idle connection");
+    // Still all there (not memory given back by a shard that died), and
+    // served.
+    assert!(!cairn.stderr().contains(" died"), "{}", cairn.stderr());
+    assert_eq!(gauge(&cairn, "cairn_connections_parked"), N as u64 + 1);
+    for c in clients.iter_mut().step_by(300) {
+        assert_eq!(c.get("/").status, 200);
+    }
 }
 
 /// Up to the hard limit: the test holds N sockets, and cairn (which inherits

@@ -226,6 +226,9 @@ struct TrimPlan {
     at: Option<Instant>,
     /// The process-wide interval's end, where a trim was refused for it.
     not_before: Option<Instant>,
+    /// The last park that counted toward this trim: a trim anywhere in the
+    /// process after it does this one's work.
+    grew: Option<Instant>,
 }
 
 const TRIM_GROWTH: usize = 256;
@@ -240,6 +243,7 @@ impl TrimPlan {
             return self.at;
         }
         let first = *self.first.get_or_insert(now);
+        self.grew = Some(now);
         let at = (now + TRIM_DELAY).min(first + TRIM_DELAY_MAX);
         self.at = Some(self.not_before.map_or(at, |n| at.max(n)));
         self.at
@@ -408,15 +412,21 @@ impl KeepAlive {
                     }
                 }
                 Event::Sooner => {}
-                Event::Trim => match trim_heap(shard.id) {
-                    Ok(()) => {
-                        let len = self.table.borrow().len();
-                        self.trim.borrow_mut().done(len);
+                // Parks since the timer was set may have moved the trim on.
+                Event::Trim if self.trim.borrow().at.is_some_and(|a| a > Instant::now()) => {}
+                Event::Trim => {
+                    // Read first: the arms update the plan.
+                    let grew = self.trim.borrow().grew;
+                    match trim_heap(shard.id, grew) {
+                        Ok(()) => {
+                            let len = self.table.borrow().len();
+                            self.trim.borrow_mut().done(len);
+                        }
+                        // Another trim (this shard's or another's) was too
+                        // recent: this one waits its turn, it is not dropped.
+                        Err(wait) => self.trim.borrow_mut().wait(Instant::now() + wait),
                     }
-                    // Another trim (this shard's or another's) was too
-                    // recent: this one waits its turn, it is not dropped.
-                    Err(wait) => self.trim.borrow_mut().wait(Instant::now() + wait),
-                },
+                }
                 Event::Drain => {
                     // Served (with `Connection: close`) where a request is
                     // waiting, closed otherwise.
@@ -502,8 +512,9 @@ impl Drop for KeepAlive {
 
 /// Gives the heap's free pages back to the kernel (glibc; other C libraries
 /// have their own policy, and nothing is done). Process-wide, at most once
-/// per [`TRIM_INTERVAL`]: sooner, it says how long to wait.
-fn trim_heap(shard: usize) -> Result<(), Duration> {
+/// per [`TRIM_INTERVAL`]: sooner, it says how long to wait, unless a trim
+/// since `grew` (another shard's) has done the work already.
+fn trim_heap(shard: usize, grew: Option<Instant>) -> Result<(), Duration> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::sync::atomic::AtomicU64;
@@ -515,6 +526,13 @@ fn trim_heap(shard: usize) -> Result<(), Duration> {
         // Offset by one interval, so that the first trim may come at once.
         let now_ms = start.elapsed().as_millis() as u64 + interval;
         let last = LAST_MS.load(Relaxed);
+        let grew_ms = grew.map_or(0, |g| {
+            let g = g.into_std().saturating_duration_since(start);
+            g.as_millis() as u64 + interval
+        });
+        if last != 0 && last >= grew_ms {
+            return Ok(());
+        }
         if now_ms < last + interval {
             return Err(Duration::from_millis(last + interval - now_ms));
         }
@@ -538,7 +556,7 @@ fn trim_heap(shard: usize) -> Result<(), Duration> {
         );
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = shard;
+    let _ = (shard, grew);
     Ok(())
 }
 
