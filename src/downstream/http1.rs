@@ -34,6 +34,11 @@ const IDLE_BUFFER: usize = 1024;
 const KEEP_BUFFER: usize = 64 * 1024;
 /// Pending pieces before a flush.
 const MAX_PENDING: usize = 64;
+/// A head buffer whose last head was larger is not kept.
+const KEEP_HEAD: usize = 8 * 1024;
+/// A write list longer than this (a streamed body's) is not kept between
+/// requests.
+const KEEP_PENDING: usize = 16;
 
 /// How the response body is delimited toward the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +106,13 @@ pub fn render_head(
     }
     ka.write_headers(out);
     out.extend_from_slice(b"\r\n");
-    out.split().freeze()
+    let rendered = out.split().freeze();
+    // A large head's room is not kept for the connection's life: the
+    // allocation stays under about twice the largest head it kept.
+    if rendered.len() > KEEP_HEAD {
+        *out = BytesMut::new();
+    }
+    rendered
 }
 
 fn itoa3(status: u16) -> [u8; 3] {
@@ -639,6 +650,10 @@ async fn run(
         Box::pin(proxy::serve(&shard, &live, &req, &mut ex)).await;
         bufs = std::mem::take(&mut ex.bufs);
         bufs.pending.clear();
+        // A streamed body's long list is not kept through the idle wait.
+        if bufs.pending.capacity() > KEEP_PENDING {
+            bufs.pending = Vec::new();
+        }
         if let Some(t) = ex.idle {
             idle = t;
         }
@@ -784,6 +799,8 @@ async fn next_head(
     // KA-6 counts from the start of the wait, not from each read: empty lines
     // trickling in do not extend it.
     let idle_deadline = since + idle;
+    // Draining: the one read of a request already waiting.
+    let mut drain_read = false;
     loop {
         let preface = crate::downstream::h2::PREFACE;
         let maybe_h2 =
@@ -814,10 +831,13 @@ async fn next_head(
                 // A request already here (a parked connection woken by it,
                 // or by the drain) is read and served, with Connection:
                 // close; otherwise the connection closes now.
-                if !rbuf.is_empty() || !conn.has_bytes() {
+                if drain_read || !conn.has_bytes() {
                     return Next::Closed;
                 }
-                conn.read(rbuf, request_timeout).await
+                drain_read = true;
+                let d = *deadline.get_or_insert_with(|| Instant::now() + request_timeout);
+                conn.read(rbuf, d.saturating_duration_since(Instant::now()))
+                    .await
             } else if park && rbuf.is_empty() {
                 let stop = shard.drain_started();
                 match conn.read_until_quiet(rbuf, left, stop, PARK_AFTER).await {
@@ -1020,6 +1040,34 @@ mod tests {
     }
 
     #[test]
+    fn a_connections_head_buffer_is_reused_and_never_overwrites_a_held_head() {
+        let h = Head::new(200, BodyLen::Known(5));
+        let want = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: Close\r\n\r\n";
+        let render =
+            |buf: &mut BytesMut| render_head(&h, ClientFraming::Length(5), Decision::Close, buf);
+        let mut buf = BytesMut::with_capacity(4096);
+        let first = render(&mut buf);
+        let start = first.as_ptr() as usize;
+        // Held (a write in flight): the next lands in the free room after it.
+        let second = render(&mut buf);
+        assert_eq!(std::str::from_utf8(&first).unwrap(), want);
+        assert_eq!(std::str::from_utf8(&second).unwrap(), want);
+        assert_ne!(first.as_ptr(), second.as_ptr());
+        drop((first, second));
+        // Both written and dropped: the allocation is taken back.
+        let third = render(&mut buf);
+        let p = third.as_ptr() as usize;
+        assert!(p >= start && p < start + 4096, "a new allocation");
+        assert_eq!(std::str::from_utf8(&third).unwrap(), want);
+        // A large head's room is let go.
+        let mut big = Head::new(200, BodyLen::Known(5));
+        big.push(b"X-Big", vec![b'a'; 2 * KEEP_HEAD]);
+        let out = render_head(&big, ClientFraming::Length(5), Decision::Close, &mut buf);
+        assert!(out.len() > 2 * KEEP_HEAD);
+        assert_eq!(buf.capacity(), 0, "not kept");
+    }
+
+    #[test]
     fn heads_render_once_with_framing_and_connection_fields() {
         let mut h = Head::new(200, BodyLen::Unknown);
         h.reason = Some(b"Fine");
@@ -1041,8 +1089,9 @@ mod tests {
         };
         let first = out;
         let out = render_head(&h, framing_for(h.body, Version::Http11), ka, &mut buf);
-        assert!(
-            first.starts_with(b"HTTP/1.1 200 Fine"),
+        assert_eq!(
+            std::str::from_utf8(&first).unwrap(),
+            "HTTP/1.1 200 Fine\r\nETag: \"e\"\r\nX-Cache: TCP_MISS\r\nTransfer-Encoding: chunked\r\nConnection: Close\r\n\r\n",
             "a head held is not overwritten"
         );
         drop(first);
