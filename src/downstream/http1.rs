@@ -454,6 +454,19 @@ pub async fn serve(
     run(shard, conn, facts, certs, start).await
 }
 
+/// An empty read buffer between requests: the room that taking heads off its
+/// front used up is given back (in place when the last request no longer
+/// holds the allocation), so the idle read never has to grow it to
+/// READ_CHUNK; a large allocation goes. Checked after the `reserve`: before
+/// it, `capacity` counts only the room after the last head split off, not
+/// the allocation that `reserve` takes back.
+fn between_requests(rbuf: &mut BytesMut) {
+    rbuf.reserve(IDLE_BUFFER);
+    if rbuf.capacity() > KEEP_BUFFER {
+        *rbuf = BytesMut::with_capacity(IDLE_BUFFER);
+    }
+}
+
 /// Serves a parked connection that became readable.
 pub async fn resume(shard: Rc<ShardCtx>, conn: Conn, wait: Waiting) -> Option<Idle> {
     let start = Start {
@@ -489,16 +502,8 @@ async fn run(
     let mut bufs = Buffers::default();
     let mut nth: u32 = start.nth;
     loop {
-        // Between requests: a large buffer goes; otherwise the room that
-        // taking heads off its front used up is given back (in place when the
-        // last request no longer holds the allocation), so the idle read
-        // never has to grow it to READ_CHUNK.
         if rbuf.is_empty() {
-            if rbuf.capacity() > KEEP_BUFFER {
-                rbuf = BytesMut::with_capacity(IDLE_BUFFER);
-            } else {
-                rbuf.reserve(IDLE_BUFFER);
-            }
+            between_requests(&mut rbuf);
         }
         // Read per request: a reload reaches keep-alive connections too.
         let request_timeout = shared.live.load().config.server.request_timeout;
@@ -1037,6 +1042,24 @@ mod tests {
         for (body, v, want) in table {
             assert_eq!(framing_for(body, v), want, "{body:?} {v:?}");
         }
+    }
+
+    #[test]
+    fn a_large_read_buffer_is_not_kept_between_requests() {
+        // A 200 KB head (a body, a large cookie) read, split off, served.
+        let mut rbuf = BytesMut::with_capacity(200_000);
+        rbuf.extend_from_slice(&[b'a'; 200_000]);
+        drop(rbuf.split().freeze());
+        between_requests(&mut rbuf);
+        assert!(rbuf.capacity() <= KEEP_BUFFER, "{}", rbuf.capacity());
+        // A small one keeps its allocation (no new one per request).
+        let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
+        rbuf.extend_from_slice(&[b'a'; 300]);
+        let start = rbuf.as_ptr() as usize;
+        drop(rbuf.split().freeze());
+        between_requests(&mut rbuf);
+        assert_eq!(rbuf.as_ptr() as usize, start, "taken back in place");
+        assert!(rbuf.capacity() >= IDLE_BUFFER);
     }
 
     #[test]
