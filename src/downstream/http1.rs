@@ -510,9 +510,9 @@ async fn run(
         // h2c by prior knowledge: only as the connection's first bytes.
         let h2c = nth == 0 && facts.tls.is_none() && shared.live.load().config.server.http2.enabled;
         let since = resumed_since.take().unwrap_or_else(Instant::now);
-        // Not boxed (a box per request): while it waits, this future is
-        // the connection's largest phase anyway, and a quiet plain
-        // connection gives the whole task up when it parks.
+        // Not boxed (that was a box per request): the HTTP/1 future is then
+        // 3.7 KiB instead of 1.35 + 1.2 boxed, which an unparked waiting
+        // connection (TLS) pays; a quiet plain one gives the task up.
         let next = next_head(
             &shard,
             &conn,

@@ -352,7 +352,7 @@ async fn accept_loop(
                 // Unique across shards: the shard in the top bits.
                 let session_id = guard.session_id();
                 // The connection's futures stay small (the task's own 0.3 KiB,
-                // HTTP/1's about 2.5 KiB with its wait for a head inline): the
+                // HTTP/1's 3.7 KiB with its wait for a head inline): the
                 // rare and the large phases (serving a request, TLS reads,
                 // HTTP/2) are boxed, so spawning copies little; a quiet plain
                 // connection gives its task up (`keepalive`).
