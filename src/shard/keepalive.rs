@@ -510,6 +510,28 @@ impl Drop for KeepAlive {
     }
 }
 
+/// What the process-wide trim interval says (times in ms on one clock, 0:
+/// never).
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    /// A trim after the growth did the work.
+    Done,
+    /// Too soon after the last trim: wait this long.
+    Wait(u64),
+    Go,
+}
+
+fn gate(last_ms: u64, now_ms: u64, grew_ms: u64, interval_ms: u64) -> Gate {
+    // Strictly after: within one ms the trim may have come before the park.
+    if last_ms != 0 && last_ms > grew_ms {
+        return Gate::Done;
+    }
+    if now_ms < last_ms + interval_ms {
+        return Gate::Wait(last_ms + interval_ms - now_ms);
+    }
+    Gate::Go
+}
+
 /// Gives the heap's free pages back to the kernel (glibc; other C libraries
 /// have their own policy, and nothing is done). Process-wide, at most once
 /// per [`TRIM_INTERVAL`]: sooner, it says how long to wait, unless a trim
@@ -530,11 +552,10 @@ fn trim_heap(shard: usize, grew: Option<Instant>) -> Result<(), Duration> {
             let g = g.into_std().saturating_duration_since(start);
             g.as_millis() as u64 + interval
         });
-        if last != 0 && last >= grew_ms {
-            return Ok(());
-        }
-        if now_ms < last + interval {
-            return Err(Duration::from_millis(last + interval - now_ms));
+        match gate(last, now_ms, grew_ms, interval) {
+            Gate::Done => return Ok(()),
+            Gate::Wait(ms) => return Err(Duration::from_millis(ms)),
+            Gate::Go => {}
         }
         if LAST_MS
             .compare_exchange(last, now_ms, Relaxed, Relaxed)
@@ -689,6 +710,39 @@ mod tests {
             assert_eq!(p.parked(g + 30, t0 + ms(6000)), None);
         }
         assert!(p.parked(2 * g + 29, t0 + ms(7000)).is_some(), "grown again");
+    }
+
+    #[test]
+    fn the_trim_gate() {
+        let i = 10_000;
+        // (last trim, now, last growth) → gate; times in ms, 0: never.
+        let table = [
+            ((0, i, i), Gate::Go),                            // the first trim, at once
+            ((i + 500, i + 2000, i + 400), Gate::Done), // another shard trimmed after our growth
+            ((i + 500, i + 2000, i + 500), Gate::Wait(8500)), // same ms: not known to be after
+            ((i + 500, i + 2000, i + 900), Gate::Wait(8500)), // growth after the last trim
+            ((i + 500, 2 * i + 500, i + 900), Gate::Go), // the interval has passed
+        ];
+        for ((last, now, grew), want) in table {
+            assert_eq!(
+                gate(last, now, grew, i),
+                want,
+                "last {last} now {now} grew {grew}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_trim_waits_for_the_interval() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let g = TRIM_GROWTH;
+        let mut p = TrimPlan::default();
+        assert_eq!(p.parked(g, t0), Some(t0 + ms(1000)));
+        p.wait(t0 + ms(9000));
+        // More parks do not bring it back before the interval ends.
+        assert_eq!(p.parked(g + 1, t0 + ms(2000)), Some(t0 + ms(9000)));
+        assert_eq!(p.at, Some(t0 + ms(9000)));
     }
 
     #[test]

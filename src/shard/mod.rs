@@ -206,18 +206,30 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: Vec<TcpListener>) {
             }
         });
         shared.ready.fetch_add(1, Relaxed);
-        tokio::select! {
-            _ = shard.drain_started() => {}
-            // Parked connections would wait for nobody: the shard restarts.
+        let parker_ended = tokio::select! {
+            _ = shard.drain_started() => None,
             r = async {
                 match &mut parker {
                     Some(h) => h.await,
                     None => std::future::pending().await,
                 }
-            } => panic!("shard {id}: the keep-alive table's task ended: {r:?}"),
+            } => Some(r),
             _ = injected_fault(&shared, id) => {
                 panic!("injected fault: shard {id} was told to panic (a fault-injection build)")
             }
+        };
+        if let Some(r) = parker_ended {
+            // The table's task ends by itself when the drain starts (it may
+            // be seen first); ended otherwise, parked connections would
+            // wait for nobody: the shard restarts.
+            if !shard.draining() {
+                panic!("shard {id}: the keep-alive table's task ended: {r:?}");
+            }
+            if let (Err(e), Some(k)) = (r, &parked) {
+                log::error!("shard {id}: the keep-alive table's task failed ({e}); closing what it held");
+                k.close_all();
+            }
+            parker = None;
         }
         let deadline = tokio::time::Instant::now() + shared.drain_timeout;
         // Parked connections: closed, or handed to tasks (on the session
