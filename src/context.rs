@@ -18,15 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// A fault-injection build arms `/debug/panic` only when the environment also
-/// says `CAIRN_FAULT_INJECTION=1`, so such a binary installed by mistake is
-/// inert (and says so at start).
-#[cfg(feature = "fault-injection")]
-pub fn faults_armed() -> bool {
-    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ARMED.get_or_init(|| std::env::var_os("CAIRN_FAULT_INJECTION").is_some_and(|v| v == "1"))
-}
-
 /// Counters one shard writes and anyone may read (summed when read). Each is
 /// written by its own shard only, so relaxed atomics suffice and never contend.
 #[derive(Debug, Default)]

@@ -9,6 +9,7 @@ pub mod context;
 pub mod dns;
 pub mod downstream;
 pub mod exchange;
+pub mod fault;
 #[cfg(test)]
 mod fuzz;
 #[doc(hidden)]

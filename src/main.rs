@@ -230,7 +230,7 @@ fn run(args: &Args, inherited: Option<cairn::upgrade::Inherited>) -> Result<()> 
     #[cfg(feature = "fault-injection")]
     log::warn!(
         "this is a fault-injection build (a test build): /debug/panic on the management port {}; build without --features fault-injection for production",
-        if cairn::context::faults_armed() {
+        if cairn::fault::armed() {
             "can make shards panic (CAIRN_FAULT_INJECTION=1)"
         } else {
             "is off (CAIRN_FAULT_INJECTION is not 1)"

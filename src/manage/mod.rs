@@ -237,7 +237,7 @@ fn needs(path: &str) -> Option<Role> {
         | "/command/encryptpassword"
         | "/conf/reload" => Role::Admin,
         #[cfg(feature = "fault-injection")]
-        "/debug/panic" | "/debug/renew" if crate::context::faults_armed() => Role::Admin,
+        "/debug/panic" | "/debug/renew" if crate::fault::armed() => Role::Admin,
         _ => return None,
     })
 }

@@ -94,21 +94,6 @@ mod withdraw {
         }
     }
 
-    /// A fault-injection build's stand-in for a kernel before 5.19
-    /// (`CAIRN_FAULT_NO_CANCEL=1` next to `CAIRN_FAULT_INJECTION=1`).
-    fn refused_by_test() -> bool {
-        #[cfg(feature = "fault-injection")]
-        {
-            static REFUSE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            *REFUSE.get_or_init(|| {
-                let on = |k: &str| std::env::var_os(k).is_some_and(|v| v == "1");
-                on("CAIRN_FAULT_INJECTION") && on("CAIRN_FAULT_NO_CANCEL")
-            })
-        }
-        #[cfg(not(feature = "fault-injection"))]
-        false
-    }
-
     /// Cancels every operation on `fd`. True when the kernel took the cancel
     /// (the operations then complete, cancelled or done); false where it
     /// refused: never tried again after `EINVAL` (no cancel by fd), and this
@@ -116,7 +101,7 @@ mod withdraw {
     pub async fn by_fd(fd: RawFd) -> bool {
         use io_uring::types::{CancelBuilder, Fd};
         let sqe = io_uring::opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all()).build();
-        let r = match refused_by_test() {
+        let r = match crate::fault::on(crate::fault::Switch::NoCancel) {
             true => Err(io::Error::from_raw_os_error(libc::EINVAL)),
             false => {
                 tokio_uring::UnsubmittedOneshot::new((), Outcome, sqe)

@@ -275,22 +275,6 @@ enum Event {
     Drain,
 }
 
-/// A fault-injection build's parker that ignores readiness
-/// (`CAIRN_FAULT_PARKER_DEAF=1` next to `CAIRN_FAULT_INJECTION=1`), so that a
-/// test can make the drain, not a wake, find a waiting request.
-fn deaf() -> bool {
-    #[cfg(feature = "fault-injection")]
-    {
-        static DEAF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *DEAF.get_or_init(|| {
-            let on = |k: &str| std::env::var_os(k).is_some_and(|v| v == "1");
-            on("CAIRN_FAULT_INJECTION") && on("CAIRN_FAULT_PARKER_DEAF")
-        })
-    }
-    #[cfg(not(feature = "fault-injection"))]
-    false
-}
-
 impl KeepAlive {
     pub fn new(shard: Rc<ShardCtx>) -> std::io::Result<KeepAlive> {
         Ok(KeepAlive {
@@ -378,7 +362,7 @@ impl KeepAlive {
                 r = async {
                     let mut woke = Vec::new();
                     self.ready.ready(&mut woke).await.map(|()| woke)
-                }, if !deaf() => Event::Ready(r),
+                }, if !crate::fault::on(crate::fault::Switch::ParkerDeaf) => Event::Ready(r),
                 _ = due => Event::Due,
                 _ = trim => Event::Trim,
                 _ = self.sooner.notified() => Event::Sooner,
